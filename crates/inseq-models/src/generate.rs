@@ -1,0 +1,91 @@
+//! Greedy decoding.
+
+use inseq_core::{Error, Result};
+
+use crate::model::{ForwardOptions, LanguageModel, ModelInput, ModelKind};
+use crate::nn::ids_tensor;
+
+/// Options for [`generate_greedy`], named as in Hugging Face `generate`.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerationOptions {
+    /// Upper bound on new tokens.
+    pub max_new_tokens: usize,
+    /// End-of-sequence is suppressed until this many tokens were generated.
+    pub min_new_tokens: usize,
+}
+
+impl Default for GenerationOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 20,
+            min_new_tokens: 0,
+        }
+    }
+}
+
+/// Greedily decodes from a decoder-only model. `prefix` is the prompt (or, for
+/// encoder-decoder models, the decoder prefix starting with the decoder start
+/// token) and `source` the encoder input. Returns only the new token ids
+/// (the end-of-sequence token included when it is produced).
+pub fn generate_greedy(
+    model: &dyn LanguageModel,
+    source: Option<&[usize]>,
+    prefix: &[usize],
+    options: GenerationOptions,
+) -> Result<Vec<usize>> {
+    let info = model.info();
+    let device = model.device();
+    if prefix.is_empty() {
+        return Err(Error::InvalidInput("generation needs at least one prefix token".into()));
+    }
+    let mut ids = prefix.to_vec();
+    let mut new = Vec::new();
+    let source_embeds = match (model.kind(), source) {
+        (ModelKind::EncoderDecoder, Some(src)) => Some(model.embed_source(ids_tensor(&[src.to_vec()], device))),
+        (ModelKind::EncoderDecoder, None) => {
+            return Err(Error::InvalidInput("encoder-decoder generation needs a source".into()));
+        }
+        _ => None,
+    };
+    for step in 0..options.max_new_tokens {
+        if ids.len() > info.max_positions {
+            break;
+        }
+        let embeds = model.embed(ids_tensor(&[ids.clone()], device));
+        let input = ModelInput {
+            target_embeds: embeds,
+            target_mask: vec![vec![true; ids.len()]],
+            source_embeds: source_embeds.clone(),
+            source_mask: source.map(|s| vec![vec![true; s.len()]]),
+        };
+        let out = model.forward(
+            input,
+            ForwardOptions {
+                last_position_only: true,
+                ..Default::default()
+            },
+        );
+        let logits: Vec<f32> = out.last_logits().into_data().convert::<f32>().to_vec().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        let suppress_eos = step < options.min_new_tokens;
+        let next = argmax(&logits, if suppress_eos { info.eos_token_id } else { None });
+        ids.push(next);
+        new.push(next);
+        if Some(next) == info.eos_token_id {
+            break;
+        }
+    }
+    Ok(new)
+}
+
+fn argmax(values: &[f32], exclude: Option<usize>) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        if Some(i) != exclude && v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best
+}
+

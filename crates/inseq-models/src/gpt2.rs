@@ -1,0 +1,222 @@
+//! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-norm blocks, GELU MLP, tied LM head.
+
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use serde::Deserialize;
+
+use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+use crate::nn::{Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, position_ids, split_heads};
+use crate::weights::Weights;
+use inseq_core::{Error, Result};
+
+/// The fields of a GPT-2 `config.json` this implementation uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub n_embd: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// Blocks.
+    pub n_layer: usize,
+    /// Context length.
+    pub n_positions: usize,
+    /// MLP inner size (default `4 * n_embd`).
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// MLP activation (`gelu_new` by default).
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    /// Divide attention scores by `sqrt(head_dim)`.
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<usize>,
+    /// End-of-sequence id.
+    #[serde(default)]
+    pub eos_token_id: Option<usize>,
+    /// Padding id.
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn yes() -> bool {
+    true
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+/// A GPT-2 language model.
+pub struct Gpt2 {
+    info: ModelInfo,
+    config: Gpt2Config,
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Tensor<2>,
+    device: Device,
+}
+
+impl Gpt2 {
+    /// Builds the model from its config and weights.
+    pub fn load(config: Gpt2Config, w: &mut Weights) -> Result<Self> {
+        let d = config.n_embd;
+        if config.n_head == 0 || d % config.n_head != 0 {
+            return Err(Error::invalid_arg("n_head", format!("{} does not divide n_embd {d}", config.n_head)));
+        }
+        let inner = config.n_inner.unwrap_or(4 * d);
+        let eps = config.layer_norm_epsilon;
+        let wte = Embedding {
+            table: w.tensor2("wte.weight", [config.vocab_size, d])?,
+        };
+        let wpe = Embedding {
+            table: w.tensor2("wpe.weight", [config.n_positions, d])?,
+        };
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            blocks.push(Block {
+                ln_1: LayerNorm::load(w, &format!("{p}.ln_1"), d, eps)?,
+                c_attn: Linear::load_conv1d(w, &format!("{p}.attn.c_attn"), [3 * d, d])?,
+                attn_proj: Linear::load_conv1d(w, &format!("{p}.attn.c_proj"), [d, d])?,
+                ln_2: LayerNorm::load(w, &format!("{p}.ln_2"), d, eps)?,
+                c_fc: Linear::load_conv1d(w, &format!("{p}.mlp.c_fc"), [inner, d])?,
+                mlp_proj: Linear::load_conv1d(w, &format!("{p}.mlp.c_proj"), [d, inner])?,
+            });
+        }
+        let ln_f = LayerNorm::load(w, "ln_f", d, eps)?;
+        let lm_head = if w.contains("lm_head.weight") {
+            w.tensor2_transposed("lm_head.weight", [config.vocab_size, d])?
+        } else {
+            wte.table.clone().transpose()
+        };
+        let info = ModelInfo {
+            architecture: "gpt2".into(),
+            hf_class: "GPT2LMHeadModel".into(),
+            vocab_size: config.vocab_size,
+            hidden_size: d,
+            num_layers: config.n_layer,
+            num_heads: config.n_head,
+            max_positions: config.n_positions,
+            bos_token_id: config.bos_token_id,
+            eos_token_id: config.eos_token_id,
+            pad_token_id: config.pad_token_id,
+            decoder_start_token_id: None,
+        };
+        Ok(Self {
+            info,
+            config,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            device: w.device().clone(),
+        })
+    }
+
+    fn act(&self, x: Tensor<3>) -> Tensor<3> {
+        match self.config.activation_function.as_str() {
+            "gelu" => activation::gelu(x),
+            "relu" => activation::relu(x),
+            "silu" | "swish" => activation::silu(x),
+            _ => activation::gelu_approximate(x),
+        }
+    }
+}
+
+impl LanguageModel for Gpt2 {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::DecoderOnly
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.wte.forward(ids)
+    }
+
+    fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
+        let [b, s, _] = input.target_embeds.dims();
+        let heads = self.config.n_head;
+        let head_dim = self.config.n_embd / heads;
+        let pos: Vec<Vec<usize>> = position_ids(&input.target_mask);
+        let pos = crate::nn::ids_tensor(&pos, &self.device);
+        let mut x = input.target_embeds + self.wpe.forward(pos);
+        let bias = attention_bias(&input.target_mask, s, true, &self.device);
+        let scale = if self.config.scale_attn_weights {
+            1.0 / (head_dim as f64).sqrt()
+        } else {
+            1.0
+        };
+        let mut out = empty_output(&self.device);
+        if options.hidden_states {
+            out.hidden_states.push(x.clone());
+        }
+        for block in &self.blocks {
+            let h = block.c_attn.forward(block.ln_1.forward(x.clone()));
+            let d = self.config.n_embd;
+            let q = split_heads(h.clone().slice([0..b, 0..s, 0..d]), heads);
+            let k = split_heads(h.clone().slice([0..b, 0..s, d..2 * d]), heads);
+            let v = split_heads(h.slice([0..b, 0..s, 2 * d..3 * d]), heads);
+            let (ctx, weights) = attention(q, k, v, Some(bias.clone()), scale);
+            if options.attentions {
+                out.attentions.push(weights);
+            }
+            x = x + block.attn_proj.forward(merge_heads(ctx));
+            let m = self.act(block.c_fc.forward(block.ln_2.forward(x.clone())));
+            x = x + block.mlp_proj.forward(m);
+            if options.hidden_states {
+                out.hidden_states.push(x.clone());
+            }
+        }
+        let x = self.ln_f.forward(x);
+        out.logits = lm_head(x, &self.lm_head, options.last_position_only);
+        out
+    }
+}
+
+/// A [`ModelOutput`] with placeholder logits, filled in by the forward pass.
+pub(crate) fn empty_output(device: &Device) -> ModelOutput {
+    ModelOutput {
+        logits: Tensor::from_data(TensorData::new(vec![0f32], [1, 1, 1]), device),
+        attentions: vec![],
+        cross_attentions: vec![],
+        encoder_attentions: vec![],
+        hidden_states: vec![],
+    }
+}
+
+/// Applies an `[hidden, vocab]` output projection to `[batch, seq, hidden]`,
+/// optionally at the last position only.
+pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, last_only: bool) -> Tensor<3> {
+    let [b, s, d] = x.dims();
+    let x = if last_only { x.slice([0..b, s - 1..s, 0..d]) } else { x };
+    let [b, s, d] = x.dims();
+    let v = head.dims()[1];
+    x.reshape([b * s, d]).matmul(head.clone()).reshape([b, s, v])
+}

@@ -1,0 +1,102 @@
+//! Resolving Hugging Face model ids to local snapshot directories with hf-hub.
+//!
+//! The local cache (`$HF_HOME/hub`, or `$HF_HUB_CACHE`) is consulted first;
+//! with `HF_HUB_OFFLINE=1` nothing else is tried. Otherwise missing files are
+//! downloaded through the hub API.
+
+use std::path::PathBuf;
+
+use inseq_core::{Error, Result};
+
+/// Files a model directory needs; the weights are either single or sharded.
+const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
+const WEIGHTS: &[&str] = &["model.safetensors", "model.safetensors.index.json"];
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+}
+
+#[cfg(feature = "hub")]
+fn cache() -> hf_hub::Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => hf_hub::Cache::new(PathBuf::from(dir)),
+        None => hf_hub::Cache::from_env(),
+    }
+}
+
+/// Returns the snapshot directory holding `model_id`'s files, downloading
+/// them unless offline mode is on.
+#[cfg(feature = "hub")]
+pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
+    let repo = cache().model(model_id.to_string());
+    let mut found: Vec<PathBuf> = REQUIRED.iter().filter_map(|f| repo.get(f)).collect();
+    let weights = WEIGHTS.iter().find_map(|f| repo.get(f));
+    if found.len() == REQUIRED.len() && weights.is_some() {
+        if let Some(index) = weights.as_ref().filter(|p| p.ends_with("model.safetensors.index.json")) {
+            ensure_shards(index, |shard| repo.get(shard).is_some(), model_id)?;
+        }
+        return Ok(found.remove(0).parent().map(PathBuf::from).unwrap_or_default());
+    }
+    if offline() {
+        return Err(Error::Hub(format!(
+            "model `{model_id}` is not in the local hub cache ({}) and HF_HUB_OFFLINE is set",
+            cache().path().display()
+        )));
+    }
+    download(model_id)
+}
+
+#[cfg(feature = "hub")]
+fn ensure_shards(index: &std::path::Path, present: impl Fn(&str) -> bool, model_id: &str) -> Result<()> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
+        for shard in map.values().filter_map(|v| v.as_str()) {
+            if !present(shard) {
+                return Err(Error::Hub(format!("shard `{shard}` of `{model_id}` is missing from the cache")));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "hub")]
+fn download(model_id: &str) -> Result<PathBuf> {
+    let hub_err = |e: hf_hub::api::sync::ApiError| Error::Hub(format!("`{model_id}`: {e}"));
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env();
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
+        builder = builder.with_cache_dir(PathBuf::from(dir));
+    }
+    let api = builder.build().map_err(hub_err)?;
+    let repo = api.model(model_id.to_string());
+    let mut dir = None;
+    for f in REQUIRED {
+        dir = Some(repo.get(f).map_err(hub_err)?);
+    }
+    match repo.get("model.safetensors") {
+        Ok(_) => {}
+        Err(_) => {
+            let index = repo.get("model.safetensors.index.json").map_err(hub_err)?;
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)?;
+            if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
+                let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+                shards.sort();
+                shards.dedup();
+                for shard in shards {
+                    repo.get(shard).map_err(hub_err)?;
+                }
+            }
+        }
+    }
+    Ok(dir.and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_default())
+}
+
+/// Without the `hub` feature only local paths can be loaded.
+#[cfg(not(feature = "hub"))]
+pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
+    let _ = (REQUIRED, WEIGHTS, offline());
+    Err(Error::Hub(format!(
+        "`{model_id}` is not a local path and inseq-models was built without the `hub` feature"
+    )))
+}

@@ -1,0 +1,37 @@
+//! Transformer language models for attribution, on burn's backend-agnostic tensors.
+//!
+//! - [`LanguageModel`]: the interface attribution methods use (embed, forward on
+//!   embeddings, attention weights and hidden states on request).
+//! - Architectures: [`gpt2::Gpt2`], [`llama::Llama`] (Llama, Mistral, Qwen2 layouts).
+//! - Loading: [`load_pretrained`] from a `save_pretrained` directory
+//!   (config.json, model.safetensors or a sharded index, tokenizer.json),
+//!   a GGUF file, or a Hugging Face id through hf-hub (offline cache honoured).
+//! - [`generate_greedy`]: greedy decoding.
+//!
+//! ```no_run
+//! use inseq_models::{load_pretrained, generate_greedy, GenerationOptions};
+//! let device = burn::tensor::Device::default();
+//! let m = load_pretrained("../shared/fixtures/models/tiny-gpt2", &device).unwrap();
+//! let prompt = m.tokenizer.encode("Hello ladies and", true).unwrap();
+//! let new = generate_greedy(m.model.as_ref(), None, &prompt, GenerationOptions::default()).unwrap();
+//! println!("{}", m.tokenizer.decode(&new, true).unwrap());
+//! ```
+#![warn(missing_docs)]
+
+pub mod generate;
+pub mod gguf;
+pub mod gpt2;
+pub mod hub;
+pub mod llama;
+pub mod loader;
+pub mod model;
+pub mod nn;
+pub mod tokenizer;
+pub mod weights;
+
+pub use generate::{GenerationOptions, generate_greedy};
+pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
+pub use model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+pub use nn::ids_tensor;
+pub use tokenizer::TextTokenizer;
+pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights};

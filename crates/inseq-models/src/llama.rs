@@ -1,0 +1,351 @@
+//! Llama family (`LlamaForCausalLM`; also Mistral/Qwen2-style layouts): RoPE,
+//! RMSNorm, grouped-query attention and a SiLU-gated MLP.
+
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use serde::Deserialize;
+
+use crate::gpt2::{empty_output, lm_head};
+use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+use crate::nn::{Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, position_ids, repeat_kv, split_heads};
+use crate::weights::Weights;
+use inseq_core::{Error, Result};
+
+/// RoPE parameters (`rope_scaling` / `rope_parameters` in `config.json`).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RopeParameters {
+    /// Base frequency.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// `default` or `llama3`.
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    /// Llama-3 scaling factor.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// Llama-3 low-frequency factor.
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    /// Llama-3 high-frequency factor.
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    /// Llama-3 original context.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// The fields of a Llama-style `config.json` this implementation uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    /// `llama`, `mistral`, `qwen2`...
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP inner size.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Per-head size (default `hidden_size / num_attention_heads`).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base (older configs).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (older configs).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    /// RoPE parameters (newer configs).
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    /// Context length.
+    #[serde(default = "default_ctx")]
+    pub max_position_embeddings: usize,
+    /// LM head shares the embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Bias on the attention projections.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Bias on the MLP projections.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// MLP activation.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<usize>,
+    /// End-of-sequence id.
+    #[serde(default)]
+    pub eos_token_id: Option<usize>,
+    /// Padding id.
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+}
+
+fn default_model_type() -> String {
+    "llama".into()
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_ctx() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    fn rope(&self) -> RopeParameters {
+        let mut p = self
+            .rope_parameters
+            .clone()
+            .or_else(|| self.rope_scaling.clone())
+            .unwrap_or_default();
+        if p.rope_theta.is_none() {
+            p.rope_theta = Some(self.rope_theta.unwrap_or(10000.0));
+        }
+        p
+    }
+
+    /// Inverse frequencies of the rotary embedding, with Llama-3 scaling if configured.
+    pub fn inv_freq(&self) -> Result<Vec<f64>> {
+        let p = self.rope();
+        let theta = p.rope_theta.unwrap_or(10000.0);
+        let d = self.head_dim();
+        let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64)).collect();
+        match p.rope_type.as_deref() {
+            None | Some("default") => Ok(base),
+            Some("llama3") => {
+                let factor = p.factor.unwrap_or(8.0);
+                let low = p.low_freq_factor.unwrap_or(1.0);
+                let high = p.high_freq_factor.unwrap_or(4.0);
+                let old = p.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                Ok(base
+                    .into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect())
+            }
+            Some(other) => Err(Error::Unsupported(format!("rope_type `{other}`"))),
+        }
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-family language model.
+pub struct Llama {
+    info: ModelInfo,
+    config: LlamaConfig,
+    inv_freq: Vec<f64>,
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor<2>,
+    device: Device,
+}
+
+impl Llama {
+    /// Builds the model from its config and weights.
+    pub fn load(config: LlamaConfig, w: &mut Weights) -> Result<Self> {
+        let d = config.hidden_size;
+        let hd = config.head_dim();
+        let (h, kvh) = (config.num_attention_heads, config.kv_heads());
+        if h == 0 || kvh == 0 || h % kvh != 0 {
+            return Err(Error::invalid_arg(
+                "num_key_value_heads",
+                format!("{kvh} does not divide num_attention_heads {h}"),
+            ));
+        }
+        let (qkv_bias, o_bias) = match config.model_type.as_str() {
+            "qwen2" => (true, false),
+            _ => (config.attention_bias, config.attention_bias),
+        };
+        let eps = config.rms_norm_eps;
+        let inter = config.intermediate_size;
+        let embed_tokens = Embedding {
+            table: w.tensor2("embed_tokens.weight", [config.vocab_size, d])?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let mb = config.mlp_bias;
+            layers.push(Layer {
+                input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm"), d, eps)?,
+                q: Linear::load_torch(w, &format!("{p}.self_attn.q_proj"), qkv_bias, [h * hd, d])?,
+                k: Linear::load_torch(w, &format!("{p}.self_attn.k_proj"), qkv_bias, [kvh * hd, d])?,
+                v: Linear::load_torch(w, &format!("{p}.self_attn.v_proj"), qkv_bias, [kvh * hd, d])?,
+                o: Linear::load_torch(w, &format!("{p}.self_attn.o_proj"), o_bias, [d, h * hd])?,
+                post_norm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm"), d, eps)?,
+                gate: Linear::load_torch(w, &format!("{p}.mlp.gate_proj"), mb, [inter, d])?,
+                up: Linear::load_torch(w, &format!("{p}.mlp.up_proj"), mb, [inter, d])?,
+                down: Linear::load_torch(w, &format!("{p}.mlp.down_proj"), mb, [d, inter])?,
+            });
+        }
+        let norm = RmsNorm::load(w, "norm", d, eps)?;
+        let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
+            w.tensor2_transposed("lm_head.weight", [config.vocab_size, d])?
+        } else {
+            embed_tokens.table.clone().transpose()
+        };
+        let info = ModelInfo {
+            architecture: config.model_type.clone(),
+            hf_class: match config.model_type.as_str() {
+                "qwen2" => "Qwen2ForCausalLM",
+                "mistral" => "MistralForCausalLM",
+                _ => "LlamaForCausalLM",
+            }
+            .into(),
+            vocab_size: config.vocab_size,
+            hidden_size: d,
+            num_layers: config.num_hidden_layers,
+            num_heads: h,
+            max_positions: config.max_position_embeddings,
+            bos_token_id: config.bos_token_id,
+            eos_token_id: config.eos_token_id,
+            pad_token_id: config.pad_token_id,
+            decoder_start_token_id: None,
+        };
+        Ok(Self {
+            inv_freq: config.inv_freq()?,
+            info,
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            device: w.device().clone(),
+        })
+    }
+
+    /// `[batch, 1, seq, head_dim]` cos and sin tables for the given positions.
+    fn rope_tables(&self, positions: &[Vec<usize>]) -> (Tensor<4>, Tensor<4>) {
+        let b = positions.len();
+        let s = positions.first().map_or(0, Vec::len);
+        let hd = self.config.head_dim();
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(b * s * hd);
+        let mut sin = Vec::with_capacity(b * s * hd);
+        for row in positions {
+            for &p in row {
+                for _ in 0..2 {
+                    for f in &self.inv_freq[..half] {
+                        let angle = p as f64 * f;
+                        cos.push(angle.cos() as f32);
+                        sin.push(angle.sin() as f32);
+                    }
+                }
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(cos, [b, 1, s, hd]), &self.device),
+            Tensor::from_data(TensorData::new(sin, [b, 1, s, hd]), &self.device),
+        )
+    }
+}
+
+/// Applies the rotary embedding (`x * cos + rotate_half(x) * sin`) to `[batch, heads, seq, head_dim]`.
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, s, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+impl LanguageModel for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::DecoderOnly
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_tokens.forward(ids)
+    }
+
+    fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
+        let [_, s, _] = input.target_embeds.dims();
+        let (h, kvh, hd) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.head_dim());
+        let (cos, sin) = self.rope_tables(&position_ids(&input.target_mask));
+        let bias = attention_bias(&input.target_mask, s, true, &self.device);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = input.target_embeds;
+        let mut out = empty_output(&self.device);
+        if options.hidden_states {
+            out.hidden_states.push(x.clone());
+        }
+        for layer in &self.layers {
+            let n = layer.input_norm.forward(x.clone());
+            let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
+            let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
+            let v = split_heads(layer.v.forward(n), kvh);
+            let (ctx, weights) = attention(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), Some(bias.clone()), scale);
+            if options.attentions {
+                out.attentions.push(weights);
+            }
+            x = x + layer.o.forward(merge_heads(ctx));
+            let n = layer.post_norm.forward(x.clone());
+            let gated = match self.config.hidden_act.as_str() {
+                "gelu" => activation::gelu(layer.gate.forward(n.clone())),
+                "gelu_pytorch_tanh" => activation::gelu_approximate(layer.gate.forward(n.clone())),
+                _ => activation::silu(layer.gate.forward(n.clone())),
+            };
+            x = x + layer.down.forward(gated * layer.up.forward(n));
+            if options.hidden_states {
+                out.hidden_states.push(x.clone());
+            }
+        }
+        let x = self.norm.forward(x);
+        out.logits = lm_head(x, &self.lm_head, options.last_position_only);
+        out
+    }
+}

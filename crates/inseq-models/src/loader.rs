@@ -1,0 +1,149 @@
+//! Finding and loading a pretrained model: a local directory, a GGUF file,
+//! a short alias (`smollm2`), or a Hugging Face model id through hf-hub.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use inseq_core::{Error, Result};
+
+use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::llama::{Llama, LlamaConfig};
+use crate::model::LanguageModel;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{SafetensorsSource, WeightSource, Weights};
+
+/// A loaded model with its tokenizer.
+pub struct Pretrained {
+    /// The network.
+    pub model: Box<dyn LanguageModel>,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// The name or path it was loaded from.
+    pub name: String,
+}
+
+/// Short names for real models fetched by `cargo xtask fetch-models`.
+pub const MODEL_ALIASES: &[(&str, &str)] = &[("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")];
+
+/// Directory where `cargo xtask fetch-models` stores models: `$INSEQ_MODELS_DIR`,
+/// else `$XDG_CACHE_HOME/inseq-rs/models`, else `~/.cache/inseq-rs/models`.
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("INSEQ_MODELS_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("inseq-rs").join("models")
+}
+
+/// Loads a model from a directory (`config.json`, safetensors, `tokenizer.json`),
+/// a `.gguf` file, an alias from [`MODEL_ALIASES`], or a Hugging Face model id.
+///
+/// ```no_run
+/// let device = burn::tensor::Device::default();
+/// let pretrained = inseq_models::load_pretrained("path/to/tiny-gpt2", &device).unwrap();
+/// assert_eq!(pretrained.model.info().architecture, "gpt2");
+/// ```
+pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained> {
+    if name_or_path.trim().is_empty() {
+        return Err(Error::invalid_arg("model", "empty model name"));
+    }
+    let path = Path::new(name_or_path);
+    if let Some((_, file)) = MODEL_ALIASES.iter().find(|(a, _)| *a == name_or_path) {
+        let p = models_dir().join(file);
+        if !p.exists() {
+            return Err(Error::MissingFile {
+                path: p,
+                hint: format!("model `{name_or_path}`; run `cargo xtask fetch-models` to download it"),
+            });
+        }
+        return load_gguf_file(&p, name_or_path, device);
+    }
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return load_gguf_file(path, name_or_path, device);
+    }
+    if path.is_dir() {
+        return load_dir(path, name_or_path, device);
+    }
+    if path.exists() || name_or_path.starts_with('.') || name_or_path.starts_with('/') {
+        return Err(Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: "a model directory with config.json, model.safetensors and tokenizer.json".into(),
+        });
+    }
+    let dir = crate::hub::snapshot_dir(name_or_path)?;
+    load_dir(&dir, name_or_path, device)
+}
+
+fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained> {
+    let gguf = crate::gguf::GgufModelFile::open(path)?;
+    let config = gguf.hf_config()?;
+    let tokenizer = TextTokenizer::new(gguf.tokenizer()?);
+    let model = build_model(&config, Box::new(gguf), path, device)?;
+    Ok(Pretrained {
+        model,
+        tokenizer,
+        name: name.to_string(),
+    })
+}
+
+/// Loads a model directory laid out as `save_pretrained` writes it.
+pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: config_path.clone(),
+            hint: "the model configuration (config.json)".into(),
+        },
+        _ => Error::io(&config_path, e),
+    })?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
+        path: config_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let source = SafetensorsSource::open_dir(dir)?;
+    let model = build_model(&config, Box::new(source), &config_path, device)?;
+    Ok(Pretrained {
+        model,
+        tokenizer,
+        name: name.to_string(),
+    })
+}
+
+/// Builds the architecture named by a Hugging Face `config.json` value from `source`.
+pub fn build_model(
+    config: &serde_json::Value,
+    source: Box<dyn WeightSource>,
+    config_path: &Path,
+    device: &Device,
+) -> Result<Box<dyn LanguageModel>> {
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::CorruptFile {
+            path: config_path.to_path_buf(),
+            reason: "no `model_type` field".into(),
+        })?;
+    let parse_err = |e: serde_json::Error| Error::CorruptFile {
+        path: config_path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    match model_type {
+        "gpt2" => {
+            let c: Gpt2Config = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["transformer."], device);
+            Ok(Box::new(Gpt2::load(c, &mut w)?))
+        }
+        "llama" | "mistral" | "qwen2" => {
+            let c: LlamaConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            Ok(Box::new(Llama::load(c, &mut w)?))
+        }
+        other => Err(Error::UnsupportedArchitecture(format!(
+            "{other} (supported: gpt2, llama, mistral, qwen2)"
+        ))),
+    }
+}

@@ -1,0 +1,108 @@
+//! The architecture-independent model interface used by attribution methods.
+
+use burn::tensor::{Device, Int, Tensor};
+
+/// Whether a model is decoder-only (GPT-2, Llama) or encoder-decoder (Marian, BART, T5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A causal language model: the prompt is the target prefix.
+    DecoderOnly,
+    /// A sequence-to-sequence model with a separate source.
+    EncoderDecoder,
+}
+
+/// Facts about a loaded model that attribution needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Architecture id (`gpt2`, `llama`, ...).
+    pub architecture: String,
+    /// The class name Hugging Face would use (`GPT2LMHeadModel`...).
+    pub hf_class: String,
+    /// Vocabulary size of the output layer.
+    pub vocab_size: usize,
+    /// Hidden (embedding) size.
+    pub hidden_size: usize,
+    /// Number of layers (decoder layers for encoder-decoder models).
+    pub num_layers: usize,
+    /// Number of attention heads.
+    pub num_heads: usize,
+    /// Longest sequence the model accepts.
+    pub max_positions: usize,
+    /// Beginning-of-sequence id.
+    pub bos_token_id: Option<usize>,
+    /// End-of-sequence id.
+    pub eos_token_id: Option<usize>,
+    /// Padding id.
+    pub pad_token_id: Option<usize>,
+    /// First decoder input of encoder-decoder models.
+    pub decoder_start_token_id: Option<usize>,
+}
+
+/// Input to [`LanguageModel::forward`]. Embeddings are the model's own token
+/// embeddings (as returned by [`LanguageModel::embed`]), so attribution methods
+/// can differentiate with respect to them or interpolate them.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    /// `[batch, target_len, hidden]` decoder (target) token embeddings.
+    pub target_embeds: Tensor<3>,
+    /// Per row, which target positions are real tokens (`false` = left padding).
+    pub target_mask: Vec<Vec<bool>>,
+    /// `[batch, source_len, hidden]` encoder embeddings (encoder-decoder only).
+    pub source_embeds: Option<Tensor<3>>,
+    /// Per row, which source positions are real tokens.
+    pub source_mask: Option<Vec<Vec<bool>>>,
+}
+
+/// What [`LanguageModel::forward`] should return besides logits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Return per-layer attention weights.
+    pub attentions: bool,
+    /// Return per-layer hidden states.
+    pub hidden_states: bool,
+    /// Compute logits at the last position only (saves the LM head on long prefixes).
+    pub last_position_only: bool,
+}
+
+/// Output of [`LanguageModel::forward`].
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    /// `[batch, positions, vocab]` logits (`positions` is 1 with `last_position_only`).
+    pub logits: Tensor<3>,
+    /// Per decoder layer `[batch, heads, q, k]` self-attention weights.
+    pub attentions: Vec<Tensor<4>>,
+    /// Per decoder layer `[batch, heads, q, k_source]` cross-attention weights.
+    pub cross_attentions: Vec<Tensor<4>>,
+    /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights.
+    pub encoder_attentions: Vec<Tensor<4>>,
+    /// Embedding output then each layer's output, `[batch, positions, hidden]`.
+    pub hidden_states: Vec<Tensor<3>>,
+}
+
+impl ModelOutput {
+    /// Logits at the last position, `[batch, vocab]`.
+    pub fn last_logits(&self) -> Tensor<2> {
+        let [b, s, v] = self.logits.dims();
+        self.logits.clone().slice([0..b, s - 1..s, 0..v]).reshape([b, v])
+    }
+}
+
+/// A Transformer language model that attribution methods can drive.
+///
+/// Implemented by every architecture in this crate; methods only see this trait.
+pub trait LanguageModel: Send + Sync {
+    /// Architecture facts.
+    fn info(&self) -> &ModelInfo;
+    /// Decoder-only or encoder-decoder.
+    fn kind(&self) -> ModelKind;
+    /// The device the weights live on.
+    fn device(&self) -> &Device;
+    /// Token embeddings of `[batch, seq]` target ids (scaled as the model scales them).
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3>;
+    /// Token embeddings of source ids (encoder-decoder; decoder-only models use [`LanguageModel::embed`]).
+    fn embed_source(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.embed(ids)
+    }
+    /// Runs the model on embeddings.
+    fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput;
+}

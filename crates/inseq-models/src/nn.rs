@@ -1,0 +1,223 @@
+//! Building blocks shared by the architectures: linear layers, norms,
+//! embeddings and scaled dot-product attention, written against burn's
+//! backend-agnostic `Tensor` API.
+
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+
+use crate::weights::Weights;
+use inseq_core::Result;
+
+/// A dense layer `y = x W + b`, with `W` stored `[in, out]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[in, out]` weight.
+    pub weight: Tensor<2>,
+    /// Optional `[out]` bias.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// Loads a PyTorch `nn.Linear` (`weight` stored `[out, in]`).
+    pub fn load_torch(w: &mut Weights, prefix: &str, bias: bool, dims: [usize; 2]) -> Result<Self> {
+        let weight = w.tensor2_transposed(&format!("{prefix}.weight"), dims)?;
+        let bias = if bias {
+            Some(w.tensor1(&format!("{prefix}.bias"), dims[0])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Loads a GPT-2 style `Conv1D` (`weight` stored `[in, out]`).
+    pub fn load_conv1d(w: &mut Weights, prefix: &str, dims: [usize; 2]) -> Result<Self> {
+        let weight = w.tensor2(&format!("{prefix}.weight"), [dims[1], dims[0]])?;
+        let bias = Some(w.tensor1(&format!("{prefix}.bias"), dims[0])?);
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the layer to `[batch, seq, in]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, i] = x.dims();
+        let out = self.weight.dims()[1];
+        let y = x.reshape([b * s, i]).matmul(self.weight.clone());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([b, s, out])
+    }
+}
+
+/// Layer normalisation over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale.
+    pub gamma: Tensor<1>,
+    /// Shift.
+    pub beta: Option<Tensor<1>>,
+    /// Variance epsilon.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` / `{prefix}.bias`.
+    pub fn load(w: &mut Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            gamma: w.tensor1(&format!("{prefix}.weight"), dim)?,
+            beta: Some(w.tensor1(&format!("{prefix}.bias"), dim)?),
+            eps,
+        })
+    }
+
+    /// Normalises `[batch, seq, dim]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mean = x.clone().mean_dim(2);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(2);
+        let y = centered / (var + self.eps).sqrt();
+        let y = y * self.gamma.clone().unsqueeze::<3>();
+        match &self.beta {
+            Some(b) => y + b.clone().unsqueeze::<3>(),
+            None => y,
+        }
+    }
+}
+
+/// Root-mean-square normalisation (Llama, T5).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// Scale.
+    pub gamma: Tensor<1>,
+    /// Epsilon added to the mean square.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `{prefix}.weight`.
+    pub fn load(w: &mut Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            gamma: w.tensor1(&format!("{prefix}.weight"), dim)?,
+            eps,
+        })
+    }
+
+    /// Normalises `[batch, seq, dim]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let ms = x.clone().square().mean_dim(2);
+        x / (ms + self.eps).sqrt() * self.gamma.clone().unsqueeze::<3>()
+    }
+}
+
+/// A lookup table `[vocab, dim]`.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// `[vocab, dim]` table.
+    pub table: Tensor<2>,
+}
+
+impl Embedding {
+    /// Looks up `[batch, seq]` ids, returning `[batch, seq, dim]`.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, s] = ids.dims();
+        let d = self.table.dims()[1];
+        self.table
+            .clone()
+            .select(0, ids.reshape([b * s]))
+            .reshape([b, s, d])
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.table.dims()[0]
+    }
+}
+
+/// Splits `[batch, seq, heads*head_dim]` into `[batch, heads, seq, head_dim]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, s, d] = x.dims();
+    x.reshape([b, s, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// Merges `[batch, heads, seq, head_dim]` into `[batch, seq, heads*head_dim]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, s, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// Repeats `[batch, kv_heads, seq, d]` key/value heads `n_rep` times (grouped-query attention).
+pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, h, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, n_rep, s, d])
+        .reshape([b, h * n_rep, s, d])
+}
+
+/// Scaled dot-product attention with an additive bias `[batch, 1|heads, q, k]`.
+/// Returns the context `[batch, heads, q, d]` and the attention weights `[batch, heads, q, k]`.
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<4>>,
+    scale: f64,
+) -> (Tensor<4>, Tensor<4>) {
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let scores = match bias {
+        Some(b) => scores + b,
+        None => scores,
+    };
+    let weights = activation::softmax(scores, 3);
+    (weights.clone().matmul(v), weights)
+}
+
+/// Large negative value used to mask attention scores (finite, so fully
+/// masked rows stay well defined).
+pub const MASK_VALUE: f32 = -1.0e9;
+
+/// Builds the additive attention bias `[batch, 1, q, k]` from a `[batch, k]`
+/// key mask (1 = attend, 0 = padding), optionally causal (query `i` sees keys `<= i + (k - q)`).
+pub fn attention_bias(key_mask: &[Vec<bool>], q_len: usize, causal: bool, device: &Device) -> Tensor<4> {
+    let b = key_mask.len();
+    let k_len = key_mask.first().map_or(0, Vec::len);
+    let offset = k_len.saturating_sub(q_len);
+    let mut data = Vec::with_capacity(b * q_len * k_len);
+    for row in key_mask {
+        for i in 0..q_len {
+            for (j, &keep) in row.iter().enumerate() {
+                let visible = keep && (!causal || j <= i + offset);
+                data.push(if visible { 0.0 } else { MASK_VALUE });
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [b, 1, q_len, k_len]), device)
+}
+
+/// Position ids from a key mask: each kept token gets the count of kept tokens before it,
+/// so left-padded rows get the same positions as unpadded ones.
+pub fn position_ids(mask: &[Vec<bool>]) -> Vec<Vec<usize>> {
+    mask.iter()
+        .map(|row| {
+            let mut n = 0usize;
+            row.iter()
+                .map(|&keep| {
+                    let p = n;
+                    if keep {
+                        n += 1;
+                    }
+                    p
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Uploads `[batch, seq]` integer ids.
+pub fn ids_tensor(ids: &[Vec<usize>], device: &Device) -> Tensor<2, Int> {
+    let b = ids.len();
+    let s = ids.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [b, s]), device)
+}

@@ -1,0 +1,81 @@
+//! A thin wrapper over a `tokenizers` tokenizer with the operations attribution needs.
+
+use std::path::Path;
+
+use inseq_core::{Error, Result};
+
+/// A Hugging Face tokenizer plus the special-token ids the model uses.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .finish()
+    }
+}
+
+impl TextTokenizer {
+    /// Wraps an existing tokenizer.
+    pub fn new(inner: tokenizers::Tokenizer) -> Self {
+        Self { inner }
+    }
+
+    /// Loads a `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: "the tokenizer (tokenizer.json)".into(),
+            });
+        }
+        tokenizers::Tokenizer::from_file(path)
+            .map(Self::new)
+            .map_err(|e| Error::CorruptFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The wrapped tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Encodes `text` (special tokens added as the tokenizer's post-processor says when `special`).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<usize>> {
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().iter().map(|&i| i as usize).collect())
+    }
+
+    /// Decodes ids to text, optionally skipping special tokens.
+    pub fn decode(&self, ids: &[usize], skip_special: bool) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner
+            .decode(&ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// The token string of each id (`<unk>`-like placeholder for unknown ids).
+    pub fn id_to_token(&self, id: usize) -> String {
+        self.inner
+            .id_to_token(id as u32)
+            .unwrap_or_else(|| format!("<id:{id}>"))
+    }
+
+    /// The id of a token string, if in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<usize> {
+        self.inner.token_to_id(token).map(|i| i as usize)
+    }
+
+    /// Size of the vocabulary including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,5 @@
+//! `cargo xtask fetch-models` (to be implemented).
+
+pub fn run() -> anyhow::Result<()> {
+    anyhow::bail!("fetch-models is not implemented yet")
+}

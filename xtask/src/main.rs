@@ -1,0 +1,41 @@
+//! Project tasks: `cargo xtask parity`, `cargo xtask fetch-models`, `cargo xtask bench`.
+
+mod fetch_models;
+mod parity;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "inseq-rs project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every supported golden case in a directory and compare with Python Inseq's outputs.
+    Parity {
+        /// Directory of golden `*.json` cases.
+        #[arg(long, default_value = "../shared/fixtures/golden")]
+        golden: std::path::PathBuf,
+        /// Directory holding the models named by the cases.
+        #[arg(long, default_value = "../shared/fixtures/models")]
+        models: std::path::PathBuf,
+    },
+    /// Download the real models used by the demo and tests (SmolLM2 GGUF) into the models cache.
+    FetchModels,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Parity { golden, models } => {
+            let ok = parity::run(&golden, &models)?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::FetchModels => fetch_models::run(),
+    }
+}
