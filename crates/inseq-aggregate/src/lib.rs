@@ -1,5 +1,19 @@
 //! Aggregation of attribution results, as Python Inseq 0.7.1 does it.
 //!
+//! * [`AggregationFunction`]: `mean`, `max`, `min`, `sum`, `prod`, `absmax`,
+//!   `vnorm`, looked up by Inseq's ids with [`AggregationFunction::from_id`];
+//!   [`normalize`] and [`rescale`] post-process scores.
+//! * [`Aggregator`]: Inseq's aggregators `scores`, `spans`, `subwords`, `split`,
+//!   `pair` and `slices`, chained in a [`Pipeline`] (`Pipeline::parse("subwords,vnorm")`).
+//! * Word-level aggregation works from explicit word ids
+//!   ([`Aggregator::words`], as a tokenizer's `word_ids()` gives them) or infers
+//!   them from byte-level BPE (`Ġ`), SentencePiece (`▁`) and WordPiece (`##`)
+//!   markers ([`infer_word_ids`]).
+//! * [`inseq_default_pipeline`] is the aggregation Inseq applies by default
+//!   (`vnorm` + normalize for gradient methods, `mean` + normalize per extra
+//!   dimension for attention, none for occlusion-like methods); the older
+//!   [`default_aggregate`] always takes vector norms.
+//!
 //! The default aggregation ([`default_aggregate`]) takes the L2 norm over the
 //! trailing (hidden) dimension of 3-D attribution arrays, then normalises each
 //! generated step's column so source and target scores together sum to 1.
@@ -24,6 +38,25 @@
 //! assert!(t.get(&[1, 0]).is_nan());
 //! ```
 #![warn(missing_docs)]
+
+mod aggregators;
+mod functions;
+mod nd;
+mod words;
+
+pub use aggregators::{
+    AGGREGATOR_IDS, Aggregator, IndexSelection, Pipeline, PostProcess, ScoresAggregator, WordBoundaries,
+    aggregate_inseq_default, aggregate_output_inseq_default, inseq_default_pipeline, list_aggregators,
+};
+pub use functions::{
+    AGGREGATION_FUNCTION_IDS, AggregationFunction, default_step_score_function, list_aggregation_functions,
+    normalize, rescale,
+};
+pub use nd::{Span, aggregate_contiguous};
+pub use words::{
+    SplitMode, SubwordScheme, detect_subword_scheme, infer_word_ids, is_special_token, marker_spans, merge_tokens,
+    split_spans, word_spans,
+};
 
 use inseq_core::{Array, SequenceAttribution};
 

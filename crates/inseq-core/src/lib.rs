@@ -25,8 +25,10 @@
 
 mod array;
 mod error;
+pub mod inseq_format;
 mod output;
 
 pub use array::Array;
 pub use error::{Error, Result};
+pub use inseq_format::{InseqSaveOptions, ScorePrecision};
 pub use output::{AttributionOutput, SequenceAttribution, TokenWithId, write_atomic};

@@ -1,1 +1,106 @@
-//! placeholder
+//! Feature attribution methods for sequence generation models.
+//!
+//! An [`AttributionMethod`] explains one generation step: given the source
+//! (encoder-decoder models), the target prefix and the token produced next,
+//! it returns a score per input token and hidden dimension for the
+//! *attributed function* (a step function such as `probability`). Methods
+//! are looked up by Inseq's ids in a [`MethodRegistry`]; researchers add new
+//! ones by implementing the trait and registering a factory under a new id.
+//!
+//! ```no_run
+//! use inseq_methods::{MethodArgs, MethodRegistry};
+//! let registry = MethodRegistry::with_defaults();
+//! let ig = registry.create("integrated_gradients", MethodArgs::parse("n_steps=16").unwrap()).unwrap();
+//! assert_eq!(ig.id(), "integrated_gradients");
+//! ```
+#![warn(missing_docs)]
+
+mod args;
+mod gradient;
+mod input_x_gradient;
+mod integrated_gradients;
+mod quadrature;
+mod registry;
+mod saliency;
+
+pub use args::MethodArgs;
+pub use gradient::{AttributedFn, Embedded, embed_step, forward_scores, gradients};
+pub use input_x_gradient::InputXGradient;
+pub use integrated_gradients::IntegratedGradients;
+pub use quadrature::{Quadrature, gauss_legendre};
+pub use registry::{MethodFactory, MethodRegistry};
+pub use saliency::Saliency;
+
+use burn::tensor::Tensor;
+use inseq_core::Result;
+use inseq_models::LanguageModel;
+use inseq_steps::ContrastOutput;
+
+/// The inputs of one attribution step for a batch of sequences.
+#[derive(Debug, Clone)]
+pub struct StepInput {
+    /// `[batch][source_len]` source ids (encoder-decoder models), right-padded.
+    pub source_ids: Option<Vec<Vec<usize>>>,
+    /// Which source positions are real tokens.
+    pub source_mask: Option<Vec<Vec<bool>>>,
+    /// `[batch][prefix_len]` target prefix ids, left-padded.
+    pub prefix_ids: Vec<Vec<usize>>,
+    /// Which prefix positions are real tokens.
+    pub prefix_mask: Vec<Vec<bool>>,
+    /// `[batch]` the token produced at this step (the one being explained).
+    pub target_ids: Vec<usize>,
+    /// The same step under contrastive inputs, when the attributed function needs it.
+    pub contrast: Option<ContrastOutput>,
+}
+
+/// Per-step attribution scores, `[batch, len, hidden]` (or `[batch, len, 1]` for
+/// methods that give one score per token).
+#[derive(Debug, Clone)]
+pub struct StepAttribution {
+    /// Scores for the source tokens (encoder-decoder models).
+    pub source: Option<Tensor<3>>,
+    /// Scores for the target prefix (decoder-only models, or `attribute_target`).
+    pub target: Option<Tensor<3>>,
+    /// Convergence delta per batch row, for methods that define one.
+    pub deltas: Option<Vec<f32>>,
+}
+
+/// Settings shared by every method during one attribution run.
+pub struct MethodContext<'a> {
+    /// The model.
+    pub model: &'a dyn LanguageModel,
+    /// The function whose output is explained (e.g. `probability`).
+    pub attributed_fn: &'a AttributedFn,
+    /// For encoder-decoder models, also attribute to the target prefix.
+    pub attribute_target: bool,
+    /// Token whose embedding is the baseline (Inseq: the tokenizer's `unk` token).
+    pub baseline_token_id: usize,
+    /// End-of-sequence id (kept as its own baseline, as Inseq does).
+    pub eos_token_id: Option<usize>,
+}
+
+/// Computes no attribution, so that only step scores are recorded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dummy;
+
+impl AttributionMethod for Dummy {
+    fn id(&self) -> &str {
+        "dummy"
+    }
+
+    fn attribute_step(&self, _ctx: &MethodContext, _step: &StepInput) -> Result<StepAttribution> {
+        Ok(StepAttribution {
+            source: None,
+            target: None,
+            deltas: None,
+        })
+    }
+}
+
+/// A feature attribution method.
+pub trait AttributionMethod: Send + Sync {
+    /// The id it is registered under.
+    fn id(&self) -> &str;
+    /// Attributes one generation step.
+    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution>;
+}

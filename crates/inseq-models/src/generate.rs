@@ -12,6 +12,9 @@ pub struct GenerationOptions {
     pub max_new_tokens: usize,
     /// End-of-sequence is suppressed until this many tokens were generated.
     pub min_new_tokens: usize,
+    /// Token forced as the last one when `max_new_tokens` is reached
+    /// (Hugging Face's `forced_eos_token_id`, set by BART and Marian configs).
+    pub forced_eos_token_id: Option<usize>,
 }
 
 impl Default for GenerationOptions {
@@ -19,14 +22,16 @@ impl Default for GenerationOptions {
         Self {
             max_new_tokens: 20,
             min_new_tokens: 0,
+            forced_eos_token_id: None,
         }
     }
 }
 
-/// Greedily decodes from a decoder-only model. `prefix` is the prompt (or, for
-/// encoder-decoder models, the decoder prefix starting with the decoder start
-/// token) and `source` the encoder input. Returns only the new token ids
-/// (the end-of-sequence token included when it is produced).
+/// Greedily decodes. `prefix` is the prompt (or, for encoder-decoder models, the
+/// decoder prefix starting with the decoder start token; empty means just the
+/// decoder start token) and `source` the encoder input (encoder-decoder only).
+/// Returns only the new token ids (the end-of-sequence token included when it
+/// is produced).
 pub fn generate_greedy(
     model: &dyn LanguageModel,
     source: Option<&[usize]>,
@@ -35,10 +40,24 @@ pub fn generate_greedy(
 ) -> Result<Vec<usize>> {
     let info = model.info();
     let device = model.device();
+    // Encoder-decoder models start from the decoder start token when no prefix is given.
+    let prefix: Vec<usize> = match (prefix.is_empty(), model.kind(), info.decoder_start_token_id) {
+        (true, ModelKind::EncoderDecoder, Some(start)) => vec![start],
+        _ => prefix.to_vec(),
+    };
     if prefix.is_empty() {
         return Err(Error::InvalidInput("generation needs at least one prefix token".into()));
     }
-    let mut ids = prefix.to_vec();
+    if let Some(&bad) = prefix.iter().find(|&&t| t >= info.vocab_size) {
+        return Err(Error::InvalidInput(format!(
+            "token id {bad} is outside the vocabulary of {} tokens",
+            info.vocab_size
+        )));
+    }
+    if model.kind() == ModelKind::EncoderDecoder && source.is_some_and(<[usize]>::is_empty) {
+        return Err(Error::InvalidInput("encoder-decoder generation needs a non-empty source".into()));
+    }
+    let mut ids = prefix;
     let mut new = Vec::new();
     let source_embeds = match (model.kind(), source) {
         (ModelKind::EncoderDecoder, Some(src)) => Some(model.embed_source(ids_tensor(&[src.to_vec()], device))),
@@ -65,9 +84,15 @@ pub fn generate_greedy(
                 ..Default::default()
             },
         );
-        let logits: Vec<f32> = out.last_logits().into_data().convert::<f32>().to_vec().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        let logits: Vec<f32> = out
+            .last_logits()
+            .try_to_vec_as::<f32>()
+            .map_err(|e| Error::Numerical(format!("{e:?}")))?;
         let suppress_eos = step < options.min_new_tokens;
-        let next = argmax(&logits, if suppress_eos { info.eos_token_id } else { None });
+        let next = match options.forced_eos_token_id {
+            Some(eos) if step + 1 == options.max_new_tokens => eos,
+            _ => argmax(&logits, if suppress_eos { info.eos_token_id } else { None }),
+        };
         ids.push(next);
         new.push(next);
         if Some(next) == info.eos_token_id {

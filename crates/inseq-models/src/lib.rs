@@ -18,14 +18,17 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bart;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod hub;
 pub mod llama;
 pub mod loader;
+pub mod marian;
 pub mod model;
 pub mod nn;
+pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use inseq_core::{Error, Result};
 
+use crate::bart::{Bart, BartConfig};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::llama::{Llama, LlamaConfig};
+use crate::marian::Marian;
 use crate::model::LanguageModel;
+use crate::t5::{T5, T5Config};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorsSource, WeightSource, Weights};
 
@@ -20,6 +23,8 @@ pub struct Pretrained {
     pub tokenizer: TextTokenizer,
     /// The name or path it was loaded from.
     pub name: String,
+    /// The Hugging Face `config.json` (for GGUF files, its equivalent built from the metadata).
+    pub config: serde_json::Value,
 }
 
 /// Short names for real models fetched by `cargo xtask fetch-models`.
@@ -86,6 +91,7 @@ fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained
         model,
         tokenizer,
         name: name.to_string(),
+        config,
     })
 }
 
@@ -110,6 +116,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
         model,
         tokenizer,
         name: name.to_string(),
+        config,
     })
 }
 
@@ -142,8 +149,23 @@ pub fn build_model(
             let mut w = Weights::new(source, &["model."], device);
             Ok(Box::new(Llama::load(c, &mut w)?))
         }
+        "marian" => {
+            let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            Ok(Box::new(Marian::load(c, &mut w)?))
+        }
+        "bart" => {
+            let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            Ok(Box::new(Bart::load(c, &mut w)?))
+        }
+        "t5" => {
+            let c: T5Config = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &[], device);
+            Ok(Box::new(T5::load(c, &mut w)?))
+        }
         other => Err(Error::UnsupportedArchitecture(format!(
-            "{other} (supported: gpt2, llama, mistral, qwen2)"
+            "{other} (supported: gpt2, llama, mistral, qwen2, marian, bart, t5)"
         ))),
     }
 }

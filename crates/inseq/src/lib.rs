@@ -1,1 +1,48 @@
-//! placeholder
+//! **inseq** — post-hoc interpretability for sequence generation models, in Rust.
+//!
+//! Load a model with an attribution method, attribute its generation (or a
+//! forced target), aggregate and show the result:
+//!
+//! ```no_run
+//! use inseq::{AttributeOptions, MethodArgs, aggregate, default_device, load_model};
+//! let device = default_device().unwrap();
+//! let model = load_model("../shared/fixtures/models/tiny-gpt2", "integrated_gradients",
+//!                        MethodArgs::parse("n_steps=16").unwrap(), &device).unwrap();
+//! let opts = AttributeOptions { step_scores: vec!["probability".into()], ..Default::default() };
+//! let out = model.attribute(&["Hello ladies and"], &opts).unwrap();
+//! let shown = aggregate(&out);
+//! println!("{}", inseq::viz::render_terminal(&shown.sequence_attributions[0], &Default::default()));
+//! ```
+//!
+//! The pieces are separate crates, re-exported here: [`core`] (data model),
+//! [`models`], [`methods`], [`steps`], [`aggregation`], [`viz`].
+#![warn(missing_docs)]
+
+mod attribute;
+pub mod parity;
+mod device;
+
+pub use attribute::{AttributeOptions, AttributionModel, SharedMethod, load_model};
+pub use device::{DEVICE_NAMES, default_device, parse_device};
+pub use inseq_aggregate as aggregation;
+pub use inseq_core as core;
+pub use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
+pub use inseq_methods as methods;
+pub use inseq_methods::{MethodArgs, MethodRegistry};
+pub use inseq_models as models;
+pub use inseq_models::GenerationOptions;
+pub use inseq_steps as steps;
+pub use inseq_steps::{StepArgs, StepRegistry};
+pub use inseq_viz as viz;
+
+/// Applies Inseq's default aggregation to every sequence of `out`.
+pub fn aggregate(out: &AttributionOutput) -> AttributionOutput {
+    AttributionOutput {
+        sequence_attributions: out
+            .sequence_attributions
+            .iter()
+            .map(inseq_aggregate::default_aggregate)
+            .collect(),
+        info: out.info.clone(),
+    }
+}

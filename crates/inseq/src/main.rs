@@ -1,1 +1,152 @@
-fn main(){}
+//! The `inseq` command-line tool.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use inseq::{AttributeOptions, GenerationOptions, MethodArgs, MethodRegistry, StepArgs, StepRegistry};
+
+#[derive(Parser)]
+#[command(name = "inseq", version, about = "Attribute the generations of Transformer language models to their inputs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attribute a model's generation (or a forced target) for one or more inputs.
+    Attribute(AttributeArgs),
+    /// List the attribution method ids.
+    ListMethods,
+    /// List the step function ids.
+    ListStepFunctions,
+}
+
+#[derive(clap::Args)]
+struct AttributeArgs {
+    /// Model directory, .gguf file, alias (smollm2) or Hugging Face id.
+    #[arg(long)]
+    model: String,
+    /// Attribution method id (see `inseq list-methods`).
+    #[arg(long, default_value = "saliency")]
+    method: String,
+    /// Method arguments, e.g. `n_steps=16,internal_batch_size=8`.
+    #[arg(long, default_value = "")]
+    method_args: String,
+    /// Input text (repeat for a batch).
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Forced target text, one per input (decoder-only: must start with the input).
+    #[arg(long)]
+    target: Vec<String>,
+    /// Tokens to generate when no target is given.
+    #[arg(long, default_value_t = 10)]
+    max_new_tokens: usize,
+    /// Minimum new tokens (end-of-sequence suppressed before).
+    #[arg(long, default_value_t = 0)]
+    min_new_tokens: usize,
+    /// Step scores to record, comma separated (see `inseq list-step-functions`).
+    #[arg(long, value_delimiter = ',')]
+    step_scores: Vec<String>,
+    /// Step score arguments, e.g. `top_p=0.9`.
+    #[arg(long, default_value = "")]
+    step_scores_args: String,
+    /// Function to attribute (a step function id).
+    #[arg(long, default_value = "probability")]
+    attributed_fn: String,
+    /// Arguments of the attributed function, e.g. `logprob=true`.
+    #[arg(long, default_value = "")]
+    attributed_fn_args: String,
+    /// Encoder-decoder models: also attribute the target prefix.
+    #[arg(long)]
+    attribute_target: bool,
+    /// First target position to attribute.
+    #[arg(long)]
+    attr_pos_start: Option<usize>,
+    /// One past the last target position to attribute.
+    #[arg(long)]
+    attr_pos_end: Option<usize>,
+    /// Save the raw (not aggregated) result as JSON.
+    #[arg(long)]
+    save: Option<std::path::PathBuf>,
+    /// Device: cpu, ndarray, wgpu, cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Never use colours.
+    #[arg(long)]
+    no_color: bool,
+    /// Do not print the heatmap.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::ListMethods => {
+            for (id, desc) in MethodRegistry::with_defaults().describe() {
+                println!("{id:<28} {desc}");
+            }
+            Ok(())
+        }
+        Command::ListStepFunctions => {
+            for (id, desc) in StepRegistry::with_defaults().describe() {
+                println!("{id:<22} {desc}");
+            }
+            Ok(())
+        }
+        Command::Attribute(a) => attribute(a),
+    }
+}
+
+fn attribute(a: AttributeArgs) -> Result<()> {
+    if !a.target.is_empty() && a.target.len() != a.input.len() {
+        bail!("got {} --target for {} --input: give one target per input", a.target.len(), a.input.len());
+    }
+    let device = inseq::parse_device(&a.device)?;
+    let model = inseq::load_model(&a.model, &a.method, MethodArgs::parse(&a.method_args)?, &device)
+        .with_context(|| format!("loading `{}` with method `{}`", a.model, a.method))?;
+    let opts = AttributeOptions {
+        targets: (!a.target.is_empty()).then(|| a.target.clone()),
+        generation: GenerationOptions {
+            max_new_tokens: a.max_new_tokens,
+            min_new_tokens: a.min_new_tokens,
+            forced_eos_token_id: None,
+        },
+        attr_pos_start: a.attr_pos_start,
+        attr_pos_end: a.attr_pos_end,
+        step_scores: a.step_scores.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        step_scores_args: StepArgs::parse(&a.step_scores_args)?,
+        attributed_fn: a.attributed_fn.clone(),
+        attributed_fn_args: StepArgs::parse(&a.attributed_fn_args)?,
+        attribute_target: a.attribute_target,
+        show_progress: std::io::stderr().is_terminal(),
+    };
+    let inputs: Vec<&str> = a.input.iter().map(String::as_str).collect();
+    let out = model.attribute(&inputs, &opts)?;
+    if let Some(path) = &a.save {
+        out.save(path)?;
+        eprintln!("saved {}", path.display());
+    }
+    if !a.quiet {
+        let shown = inseq::aggregate(&out);
+        let color = !a.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120);
+        for seq in &shown.sequence_attributions {
+            let opts = inseq::viz::TerminalOptions {
+                color,
+                width,
+                ..Default::default()
+            };
+            println!("{}", inseq::viz::render_terminal(seq, &opts));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Input × Gradient (Shrikumar et al., 2016): the gradient times the input embedding.
+
+use inseq_core::Result;
+
+use crate::{AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients};
+
+/// `x ⊙ ∂f/∂x` per embedding dimension, as Captum's `InputXGradient`.
+#[derive(Debug, Clone, Default)]
+pub struct InputXGradient;
+
+impl InputXGradient {
+    /// Builds from arguments (none).
+    pub fn from_args(args: MethodArgs) -> Result<Self> {
+        args.finish("input_x_gradient")?;
+        Ok(Self)
+    }
+}
+
+impl AttributionMethod for InputXGradient {
+    fn id(&self) -> &str {
+        "input_x_gradient"
+    }
+
+    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+        let embedded = embed_step(ctx, step, false);
+        let (s, t, _) = gradients(ctx, step, embedded.clone(), 1)?;
+        Ok(StepAttribution {
+            source: s.zip(embedded.source).map(|(g, x)| g * x),
+            target: t.map(|g| g * embedded.target),
+            deltas: None,
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! A registry of attribution methods keyed by Inseq's ids.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use inseq_core::{Error, Result};
+
+use crate::{AttributionMethod, InputXGradient, IntegratedGradients, MethodArgs, Saliency};
+
+/// Builds a method from its arguments.
+pub type MethodFactory = Arc<dyn Fn(MethodArgs) -> Result<Box<dyn AttributionMethod>> + Send + Sync>;
+
+struct Entry {
+    description: String,
+    factory: MethodFactory,
+}
+
+/// Attribution methods by id.
+///
+/// ```
+/// use inseq_methods::{MethodRegistry, MethodArgs, Saliency};
+/// let mut reg = MethodRegistry::with_defaults();
+/// reg.register("signed_saliency", "Saliency without the absolute value.", |_args| {
+///     Ok(Box::new(Saliency { abs: false }))
+/// });
+/// assert!(reg.create("signed_saliency", MethodArgs::default()).is_ok());
+/// assert!(reg.create("nope", MethodArgs::default()).is_err());
+/// ```
+#[derive(Default)]
+pub struct MethodRegistry {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl MethodRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in methods.
+    pub fn with_defaults() -> Self {
+        let mut r = Self::new();
+        r.register(
+            "saliency",
+            "Absolute gradient of the attributed function w.r.t. each input embedding (Simonyan et al., 2013).",
+            |a| Ok(Box::new(Saliency::from_args(a)?)),
+        );
+        r.register(
+            "input_x_gradient",
+            "Gradient times input embedding (Shrikumar et al., 2016).",
+            |a| Ok(Box::new(InputXGradient::from_args(a)?)),
+        );
+        r.register(
+            "integrated_gradients",
+            "Path-integrated gradients from an unk-token baseline (Sundararajan et al., 2017).",
+            |a| Ok(Box::new(IntegratedGradients::from_args(a)?)),
+        );
+        r.register(
+            "dummy",
+            "No attribution: only step scores are computed (as Inseq's `dummy`).",
+            |a| {
+                a.finish("dummy")?;
+                Ok(Box::new(crate::Dummy))
+            },
+        );
+        r
+    }
+
+    /// Registers (or replaces) a method factory under `id`.
+    pub fn register(
+        &mut self,
+        id: &str,
+        description: &str,
+        factory: impl Fn(MethodArgs) -> Result<Box<dyn AttributionMethod>> + Send + Sync + 'static,
+    ) {
+        self.entries.insert(
+            id.to_string(),
+            Entry {
+                description: description.to_string(),
+                factory: Arc::new(factory),
+            },
+        );
+    }
+
+    /// Instantiates the method `id` with `args`.
+    pub fn create(&self, id: &str, args: MethodArgs) -> Result<Box<dyn AttributionMethod>> {
+        let entry = self.entries.get(id).ok_or_else(|| Error::UnknownId {
+            kind: "attribution method",
+            id: id.to_string(),
+            available: self.ids(),
+        })?;
+        (entry.factory)(args)
+    }
+
+    /// Registered ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// `(id, description)` pairs, sorted by id.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.description.clone()))
+            .collect()
+    }
+}

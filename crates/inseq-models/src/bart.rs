@@ -1,0 +1,684 @@
+//! BART (`BartForConditionalGeneration`) and the post-norm encoder-decoder
+//! Transformer it shares with Marian ([`crate::marian`]).
+//!
+//! Both follow Hugging Face transformers 5.x:
+//! - post-norm layers (`x = norm(x + sublayer(x))`), biased q/k/v/out projections,
+//!   attention scaled by `head_dim^-0.5`, `final_logits_bias` added to the logits;
+//! - positions are `0..len` for every row (as Hugging Face computes them, whatever
+//!   the padding), added after the token embeddings;
+//! - BART: learned positions with an offset of 2 and a `layernorm_embedding`
+//!   after the positions; its token embedding module (`BartScaledWordEmbedding`)
+//!   applies `embed_scale` itself, so [`LanguageModel::embed`] and
+//!   [`LanguageModel::embed_source`] return scaled embeddings and the forward
+//!   pass uses them as they are.
+
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use serde::Deserialize;
+
+use crate::gpt2::{empty_output, lm_head};
+use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+use crate::nn::{
+    Embedding, LayerNorm, Linear, attention, attention_bias, ids_tensor, merge_heads, split_heads,
+};
+use crate::weights::Weights;
+use inseq_core::{Error, Result};
+
+/// The fields of a BART or Marian `config.json` this implementation uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BartConfig {
+    /// `bart` or `marian`.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Vocabulary size (encoder and, when shared, decoder).
+    pub vocab_size: usize,
+    /// Decoder vocabulary size (Marian with unshared embeddings).
+    #[serde(default)]
+    pub decoder_vocab_size: Option<usize>,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder attention heads.
+    pub encoder_attention_heads: usize,
+    /// Decoder attention heads.
+    pub decoder_attention_heads: usize,
+    /// Encoder feed-forward inner size.
+    pub encoder_ffn_dim: usize,
+    /// Decoder feed-forward inner size.
+    pub decoder_ffn_dim: usize,
+    /// Feed-forward activation (`gelu`, `relu`, `swish`/`silu`, `gelu_new`, `tanh`).
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    /// Longest sequence (rows of the position table).
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// Multiply token embeddings by `sqrt(d_model)`.
+    #[serde(default)]
+    pub scale_embedding: bool,
+    /// Marian: encoder and decoder share one embedding table (`model.shared`).
+    #[serde(default = "yes")]
+    pub share_encoder_decoder_embeddings: bool,
+    /// Pre-norm layers (mBART); not supported, rejected when `true`.
+    #[serde(default)]
+    pub normalize_before: bool,
+    /// Final layer norm after the layer stacks (mBART); not supported, rejected when `true`.
+    #[serde(default)]
+    pub add_final_layer_norm: bool,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<usize>,
+    /// End-of-sequence id.
+    #[serde(default)]
+    pub eos_token_id: Option<usize>,
+    /// Padding id.
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+    /// First decoder input.
+    #[serde(default)]
+    pub decoder_start_token_id: Option<usize>,
+}
+
+fn default_model_type() -> String {
+    "bart".into()
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_max_pos() -> usize {
+    1024
+}
+fn yes() -> bool {
+    true
+}
+
+/// Feed-forward activations of the BART family (Hugging Face `ACT2FN` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// Exact (erf) GELU: `gelu`.
+    Gelu,
+    /// Tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `swish` / `silu`.
+    Silu,
+    /// `tanh`.
+    Tanh,
+}
+
+impl Act {
+    /// Parses a Hugging Face activation name.
+    pub(crate) fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Act::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
+            "relu" => Act::Relu,
+            "swish" | "silu" => Act::Silu,
+            "tanh" => Act::Tanh,
+            other => return Err(Error::Unsupported(format!("activation function `{other}`"))),
+        })
+    }
+
+    /// Applies the activation.
+    pub(crate) fn apply(self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Act::Gelu => activation::gelu(x),
+            Act::GeluTanh => activation::gelu_approximate(x),
+            Act::Relu => activation::relu(x),
+            Act::Silu => activation::silu(x),
+            Act::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Hugging Face tensor names of a BART-family checkpoint (after the `model.`
+/// prefix, which [`Weights`] tries first). `{i}` stands for the layer index.
+/// This is the only place the architectures' weight names are spelled out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NameTable {
+    /// Shared token embeddings.
+    pub shared: &'static str,
+    /// Encoder token embeddings (when not shared).
+    pub encoder_embed: &'static str,
+    /// Decoder token embeddings (when not shared).
+    pub decoder_embed: &'static str,
+    /// Learned encoder positions (`None`: sinusoidal, not stored).
+    pub encoder_positions: Option<&'static str>,
+    /// Learned decoder positions.
+    pub decoder_positions: Option<&'static str>,
+    /// Encoder layer norm after the embeddings (`None`: absent).
+    pub encoder_layernorm_embedding: Option<&'static str>,
+    /// Decoder layer norm after the embeddings.
+    pub decoder_layernorm_embedding: Option<&'static str>,
+    /// Encoder layer `{i}`.
+    pub encoder_layer: &'static str,
+    /// Decoder layer `{i}`.
+    pub decoder_layer: &'static str,
+    /// Self-attention inside a layer.
+    pub self_attn: &'static str,
+    /// Norm after self-attention.
+    pub self_attn_norm: &'static str,
+    /// Cross-attention inside a decoder layer.
+    pub cross_attn: &'static str,
+    /// Norm after cross-attention.
+    pub cross_attn_norm: &'static str,
+    /// Query, key, value and output projections inside an attention block.
+    pub qkvo: [&'static str; 4],
+    /// Feed-forward input projection.
+    pub fc1: &'static str,
+    /// Feed-forward output projection.
+    pub fc2: &'static str,
+    /// Norm after the feed-forward block.
+    pub final_norm: &'static str,
+    /// Output projection (falls back to the decoder embeddings when absent).
+    pub lm_head: &'static str,
+    /// Logit bias (zeros when absent).
+    pub final_logits_bias: &'static str,
+}
+
+/// BART's weight names.
+pub(crate) const BART_NAMES: NameTable = NameTable {
+    shared: "shared.weight",
+    encoder_embed: "encoder.embed_tokens.weight",
+    decoder_embed: "decoder.embed_tokens.weight",
+    encoder_positions: Some("encoder.embed_positions.weight"),
+    decoder_positions: Some("decoder.embed_positions.weight"),
+    encoder_layernorm_embedding: Some("encoder.layernorm_embedding"),
+    decoder_layernorm_embedding: Some("decoder.layernorm_embedding"),
+    encoder_layer: "encoder.layers.{i}",
+    decoder_layer: "decoder.layers.{i}",
+    self_attn: "self_attn",
+    self_attn_norm: "self_attn_layer_norm",
+    cross_attn: "encoder_attn",
+    cross_attn_norm: "encoder_attn_layer_norm",
+    qkvo: ["q_proj", "k_proj", "v_proj", "out_proj"],
+    fc1: "fc1",
+    fc2: "fc2",
+    final_norm: "final_layer_norm",
+    lm_head: "lm_head.weight",
+    final_logits_bias: "final_logits_bias",
+};
+
+/// Offset of BART's learned position ids.
+const BART_POSITION_OFFSET: usize = 2;
+
+/// `nn.LayerNorm` default epsilon.
+const LN_EPS: f64 = 1e-5;
+
+/// Multi-head attention with biased projections (BART family).
+pub(crate) struct Attn {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attn {
+    fn load(
+        w: &mut Weights,
+        prefix: &str,
+        names: &NameTable,
+        d: usize,
+        heads: usize,
+    ) -> Result<Self> {
+        let [q, k, v, o] = names.qkvo;
+        Ok(Self {
+            q: Linear::load_torch(w, &format!("{prefix}.{q}"), true, [d, d])?,
+            k: Linear::load_torch(w, &format!("{prefix}.{k}"), true, [d, d])?,
+            v: Linear::load_torch(w, &format!("{prefix}.{v}"), true, [d, d])?,
+            o: Linear::load_torch(w, &format!("{prefix}.{o}"), true, [d, d])?,
+            heads,
+            scale: 1.0 / ((d / heads) as f64).sqrt(),
+        })
+    }
+
+    /// Attends from `x` to `kv`; returns the projected output and the weights.
+    fn forward(&self, x: Tensor<3>, kv: Tensor<3>, bias: &Tensor<4>) -> (Tensor<3>, Tensor<4>) {
+        let q = split_heads(self.q.forward(x), self.heads);
+        let k = split_heads(self.k.forward(kv.clone()), self.heads);
+        let v = split_heads(self.v.forward(kv), self.heads);
+        let (ctx, weights) = attention(q, k, v, Some(bias.clone()), self.scale);
+        (self.o.forward(merge_heads(ctx)), weights)
+    }
+}
+
+struct EncoderLayer {
+    self_attn: Attn,
+    self_attn_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+}
+
+struct DecoderLayer {
+    self_attn: Attn,
+    self_attn_norm: LayerNorm,
+    cross_attn: Attn,
+    cross_attn_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+}
+
+/// Position embeddings of the BART family.
+pub(crate) enum Positions {
+    /// Learned tables (BART), looked up at `position + offset`.
+    Learned {
+        /// Encoder and decoder tables.
+        tables: Box<[Embedding; 2]>,
+        /// Added to each position id.
+        offset: usize,
+    },
+    /// Marian's fixed sinusoidal table: sines in the first half, cosines in the second.
+    Sinusoidal,
+}
+
+/// Marian's sinusoidal position table (`MarianSinusoidalPositionalEmbedding`):
+/// angle `pos / 10000^(2*(j//2)/dim)`, sines of the even `j` in the first
+/// `ceil(dim/2)` columns, cosines of the odd `j` after them; `[len, dim]`.
+pub fn sinusoidal_positions(len: usize, dim: usize) -> Vec<f32> {
+    let sentinel = dim.div_ceil(2);
+    let mut out = vec![0f32; len * dim];
+    for pos in 0..len {
+        let row = &mut out[pos * dim..(pos + 1) * dim];
+        for j in 0..dim {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            if j % 2 == 0 {
+                row[j / 2] = angle.sin() as f32;
+            } else {
+                row[sentinel + j / 2] = angle.cos() as f32;
+            }
+        }
+    }
+    out
+}
+
+/// How a BART-family model's embeddings are scaled (Hugging Face 5.x conventions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScaleConvention {
+    /// BART: both embedding modules return `E[ids] * embed_scale`; `inputs_embeds`
+    /// and `decoder_inputs_embeds` are used unchanged.
+    InEmbedding,
+    /// Marian: the encoder takes `inputs_embeds` already scaled (what it computes from
+    /// ids), the decoder multiplies `decoder_inputs_embeds` by `embed_scale` itself.
+    MarianDecoderScales,
+}
+
+/// Replaces a missing or malformed `[batch][len]` padding mask by an all-true one.
+pub(crate) fn mask_or_all(
+    mask: Option<&Vec<Vec<bool>>>,
+    batch: usize,
+    len: usize,
+) -> Vec<Vec<bool>> {
+    match mask {
+        Some(m) if m.len() == batch && m.iter().all(|r| r.len() == len) => m.clone(),
+        _ => vec![vec![true; len]; batch],
+    }
+}
+
+/// The encoder-decoder Transformer shared by BART and Marian.
+pub(crate) struct Seq2Seq {
+    pub(crate) info: ModelInfo,
+    act: Act,
+    encoder_embed: Embedding,
+    decoder_embed: Embedding,
+    positions: Positions,
+    layernorm_embedding: Option<(LayerNorm, LayerNorm)>,
+    encoder: Vec<EncoderLayer>,
+    decoder: Vec<DecoderLayer>,
+    lm_head: Tensor<2>,
+    final_logits_bias: Tensor<1>,
+    pub(crate) embed_scale: f64,
+    convention: ScaleConvention,
+    d_model: usize,
+    device: Device,
+}
+
+impl Seq2Seq {
+    /// Loads the weights named by `names`.
+    pub(crate) fn load(
+        config: &BartConfig,
+        w: &mut Weights,
+        names: &NameTable,
+        convention: ScaleConvention,
+        info: ModelInfo,
+    ) -> Result<Self> {
+        let d = config.d_model;
+        for (what, heads) in [
+            ("encoder_attention_heads", config.encoder_attention_heads),
+            ("decoder_attention_heads", config.decoder_attention_heads),
+        ] {
+            if heads == 0 || !d.is_multiple_of(heads) {
+                return Err(Error::invalid_arg(
+                    what,
+                    format!("{heads} does not divide d_model {d}"),
+                ));
+            }
+        }
+        if config.normalize_before || config.add_final_layer_norm {
+            return Err(Error::Unsupported(format!(
+                "{} with pre-norm layers (normalize_before/add_final_layer_norm, mBART style)",
+                config.model_type
+            )));
+        }
+        let act = Act::parse(&config.activation_function)?;
+        let vocab = config.vocab_size;
+        let dec_vocab = if config.share_encoder_decoder_embeddings {
+            vocab
+        } else {
+            config.decoder_vocab_size.unwrap_or(vocab)
+        };
+        let (encoder_embed, decoder_embed) = if config.share_encoder_decoder_embeddings {
+            let name = if w.contains(names.shared) {
+                names.shared
+            } else {
+                names.encoder_embed
+            };
+            let table = Embedding {
+                table: w.tensor2(name, [vocab, d])?,
+            };
+            (table.clone(), table)
+        } else {
+            (
+                Embedding {
+                    table: w.tensor2(names.encoder_embed, [vocab, d])?,
+                },
+                Embedding {
+                    table: w.tensor2(names.decoder_embed, [dec_vocab, d])?,
+                },
+            )
+        };
+        let positions = match (names.encoder_positions, names.decoder_positions) {
+            (Some(e), Some(dp)) => {
+                let rows = config.max_position_embeddings + BART_POSITION_OFFSET;
+                let encoder = Embedding {
+                    table: w.tensor2(e, [rows, d])?,
+                };
+                let decoder = Embedding {
+                    table: w.tensor2(dp, [rows, d])?,
+                };
+                Positions::Learned {
+                    tables: Box::new([encoder, decoder]),
+                    offset: BART_POSITION_OFFSET,
+                }
+            }
+            _ => Positions::Sinusoidal,
+        };
+        let layernorm_embedding = match (
+            names.encoder_layernorm_embedding,
+            names.decoder_layernorm_embedding,
+        ) {
+            (Some(e), Some(dn)) => Some((
+                LayerNorm::load(w, e, d, LN_EPS)?,
+                LayerNorm::load(w, dn, d, LN_EPS)?,
+            )),
+            _ => None,
+        };
+        let mut encoder = Vec::with_capacity(config.encoder_layers);
+        for i in 0..config.encoder_layers {
+            let p = names.encoder_layer.replace("{i}", &i.to_string());
+            let ff = config.encoder_ffn_dim;
+            encoder.push(EncoderLayer {
+                self_attn: Attn::load(
+                    w,
+                    &format!("{p}.{}", names.self_attn),
+                    names,
+                    d,
+                    config.encoder_attention_heads,
+                )?,
+                self_attn_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.{}", names.self_attn_norm),
+                    d,
+                    LN_EPS,
+                )?,
+                fc1: Linear::load_torch(w, &format!("{p}.{}", names.fc1), true, [ff, d])?,
+                fc2: Linear::load_torch(w, &format!("{p}.{}", names.fc2), true, [d, ff])?,
+                final_norm: LayerNorm::load(w, &format!("{p}.{}", names.final_norm), d, LN_EPS)?,
+            });
+        }
+        let mut decoder = Vec::with_capacity(config.decoder_layers);
+        for i in 0..config.decoder_layers {
+            let p = names.decoder_layer.replace("{i}", &i.to_string());
+            let ff = config.decoder_ffn_dim;
+            let h = config.decoder_attention_heads;
+            decoder.push(DecoderLayer {
+                self_attn: Attn::load(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
+                self_attn_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.{}", names.self_attn_norm),
+                    d,
+                    LN_EPS,
+                )?,
+                cross_attn: Attn::load(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
+                cross_attn_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.{}", names.cross_attn_norm),
+                    d,
+                    LN_EPS,
+                )?,
+                fc1: Linear::load_torch(w, &format!("{p}.{}", names.fc1), true, [ff, d])?,
+                fc2: Linear::load_torch(w, &format!("{p}.{}", names.fc2), true, [d, ff])?,
+                final_norm: LayerNorm::load(w, &format!("{p}.{}", names.final_norm), d, LN_EPS)?,
+            });
+        }
+        // Transformers 5.x keeps a stored `lm_head.weight` even when it is declared tied.
+        let lm_head = if w.contains(names.lm_head) {
+            w.tensor2_transposed(names.lm_head, [dec_vocab, d])?
+        } else {
+            decoder_embed.table.clone().transpose()
+        };
+        let final_logits_bias = if w.contains(names.final_logits_bias) {
+            w.tensor1(names.final_logits_bias, dec_vocab)?
+        } else {
+            Tensor::zeros([dec_vocab], w.device())
+        };
+        let embed_scale = if config.scale_embedding {
+            (d as f64).sqrt()
+        } else {
+            1.0
+        };
+        Ok(Self {
+            info,
+            act,
+            encoder_embed,
+            decoder_embed,
+            positions,
+            layernorm_embedding,
+            encoder,
+            decoder,
+            lm_head,
+            final_logits_bias,
+            embed_scale,
+            convention,
+            d_model: d,
+            device: w.device().clone(),
+        })
+    }
+
+    /// `[1, len, d]` position embeddings for positions `0..len` of the encoder or decoder.
+    fn positions(&self, len: usize, decoder: bool) -> Tensor<3> {
+        let d = self.d_model;
+        match &self.positions {
+            Positions::Learned { tables, offset } => {
+                let table = &tables[usize::from(decoder)];
+                let last = table.vocab_size().saturating_sub(1);
+                // Positions past the table reuse its last row rather than panicking.
+                let ids: Vec<usize> = (0..len).map(|p| (p + offset).min(last)).collect();
+                table.forward(ids_tensor(&[ids], &self.device))
+            }
+            Positions::Sinusoidal => Tensor::from_data(
+                TensorData::new(sinusoidal_positions(len, d), [1, len, d]),
+                &self.device,
+            ),
+        }
+    }
+
+    /// Token embeddings of target ids as `get_input_embeddings()` returns them.
+    pub(crate) fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let e = self.decoder_embed.forward(ids);
+        match self.convention {
+            ScaleConvention::InEmbedding if self.embed_scale != 1.0 => e * self.embed_scale,
+            _ => e,
+        }
+    }
+
+    /// Encoder input embeddings: `E[ids] * embed_scale`, what the encoder computes from ids.
+    pub(crate) fn embed_source(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let e = self.encoder_embed.forward(ids);
+        if self.embed_scale != 1.0 {
+            e * self.embed_scale
+        } else {
+            e
+        }
+    }
+
+    /// Runs the encoder on `[batch, len, d]` embeddings.
+    fn encode(
+        &self,
+        x: Tensor<3>,
+        mask: &[Vec<bool>],
+        out: &mut ModelOutput,
+        attentions: bool,
+    ) -> Tensor<3> {
+        let [_, s, _] = x.dims();
+        let mut x = x + self.positions(s, false);
+        if let Some((ln, _)) = &self.layernorm_embedding {
+            x = ln.forward(x);
+        }
+        let bias = attention_bias(mask, s, false, &self.device);
+        for layer in &self.encoder {
+            let (a, weights) = layer.self_attn.forward(x.clone(), x.clone(), &bias);
+            if attentions {
+                out.encoder_attentions.push(weights);
+            }
+            x = layer.self_attn_norm.forward(x + a);
+            let ff = layer
+                .fc2
+                .forward(self.act.apply(layer.fc1.forward(x.clone())));
+            x = layer.final_norm.forward(x + ff);
+        }
+        x
+    }
+
+    /// Forward pass on embeddings (see the module docs for the conventions).
+    pub(crate) fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
+        let mut out = empty_output(&self.device);
+        let [b, t, _] = input.target_embeds.dims();
+        let target_mask = mask_or_all(Some(&input.target_mask), b, t);
+        let memory = input.source_embeds.map(|src| {
+            let [sb, s, _] = src.dims();
+            let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
+            let enc = self.encode(src, &mask, &mut out, options.attentions);
+            (enc, attention_bias(&mask, t, false, &self.device))
+        });
+        let mut y = input.target_embeds;
+        if self.convention == ScaleConvention::MarianDecoderScales && self.embed_scale != 1.0 {
+            y = y * self.embed_scale;
+        }
+        y = y + self.positions(t, true);
+        if let Some((_, ln)) = &self.layernorm_embedding {
+            y = ln.forward(y);
+        }
+        if options.hidden_states {
+            out.hidden_states.push(y.clone());
+        }
+        let self_bias = attention_bias(&target_mask, t, true, &self.device);
+        for layer in &self.decoder {
+            let (a, weights) = layer.self_attn.forward(y.clone(), y.clone(), &self_bias);
+            if options.attentions {
+                out.attentions.push(weights);
+            }
+            y = layer.self_attn_norm.forward(y + a);
+            if let Some((enc, cross_bias)) = &memory {
+                let (a, weights) = layer.cross_attn.forward(y.clone(), enc.clone(), cross_bias);
+                if options.attentions {
+                    out.cross_attentions.push(weights);
+                }
+                y = layer.cross_attn_norm.forward(y + a);
+            }
+            let ff = layer
+                .fc2
+                .forward(self.act.apply(layer.fc1.forward(y.clone())));
+            y = layer.final_norm.forward(y + ff);
+            if options.hidden_states {
+                out.hidden_states.push(y.clone());
+            }
+        }
+        let logits = lm_head(y, &self.lm_head, options.last_position_only);
+        out.logits = logits + self.final_logits_bias.clone().unsqueeze::<3>();
+        out
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// A BART sequence-to-sequence model (`BartForConditionalGeneration`).
+///
+/// [`LanguageModel::embed`] / [`LanguageModel::embed_source`] return
+/// `shared[ids] * embed_scale` (as `BartScaledWordEmbedding` does; the scale is 1
+/// unless `scale_embedding`), and [`LanguageModel::forward`] uses the given
+/// embeddings unchanged as `decoder_inputs_embeds` / `inputs_embeds`.
+/// `hidden_states` are the decoder's: after `layernorm_embedding`, then each layer.
+pub struct Bart {
+    inner: Seq2Seq,
+}
+
+impl Bart {
+    /// Builds the model from its config and weights (names without the `model.` prefix).
+    pub fn load(config: BartConfig, w: &mut Weights) -> Result<Self> {
+        let info = ModelInfo {
+            architecture: "bart".into(),
+            hf_class: "BartForConditionalGeneration".into(),
+            vocab_size: config.vocab_size,
+            hidden_size: config.d_model,
+            num_layers: config.decoder_layers,
+            num_heads: config.decoder_attention_heads,
+            max_positions: config.max_position_embeddings,
+            bos_token_id: config.bos_token_id,
+            eos_token_id: config.eos_token_id,
+            pad_token_id: config.pad_token_id,
+            decoder_start_token_id: config.decoder_start_token_id.or(config.eos_token_id),
+        };
+        let inner = Seq2Seq::load(&config, w, &BART_NAMES, ScaleConvention::InEmbedding, info)?;
+        Ok(Self { inner })
+    }
+
+    /// The embedding scale (`sqrt(d_model)` with `scale_embedding`, else 1),
+    /// already included in what [`LanguageModel::embed`] returns.
+    pub fn embed_scale(&self) -> f64 {
+        self.inner.embed_scale
+    }
+}
+
+impl LanguageModel for Bart {
+    fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::EncoderDecoder
+    }
+
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.inner.embed(ids)
+    }
+
+    fn embed_source(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.inner.embed_source(ids)
+    }
+
+    fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
+        self.inner.forward(input, options)
+    }
+}

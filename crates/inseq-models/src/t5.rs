@@ -1,0 +1,535 @@
+//! T5 (`T5ForConditionalGeneration`, also T5 v1.1 / Flan-T5): pre-norm blocks
+//! with RMS layer norm, bucketed relative position bias (computed by the first
+//! block of each stack and shared by the others), unscaled attention, a ReLU or
+//! gated (`gated-gelu`, `gated-silu`...) feed-forward, and a final layer norm.
+//!
+//! Conventions (Hugging Face transformers 5.x, `modeling_t5.py`): token
+//! embeddings are a plain unscaled `nn.Embedding`, so [`LanguageModel::embed`]
+//! and [`LanguageModel::embed_source`] return `shared[ids]` and the forward pass
+//! uses them unchanged. The decoder output is multiplied by `d_model^-0.5`
+//! before the LM head when the config says `scale_decoder_outputs: true`, or,
+//! in configs saved before transformers 5 that lack that key, unless it says
+//! `tie_word_embeddings: false` (T5 v1.1 / Flan-T5). The LM head is
+//! `lm_head.weight` when stored, else the shared embeddings.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::Deserialize;
+
+use crate::bart::{Act, mask_or_all};
+use crate::gpt2::{empty_output, lm_head};
+use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+use crate::nn::{Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, split_heads};
+use crate::weights::Weights;
+use inseq_core::{Error, Result};
+
+/// The fields of a T5 `config.json` this implementation uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct T5Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Per-head size.
+    pub d_kv: usize,
+    /// Feed-forward inner size.
+    pub d_ff: usize,
+    /// Encoder blocks.
+    pub num_layers: usize,
+    /// Decoder blocks (default `num_layers`).
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Relative position buckets.
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
+    /// Distance beyond which relative positions share a bucket.
+    #[serde(default = "default_max_distance")]
+    pub relative_attention_max_distance: usize,
+    /// RMS norm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gelu`, `gated-gelu`, `gated-silu`...
+    #[serde(default = "default_ff")]
+    pub feed_forward_proj: String,
+    /// `false` for T5 v1.1 / Flan-T5 (no `d_model^-0.5` rescale of the decoder output).
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    /// Multiply the decoder output by `d_model^-0.5` (written by transformers 5.x;
+    /// when absent: unless `tie_word_embeddings` is `false`).
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
+    /// Context length used to bound generation (T5 itself has no limit; default 512).
+    #[serde(default)]
+    pub n_positions: Option<usize>,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<usize>,
+    /// End-of-sequence id.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: Option<usize>,
+    /// Padding id.
+    #[serde(default = "default_pad")]
+    pub pad_token_id: Option<usize>,
+    /// First decoder input (default: the padding id).
+    #[serde(default)]
+    pub decoder_start_token_id: Option<usize>,
+}
+
+fn default_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_ff() -> String {
+    "relu".into()
+}
+fn default_eos() -> Option<usize> {
+    Some(1)
+}
+fn default_pad() -> Option<usize> {
+    Some(0)
+}
+
+impl T5Config {
+    /// The feed-forward activation and whether the feed-forward is gated, as
+    /// `T5Config` derives them from `feed_forward_proj`.
+    fn activation(&self) -> Result<(Act, bool)> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let (gated, name) = match parts.as_slice() {
+            [name] => (false, *name),
+            ["gated", name] => (true, *name),
+            _ => {
+                return Err(Error::invalid_arg(
+                    "feed_forward_proj",
+                    format!("`{}` is not `ACT` or `gated-ACT`", self.feed_forward_proj),
+                ));
+            }
+        };
+        // Hugging Face maps `gated-gelu` to the tanh approximation for backward compatibility.
+        let name = if self.feed_forward_proj == "gated-gelu" {
+            "gelu_new"
+        } else {
+            name
+        };
+        Ok((Act::parse(name)?, gated))
+    }
+}
+
+/// T5's weight names (no prefix). `{s}` is the stack (`encoder`/`decoder`),
+/// `{i}` the block index. The only place T5 weight names are spelled out.
+struct T5Names {
+    shared: &'static str,
+    stack_embed: &'static str,
+    relative_bias: &'static str,
+    self_attn: &'static str,
+    self_attn_norm: &'static str,
+    cross_attn: &'static str,
+    cross_attn_norm: &'static str,
+    /// Feed-forward sublayer in encoder blocks (`layer.1`) and decoder blocks (`layer.2`).
+    ff: [&'static str; 2],
+    wi: &'static str,
+    wi_0: &'static str,
+    wi_1: &'static str,
+    wo: &'static str,
+    ff_norm: &'static str,
+    qkvo: [&'static str; 4],
+    final_norm: &'static str,
+    lm_head: &'static str,
+}
+
+const T5_NAMES: T5Names = T5Names {
+    shared: "shared.weight",
+    stack_embed: "{s}.embed_tokens.weight",
+    relative_bias: "{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+    self_attn: "{s}.block.{i}.layer.0.SelfAttention",
+    self_attn_norm: "{s}.block.{i}.layer.0.layer_norm",
+    cross_attn: "{s}.block.{i}.layer.1.EncDecAttention",
+    cross_attn_norm: "{s}.block.{i}.layer.1.layer_norm",
+    ff: ["{s}.block.{i}.layer.1", "{s}.block.{i}.layer.2"],
+    wi: "DenseReluDense.wi",
+    wi_0: "DenseReluDense.wi_0",
+    wi_1: "DenseReluDense.wi_1",
+    wo: "DenseReluDense.wo",
+    ff_norm: "layer_norm",
+    qkvo: ["q", "k", "v", "o"],
+    final_norm: "{s}.final_layer_norm.weight",
+    lm_head: "lm_head.weight",
+};
+
+fn name(template: &str, stack: &str, i: usize) -> String {
+    template
+        .replace("{s}", stack)
+        .replace("{i}", &i.to_string())
+}
+
+/// T5 attention: bias-free projections, no score scaling.
+struct T5Attn {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+}
+
+impl T5Attn {
+    fn load(w: &mut Weights, prefix: &str, d: usize, heads: usize, d_kv: usize) -> Result<Self> {
+        let inner = heads * d_kv;
+        let [q, k, v, o] = T5_NAMES.qkvo;
+        Ok(Self {
+            q: Linear::load_torch(w, &format!("{prefix}.{q}"), false, [inner, d])?,
+            k: Linear::load_torch(w, &format!("{prefix}.{k}"), false, [inner, d])?,
+            v: Linear::load_torch(w, &format!("{prefix}.{v}"), false, [inner, d])?,
+            o: Linear::load_torch(w, &format!("{prefix}.{o}"), false, [d, inner])?,
+            heads,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>, kv: Tensor<3>, bias: &Tensor<4>) -> (Tensor<3>, Tensor<4>) {
+        let q = split_heads(self.q.forward(x), self.heads);
+        let k = split_heads(self.k.forward(kv.clone()), self.heads);
+        let v = split_heads(self.v.forward(kv), self.heads);
+        let (ctx, weights) = attention(q, k, v, Some(bias.clone()), 1.0);
+        (self.o.forward(merge_heads(ctx)), weights)
+    }
+}
+
+/// T5 feed-forward: `wo(act(wi_0 x) * wi_1 x)` when gated, else `wo(act(wi x))`
+/// (`wi` stored in `wi_0`).
+struct FeedForward {
+    wi_0: Linear,
+    wi_1: Option<Linear>,
+    wo: Linear,
+}
+
+struct T5Block {
+    self_attn: T5Attn,
+    self_attn_norm: RmsNorm,
+    cross: Option<(T5Attn, RmsNorm)>,
+    ff: FeedForward,
+    ff_norm: RmsNorm,
+}
+
+struct Stack {
+    blocks: Vec<T5Block>,
+    relative_bias: Tensor<2>,
+    final_norm: RmsNorm,
+}
+
+/// T5's relative position bucket (`T5Attention._relative_position_bucket`),
+/// with the logarithmic part computed in `f32` as PyTorch does.
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut num_buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let rp = if bidirectional {
+        num_buckets /= 2;
+        if relative_position > 0 {
+            bucket += num_buckets;
+        }
+        relative_position.abs()
+    } else {
+        -relative_position.min(0)
+    };
+    let max_exact = (num_buckets / 2).max(1);
+    if rp < max_exact {
+        bucket += rp;
+    } else {
+        let log_ratio = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+        let large = ((rp as f32 / max_exact as f32).ln() / log_ratio
+            * (num_buckets - max_exact) as f32) as i64;
+        bucket += (max_exact + large).min(num_buckets - 1);
+    }
+    bucket.max(0) as usize
+}
+
+/// A T5 sequence-to-sequence model (`T5ForConditionalGeneration`).
+pub struct T5 {
+    info: ModelInfo,
+    config: T5Config,
+    act: Act,
+    encoder_embed: Embedding,
+    decoder_embed: Embedding,
+    encoder: Stack,
+    decoder: Stack,
+    lm_head: Tensor<2>,
+    scale_decoder_outputs: bool,
+    device: Device,
+}
+
+impl T5 {
+    /// Builds the model from its config and weights.
+    pub fn load(config: T5Config, w: &mut Weights) -> Result<Self> {
+        let d = config.d_model;
+        if config.num_heads == 0 || config.d_kv == 0 {
+            return Err(Error::invalid_arg(
+                "num_heads",
+                "T5 needs at least one head of non-zero size",
+            ));
+        }
+        if config.relative_attention_num_buckets < 2 {
+            return Err(Error::invalid_arg(
+                "relative_attention_num_buckets",
+                "must be at least 2",
+            ));
+        }
+        let (act, gated) = config.activation()?;
+        let vocab = config.vocab_size;
+        let shared = if w.contains(T5_NAMES.shared) {
+            Embedding {
+                table: w.tensor2(T5_NAMES.shared, [vocab, d])?,
+            }
+        } else {
+            Embedding {
+                table: w.tensor2(&name(T5_NAMES.stack_embed, "encoder", 0), [vocab, d])?,
+            }
+        };
+        let encoder = Self::load_stack(&config, w, "encoder", config.num_layers, gated)?;
+        let decoder_layers = config.num_decoder_layers.unwrap_or(config.num_layers);
+        let decoder = Self::load_stack(&config, w, "decoder", decoder_layers, gated)?;
+        let lm_head = if w.contains(T5_NAMES.lm_head) {
+            w.tensor2_transposed(T5_NAMES.lm_head, [vocab, d])?
+        } else {
+            shared.table.clone().transpose()
+        };
+        let info = ModelInfo {
+            architecture: "t5".into(),
+            hf_class: "T5ForConditionalGeneration".into(),
+            vocab_size: vocab,
+            hidden_size: d,
+            num_layers: decoder_layers,
+            num_heads: config.num_heads,
+            max_positions: config.n_positions.unwrap_or(512),
+            bos_token_id: config.bos_token_id,
+            eos_token_id: config.eos_token_id,
+            pad_token_id: config.pad_token_id,
+            decoder_start_token_id: config.decoder_start_token_id.or(config.pad_token_id),
+        };
+        Ok(Self {
+            info,
+            scale_decoder_outputs: config
+                .scale_decoder_outputs
+                .unwrap_or(config.tie_word_embeddings != Some(false)),
+            config,
+            act,
+            encoder_embed: shared.clone(),
+            decoder_embed: shared,
+            encoder,
+            decoder,
+            lm_head,
+            device: w.device().clone(),
+        })
+    }
+
+    fn load_stack(
+        config: &T5Config,
+        w: &mut Weights,
+        stack: &str,
+        layers: usize,
+        gated: bool,
+    ) -> Result<Stack> {
+        let (d, h, dkv, ff, eps) = (
+            config.d_model,
+            config.num_heads,
+            config.d_kv,
+            config.d_ff,
+            config.layer_norm_epsilon,
+        );
+        let decoder = stack == "decoder";
+        let n = &T5_NAMES;
+        let mut blocks = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let ffp = name(n.ff[usize::from(decoder)], stack, i);
+            let cross = if decoder {
+                Some((
+                    T5Attn::load(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
+                    RmsNorm::load(w, &name(n.cross_attn_norm, stack, i), d, eps)?,
+                ))
+            } else {
+                None
+            };
+            let feed = if gated {
+                FeedForward {
+                    wi_0: Linear::load_torch(w, &format!("{ffp}.{}", n.wi_0), false, [ff, d])?,
+                    wi_1: Some(Linear::load_torch(
+                        w,
+                        &format!("{ffp}.{}", n.wi_1),
+                        false,
+                        [ff, d],
+                    )?),
+                    wo: Linear::load_torch(w, &format!("{ffp}.{}", n.wo), false, [d, ff])?,
+                }
+            } else {
+                FeedForward {
+                    wi_0: Linear::load_torch(w, &format!("{ffp}.{}", n.wi), false, [ff, d])?,
+                    wi_1: None,
+                    wo: Linear::load_torch(w, &format!("{ffp}.{}", n.wo), false, [d, ff])?,
+                }
+            };
+            blocks.push(T5Block {
+                self_attn: T5Attn::load(w, &name(n.self_attn, stack, i), d, h, dkv)?,
+                self_attn_norm: RmsNorm::load(w, &name(n.self_attn_norm, stack, i), d, eps)?,
+                cross,
+                ff: feed,
+                ff_norm: RmsNorm::load(w, &format!("{ffp}.{}", n.ff_norm), d, eps)?,
+            });
+        }
+        let relative_bias = w.tensor2(
+            &name(n.relative_bias, stack, 0),
+            [config.relative_attention_num_buckets, h],
+        )?;
+        let final_norm = RmsNorm {
+            gamma: w.tensor1(&name(n.final_norm, stack, 0), d)?,
+            eps,
+        };
+        Ok(Stack {
+            blocks,
+            relative_bias,
+            final_norm,
+        })
+    }
+
+    /// `[1, heads, q, k]` relative position bias of a stack.
+    fn position_bias(
+        &self,
+        table: &Tensor<2>,
+        q: usize,
+        k: usize,
+        bidirectional: bool,
+    ) -> Tensor<4> {
+        let h = self.config.num_heads;
+        let mut buckets = Vec::with_capacity(q * k);
+        for i in 0..q {
+            for j in 0..k {
+                buckets.push(relative_position_bucket(
+                    j as i64 - i as i64,
+                    bidirectional,
+                    self.config.relative_attention_num_buckets,
+                    self.config.relative_attention_max_distance,
+                ) as i64);
+            }
+        }
+        let ids: Tensor<1, Int> =
+            Tensor::from_data(TensorData::new(buckets, [q * k]), &self.device);
+        table
+            .clone()
+            .select(0, ids)
+            .transpose()
+            .reshape([1, h, q, k])
+    }
+
+    fn feed_forward(&self, ff: &FeedForward, x: Tensor<3>) -> Tensor<3> {
+        let hidden = self.act.apply(ff.wi_0.forward(x.clone()));
+        let hidden = match &ff.wi_1 {
+            Some(wi_1) => hidden * wi_1.forward(x),
+            None => hidden,
+        };
+        ff.wo.forward(hidden)
+    }
+
+    fn encode(
+        &self,
+        x: Tensor<3>,
+        mask: &[Vec<bool>],
+        out: &mut ModelOutput,
+        attentions: bool,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let h = self.config.num_heads;
+        let bias = self
+            .position_bias(&self.encoder.relative_bias, s, s, true)
+            .expand([b, h, s, s])
+            + attention_bias(mask, s, false, &self.device).expand([b, h, s, s]);
+        let mut x = x;
+        for block in &self.encoder.blocks {
+            let (a, weights) = {
+                let n = block.self_attn_norm.forward(x.clone());
+                block.self_attn.forward(n.clone(), n, &bias)
+            };
+            if attentions {
+                out.encoder_attentions.push(weights);
+            }
+            x = x + a;
+            x = x.clone() + self.feed_forward(&block.ff, block.ff_norm.forward(x));
+        }
+        self.encoder.final_norm.forward(x)
+    }
+}
+
+impl LanguageModel for T5 {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::EncoderDecoder
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.decoder_embed.forward(ids)
+    }
+
+    fn embed_source(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.encoder_embed.forward(ids)
+    }
+
+    /// Decoder `hidden_states`: the input embeddings, then each block's output
+    /// (before the final layer norm).
+    fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
+        let mut out = empty_output(&self.device);
+        let [b, t, _] = input.target_embeds.dims();
+        let h = self.config.num_heads;
+        let target_mask = mask_or_all(Some(&input.target_mask), b, t);
+        let memory = input.source_embeds.map(|src| {
+            let [sb, s, _] = src.dims();
+            let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
+            let enc = self.encode(src, &mask, &mut out, options.attentions);
+            (enc, attention_bias(&mask, t, false, &self.device))
+        });
+        let self_bias = self
+            .position_bias(&self.decoder.relative_bias, t, t, false)
+            .expand([b, h, t, t])
+            + attention_bias(&target_mask, t, true, &self.device).expand([b, h, t, t]);
+        let mut y = input.target_embeds;
+        if options.hidden_states {
+            out.hidden_states.push(y.clone());
+        }
+        for block in &self.decoder.blocks {
+            let n = block.self_attn_norm.forward(y.clone());
+            let (a, weights) = block.self_attn.forward(n.clone(), n, &self_bias);
+            if options.attentions {
+                out.attentions.push(weights);
+            }
+            y = y + a;
+            if let (Some((attn, norm)), Some((enc, cross_bias))) = (&block.cross, &memory) {
+                let (a, weights) = attn.forward(norm.forward(y.clone()), enc.clone(), cross_bias);
+                if options.attentions {
+                    out.cross_attentions.push(weights);
+                }
+                y = y + a;
+            }
+            y = y.clone() + self.feed_forward(&block.ff, block.ff_norm.forward(y));
+            if options.hidden_states {
+                out.hidden_states.push(y.clone());
+            }
+        }
+        let mut y = self.decoder.final_norm.forward(y);
+        if self.scale_decoder_outputs {
+            y = y * (self.config.d_model as f64).powf(-0.5);
+        }
+        out.logits = lm_head(y, &self.lm_head, options.last_position_only);
+        out
+    }
+}

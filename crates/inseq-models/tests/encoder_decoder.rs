@@ -1,0 +1,319 @@
+//! Encoder-decoder architectures (Marian, BART, T5) against Hugging Face transformers outputs.
+
+use burn::tensor::{Device, Tensor};
+use inseq_core::Error;
+use inseq_models::{
+    ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, generate_greedy,
+    ids_tensor, load_pretrained,
+};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+const T5_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5");
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn read_json(path: &str) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
+}
+
+fn ids(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as usize)
+        .collect()
+}
+
+/// Flattens nested JSON number arrays (row-major).
+fn flatten(v: &Value, out: &mut Vec<f32>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        Value::Number(n) => out.push(n.as_f64().expect("number") as f32),
+        other => panic!("unexpected JSON value {other}"),
+    }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+    let dims = t.dims().to_vec();
+    let data = t.try_to_vec_as::<f32>().expect("f32 data");
+    (dims, data)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &Value, tol: f32) {
+    let mut expected = Vec::new();
+    flatten(want, &mut expected);
+    assert_eq!(got.len(), expected.len(), "{what}: element count");
+    let (i, diff) = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold(
+            (0, 0f32),
+            |acc, (i, d)| if d > acc.1 { (i, d) } else { acc },
+        );
+    assert!(
+        diff <= tol,
+        "{what}: max abs diff {diff} at {i} (got {}, want {})",
+        got[i],
+        expected[i]
+    );
+}
+
+fn run(
+    model: &dyn LanguageModel,
+    source: &[usize],
+    target: &[usize],
+    options: ForwardOptions,
+) -> inseq_models::ModelOutput {
+    let dev = model.device().clone();
+    let input = ModelInput {
+        target_embeds: model.embed(ids_tensor(&[target.to_vec()], &dev)),
+        target_mask: vec![vec![true; target.len()]],
+        source_embeds: Some(model.embed_source(ids_tensor(&[source.to_vec()], &dev))),
+        source_mask: Some(vec![vec![true; source.len()]]),
+    };
+    model.forward(input, options)
+}
+
+/// Logits and last-layer decoder self- and cross-attention match `golden/logits.json`.
+fn check_golden(name: &str, encoder_layers: usize, decoder_layers: usize) {
+    let golden = read_json(&format!("{FIXTURES}/golden/logits.json"));
+    let g = &golden[name];
+    let m = load_pretrained(&format!("{FIXTURES}/models/{name}"), &device()).expect("load");
+    let model = m.model.as_ref();
+    assert_eq!(model.kind(), ModelKind::EncoderDecoder);
+    assert_eq!(model.info().architecture, name.trim_start_matches("tiny-"));
+    let (src, tgt) = (ids(&g["source_ids"]), ids(&g["decoder_input_ids"]));
+    let out = run(
+        model,
+        &src,
+        &tgt,
+        ForwardOptions {
+            attentions: true,
+            hidden_states: true,
+            last_position_only: false,
+        },
+    );
+    let (dims, logits) = values(out.logits.clone());
+    assert_eq!(dims, vec![1, tgt.len(), model.info().vocab_size]);
+    assert_close(&format!("{name} logits"), &logits, &g["logits"], 1e-4);
+
+    assert_eq!(out.attentions.len(), decoder_layers);
+    assert_eq!(out.cross_attentions.len(), decoder_layers);
+    assert_eq!(out.encoder_attentions.len(), encoder_layers);
+    assert_eq!(out.hidden_states.len(), decoder_layers + 1);
+    let (dims, att) = values(out.attentions[decoder_layers - 1].clone());
+    assert_eq!(dims, vec![1, model.info().num_heads, tgt.len(), tgt.len()]);
+    assert_close(
+        &format!("{name} decoder attentions"),
+        &att,
+        &g["decoder_attentions_last_layer"],
+        1e-4,
+    );
+    let (dims, cross) = values(out.cross_attentions[decoder_layers - 1].clone());
+    assert_eq!(dims, vec![1, model.info().num_heads, tgt.len(), src.len()]);
+    assert_close(
+        &format!("{name} cross attentions"),
+        &cross,
+        &g["cross_attentions_last_layer"],
+        1e-4,
+    );
+    let (dims, _) = values(out.encoder_attentions[0].clone());
+    assert_eq!(dims, vec![1, 4, src.len(), src.len()]);
+
+    // `last_position_only` gives the last row of the full logits.
+    let last = run(
+        model,
+        &src,
+        &tgt,
+        ForwardOptions {
+            last_position_only: true,
+            ..Default::default()
+        },
+    );
+    let (dims, last_logits) = values(last.logits);
+    assert_eq!(dims, vec![1, 1, model.info().vocab_size]);
+    let (_, full_last) = values(out.last_logits());
+    assert_close(
+        &format!("{name} last-position logits"),
+        &last_logits,
+        &Value::from(full_last.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()),
+        1e-5,
+    );
+}
+
+#[test]
+fn marian_matches_transformers() {
+    check_golden("tiny-marian", 2, 2);
+}
+
+#[test]
+fn bart_matches_transformers() {
+    check_golden("tiny-bart", 2, 2);
+}
+
+#[test]
+fn decoder_start_tokens_come_from_config() {
+    let marian =
+        load_pretrained(&format!("{FIXTURES}/models/tiny-marian"), &device()).expect("marian");
+    assert_eq!(marian.model.info().decoder_start_token_id, Some(0));
+    assert_eq!(marian.model.info().hf_class, "MarianMTModel");
+    let bart = load_pretrained(&format!("{FIXTURES}/models/tiny-bart"), &device()).expect("bart");
+    assert_eq!(bart.model.info().decoder_start_token_id, Some(2));
+    assert_eq!(bart.model.info().hf_class, "BartForConditionalGeneration");
+}
+
+/// Left padding in a batch does not change the unpadded row's logits at real positions.
+#[test]
+fn padding_masks_are_honoured() {
+    let golden = read_json(&format!("{FIXTURES}/golden/logits.json"));
+    for name in ["tiny-marian", "tiny-bart"] {
+        let g = &golden[name];
+        let m = load_pretrained(&format!("{FIXTURES}/models/{name}"), &device()).expect("load");
+        let model = m.model.as_ref();
+        let dev = model.device().clone();
+        let (src, tgt) = (ids(&g["source_ids"]), ids(&g["decoder_input_ids"]));
+        let pad = model.info().pad_token_id.unwrap_or(0);
+        // Row 1 is row 0 with its source right-padded by two tokens.
+        let mut padded_src = src.clone();
+        padded_src.extend([pad, pad]);
+        let mut src_mask = vec![vec![true; src.len() + 2]; 2];
+        src_mask[1][src.len()..].fill(false);
+        let mut plain_src = src.clone();
+        plain_src.extend([src[0], src[1]]);
+        let input = ModelInput {
+            target_embeds: model.embed(ids_tensor(&[tgt.clone(), tgt.clone()], &dev)),
+            target_mask: vec![vec![true; tgt.len()]; 2],
+            source_embeds: Some(model.embed_source(ids_tensor(&[plain_src, padded_src], &dev))),
+            source_mask: Some(src_mask),
+        };
+        let (_, logits) = values(model.forward(input, ForwardOptions::default()).logits);
+        let row = tgt.len() * model.info().vocab_size;
+        assert_close(
+            &format!("{name} padded source"),
+            &logits[row..],
+            &g["logits"],
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn greedy_generation_runs() {
+    for name in ["tiny-marian", "tiny-bart"] {
+        let m = load_pretrained(&format!("{FIXTURES}/models/{name}"), &device()).expect("load");
+        let model = m.model.as_ref();
+        let src = m.tokenizer.encode("Hello world", true).expect("encode");
+        let start = model.info().decoder_start_token_id.expect("decoder start");
+        let new = generate_greedy(
+            model,
+            Some(&src),
+            &[start],
+            GenerationOptions {
+                max_new_tokens: 6,
+                min_new_tokens: 0,
+            },
+        )
+        .expect("generate");
+        assert!(!new.is_empty() && new.len() <= 6, "{name}: {new:?}");
+        assert!(
+            new.iter().all(|&t| t < model.info().vocab_size),
+            "{name}: {new:?}"
+        );
+        // An empty prefix starts from the decoder start token.
+        let from_empty = generate_greedy(
+            model,
+            Some(&src),
+            &[],
+            GenerationOptions {
+                max_new_tokens: 6,
+                min_new_tokens: 0,
+            },
+        )
+        .expect("generate from empty prefix");
+        assert_eq!(from_empty, new, "{name}");
+        // Bad input is an error, not a panic.
+        let vocab = model.info().vocab_size;
+        assert!(
+            generate_greedy(
+                model,
+                Some(&src),
+                &[start, vocab],
+                GenerationOptions::default()
+            )
+            .is_err()
+        );
+        assert!(generate_greedy(model, Some(&[]), &[start], GenerationOptions::default()).is_err());
+        // An encoder-decoder model cannot generate without a source.
+        assert!(generate_greedy(model, None, &[start], GenerationOptions::default()).is_err());
+    }
+}
+
+#[test]
+fn t5_matches_transformers() {
+    let golden = read_json(&format!("{T5_DIR}/logits.json"));
+    for (name, g) in golden.as_object().expect("object") {
+        let m = load_pretrained(&format!("{T5_DIR}/{name}"), &device()).expect("load t5");
+        let model = m.model.as_ref();
+        assert_eq!(model.info().architecture, "t5");
+        assert_eq!(model.info().decoder_start_token_id, Some(0));
+        let (src, tgt) = (ids(&g["source_ids"]), ids(&g["decoder_input_ids"]));
+        let out = run(
+            model,
+            &src,
+            &tgt,
+            ForwardOptions {
+                attentions: true,
+                ..Default::default()
+            },
+        );
+        let (_, logits) = values(out.logits);
+        assert_close(&format!("{name} logits"), &logits, &g["logits"], 1e-4);
+        let last = out.attentions.len() - 1;
+        let (_, att) = values(out.attentions[last].clone());
+        assert_close(
+            &format!("{name} decoder attentions"),
+            &att,
+            &g["decoder_attentions_last_layer"],
+            1e-4,
+        );
+        let (_, cross) = values(out.cross_attentions[last].clone());
+        assert_close(
+            &format!("{name} cross attentions"),
+            &cross,
+            &g["cross_attentions_last_layer"],
+            1e-4,
+        );
+        let new = generate_greedy(model, Some(&src), &[0], GenerationOptions::default())
+            .expect("generate");
+        assert!(new.iter().all(|&t| t < model.info().vocab_size));
+    }
+}
+
+#[test]
+fn unsupported_architecture_is_reported() {
+    let dir = std::env::temp_dir().join(format!("inseq-unsupported-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("config.json"), r#"{"model_type":"whisper"}"#).expect("config");
+    for file in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(
+            format!("{FIXTURES}/models/tiny-marian/{file}"),
+            dir.join(file),
+        )
+        .expect("copy");
+    }
+    let result = load_pretrained(dir.to_str().expect("utf-8 path"), &device());
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Err(e @ Error::UnsupportedArchitecture(_)) => {
+            assert!(e.to_string().contains("whisper"), "{e}");
+        }
+        Err(other) => panic!("expected UnsupportedArchitecture, got {other}"),
+        Ok(_) => panic!("expected UnsupportedArchitecture, got a model"),
+    }
+}

@@ -1,0 +1,249 @@
+//! GGUF reading: dequantization against gguf-py, metadata value types, and the
+//! llama.cpp -> Hugging Face name/layout mapping on tiny models
+//! (fixtures from `tests/fixtures/gguf/make_fixtures.py`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use inseq_models::gguf::{GgmlType, GgufFile, GgufModelFile, GgufValue};
+use inseq_models::{
+    ForwardOptions, LanguageModel, ModelInput, SafetensorsSource, WeightSource, ids_tensor,
+    load_pretrained,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf")
+        .join(name)
+}
+
+#[test]
+fn dequantization_matches_gguf_py() {
+    let file = GgufFile::open(&fixture("quants.gguf")).unwrap();
+    assert_eq!(file.version(), 3);
+    let types = [
+        ("F32", GgmlType::F32),
+        ("F16", GgmlType::F16),
+        ("BF16", GgmlType::BF16),
+        ("Q8_0", GgmlType::Q8_0),
+        ("Q4_0", GgmlType::Q4_0),
+        ("Q4_1", GgmlType::Q4_1),
+        ("Q5_0", GgmlType::Q5_0),
+        ("Q5_1", GgmlType::Q5_1),
+        ("Q4_K", GgmlType::Q4K),
+        ("Q5_K", GgmlType::Q5K),
+        ("Q6_K", GgmlType::Q6K),
+    ];
+    for (name, ty) in types {
+        let info = file.tensor_info(&format!("q.{name}")).unwrap();
+        assert_eq!(info.ty, ty, "{name}");
+        assert_eq!(info.dims, vec![512, 2], "{name}");
+        let got = file.read_f32(&format!("q.{name}")).unwrap().unwrap();
+        let want = file.read_f32(&format!("expected.{name}")).unwrap().unwrap();
+        assert_eq!(got.shape, vec![2, 512], "{name}");
+        assert_eq!(want.shape, vec![2, 512], "{name}");
+        assert!(
+            want.data.iter().any(|&v| v != 0.0),
+            "{name}: expected values are all zero"
+        );
+        for (i, (&g, &w)) in got.data.iter().zip(&want.data).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1e-6),
+                "{name}[{i}]: got {g}, gguf-py says {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dequantize_rejects_wrong_sizes() {
+    use inseq_models::gguf::dequantize;
+    assert!(dequantize(GgmlType::Q4K, &[0u8; 143], 256).is_err());
+    assert!(dequantize(GgmlType::Q8_0, &[0u8; 34], 31).is_err());
+    assert!(dequantize(GgmlType::Q2K, &[0u8; 84], 256).is_err());
+    assert_eq!(
+        dequantize(GgmlType::Q8_0, &[0u8; 34], 32).unwrap(),
+        vec![0.0; 32]
+    );
+}
+
+#[test]
+fn metadata_value_types() {
+    let file = GgufFile::open(&fixture("quants.gguf")).unwrap();
+    let get = |k: &str| file.get(k).unwrap_or_else(|| panic!("missing {k}")).clone();
+    assert_eq!(get("test.u8"), GgufValue::U8(200));
+    assert_eq!(get("test.i8"), GgufValue::I8(-100));
+    assert_eq!(get("test.u16"), GgufValue::U16(60000));
+    assert_eq!(get("test.i16"), GgufValue::I16(-30000));
+    assert_eq!(get("test.u32"), GgufValue::U32(4_000_000_000));
+    assert_eq!(get("test.i32"), GgufValue::I32(-2_000_000_000));
+    assert_eq!(get("test.f32"), GgufValue::F32(0.25));
+    assert_eq!(get("test.bool"), GgufValue::Bool(true));
+    assert_eq!(get("test.string"), GgufValue::String("héllo GGUF".into()));
+    assert_eq!(get("test.u64"), GgufValue::U64((1 << 63) + 5));
+    assert_eq!(get("test.i64"), GgufValue::I64(-(1 << 62)));
+    assert_eq!(get("test.f64"), GgufValue::F64(-1.5e-300));
+    assert_eq!(
+        get("test.array_i32"),
+        GgufValue::Array(vec![
+            GgufValue::I32(1),
+            GgufValue::I32(-2),
+            GgufValue::I32(3)
+        ])
+    );
+    assert_eq!(
+        get("test.array_str"),
+        GgufValue::Array(vec![
+            GgufValue::String("a".into()),
+            GgufValue::String("bc".into()),
+            GgufValue::String(String::new())
+        ])
+    );
+    assert_eq!(
+        get("test.array_nested"),
+        GgufValue::Array(vec![
+            GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(2)]),
+            GgufValue::Array(vec![GgufValue::I32(3)]),
+        ])
+    );
+    assert_eq!(get("general.architecture").as_str(), Some("none"));
+}
+
+#[test]
+fn unknown_architecture_is_unsupported() {
+    let err = GgufModelFile::open(&fixture("quants.gguf")).unwrap_err();
+    assert!(
+        matches!(err, inseq_core::Error::UnsupportedArchitecture(_)),
+        "{err:?}"
+    );
+}
+
+/// Every tensor of the GGUF model, read under Hugging Face names, equals the
+/// Hugging Face-layout copy the fixture script saved.
+fn assert_same_as_hf(gguf: &str, safetensors: &str) {
+    let mut model = GgufModelFile::open(&fixture(gguf)).unwrap();
+    let mut hf = SafetensorsSource::open_files(&[fixture(safetensors)]).unwrap();
+    let gguf_names: BTreeSet<String> = model.names().into_iter().collect();
+    let hf_names: BTreeSet<String> = hf.names().into_iter().collect();
+    assert_eq!(gguf_names, hf_names);
+    for name in &hf_names {
+        let want = hf.read(name).unwrap().unwrap();
+        let got = model.read(name).unwrap().unwrap();
+        assert_eq!(got.shape, want.shape, "{name}");
+        assert_eq!(got.data, want.data, "{name}");
+        // The base-model prefix is optional.
+        if let Some(bare) = name
+            .strip_prefix("model.")
+            .or_else(|| name.strip_prefix("transformer."))
+        {
+            assert_eq!(model.read(bare).unwrap().unwrap().data, want.data, "{bare}");
+        }
+    }
+    assert!(model.read("no.such.weight").unwrap().is_none());
+}
+
+#[test]
+fn tiny_llama_weights_in_hf_layout() {
+    assert_same_as_hf("tiny-llama.gguf", "tiny-llama.safetensors");
+}
+
+#[test]
+fn tiny_gpt2_weights_in_hf_layout() {
+    assert_same_as_hf("tiny-gpt2.gguf", "tiny-gpt2.safetensors");
+}
+
+#[test]
+fn tiny_llama_config() {
+    let model = GgufModelFile::open(&fixture("tiny-llama.gguf")).unwrap();
+    assert_eq!(model.architecture(), "llama");
+    let c = model.hf_config().unwrap();
+    assert_eq!(c["model_type"], "llama");
+    assert_eq!(c["vocab_size"], 263);
+    assert_eq!(c["hidden_size"], 32);
+    assert_eq!(c["intermediate_size"], 32);
+    assert_eq!(c["num_hidden_layers"], 2);
+    assert_eq!(c["num_attention_heads"], 4);
+    assert_eq!(c["num_key_value_heads"], 2);
+    assert_eq!(c["rms_norm_eps"], 1e-5);
+    assert_eq!(c["rope_theta"], 10000.0);
+    assert_eq!(c["max_position_embeddings"], 64);
+    assert_eq!(c["tie_word_embeddings"], true);
+    assert_eq!(c["bos_token_id"], 1);
+    assert_eq!(c["eos_token_id"], 0);
+}
+
+#[test]
+fn tiny_gpt2_config() {
+    let model = GgufModelFile::open(&fixture("tiny-gpt2.gguf")).unwrap();
+    let c = model.hf_config().unwrap();
+    assert_eq!(c["model_type"], "gpt2");
+    assert_eq!(c["vocab_size"], 263);
+    assert_eq!(c["n_embd"], 32);
+    assert_eq!(c["n_layer"], 1);
+    assert_eq!(c["n_head"], 4);
+    assert_eq!(c["n_positions"], 16);
+    assert_eq!(c["n_inner"], 64);
+    assert_eq!(c["layer_norm_epsilon"], 1e-5);
+    assert_eq!(c["tie_word_embeddings"], false);
+}
+
+#[test]
+fn tiny_tokenizer_byte_level_bpe() {
+    let model = GgufModelFile::open(&fixture("tiny-llama.gguf")).unwrap();
+    let tok = model.tokenizer().unwrap();
+    assert_eq!(tok.get_vocab_size(true), 263);
+    // "Ġthe" is a merged token (id 260: merges Ġ t -> Ġt, h e -> he, Ġt he -> Ġthe);
+    // "<|im_start|>" is a control token kept whole; add_bos_token is false.
+    let enc = tok.encode("hello the<|im_start|>", true).unwrap();
+    let tokens: Vec<&str> = enc.get_tokens().iter().map(String::as_str).collect();
+    assert_eq!(tokens, ["he", "llo", "Ġthe", "<|im_start|>"]);
+    assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "hello the");
+    assert_eq!(
+        tok.decode(enc.get_ids(), false).unwrap(),
+        "hello the<|im_start|>"
+    );
+}
+
+/// Logits of a model loaded from GGUF equal those of the same model built from
+/// the Hugging Face-layout safetensors copy.
+fn assert_same_logits(gguf: &str, safetensors: &str) {
+    let device = Device::flex();
+    let path = fixture(gguf);
+    let loaded = load_pretrained(path.to_str().unwrap(), &device).unwrap();
+    let config = GgufModelFile::open(&path).unwrap().hf_config().unwrap();
+    let source = SafetensorsSource::open_files(&[fixture(safetensors)]).unwrap();
+    let reference =
+        inseq_models::loader::build_model(&config, Box::new(source), &path, &device).unwrap();
+    let ids = loaded.tokenizer.encode("hello the world", true).unwrap();
+    assert!(ids.len() > 3);
+    let logits = |m: &dyn LanguageModel| -> Vec<f32> {
+        let embeds = m.embed(ids_tensor(&[ids.clone()], &device));
+        let out = m.forward(
+            ModelInput {
+                target_embeds: embeds,
+                target_mask: vec![vec![true; ids.len()]],
+                source_embeds: None,
+                source_mask: None,
+            },
+            ForwardOptions::default(),
+        );
+        out.logits.into_data().try_to_vec::<f32>().unwrap()
+    };
+    let a = logits(loaded.model.as_ref());
+    let b = logits(reference.as_ref());
+    assert_eq!(a.len(), ids.len() * 263);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+    }
+}
+
+#[test]
+fn tiny_llama_loads_end_to_end() {
+    assert_same_logits("tiny-llama.gguf", "tiny-llama.safetensors");
+}
+
+#[test]
+fn tiny_gpt2_loads_end_to_end() {
+    assert_same_logits("tiny-gpt2.gguf", "tiny-gpt2.safetensors");
+}

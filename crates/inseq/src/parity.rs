@@ -1,0 +1,241 @@
+//! Comparing this project's results with Python Inseq's on golden cases.
+//!
+//! A golden case is a JSON file with the model, method, arguments, input,
+//! target and the tokens, raw and aggregated attributions and step scores
+//! Python Inseq 0.7.1 produced. [`run_case`] runs the same attribution
+//! through [`crate::load_model`] / [`crate::AttributionModel::attribute`]
+//! (the code the CLI uses) and reports every difference beyond tolerance:
+//! `|ours - golden| <= 1e-3 * max|golden| + 1e-6` on attributions and
+//! `1e-4` absolute (plus `1e-4` relative) on step scores.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use inseq_core::{Array, Error, Result};
+use serde_json::Value;
+
+use crate::{AttributeOptions, GenerationOptions, MethodArgs, StepArgs, aggregate, load_model};
+
+/// Outcome of one golden case.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaseOutcome {
+    /// Everything matched.
+    Passed,
+    /// Mismatches, one line each.
+    Failed(Vec<String>),
+    /// Not supported yet, with the reason.
+    Skipped(String),
+}
+
+/// Lists the golden case files of `dir` (every `*.json` except `*.inseq.json` and `logits.json`), sorted.
+pub fn golden_cases(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".json") && !name.ends_with(".inseq.json") && name != "logits.json"
+        })
+        .collect();
+    cases.sort();
+    Ok(cases)
+}
+
+/// Replaces the `NaN`, `Infinity` and `-Infinity` literals Python's `json` writes
+/// (outside strings) with `null`, so the text parses as strict JSON.
+pub fn python_json_to_strict(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if let Some(lit) = ["NaN", "-Infinity", "Infinity"].iter().find(|l| rest.starts_with(**l)) {
+            out.push_str("null");
+            rest = &rest[lit.len()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+fn method_args(v: &Value) -> MethodArgs {
+    let mut args = MethodArgs::default();
+    if let Some(map) = v.as_object() {
+        for (k, v) in map {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            args = args.with(k, text);
+        }
+    }
+    args
+}
+
+/// Runs one golden case, resolving its `model` under `models_dir`.
+pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<CaseOutcome> {
+    let text = std::fs::read_to_string(case_path).map_err(|e| Error::io(case_path, e))?;
+    let case: Value = serde_json::from_str(&python_json_to_strict(&text))?;
+    let s = |k: &str| case.get(k).and_then(Value::as_str);
+    let model_name = s("model").ok_or_else(|| Error::invalid_arg("case", "no `model` field"))?;
+    let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
+    if case.get("contrast_targets").is_some_and(|v| !v.is_null()) {
+        return Ok(CaseOutcome::Skipped("contrastive targets are not supported yet".into()));
+    }
+    let registry = crate::MethodRegistry::with_defaults();
+    if !registry.ids().iter().any(|m| m == method) {
+        return Ok(CaseOutcome::Skipped(format!("method `{method}` is not implemented yet")));
+    }
+    let step_ids: Vec<String> = case
+        .get("step_score_ids")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let steps = crate::StepRegistry::with_defaults();
+    if let Some(missing) = step_ids.iter().find(|id| steps.get(id).is_err()) {
+        return Ok(CaseOutcome::Skipped(format!("step function `{missing}` is not implemented yet")));
+    }
+    let model_dir = models_dir.join(model_name);
+    let model = match load_model(
+        model_dir.to_str().unwrap_or_default(),
+        method,
+        method_args(case.get("method_args").unwrap_or(&Value::Null)),
+        device,
+    ) {
+        Ok(m) => m,
+        Err(Error::UnsupportedArchitecture(a)) => {
+            return Ok(CaseOutcome::Skipped(format!("architecture {a} is not supported yet")));
+        }
+        Err(e) => return Err(e),
+    };
+    let gen_args = case.get("generation_args");
+    let gen_usize = |k: &str, d: usize| {
+        gen_args
+            .and_then(|g| g.get(k))
+            .and_then(Value::as_u64)
+            .map_or(d, |v| v as usize)
+    };
+    let opts = AttributeOptions {
+        targets: s("target").map(|t| vec![t.to_string()]),
+        generation: GenerationOptions {
+            max_new_tokens: gen_usize("max_new_tokens", 20),
+            min_new_tokens: gen_usize("min_new_tokens", 0),
+            forced_eos_token_id: None,
+        },
+        step_scores: step_ids.clone(),
+        attributed_fn: s("attributed_fn").unwrap_or("probability").to_string(),
+        attributed_fn_args: StepArgs::default(),
+        attribute_target: case.get("attribute_target").and_then(Value::as_bool).unwrap_or(false),
+        ..Default::default()
+    };
+    let input = s("input").ok_or_else(|| Error::invalid_arg("case", "no `input` field"))?;
+    let raw = model.attribute(&[input], &opts)?;
+    let agg = aggregate(&raw);
+    let (ours_raw, ours_agg) = (&raw.sequence_attributions[0], &agg.sequence_attributions[0]);
+    let mut problems = Vec::new();
+    let ids = |k: &str| -> Option<Vec<i64>> {
+        case.get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+    };
+    let our_ids = |t: &Option<Vec<inseq_core::TokenWithId>>| t.as_ref().map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>());
+    let golden_target_ids = ids("target_token_ids");
+    if golden_target_ids.as_ref() != our_ids(&Some(ours_raw.target.clone())).as_ref() {
+        problems.push(format!(
+            "target ids differ: golden {golden_target_ids:?}, ours {:?}",
+            our_ids(&Some(ours_raw.target.clone()))
+        ));
+    }
+    // Inseq records a placeholder source for methods without attributions (`dummy`): compare only real ones.
+    let golden_has_source = case.get("raw_source_attributions").is_some_and(|v| !v.is_null());
+    if golden_has_source && ids("source_token_ids") != our_ids(&ours_raw.source) {
+        problems.push("source ids differ".into());
+    }
+    for (k, ours) in [("attr_pos_start", ours_raw.attr_pos_start), ("attr_pos_end", ours_raw.attr_pos_end)] {
+        if case.get(k).and_then(Value::as_u64) != Some(ours as u64) {
+            problems.push(format!("{k}: golden {:?}, ours {ours}", case.get(k)));
+        }
+    }
+    if problems.is_empty() {
+        let pairs = [
+            ("raw_source_attributions", &ours_raw.source_attributions),
+            ("raw_target_attributions", &ours_raw.target_attributions),
+            ("source_attributions", &ours_agg.source_attributions),
+            ("target_attributions", &ours_agg.target_attributions),
+        ];
+        for (key, ours) in pairs {
+            let golden = case.get(key).filter(|v| !v.is_null()).map(Array::from_nested_json).transpose()?;
+            if let Some(p) = compare_arrays(key, golden.as_ref(), ours.as_ref()) {
+                problems.push(p);
+            }
+        }
+        let golden_scores = case.get("step_scores").and_then(Value::as_object);
+        for id in &step_ids {
+            let g: Vec<f32> = golden_scores
+                .and_then(|m| m.get(id))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(f64::NAN) as f32).collect())
+                .unwrap_or_default();
+            let o = ours_raw.step_scores.get(id).cloned().unwrap_or_default();
+            if g.len() != o.len() {
+                problems.push(format!("step score {id}: golden has {} values, ours {}", g.len(), o.len()));
+                continue;
+            }
+            let worst = g
+                .iter()
+                .zip(&o)
+                .map(|(g, o)| (g - o).abs() - 1e-4 * g.abs())
+                .fold(0f32, f32::max);
+            if worst > 1e-4 {
+                problems.push(format!("step score {id}: off by {worst:.3e} (golden {g:?}, ours {o:?})"));
+            }
+        }
+    }
+    Ok(if problems.is_empty() {
+        CaseOutcome::Passed
+    } else {
+        CaseOutcome::Failed(problems)
+    })
+}
+
+/// Compares a golden array with ours under the attribution tolerance; `Some(message)` on mismatch.
+pub fn compare_arrays(what: &str, golden: Option<&Array>, ours: Option<&Array>) -> Option<String> {
+    match (golden, ours) {
+        (None, None) => None,
+        (Some(_), None) => Some(format!("{what}: missing in ours")),
+        (None, Some(_)) => Some(format!("{what}: golden has none, ours has one")),
+        (Some(g), Some(o)) => {
+            if g.shape() != o.shape() {
+                return Some(format!("{what}: shape golden {:?}, ours {:?}", g.shape(), o.shape()));
+            }
+            let tol = 1e-3 * g.max_abs() + 1e-6;
+            let mut worst = 0f32;
+            for (i, (a, b)) in g.data().iter().zip(o.data()).enumerate() {
+                if a.is_nan() != b.is_nan() {
+                    return Some(format!("{what}: NaN mismatch at flat index {i} (golden {a}, ours {b})"));
+                }
+                if !a.is_nan() {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            (worst > tol).then(|| format!("{what}: max abs diff {worst:.3e} > tolerance {tol:.3e}"))
+        }
+    }
+}
