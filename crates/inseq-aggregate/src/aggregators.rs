@@ -7,7 +7,10 @@ use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution};
 
 use crate::functions::{AggregationFunction, default_step_score_function, normalize, rescale};
 use crate::nd::{self, Span, aggregate_contiguous};
-use crate::words::{SplitMode, detect_subword_scheme, infer_word_ids, marker_spans, merge_tokens, split_spans, word_spans};
+use crate::words::{
+    SplitMode, detect_subword_scheme, infer_word_ids, marker_spans, merge_tokens, split_spans,
+    word_spans,
+};
 
 /// The ids of the aggregators, as Python Inseq's `list_aggregators()`.
 pub const AGGREGATOR_IDS: [&str; 6] = ["pair", "scores", "slices", "spans", "split", "subwords"];
@@ -223,7 +226,10 @@ impl Aggregator {
         let needs_args = |what: &str| {
             Err(Error::invalid_arg(
                 id,
-                format!("the `{id}` aggregator needs {what}; build `Aggregator::{}` directly", capitalize(id)),
+                format!(
+                    "the `{id}` aggregator needs {what}; build `Aggregator::{}` directly",
+                    capitalize(id)
+                ),
             ))
         };
         match id {
@@ -288,8 +294,9 @@ impl Aggregator {
                 if matches!(boundaries, WordBoundaries::Auto) {
                     // WordPiece words read better without their `##` continuation markers.
                     let strip = |orig: &[inseq_core::TokenWithId], spans: &[Span]| {
-                        (detect_subword_scheme(orig) == Some(crate::SubwordScheme::WordPiece) && !spans.is_empty())
-                            .then(|| merge_wordpiece(orig, spans))
+                        (detect_subword_scheme(orig) == Some(crate::SubwordScheme::WordPiece)
+                            && !spans.is_empty())
+                        .then(|| merge_wordpiece(orig, spans))
                     };
                     if let Some(src_toks) = seq.source.as_deref().and_then(|s| strip(s, &src)) {
                         out.source = Some(src_toks);
@@ -525,7 +532,10 @@ fn validate_spans(len: usize, spans: &[Span], what: &str) -> Result<()> {
     let mut prev = 0;
     for &(s, e) in spans {
         if e < s + 1 {
-            return Err(Error::invalid_arg(what, format!("span ({s}, {e}) is empty")));
+            return Err(Error::invalid_arg(
+                what,
+                format!("span ({s}, {e}) is empty"),
+            ));
         }
         if s < prev {
             return Err(Error::invalid_arg(
@@ -551,19 +561,28 @@ fn select_indices(sel: &IndexSelection, n: usize) -> Result<Vec<usize>> {
         IndexSelection::One(i) => vec![*i],
         IndexSelection::Range(s, e) => {
             if s >= e {
-                return Err(Error::invalid_arg("select_idx", format!("empty range ({s}, {e})")));
+                return Err(Error::invalid_arg(
+                    "select_idx",
+                    format!("empty range ({s}, {e})"),
+                ));
             }
             (*s..*e).collect()
         }
         IndexSelection::Indices(v) => {
             if v.is_empty() {
-                return Err(Error::invalid_arg("select_idx", "an empty list of indices is not allowed"));
+                return Err(Error::invalid_arg(
+                    "select_idx",
+                    "an empty list of indices is not allowed",
+                ));
             }
             let mut sorted = v.clone();
             sorted.sort_unstable();
             sorted.dedup();
             if sorted.len() != v.len() {
-                return Err(Error::invalid_arg("select_idx", "duplicate indices are not allowed"));
+                return Err(Error::invalid_arg(
+                    "select_idx",
+                    "duplicate indices are not allowed",
+                ));
             }
             v.clone()
         }
@@ -577,7 +596,11 @@ fn select_indices(sel: &IndexSelection, n: usize) -> Result<Vec<usize>> {
     Ok(idx)
 }
 
-fn reduce_scores(a: &Array, f: AggregationFunction, select: Option<&IndexSelection>) -> Result<Array> {
+fn reduce_scores(
+    a: &Array,
+    f: AggregationFunction,
+    select: Option<&IndexSelection>,
+) -> Result<Array> {
     let last = a.ndim().saturating_sub(1);
     match select {
         None => f.apply_last(a),
@@ -595,7 +618,10 @@ fn reduce_scores(a: &Array, f: AggregationFunction, select: Option<&IndexSelecti
 }
 
 fn apply_scores(seq: &SequenceAttribution, s: &ScoresAggregator) -> Result<SequenceAttribution> {
-    let arrays = [seq.source_attributions.as_ref(), seq.target_attributions.as_ref()];
+    let arrays = [
+        seq.source_attributions.as_ref(),
+        seq.target_attributions.as_ref(),
+    ];
     let Some(ndim) = arrays.iter().flatten().map(|a| a.ndim()).next() else {
         // Nothing to aggregate (step scores only).
         return Ok(seq.clone());
@@ -613,12 +639,22 @@ fn apply_scores(seq: &SequenceAttribution, s: &ScoresAggregator) -> Result<Seque
         AggregationFunction::Mean
     });
     let mut out = seq.clone();
-    let reduce = |a: &Option<Array>| a.as_ref().map(|a| reduce_scores(a, f, s.select.as_ref())).transpose();
+    let reduce = |a: &Option<Array>| {
+        a.as_ref()
+            .map(|a| reduce_scores(a, f, s.select.as_ref()))
+            .transpose()
+    };
     out.source_attributions = reduce(&seq.source_attributions)?;
     out.target_attributions = reduce(&seq.target_attributions)?;
     match s.post {
-        PostProcess::Normalize => normalize(out.source_attributions.as_mut(), out.target_attributions.as_mut())?,
-        PostProcess::Rescale => rescale(out.source_attributions.as_mut(), out.target_attributions.as_mut())?,
+        PostProcess::Normalize => normalize(
+            out.source_attributions.as_mut(),
+            out.target_attributions.as_mut(),
+        )?,
+        PostProcess::Rescale => rescale(
+            out.source_attributions.as_mut(),
+            out.target_attributions.as_mut(),
+        )?,
         PostProcess::None => {}
     }
     out.sequence_scores = seq
@@ -651,11 +687,16 @@ fn relativize(spans: &[Span], start: usize) -> Vec<Span> {
     spans
         .iter()
         .filter(|s| s.1 > start)
-        .map(|&(s, e)| (if s > start { s - start } else { 0 }, e - start))
+        .map(|&(s, e)| (s.saturating_sub(start), e - start))
         .collect()
 }
 
-fn sequential(a: &Array, x_spans: &[Span], y_spans: &[Span], f: AggregationFunction) -> Result<Array> {
+fn sequential(
+    a: &Array,
+    x_spans: &[Span],
+    y_spans: &[Span],
+    f: AggregationFunction,
+) -> Result<Array> {
     let y = if a.ndim() >= 2 {
         aggregate_contiguous(a, y_spans, f, 1)?
     } else {
@@ -673,7 +714,10 @@ fn apply_spans(
 ) -> Result<SequenceAttribution> {
     let source_len = seq.source.as_ref().map_or(0, Vec::len);
     if seq.source.is_none() && !source_spans.is_empty() {
-        return Err(Error::invalid_arg("source_spans", "this sequence has no source tokens"));
+        return Err(Error::invalid_arg(
+            "source_spans",
+            "this sequence has no source tokens",
+        ));
     }
     validate_spans(source_len, source_spans, "source_spans")?;
     validate_spans(seq.target.len(), target_spans, "target_spans")?;
@@ -694,7 +738,11 @@ fn apply_spans(
         .map(|a| {
             // Rows may stop at attr_pos_end: only keep the spans inside them.
             let rows = a.shape()[0];
-            let spans: Vec<Span> = target_spans.iter().copied().filter(|s| s.1 <= rows).collect();
+            let spans: Vec<Span> = target_spans
+                .iter()
+                .copied()
+                .filter(|s| s.1 <= rows)
+                .collect();
             sequential(a, &spans, &gen_spans, attr_fn)
         })
         .transpose()?;
@@ -704,7 +752,10 @@ fn apply_spans(
         .map(|(k, v)| {
             let f = function.unwrap_or_else(|| default_step_score_function(k));
             let a = Array::new(vec![v.len()], v.clone())?;
-            Ok((k.clone(), aggregate_contiguous(&a, &gen_spans, f, 0)?.into_data()))
+            Ok((
+                k.clone(),
+                aggregate_contiguous(&a, &gen_spans, f, 0)?.into_data(),
+            ))
         })
         .collect::<Result<_>>()?;
     out.sequence_scores = seq
@@ -722,9 +773,16 @@ fn apply_spans(
         })
         .collect::<Result<_>>()?;
     if !target_spans.is_empty() {
-        let merged_prefix: usize = target_spans.iter().filter(|s| s.1 <= start).map(|s| s.1 - s.0 - 1).sum();
+        let merged_prefix: usize = target_spans
+            .iter()
+            .filter(|s| s.1 <= start)
+            .map(|s| s.1 - s.0 - 1)
+            .sum();
         let mut new_start = start - merged_prefix;
-        let overlapping: Vec<&Span> = target_spans.iter().filter(|s| s.0 < start && start < s.1).collect();
+        let overlapping: Vec<&Span> = target_spans
+            .iter()
+            .filter(|s| s.0 < start && start < s.1)
+            .collect();
         if let [s] = overlapping[..] {
             new_start -= start - s.0;
         }
@@ -736,7 +794,10 @@ fn apply_spans(
     Ok(out)
 }
 
-fn merge_wordpiece(tokens: &[inseq_core::TokenWithId], spans: &[Span]) -> Vec<inseq_core::TokenWithId> {
+fn merge_wordpiece(
+    tokens: &[inseq_core::TokenWithId],
+    spans: &[Span],
+) -> Vec<inseq_core::TokenWithId> {
     let stripped: Vec<inseq_core::TokenWithId> = tokens
         .iter()
         .enumerate()
@@ -754,7 +815,10 @@ fn merge_wordpiece(tokens: &[inseq_core::TokenWithId], spans: &[Span]) -> Vec<in
 fn subword_spans(seq: &SequenceAttribution, b: &WordBoundaries) -> Result<(Vec<Span>, Vec<Span>)> {
     Ok(match b {
         WordBoundaries::Auto => (
-            seq.source.as_ref().map(|s| word_spans(&infer_word_ids(s))).unwrap_or_default(),
+            seq.source
+                .as_ref()
+                .map(|s| word_spans(&infer_word_ids(s)))
+                .unwrap_or_default(),
             word_spans(&infer_word_ids(&seq.target)),
         ),
         WordBoundaries::Markers {
@@ -798,7 +862,10 @@ fn subword_spans(seq: &SequenceAttribution, b: &WordBoundaries) -> Result<(Vec<S
 
 // ------------------------------------------------------------------ pair
 
-fn apply_pair(seq: &SequenceAttribution, other: &SequenceAttribution) -> Result<SequenceAttribution> {
+fn apply_pair(
+    seq: &SequenceAttribution,
+    other: &SequenceAttribution,
+) -> Result<SequenceAttribution> {
     let len = |s: &Option<Vec<inseq_core::TokenWithId>>| s.as_ref().map_or(0, Vec::len);
     if len(&seq.source) != len(&other.source) || seq.target.len() != other.target.len() {
         return Err(Error::invalid_arg(
@@ -810,7 +877,10 @@ fn apply_pair(seq: &SequenceAttribution, other: &SequenceAttribution) -> Result<
         match (a, b) {
             (None, _) => Ok(None),
             (Some(a), Some(b)) => nd::zip_with(a, b, what, |x, y| y - x).map(Some),
-            (Some(_), None) => Err(Error::invalid_arg("paired_attr", format!("the paired attribution has no {what}"))),
+            (Some(_), None) => Err(Error::invalid_arg(
+                "paired_attr",
+                format!("the paired attribution has no {what}"),
+            )),
         }
     };
     let pair_tokens = |a: &[inseq_core::TokenWithId], b: &[inseq_core::TokenWithId]| {
@@ -831,19 +901,33 @@ fn apply_pair(seq: &SequenceAttribution, other: &SequenceAttribution) -> Result<
         (a, _) => a.clone(),
     };
     out.target = pair_tokens(&seq.target, &other.target);
-    out.source_attributions = diff(&seq.source_attributions, &other.source_attributions, "source_attributions")?;
-    out.target_attributions = diff(&seq.target_attributions, &other.target_attributions, "target_attributions")?;
+    out.source_attributions = diff(
+        &seq.source_attributions,
+        &other.source_attributions,
+        "source_attributions",
+    )?;
+    out.target_attributions = diff(
+        &seq.target_attributions,
+        &other.target_attributions,
+        "target_attributions",
+    )?;
     for (k, v) in out.step_scores.iter_mut() {
-        let o = other.step_scores.get(k).filter(|o| o.len() == v.len()).ok_or_else(|| {
-            Error::invalid_arg("paired_attr", format!("step score `{k}` missing or of another length"))
-        })?;
+        let o = other
+            .step_scores
+            .get(k)
+            .filter(|o| o.len() == v.len())
+            .ok_or_else(|| {
+                Error::invalid_arg(
+                    "paired_attr",
+                    format!("step score `{k}` missing or of another length"),
+                )
+            })?;
         v.iter_mut().zip(o).for_each(|(x, y)| *x = y - *x);
     }
     for (k, v) in out.sequence_scores.iter_mut() {
-        let o = other
-            .sequence_scores
-            .get(k)
-            .ok_or_else(|| Error::invalid_arg("paired_attr", format!("sequence score `{k}` missing")))?;
+        let o = other.sequence_scores.get(k).ok_or_else(|| {
+            Error::invalid_arg("paired_attr", format!("sequence score `{k}` missing"))
+        })?;
         *v = nd::zip_with(v, o, &format!("sequence score `{k}`"), |x, y| y - x)?;
     }
     out.aggregations.push("pair".into());
@@ -876,19 +960,30 @@ fn apply_slices(
     }
     validate_spans(seq.target.len(), &new_target, "target_spans")?;
     let source_spans: Vec<Span> = match (&seq.source, &seq.source_attributions) {
-        (_, None) => new_target.iter().map(|&(s, e)| (s, e.min(start))).filter(|s| s.1 > s.0).collect(),
+        (_, None) => new_target
+            .iter()
+            .map(|&(s, e)| (s, e.min(start)))
+            .filter(|s| s.1 > s.0)
+            .collect(),
         (Some(src), Some(_)) => source_spans.map_or_else(|| vec![(0, src.len())], <[Span]>::to_vec),
         (None, Some(_)) => vec![],
     };
     if seq.source_attributions.is_some() {
-        validate_spans(seq.source.as_ref().map_or(0, Vec::len), &source_spans, "source_spans")?;
+        validate_spans(
+            seq.source.as_ref().map_or(0, Vec::len),
+            &source_spans,
+            "source_spans",
+        )?;
     }
     let slice_rows = |a: &Array, spans: &[Span], what: &str| -> Result<Array> {
         let parts = spans
             .iter()
             .map(|&(s, e)| {
                 if e > a.shape()[0] {
-                    return Err(Error::invalid_arg(what, format!("span ({s}, {e}) beyond {} rows", a.shape()[0])));
+                    return Err(Error::invalid_arg(
+                        what,
+                        format!("span ({s}, {e}) beyond {} rows", a.shape()[0]),
+                    ));
                 }
                 nd::rows(a, s, e)
             })
@@ -904,7 +999,12 @@ fn apply_slices(
     if seq.source_attributions.is_some()
         && let Some(src) = &seq.source
     {
-        out.source = Some(source_spans.iter().flat_map(|&(s, e)| src[s..e].iter().cloned()).collect());
+        out.source = Some(
+            source_spans
+                .iter()
+                .flat_map(|&(s, e)| src[s..e].iter().cloned())
+                .collect(),
+        );
     }
     out.target = new_target
         .iter()
@@ -944,7 +1044,10 @@ fn apply_slices(
             Ok((k.clone(), r))
         })
         .collect::<Result<_>>()?;
-    let new_start: usize = new_target.iter().map(|&(s, e)| e.min(start).saturating_sub(s)).sum();
+    let new_start: usize = new_target
+        .iter()
+        .map(|&(s, e)| e.min(start).saturating_sub(s))
+        .sum();
     out.attr_pos_start = new_start;
     out.attr_pos_end = new_start + seq.n_steps();
     out.aggregations.push("slices".into());

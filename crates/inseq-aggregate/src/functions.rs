@@ -40,7 +40,8 @@ pub enum AggregationFunction {
 }
 
 /// The ids of the aggregation functions, as Python Inseq's `list_aggregation_functions()`.
-pub const AGGREGATION_FUNCTION_IDS: [&str; 7] = ["absmax", "max", "mean", "min", "prod", "sum", "vnorm"];
+pub const AGGREGATION_FUNCTION_IDS: [&str; 7] =
+    ["absmax", "max", "mean", "min", "prod", "sum", "vnorm"];
 
 /// Lists the ids of the available aggregation functions.
 ///
@@ -69,7 +70,10 @@ impl AggregationFunction {
                 return Err(Error::UnknownId {
                     kind: "aggregation function",
                     id: id.to_string(),
-                    available: AGGREGATION_FUNCTION_IDS.iter().map(|s| s.to_string()).collect(),
+                    available: AGGREGATION_FUNCTION_IDS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
                 });
             }
         })
@@ -114,7 +118,11 @@ impl AggregationFunction {
             Self::AbsMax => {
                 let mut best: Option<(usize, f32)> = None;
                 for (i, v) in values.iter().enumerate() {
-                    let m = if v.is_nan() { 0.0 } else { v.abs().min(f32::MAX) };
+                    let m = if v.is_nan() {
+                        0.0
+                    } else {
+                        v.abs().min(f32::MAX)
+                    };
                     if best.is_none_or(|(_, b)| m > b) {
                         best = Some((i, m));
                     }
@@ -137,7 +145,11 @@ impl AggregationFunction {
                 } else if ord == 1.0 {
                     values.iter().map(|v| v.abs()).sum()
                 } else {
-                    values.iter().map(|v| v.abs().powf(ord)).sum::<f32>().powf(1.0 / ord)
+                    values
+                        .iter()
+                        .map(|v| v.abs().powf(ord))
+                        .sum::<f32>()
+                        .powf(1.0 / ord)
                 }
             }
         }
@@ -161,11 +173,14 @@ impl AggregationFunction {
     }
 }
 
-fn joint_trailing<'a>(arrays: &[&'a mut Array]) -> Result<usize> {
+fn joint_trailing(arrays: &[&mut Array]) -> Result<usize> {
     let mut trailing: Option<&[usize]> = None;
     for a in arrays {
         if a.ndim() == 0 {
-            return Err(Error::invalid_arg("attributions", "cannot normalize a scalar"));
+            return Err(Error::invalid_arg(
+                "attributions",
+                "cannot normalize a scalar",
+            ));
         }
         match trailing {
             None => trailing = Some(&a.shape()[1..]),
@@ -250,9 +265,11 @@ pub fn rescale(source: Option<&mut Array>, target: Option<&mut Array>) -> Result
 /// ```
 pub fn default_step_score_function(name: &str) -> AggregationFunction {
     match name {
-        "probability" | "perplexity" | "contrast_prob_diff" | "contrast_prob" | "mc_dropout_prob_avg" => {
-            AggregationFunction::Prod
-        }
+        "probability"
+        | "perplexity"
+        | "contrast_prob_diff"
+        | "contrast_prob"
+        | "mc_dropout_prob_avg" => AggregationFunction::Prod,
         "entropy" | "crossentropy" | "pcxmi" | "kl_divergence" => AggregationFunction::Sum,
         _ => AggregationFunction::AbsMax,
     }

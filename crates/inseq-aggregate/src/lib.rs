@@ -45,17 +45,18 @@ mod nd;
 mod words;
 
 pub use aggregators::{
-    AGGREGATOR_IDS, Aggregator, IndexSelection, Pipeline, PostProcess, ScoresAggregator, WordBoundaries,
-    aggregate_inseq_default, aggregate_output_inseq_default, inseq_default_pipeline, list_aggregators,
+    AGGREGATOR_IDS, Aggregator, IndexSelection, Pipeline, PostProcess, ScoresAggregator,
+    WordBoundaries, aggregate_inseq_default, aggregate_output_inseq_default,
+    inseq_default_pipeline, list_aggregators,
 };
 pub use functions::{
-    AGGREGATION_FUNCTION_IDS, AggregationFunction, default_step_score_function, list_aggregation_functions,
-    normalize, rescale,
+    AGGREGATION_FUNCTION_IDS, AggregationFunction, default_step_score_function,
+    list_aggregation_functions, normalize, rescale,
 };
 pub use nd::{Span, aggregate_contiguous};
 pub use words::{
-    SplitMode, SubwordScheme, detect_subword_scheme, infer_word_ids, is_special_token, marker_spans, merge_tokens,
-    split_spans, word_spans,
+    SplitMode, SubwordScheme, detect_subword_scheme, infer_word_ids, is_special_token,
+    marker_spans, merge_tokens, split_spans, word_spans,
 };
 
 use inseq_core::{Array, SequenceAttribution};
@@ -66,7 +67,11 @@ pub fn vnorm_last(a: &Array) -> Array {
         if v.iter().all(|x| x.is_nan()) {
             f32::NAN
         } else {
-            v.iter().filter(|x| !x.is_nan()).map(|x| x * x).sum::<f32>().sqrt()
+            v.iter()
+                .filter(|x| !x.is_nan())
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
         }
     })
 }
@@ -130,8 +135,15 @@ pub fn default_aggregate(seq: &SequenceAttribution) -> SequenceAttribution {
     };
     out.source_attributions = reduce(&seq.source_attributions);
     out.target_attributions = reduce(&seq.target_attributions);
-    normalize_columns(out.source_attributions.as_mut(), out.target_attributions.as_mut());
+    normalize_columns(
+        out.source_attributions.as_mut(),
+        out.target_attributions.as_mut(),
+    );
     out.aggregations.push("vnorm".into());
     out.aggregations.push("normalize".into());
     out
 }
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

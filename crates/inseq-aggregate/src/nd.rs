@@ -19,7 +19,10 @@ fn check_axis(a: &Array, axis: usize, what: &str) -> Result<()> {
     if axis >= a.ndim() {
         return Err(Error::invalid_arg(
             what,
-            format!("cannot use axis {axis} of an array of shape {:?}", a.shape()),
+            format!(
+                "cannot use axis {axis} of an array of shape {:?}",
+                a.shape()
+            ),
         ));
     }
     Ok(())
@@ -77,7 +80,12 @@ pub(crate) fn squeeze_axis(a: Array, axis: usize) -> Result<Array> {
 /// Python Inseq's `aggregate_contiguous`: every span of `spans` along `axis` is
 /// replaced by `f` over it; positions outside spans are copied unchanged.
 /// `spans` must be sorted and non-overlapping; no spans returns `a` unchanged.
-pub fn aggregate_contiguous(a: &Array, spans: &[Span], f: AggregationFunction, axis: usize) -> Result<Array> {
+pub fn aggregate_contiguous(
+    a: &Array,
+    spans: &[Span],
+    f: AggregationFunction,
+    axis: usize,
+) -> Result<Array> {
     if spans.is_empty() {
         return Ok(a.clone());
     }
@@ -90,7 +98,9 @@ pub fn aggregate_contiguous(a: &Array, spans: &[Span], f: AggregationFunction, a
         if s < base || e <= s || e > n {
             return Err(Error::invalid_arg(
                 "spans",
-                format!("span ({s}, {e}) is empty, out of order or beyond the dimension of size {n}"),
+                format!(
+                    "span ({s}, {e}) is empty, out of order or beyond the dimension of size {n}"
+                ),
             ));
         }
         groups.extend((base..s).map(|k| (k, k + 1, false)));
@@ -121,7 +131,12 @@ pub fn aggregate_contiguous(a: &Array, spans: &[Span], f: AggregationFunction, a
 }
 
 /// Elementwise `f(a, b)` of two arrays of the same shape.
-pub(crate) fn zip_with(a: &Array, b: &Array, what: &str, f: impl Fn(f32, f32) -> f32) -> Result<Array> {
+pub(crate) fn zip_with(
+    a: &Array,
+    b: &Array,
+    what: &str,
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<Array> {
     if a.shape() != b.shape() {
         return Err(Error::ShapeMismatch {
             what: what.to_string(),
@@ -131,7 +146,11 @@ pub(crate) fn zip_with(a: &Array, b: &Array, what: &str, f: impl Fn(f32, f32) ->
     }
     Array::new(
         a.shape().to_vec(),
-        a.data().iter().zip(b.data()).map(|(x, y)| f(*x, *y)).collect(),
+        a.data()
+            .iter()
+            .zip(b.data())
+            .map(|(x, y)| f(*x, *y))
+            .collect(),
     )
 }
 

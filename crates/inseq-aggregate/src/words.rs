@@ -25,11 +25,17 @@ pub enum SubwordScheme {
 /// assert_eq!(detect_subword_scheme(&toks), Some(SubwordScheme::SentencePiece));
 /// ```
 pub fn detect_subword_scheme(tokens: &[TokenWithId]) -> Option<SubwordScheme> {
-    if tokens.iter().any(|t| t.token.len() > 2 && t.token.starts_with("##")) {
+    if tokens
+        .iter()
+        .any(|t| t.token.len() > 2 && t.token.starts_with("##"))
+    {
         Some(SubwordScheme::WordPiece)
     } else if tokens.iter().any(|t| t.token.contains('▁')) {
         Some(SubwordScheme::SentencePiece)
-    } else if tokens.iter().any(|t| t.token.contains('Ġ') || t.token.contains('Ċ')) {
+    } else if tokens
+        .iter()
+        .any(|t| t.token.contains('Ġ') || t.token.contains('Ċ'))
+    {
         Some(SubwordScheme::ByteLevelBpe)
     } else {
         None
@@ -39,11 +45,16 @@ pub fn detect_subword_scheme(tokens: &[TokenWithId]) -> Option<SubwordScheme> {
 /// Whether `token` looks like a special token (`<s>`, `</s>`, `<|endoftext|>`, `[CLS]`...).
 pub fn is_special_token(token: &str) -> bool {
     let t = token.trim();
-    let angle = t.len() > 2 && t.starts_with('<') && t.ends_with('>') && !t[1..t.len() - 1].contains(['<', '>']);
+    let angle = t.len() > 2
+        && t.starts_with('<')
+        && t.ends_with('>')
+        && !t[1..t.len() - 1].contains(['<', '>']);
     let square = t.len() > 2
         && t.starts_with('[')
         && t.ends_with(']')
-        && t[1..t.len() - 1].chars().all(|c| c.is_ascii_uppercase() || c == '_');
+        && t[1..t.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_');
     angle || square
 }
 
@@ -133,17 +144,25 @@ pub fn word_spans(word_ids: &[Option<usize>]) -> Vec<Span> {
 /// let toks: Vec<_> = ["▁Hel", "lo", "▁wor", "ld", "▁!"].iter().map(|t| TokenWithId::new(*t, 0)).collect();
 /// assert_eq!(marker_spans(&toks, &["▁"], false), vec![(0, 2), (2, 4)]);
 /// ```
-pub fn marker_spans(tokens: &[TokenWithId], special_chars: &[&str], is_suffix_symbol: bool) -> Vec<Span> {
-    let has_special = tokens
-        .iter()
-        .any(|t| special_chars.iter().any(|s| !s.is_empty() && t.token.contains(s)));
+pub fn marker_spans(
+    tokens: &[TokenWithId],
+    special_chars: &[&str],
+    is_suffix_symbol: bool,
+) -> Vec<Span> {
+    let has_special = tokens.iter().any(|t| {
+        special_chars
+            .iter()
+            .any(|s| !s.is_empty() && t.token.contains(s))
+    });
     if !has_special {
         return vec![];
     }
     let mut spans = Vec::new();
     let mut last_prefix = 0;
     for (i, tok) in tokens.iter().enumerate() {
-        let starts = special_chars.iter().any(|s| !s.is_empty() && tok.token.starts_with(s));
+        let starts = special_chars
+            .iter()
+            .any(|s| !s.is_empty() && tok.token.starts_with(s));
         if starts == is_suffix_symbol {
             if i == tokens.len() - 1 && i - last_prefix > 1 {
                 spans.push((last_prefix, i));
@@ -199,7 +218,8 @@ impl SplitMode {
 /// assert_eq!(split_spans(&toks, "[,.]", SplitMode::End).unwrap(), vec![(0, 3), (3, 6)]);
 /// ```
 pub fn split_spans(tokens: &[TokenWithId], pattern: &str, mode: SplitMode) -> Result<Vec<Span>> {
-    let re = regex::Regex::new(pattern).map_err(|e| Error::invalid_arg("split_pattern", e.to_string()))?;
+    let re = regex::Regex::new(pattern)
+        .map_err(|e| Error::invalid_arg("split_pattern", e.to_string()))?;
     let mut full = String::new();
     let mut token_spans = Vec::with_capacity(tokens.len());
     for t in tokens {
@@ -209,7 +229,9 @@ pub fn split_spans(tokens: &[TokenWithId], pattern: &str, mode: SplitMode) -> Re
     let mut matches: Vec<Span> = Vec::new();
     for m in re.find_iter(&full) {
         let (start, end) = (m.start(), m.end());
-        let ts = token_spans.iter().position(|&(s, e)| s <= start && start < e);
+        let ts = token_spans
+            .iter()
+            .position(|&(s, e)| s <= start && start < e);
         let te = token_spans.iter().position(|&(s, e)| s < end && end <= e);
         if let (Some(ts), Some(te)) = (ts, te) {
             let span = (ts, te + 1);
@@ -305,7 +327,10 @@ pub fn merge_tokens(tokens: &[TokenWithId], spans: &[Span]) -> Vec<TokenWithId> 
         if let Some(&(s, e)) = spans.iter().find(|(s, _)| *s == i) {
             let end = e.min(tokens.len()).max(s + 1);
             out.push(TokenWithId::new(
-                tokens[s..end].iter().map(|t| t.token.as_str()).collect::<String>(),
+                tokens[s..end]
+                    .iter()
+                    .map(|t| t.token.as_str())
+                    .collect::<String>(),
                 -1,
             ));
             i = end;

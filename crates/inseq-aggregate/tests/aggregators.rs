@@ -5,7 +5,10 @@ use inseq_core::{Array, SequenceAttribution, TokenWithId};
 use proptest::prelude::*;
 
 fn toks(s: &[&str]) -> Vec<TokenWithId> {
-    s.iter().enumerate().map(|(i, t)| TokenWithId::new(*t, i as i64)).collect()
+    s.iter()
+        .enumerate()
+        .map(|(i, t)| TokenWithId::new(*t, i as i64))
+        .collect()
 }
 
 fn names(t: &[TokenWithId]) -> Vec<&str> {
@@ -72,9 +75,13 @@ fn spans_on_known_input() {
 #[test]
 fn explicit_function_override() {
     let seq = dec_only();
-    let out = Aggregator::Spans { source_spans: vec![], target_spans: vec![(0, 2)], function: Some(AggregationFunction::Sum) }
-        .apply(&seq)
-        .unwrap();
+    let out = Aggregator::Spans {
+        source_spans: vec![],
+        target_spans: vec![(0, 2)],
+        function: Some(AggregationFunction::Sum),
+    }
+    .apply(&seq)
+    .unwrap();
     assert_eq!(out.target_attributions.unwrap().get(&[0, 0]), 1.0 + 4.0);
 }
 
@@ -94,27 +101,46 @@ fn subwords_for_three_tokenizer_families() {
             aggregations: vec![],
         }
     };
-    let bpe = Aggregator::subwords().apply(&mk(&["Hel", "lo", "Ġla", "dies", "Ġand", "Ġgent", "lem", "en"], 5)).unwrap();
-    assert_eq!(names(&bpe.target), ["Hello", "Ġladies", "Ġand", "Ġgentlemen"]);
+    let bpe = Aggregator::subwords()
+        .apply(&mk(
+            &["Hel", "lo", "Ġla", "dies", "Ġand", "Ġgent", "lem", "en"],
+            5,
+        ))
+        .unwrap();
+    assert_eq!(
+        names(&bpe.target),
+        ["Hello", "Ġladies", "Ġand", "Ġgentlemen"]
+    );
     assert_eq!((bpe.attr_pos_start, bpe.attr_pos_end), (3, 4));
     assert_eq!(bpe.target_attributions.unwrap().shape(), &[4, 1]);
-    let sp = Aggregator::subwords().apply(&mk(&["<s>", "▁phen", "omen", "al", "▁day", "</s>"], 1)).unwrap();
+    let sp = Aggregator::subwords()
+        .apply(&mk(&["<s>", "▁phen", "omen", "al", "▁day", "</s>"], 1))
+        .unwrap();
     assert_eq!(names(&sp.target), ["<s>", "▁phenomenal", "▁day", "</s>"]);
-    let wp = Aggregator::subwords().apply(&mk(&["[CLS]", "phen", "##omen", "##al", "day", "[SEP]"], 1)).unwrap();
+    let wp = Aggregator::subwords()
+        .apply(&mk(&["[CLS]", "phen", "##omen", "##al", "day", "[SEP]"], 1))
+        .unwrap();
     assert_eq!(names(&wp.target), ["[CLS]", "phenomenal", "day", "[SEP]"]);
     // Explicit word ids (as from tokenizer.word_ids()): punctuation as its own word.
     let seq = mk(&["Hel", "lo", ",", "Ġworld"], 2);
-    let out = Aggregator::words(None, vec![Some(0), Some(0), Some(1), Some(2)]).apply(&seq).unwrap();
+    let out = Aggregator::words(None, vec![Some(0), Some(0), Some(1), Some(2)])
+        .apply(&seq)
+        .unwrap();
     assert_eq!(names(&out.target), ["Hello", ",", "Ġworld"]);
     assert!(Aggregator::words(None, vec![Some(0)]).apply(&seq).is_err());
     // Inseq's exact marker rule.
     let m = Aggregator::Subwords {
-        boundaries: WordBoundaries::Markers { special_chars: vec!["▁".into()], is_suffix_symbol: false },
+        boundaries: WordBoundaries::Markers {
+            special_chars: vec!["▁".into()],
+            is_suffix_symbol: false,
+        },
         aggregate_source: true,
         aggregate_target: true,
         function: None,
     };
-    let out = m.apply(&mk(&["▁phen", "omen", "al", "▁day", "▁x"], 1)).unwrap();
+    let out = m
+        .apply(&mk(&["▁phen", "omen", "al", "▁day", "▁x"], 1))
+        .unwrap();
     assert_eq!(names(&out.target), ["▁phenomenal", "▁day", "▁x"]);
 }
 
@@ -123,16 +149,23 @@ fn encoder_decoder_spans_and_split() {
     let seq = SequenceAttribution {
         source: Some(toks(&["▁Le", "▁dé", "velop", "peur", "▁."])),
         target: toks(&["</s>", "▁The", "▁dev", "eloper", "▁."]),
-        source_attributions: Some(Array::new(vec![5, 4], (0..20).map(|v| v as f32).collect()).unwrap()),
+        source_attributions: Some(
+            Array::new(vec![5, 4], (0..20).map(|v| v as f32).collect()).unwrap(),
+        ),
         target_attributions: Some(Array::full(vec![5, 4], 0.5)),
-        step_scores: [("probability".to_string(), vec![0.5; 4])].into_iter().collect(),
+        step_scores: [("probability".to_string(), vec![0.5; 4])]
+            .into_iter()
+            .collect(),
         sequence_scores: Default::default(),
         attr_pos_start: 1,
         attr_pos_end: 5,
         aggregations: vec![],
     };
     let out = Aggregator::subwords().apply(&seq).unwrap();
-    assert_eq!(names(out.source.as_ref().unwrap()), ["▁Le", "▁développeur", "▁."]);
+    assert_eq!(
+        names(out.source.as_ref().unwrap()),
+        ["▁Le", "▁développeur", "▁."]
+    );
     assert_eq!(names(&out.target), ["</s>", "▁The", "▁developer", "▁."]);
     let s = out.source_attributions.unwrap();
     assert_eq!(s.shape(), &[3, 3]);
@@ -140,7 +173,10 @@ fn encoder_decoder_spans_and_split() {
     assert_eq!(s.get(&[1, 1]), 14.0);
     assert_eq!(out.step_scores["probability"], vec![0.5, 0.25, 0.5]);
     let split = Aggregator::split("\\.").apply(&seq).unwrap();
-    assert_eq!(names(split.source.as_ref().unwrap()), ["▁Le▁développeur", "▁."]);
+    assert_eq!(
+        names(split.source.as_ref().unwrap()),
+        ["▁Le▁développeur", "▁."]
+    );
     assert_eq!(names(&split.target), ["</s>▁The▁developer", "▁."]);
     assert!(Aggregator::split("(").apply(&seq).is_err());
 }
@@ -148,7 +184,8 @@ fn encoder_decoder_spans_and_split() {
 #[test]
 fn scores_pair_slices() {
     let mut seq = dec_only();
-    seq.target_attributions = Some(Array::new(vec![5, 3, 2], (0..30).map(|v| v as f32).collect()).unwrap());
+    seq.target_attributions =
+        Some(Array::new(vec![5, 3, 2], (0..30).map(|v| v as f32).collect()).unwrap());
     let out = Pipeline::parse("sum").unwrap().apply(&seq).unwrap();
     let t = out.target_attributions.as_ref().unwrap();
     assert_eq!(t.shape(), &[5, 3]);
@@ -156,9 +193,13 @@ fn scores_pair_slices() {
     // 2-D input cannot be aggregated by `scores` again.
     assert!(Pipeline::parse("sum").unwrap().apply(&out).is_err());
     // Rescale / select.
-    let r = Aggregator::Scores(ScoresAggregator { function: None, post: PostProcess::Rescale, select: Some(IndexSelection::One(1)) })
-        .apply(&seq)
-        .unwrap();
+    let r = Aggregator::Scores(ScoresAggregator {
+        function: None,
+        post: PostProcess::Rescale,
+        select: Some(IndexSelection::One(1)),
+    })
+    .apply(&seq)
+    .unwrap();
     let t = r.target_attributions.unwrap();
     assert_eq!(t.get(&[4, 2]), 1.0);
     assert_eq!(t.get(&[0, 0]), 1.0 / 29.0);
@@ -166,13 +207,28 @@ fn scores_pair_slices() {
     let base = dec_only();
     let mut other = dec_only();
     other.target[4] = TokenWithId::new("?", 9);
-    other.target_attributions.as_mut().unwrap().data_mut().iter_mut().for_each(|v| *v *= 2.0);
-    let p = Aggregator::Pair { other: Box::new(other) }.apply(&base).unwrap();
+    other
+        .target_attributions
+        .as_mut()
+        .unwrap()
+        .data_mut()
+        .iter_mut()
+        .for_each(|v| *v *= 2.0);
+    let p = Aggregator::Pair {
+        other: Box::new(other),
+    }
+    .apply(&base)
+    .unwrap();
     assert_eq!(p.target[4], TokenWithId::new("! → ?", -1));
     assert_eq!(p.target_attributions.as_ref().unwrap().get(&[0, 0]), 1.0);
     assert_eq!(p.step_scores["probability"], vec![0.0, 0.0, 0.0]);
     // Slices: keep the first prompt token only (generated tokens always kept).
-    let s = Aggregator::Slices { source_spans: None, target_spans: Some(vec![(0, 1)]) }.apply(&base).unwrap();
+    let s = Aggregator::Slices {
+        source_spans: None,
+        target_spans: Some(vec![(0, 1)]),
+    }
+    .apply(&base)
+    .unwrap();
     assert_eq!(names(&s.target), ["Hel", "Ġla", "dies", "!"]);
     assert_eq!((s.attr_pos_start, s.attr_pos_end), (1, 4));
     assert_eq!(s.target_attributions.unwrap().shape(), &[4, 3]);
@@ -181,9 +237,18 @@ fn scores_pair_slices() {
 #[test]
 fn unknown_ids_and_bad_spans_are_typed_errors() {
     use inseq_core::Error;
-    assert!(matches!(Aggregator::from_id("nope", None), Err(Error::UnknownId { .. })));
-    assert!(matches!(Aggregator::from_id("scores", Some("median")), Err(Error::UnknownId { .. })));
-    assert!(matches!(AggregationFunction::from_id("avg"), Err(Error::UnknownId { .. })));
+    assert!(matches!(
+        Aggregator::from_id("nope", None),
+        Err(Error::UnknownId { .. })
+    ));
+    assert!(matches!(
+        Aggregator::from_id("scores", Some("median")),
+        Err(Error::UnknownId { .. })
+    ));
+    assert!(matches!(
+        AggregationFunction::from_id("avg"),
+        Err(Error::UnknownId { .. })
+    ));
     assert!(Pipeline::parse("subwords, nope").is_err());
     assert!(Aggregator::from_id("spans", None).is_err());
     let seq = dec_only();
@@ -198,8 +263,14 @@ fn unknown_ids_and_bad_spans_are_typed_errors() {
 
 fn seq_2d(src_len: usize, steps: usize, vals: Vec<f32>, tvals: Vec<f32>) -> SequenceAttribution {
     SequenceAttribution {
-        source: Some((0..src_len).map(|i| TokenWithId::new(format!("s{i}"), i as i64)).collect()),
-        target: (0..steps + 1).map(|i| TokenWithId::new(format!("t{i}"), i as i64)).collect(),
+        source: Some(
+            (0..src_len)
+                .map(|i| TokenWithId::new(format!("s{i}"), i as i64))
+                .collect(),
+        ),
+        target: (0..steps + 1)
+            .map(|i| TokenWithId::new(format!("t{i}"), i as i64))
+            .collect(),
         source_attributions: Some(Array::new(vec![src_len, steps], vals).unwrap()),
         target_attributions: Some(Array::new(vec![steps + 1, steps], tvals).unwrap()),
         step_scores: Default::default(),

@@ -8,13 +8,20 @@ use inseq_core::inseq_format::parse_python_json;
 use inseq_core::{Array, AttributionOutput};
 
 fn golden_dir() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/golden")).to_path_buf()
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/golden"
+    ))
+    .to_path_buf()
 }
 
 #[test]
 fn default_aggregation_matches_python_inseq() {
     let Ok(rd) = std::fs::read_dir(golden_dir()) else {
-        eprintln!("note: no golden fixtures under {}; skipping", golden_dir().display());
+        eprintln!(
+            "note: no golden fixtures under {}; skipping",
+            golden_dir().display()
+        );
         return;
     };
     let mut files: Vec<PathBuf> = rd
@@ -26,7 +33,10 @@ fn default_aggregation_matches_python_inseq() {
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let case = name.trim_end_matches(".inseq.json");
-        let golden = parse_python_json(&std::fs::read_to_string(golden_dir().join(format!("{case}.json"))).unwrap()).unwrap();
+        let golden = parse_python_json(
+            &std::fs::read_to_string(golden_dir().join(format!("{case}.json"))).unwrap(),
+        )
+        .unwrap();
         let out = AttributionOutput::load_inseq(&path).unwrap();
         let agg = aggregate_output_inseq_default(&out).unwrap_or_else(|e| panic!("{case}: {e}"));
         let seq = &agg.sequence_attributions[0];
@@ -42,12 +52,23 @@ fn default_aggregation_matches_python_inseq() {
                     assert_eq!(a.shape(), g.shape(), "{case} {key}");
                     let tol = 1e-3 * g.max_abs() + 1e-6;
                     for (i, (x, y)) in a.data().iter().zip(g.data()).enumerate() {
-                        assert_eq!(x.is_nan(), y.is_nan(), "{case} {key}[{i}]: NaN positions differ");
-                        assert!(x.is_nan() || (x - y).abs() <= tol, "{case} {key}[{i}]: {x} vs {y}");
+                        assert_eq!(
+                            x.is_nan(),
+                            y.is_nan(),
+                            "{case} {key}[{i}]: NaN positions differ"
+                        );
+                        assert!(
+                            x.is_nan() || (x - y).abs() <= tol,
+                            "{case} {key}[{i}]: {x} vs {y}"
+                        );
                     }
                     checked += 1;
                 }
-                (a, g) => panic!("{case} {key}: ours {:?}, golden present: {}", a.as_ref().map(Array::shape), g.is_some()),
+                (a, g) => panic!(
+                    "{case} {key}: ours {:?}, golden present: {}",
+                    a.as_ref().map(Array::shape),
+                    g.is_some()
+                ),
             }
         }
         // Sequence scores (attention's encoder self-attentions) are aggregated too.
@@ -56,7 +77,13 @@ fn default_aggregation_matches_python_inseq() {
                 let g = Array::from_nested_json(g).unwrap();
                 if g.shape() == v.shape() {
                     let tol = 1e-3 * g.max_abs() + 1e-6;
-                    assert!(v.data().iter().zip(g.data()).all(|(x, y)| (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol), "{case} sequence score {k}");
+                    assert!(
+                        v.data()
+                            .iter()
+                            .zip(g.data())
+                            .all(|(x, y)| (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol),
+                        "{case} sequence score {k}"
+                    );
                 }
             }
         }

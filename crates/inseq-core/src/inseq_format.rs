@@ -50,7 +50,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 
-use crate::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId, write_atomic};
+use crate::{
+    Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId, write_atomic,
+};
 
 const MODULE_ATTRIBUTION: &str = "inseq.data.attribution";
 const MODULE_TYPING: &str = "inseq.utils.typing";
@@ -211,12 +213,20 @@ fn f32_to_f8e4m3(v: f32) -> u8 {
 fn encode_tensor(shape: &[usize], data: &[f32], precision: ScorePrecision) -> Result<String> {
     use safetensors::tensor::{Dtype, TensorView};
     let (dtype, bytes): (Dtype, Vec<u8>) = match precision {
-        ScorePrecision::Float32 => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ScorePrecision::Float32 => (
+            Dtype::F32,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
         ScorePrecision::Float16 => (
             Dtype::F16,
-            data.iter().flat_map(|v| f32_to_f16_bits(*v).to_le_bytes()).collect(),
+            data.iter()
+                .flat_map(|v| f32_to_f16_bits(*v).to_le_bytes())
+                .collect(),
         ),
-        ScorePrecision::Float8 => (Dtype::F8_E4M3, data.iter().map(|v| f32_to_f8e4m3(*v)).collect()),
+        ScorePrecision::Float8 => (
+            Dtype::F8_E4M3,
+            data.iter().map(|v| f32_to_f8e4m3(*v)).collect(),
+        ),
     };
     let view = TensorView::new(dtype, shape.to_vec(), &bytes)
         .map_err(|e| Error::Numerical(format!("cannot build safetensors view: {e}")))?;
@@ -234,7 +244,9 @@ fn decode_safetensors(bytes: &[u8], what: &str) -> Result<Array> {
         Err(_) => {
             let names = st.names();
             if names.len() != 1 {
-                return Err(invalid(format!("{what}: expected one tensor named `attribution`, found {names:?}")));
+                return Err(invalid(format!(
+                    "{what}: expected one tensor named `attribution`, found {names:?}"
+                )));
             }
             st.tensor(names[0])
                 .map_err(|e| invalid(format!("{what}: {e}")))?
@@ -242,7 +254,10 @@ fn decode_safetensors(bytes: &[u8], what: &str) -> Result<Array> {
     };
     let raw = view.data();
     let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F64 => raw
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
@@ -256,7 +271,11 @@ fn decode_safetensors(bytes: &[u8], what: &str) -> Result<Array> {
             .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
             .collect(),
         Dtype::F8_E4M3 => raw.iter().map(|b| f8e4m3_to_f32(*b)).collect(),
-        other => return Err(invalid(format!("{what}: unsupported tensor dtype {other:?}"))),
+        other => {
+            return Err(invalid(format!(
+                "{what}: unsupported tensor dtype {other:?}"
+            )));
+        }
     };
     Array::new(view.shape().to_vec(), data)
 }
@@ -267,10 +286,17 @@ fn decode_ndarray(obj: &Map<String, Value>, what: &str) -> Result<Array> {
     let shape: Vec<usize> = obj
         .get("shape")
         .and_then(Value::as_array)
-        .map(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+        .map(|s| {
+            s.iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<Vec<_>>>()
+        })
         .unwrap_or(Some(vec![]))
         .ok_or_else(|| invalid(format!("{what}: bad ndarray shape")))?;
-    let dtype = obj.get("dtype").and_then(Value::as_str).unwrap_or("float32");
+    let dtype = obj
+        .get("dtype")
+        .and_then(Value::as_str)
+        .unwrap_or("float32");
     match obj.get("__ndarray__") {
         Some(Value::String(s)) => {
             let (gz, body) = if let Some(b) = s.strip_prefix("b64.gz:") {
@@ -284,13 +310,19 @@ fn decode_ndarray(obj: &Map<String, Value>, what: &str) -> Result<Array> {
                 .decode(body)
                 .map_err(|e| invalid(format!("{what}: bad base64: {e}")))?;
             if gz {
-                bytes = gunzip(&bytes).map_err(|e| invalid(format!("{what}: bad gzip data: {e}")))?;
+                bytes =
+                    gunzip(&bytes).map_err(|e| invalid(format!("{what}: bad gzip data: {e}")))?;
             }
             let data: Vec<f32> = match dtype {
-                "float32" => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                "float32" => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
                 "float64" => bytes
                     .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
                     .collect(),
                 "float16" => bytes
                     .chunks_exact(2)
@@ -298,10 +330,19 @@ fn decode_ndarray(obj: &Map<String, Value>, what: &str) -> Result<Array> {
                     .collect(),
                 "int64" => bytes
                     .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                    .map(|c| {
+                        i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
                     .collect(),
-                "int32" => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
-                other => return Err(invalid(format!("{what}: unsupported ndarray dtype {other}"))),
+                "int32" => bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+                    .collect(),
+                other => {
+                    return Err(invalid(format!(
+                        "{what}: unsupported ndarray dtype {other}"
+                    )));
+                }
             };
             Array::new(shape, data)
         }
@@ -309,7 +350,9 @@ fn decode_ndarray(obj: &Map<String, Value>, what: &str) -> Result<Array> {
             let a = Array::from_nested_json(v)?;
             Array::new(shape, a.into_data())
         }
-        Some(v) if shape.is_empty() => Ok(Array::full(vec![], v.as_f64().unwrap_or(f64::NAN) as f32)),
+        Some(v) if shape.is_empty() => {
+            Ok(Array::full(vec![], v.as_f64().unwrap_or(f64::NAN) as f32))
+        }
         _ => Err(invalid(format!("{what}: bad ndarray"))),
     }
 }
@@ -325,7 +368,9 @@ fn decode_tensor(v: &Value, what: &str) -> Result<Option<Array>> {
         }
         Value::Object(o) if o.contains_key("__ndarray__") => decode_ndarray(o, what).map(Some),
         Value::Array(_) => Array::from_nested_json(v).map(Some),
-        _ => Err(invalid(format!("{what}: expected a base64 safetensors string"))),
+        _ => Err(invalid(format!(
+            "{what}: expected a base64 safetensors string"
+        ))),
     }
 }
 
@@ -335,10 +380,16 @@ fn plain_value(v: &Value) -> Value {
     match v {
         Value::Object(o) if o.contains_key("__ndarray__") => match decode_ndarray(o, "info") {
             Ok(a) if a.ndim() > 0 => a.to_nested_json(),
-            Ok(a) => a.data().first().map(|x| Value::from(*x as f64)).unwrap_or(Value::Null),
+            Ok(a) => a
+                .data()
+                .first()
+                .map(|x| Value::from(*x as f64))
+                .unwrap_or(Value::Null),
             Err(_) => v.clone(),
         },
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), plain_value(v))).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (k.clone(), plain_value(v))).collect())
+        }
         Value::Array(items) => Value::Array(items.iter().map(plain_value).collect()),
         _ => v.clone(),
     }
@@ -371,7 +422,10 @@ fn sanitize_python_json(text: &str) -> Cow<'_, str> {
         }
         if c == '"' {
             in_string = true;
-        } else if let Some(tok) = ["-Infinity", "Infinity", "NaN"].iter().find(|t| rest.starts_with(**t)) {
+        } else if let Some(tok) = ["-Infinity", "Infinity", "NaN"]
+            .iter()
+            .find(|t| rest.starts_with(**t))
+        {
             out.push_str("null");
             rest = &rest[tok.len()..];
             continue;
@@ -387,7 +441,11 @@ fn sanitize_python_json(text: &str) -> Cow<'_, str> {
 struct PyFormatter(serde_json::ser::PrettyFormatter<'static>);
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn write_string_fragment<W: ?Sized + Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
         for c in fragment.chars() {
             if c.is_ascii() {
                 w.write_all(&[c as u8])?;
@@ -406,7 +464,11 @@ impl serde_json::ser::Formatter for PyFormatter {
     fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         self.0.end_array(w)
     }
-    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         self.0.begin_array_value(w, first)
     }
     fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
@@ -418,7 +480,11 @@ impl serde_json::ser::Formatter for PyFormatter {
     fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         self.0.end_object(w)
     }
-    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         self.0.begin_object_key(w, first)
     }
     fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
@@ -444,7 +510,10 @@ fn sorted(v: Value) -> Value {
 
 fn instance(module: &str, class: &str, attributes: Value) -> Value {
     let mut m = Map::new();
-    m.insert("__instance_type__".into(), Value::Array(vec![module.into(), class.into()]));
+    m.insert(
+        "__instance_type__".into(),
+        Value::Array(vec![module.into(), class.into()]),
+    );
     m.insert("attributes".into(), attributes);
     Value::Object(m)
 }
@@ -519,7 +588,11 @@ fn sequence_value(seq: &SequenceAttribution, precision: ScorePrecision) -> Resul
     let tensor = |a: &Option<Array>| -> Result<Value> {
         match a {
             None => Ok(Value::Null),
-            Some(a) => Ok(Value::String(encode_tensor(a.shape(), a.data(), precision)?)),
+            Some(a) => Ok(Value::String(encode_tensor(
+                a.shape(),
+                a.data(),
+                precision,
+            )?)),
         }
     };
     let mut attrs = Map::new();
@@ -527,7 +600,10 @@ fn sequence_value(seq: &SequenceAttribution, precision: ScorePrecision) -> Resul
     attrs.insert("attr_pos_start".into(), Value::from(seq.attr_pos_start));
     let mut seq_scores = Map::new();
     for (k, v) in &seq.sequence_scores {
-        seq_scores.insert(k.clone(), Value::String(encode_tensor(v.shape(), v.data(), precision)?));
+        seq_scores.insert(
+            k.clone(),
+            Value::String(encode_tensor(v.shape(), v.data(), precision)?),
+        );
     }
     attrs.insert("sequence_scores".into(), Value::Object(seq_scores));
     let source = match &seq.source {
@@ -535,15 +611,28 @@ fn sequence_value(seq: &SequenceAttribution, precision: ScorePrecision) -> Resul
         None => &seq.target[..seq.attr_pos_start],
     };
     attrs.insert("source".into(), tokens_value(source));
-    attrs.insert("source_attributions".into(), tensor(&seq.source_attributions)?);
+    attrs.insert(
+        "source_attributions".into(),
+        tensor(&seq.source_attributions)?,
+    );
     let mut step = Map::new();
     for (k, v) in &seq.step_scores {
-        step.insert(k.clone(), Value::String(encode_tensor(&[v.len()], v, precision)?));
+        step.insert(
+            k.clone(),
+            Value::String(encode_tensor(&[v.len()], v, precision)?),
+        );
     }
     attrs.insert("step_scores".into(), Value::Object(step));
     attrs.insert("target".into(), tokens_value(&seq.target));
-    attrs.insert("target_attributions".into(), tensor(&seq.target_attributions)?);
-    Ok(instance(MODULE_ATTRIBUTION, inseq_sequence_class(seq), Value::Object(attrs)))
+    attrs.insert(
+        "target_attributions".into(),
+        tensor(&seq.target_attributions)?,
+    );
+    Ok(instance(
+        MODULE_ATTRIBUTION,
+        inseq_sequence_class(seq),
+        Value::Object(attrs),
+    ))
 }
 
 /// Serializes `out` to the JSON text Python Inseq's `save` writes (4-space
@@ -557,11 +646,20 @@ pub fn to_inseq_json(out: &AttributionOutput, precision: ScorePrecision) -> Resu
     let mut attrs = Map::new();
     attrs.insert(
         "info".into(),
-        Value::Object(out.info.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Value::Object(
+            out.info
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
     );
     attrs.insert("sequence_attributions".into(), Value::Array(seqs));
     attrs.insert("step_attributions".into(), Value::Null);
-    let root = sorted(instance(MODULE_ATTRIBUTION, "FeatureAttributionOutput", Value::Object(attrs)));
+    let root = sorted(instance(
+        MODULE_ATTRIBUTION,
+        "FeatureAttributionOutput",
+        Value::Object(attrs),
+    ));
     let mut buf = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(
         &mut buf,
@@ -643,8 +741,14 @@ fn parse_sequence(v: &Value, index: usize) -> Result<SequenceAttribution> {
     let target = parse_tokens(a.get("target"), &w("target"))?
         .ok_or_else(|| invalid(format!("{} is missing", w("target"))))?;
     let source = parse_tokens(a.get("source"), &w("source"))?;
-    let source_attributions = decode_tensor(a.get("source_attributions").unwrap_or(&Value::Null), &w("source_attributions"))?;
-    let target_attributions = decode_tensor(a.get("target_attributions").unwrap_or(&Value::Null), &w("target_attributions"))?;
+    let source_attributions = decode_tensor(
+        a.get("source_attributions").unwrap_or(&Value::Null),
+        &w("source_attributions"),
+    )?;
+    let target_attributions = decode_tensor(
+        a.get("target_attributions").unwrap_or(&Value::Null),
+        &w("target_attributions"),
+    )?;
     let attr_pos_start = parse_usize(a.get("attr_pos_start"), &w("attr_pos_start"))?.unwrap_or(0);
     let attr_pos_end = parse_usize(a.get("attr_pos_end"), &w("attr_pos_end"))?
         .unwrap_or(target.len())
@@ -694,10 +798,20 @@ fn parse_sequence(v: &Value, index: usize) -> Result<SequenceAttribution> {
         let rows = source.as_ref().map_or(0, Vec::len);
         check(&source_attributions, rows, "source_attributions")?;
     }
-    check(&target_attributions, attr_pos_end.min(target.len()), "target_attributions")?;
+    check(
+        &target_attributions,
+        attr_pos_end.min(target.len()),
+        "target_attributions",
+    )?;
     // Decoder-only models: Inseq stores the prompt as source; this project uses `None`.
     let source = match source {
-        Some(s) if source_attributions.is_none() && s.len() <= target.len() && target[..s.len()] == s[..] => None,
+        Some(s)
+            if source_attributions.is_none()
+                && s.len() <= target.len()
+                && target[..s.len()] == s[..] =>
+        {
+            None
+        }
         other => other,
     };
     Ok(SequenceAttribution {
@@ -730,7 +844,11 @@ pub fn from_inseq_json(text: &str) -> Result<AttributionOutput> {
     let root = parse_python_json(text)?;
     match class_name(&root) {
         Some("FeatureAttributionOutput") => {}
-        Some(other) => return Err(invalid(format!("top-level object is a {other}, not a FeatureAttributionOutput"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "top-level object is a {other}, not a FeatureAttributionOutput"
+            )));
+        }
         None => {
             return Err(invalid(
                 "missing `__instance_type__`: not a file saved by Inseq's FeatureAttributionOutput.save \
@@ -807,7 +925,16 @@ mod tests {
 
     #[test]
     fn f16_round_trip_and_rounding() {
-        for v in [0.0f32, 1.0, -2.5, 65504.0, 6.1035156e-5, 5.9604645e-8, 0.1, 1e-3] {
+        for v in [
+            0.0f32,
+            1.0,
+            -2.5,
+            65504.0,
+            6.1035156e-5,
+            5.9604645e-8,
+            0.1,
+            1e-3,
+        ] {
             let back = f16_bits_to_f32(f32_to_f16_bits(v));
             assert!((back - v).abs() <= v.abs() * 1e-3 + 6e-8, "{v} -> {back}");
         }

@@ -3,12 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-use inseq_core::inseq_format::{from_inseq_bytes, from_inseq_json, parse_python_json, to_inseq_bytes, to_inseq_json};
-use inseq_core::{Array, AttributionOutput, InseqSaveOptions, ScorePrecision, SequenceAttribution, TokenWithId};
+use inseq_core::inseq_format::{
+    from_inseq_bytes, from_inseq_json, parse_python_json, to_inseq_bytes, to_inseq_json,
+};
+use inseq_core::{
+    Array, AttributionOutput, InseqSaveOptions, ScorePrecision, SequenceAttribution, TokenWithId,
+};
 use proptest::prelude::*;
 
 fn golden_dir() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/golden")).to_path_buf()
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/golden"
+    ))
+    .to_path_buf()
 }
 
 fn golden_files() -> Vec<PathBuf> {
@@ -26,36 +34,65 @@ fn golden_files() -> Vec<PathBuf> {
 /// Approximate equality with NaN positions matching.
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol)
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol)
 }
 
 #[test]
 fn every_golden_file_loads() {
     let files = golden_files();
     if files.is_empty() {
-        eprintln!("note: no golden fixtures under {}; skipping", golden_dir().display());
+        eprintln!(
+            "note: no golden fixtures under {}; skipping",
+            golden_dir().display()
+        );
         return;
     }
     for path in &files {
-        let out = AttributionOutput::load_inseq(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let out = AttributionOutput::load_inseq(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(out.sequence_attributions.len(), 1, "{}", path.display());
         let seq = &out.sequence_attributions[0];
         assert!(seq.attr_pos_end <= seq.target.len());
-        assert!(out.info.contains_key("attribution_method"), "{}", path.display());
+        assert!(
+            out.info.contains_key("attribution_method"),
+            "{}",
+            path.display()
+        );
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let case = name.trim_end_matches(".inseq.json");
-        let golden =
-            parse_python_json(&std::fs::read_to_string(golden_dir().join(format!("{case}.json"))).unwrap()).unwrap();
+        let golden = parse_python_json(
+            &std::fs::read_to_string(golden_dir().join(format!("{case}.json"))).unwrap(),
+        )
+        .unwrap();
         let toks = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect()
         };
         let target: Vec<String> = seq.target.iter().map(|t| t.token.clone()).collect();
         assert_eq!(target, toks(&golden["target_tokens"]), "{case}");
         let ids: Vec<i64> = seq.target.iter().map(|t| t.id).collect();
-        let gids: Vec<i64> = golden["target_token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let gids: Vec<i64> = golden["target_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         assert_eq!(ids, gids, "{case}");
-        assert_eq!(seq.attr_pos_start as u64, golden["attr_pos_start"].as_u64().unwrap(), "{case}");
-        assert_eq!(seq.attr_pos_end as u64, golden["attr_pos_end"].as_u64().unwrap(), "{case}");
+        assert_eq!(
+            seq.attr_pos_start as u64,
+            golden["attr_pos_start"].as_u64().unwrap(),
+            "{case}"
+        );
+        assert_eq!(
+            seq.attr_pos_end as u64,
+            golden["attr_pos_end"].as_u64().unwrap(),
+            "{case}"
+        );
         // Decoder-only models: the prompt is not kept as a source. (Step-score-only
         // cases have no attributions and a source equal to the target prefix either way.)
         let is_dec_only = case.starts_with("tiny-gpt2") || case.starts_with("tiny-llama");
@@ -79,12 +116,19 @@ fn every_golden_file_loads() {
                     let tol = 1e-3 * g.max_abs() + 1e-6;
                     assert!(close(a.data(), g.data(), tol), "{case} {key}");
                 }
-                (a, g) => panic!("{case} {key}: ours {:?} vs golden {:?}", a.as_ref().map(Array::shape), g.is_some()),
+                (a, g) => panic!(
+                    "{case} {key}: ours {:?} vs golden {:?}",
+                    a.as_ref().map(Array::shape),
+                    g.is_some()
+                ),
             }
         }
         for (k, v) in &seq.step_scores {
             let g = Array::from_nested_json(&golden["step_scores"][k]).unwrap();
-            assert!(close(v, g.data(), 1e-3 * g.max_abs() + 1e-6), "{case} step score {k}");
+            assert!(
+                close(v, g.data(), 1e-3 * g.max_abs() + 1e-6),
+                "{case} step score {k}"
+            );
         }
     }
 }
@@ -94,20 +138,49 @@ fn golden_files_round_trip_through_our_writer() {
     for path in golden_files() {
         let out = AttributionOutput::load_inseq(&path).unwrap();
         for compress in [false, true] {
-            let opts = InseqSaveOptions { compress, scores_precision: ScorePrecision::Float32 };
+            let opts = InseqSaveOptions {
+                compress,
+                scores_precision: ScorePrecision::Float32,
+            };
             let bytes = to_inseq_bytes(&out, &opts).unwrap();
             assert_eq!(compress, bytes.starts_with(&[0x1f, 0x8b]));
             let back = from_inseq_bytes(&bytes).unwrap();
-            assert_eq!(back.to_json().unwrap(), out.to_json().unwrap(), "{}", path.display());
+            assert_eq!(
+                back.to_json().unwrap(),
+                out.to_json().unwrap(),
+                "{}",
+                path.display()
+            );
         }
         // The Python layout: same keys and token objects as the original file.
-        let ours: serde_json::Value = serde_json::from_str(&to_inseq_json(&out, ScorePrecision::Float32).unwrap()).unwrap();
-        let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let (o, t) = (&ours["attributes"]["sequence_attributions"][0], &theirs["attributes"]["sequence_attributions"][0]);
-        assert_eq!(o["__instance_type__"], t["__instance_type__"], "{}", path.display());
-        assert_eq!(o["attributes"]["source"], t["attributes"]["source"], "{}", path.display());
-        assert_eq!(o["attributes"]["target"], t["attributes"]["target"], "{}", path.display());
-        let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        let ours: serde_json::Value =
+            serde_json::from_str(&to_inseq_json(&out, ScorePrecision::Float32).unwrap()).unwrap();
+        let theirs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let (o, t) = (
+            &ours["attributes"]["sequence_attributions"][0],
+            &theirs["attributes"]["sequence_attributions"][0],
+        );
+        assert_eq!(
+            o["__instance_type__"],
+            t["__instance_type__"],
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            o["attributes"]["source"],
+            t["attributes"]["source"],
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            o["attributes"]["target"],
+            t["attributes"]["target"],
+            "{}",
+            path.display()
+        );
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&o["attributes"]), keys(&t["attributes"]));
         assert_eq!(keys(&ours["attributes"]), keys(&theirs["attributes"]));
         assert_eq!(ours["attributes"]["info"], theirs["attributes"]["info"]);
@@ -123,22 +196,43 @@ fn written_file_round_trips_and_is_python_shaped() {
     out.save_inseq(&path, &InseqSaveOptions::default()).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.starts_with("{\n    \"__instance_type__\": [\n        \"inseq.data.attribution\",\n        \"FeatureAttributionOutput\"\n    ],"));
-    assert!(text.contains("\\u0120world"), "non-ASCII escaped as Python does");
-    assert_eq!(AttributionOutput::load_inseq(&path).unwrap().to_json().unwrap(), out.to_json().unwrap());
+    assert!(
+        text.contains("\\u0120world"),
+        "non-ASCII escaped as Python does"
+    );
+    assert_eq!(
+        AttributionOutput::load_inseq(&path)
+            .unwrap()
+            .to_json()
+            .unwrap(),
+        out.to_json().unwrap()
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn float16_and_float8_precision() {
     let out = sample();
-    for (p, tol) in [(ScorePrecision::Float16, 1e-3f32), (ScorePrecision::Float8, 0.07)] {
+    for (p, tol) in [
+        (ScorePrecision::Float16, 1e-3f32),
+        (ScorePrecision::Float8, 0.07),
+    ] {
         let text = to_inseq_json(&out, p).unwrap();
         let back = from_inseq_json(&text).unwrap();
-        let a = out.sequence_attributions[0].target_attributions.as_ref().unwrap();
-        let b = back.sequence_attributions[0].target_attributions.as_ref().unwrap();
+        let a = out.sequence_attributions[0]
+            .target_attributions
+            .as_ref()
+            .unwrap();
+        let b = back.sequence_attributions[0]
+            .target_attributions
+            .as_ref()
+            .unwrap();
         assert_eq!(a.shape(), b.shape());
         for (x, y) in a.data().iter().zip(b.data()) {
-            assert!((x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * x.abs().max(0.05), "{p:?}: {x} vs {y}");
+            assert!(
+                (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * x.abs().max(0.05),
+                "{p:?}: {x} vs {y}"
+            );
         }
     }
 }
@@ -167,22 +261,46 @@ fn bad_input_is_an_error_not_a_panic() {
 
 fn sample() -> AttributionOutput {
     let seq = SequenceAttribution {
-        source: Some(vec![TokenWithId::new("▁Hallo", 5), TokenWithId::new("</s>", 2)]),
-        target: vec![TokenWithId::new("<s>", 1), TokenWithId::new("Hello", 7), TokenWithId::new("Ġworld", 8)],
+        source: Some(vec![
+            TokenWithId::new("▁Hallo", 5),
+            TokenWithId::new("</s>", 2),
+        ]),
+        target: vec![
+            TokenWithId::new("<s>", 1),
+            TokenWithId::new("Hello", 7),
+            TokenWithId::new("Ġworld", 8),
+        ],
         source_attributions: Some(Array::new(vec![2, 2], vec![0.5, -0.25, 1.5, 3.0]).unwrap()),
-        target_attributions: Some(Array::new(vec![3, 2], vec![0.1, 0.2, f32::NAN, 0.7, f32::NAN, f32::NAN]).unwrap()),
-        step_scores: [("probability".to_string(), vec![0.5, 0.125])].into_iter().collect(),
-        sequence_scores: [("encoder_self_attentions".to_string(), Array::new(vec![2, 2], vec![1.0, 0.0, 0.5, 0.5]).unwrap())]
+        target_attributions: Some(
+            Array::new(
+                vec![3, 2],
+                vec![0.1, 0.2, f32::NAN, 0.7, f32::NAN, f32::NAN],
+            )
+            .unwrap(),
+        ),
+        step_scores: [("probability".to_string(), vec![0.5, 0.125])]
             .into_iter()
             .collect(),
+        sequence_scores: [(
+            "encoder_self_attentions".to_string(),
+            Array::new(vec![2, 2], vec![1.0, 0.0, 0.5, 0.5]).unwrap(),
+        )]
+        .into_iter()
+        .collect(),
         attr_pos_start: 1,
         attr_pos_end: 3,
         aggregations: vec![],
     };
     let mut info = std::collections::BTreeMap::new();
-    info.insert("attribution_method".to_string(), serde_json::json!("saliency"));
+    info.insert(
+        "attribution_method".to_string(),
+        serde_json::json!("saliency"),
+    );
     info.insert("input_texts".to_string(), serde_json::json!(["Hallo"]));
-    AttributionOutput { sequence_attributions: vec![seq], info }
+    AttributionOutput {
+        sequence_attributions: vec![seq],
+        info,
+    }
 }
 
 fn token() -> impl Strategy<Value = TokenWithId> {

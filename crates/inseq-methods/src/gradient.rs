@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
-use inseq_models::{ForwardOptions, ModelInput, ModelKind, ids_tensor};
+use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ids_tensor};
 use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepFunction};
 
 use crate::{MethodContext, StepInput};
@@ -28,34 +28,64 @@ pub struct Embedded {
     pub target: Tensor<3>,
 }
 
+/// Baseline ids for `rows`: the baseline token everywhere except end-of-sequence
+/// tokens and, when `keep_first` (encoder-decoder targets), the first real token
+/// of each row (the decoder start token), as Inseq builds them.
+fn baseline_ids(ctx: &MethodContext, rows: &[Vec<usize>], mask: Option<&[Vec<bool>]>, keep_first: bool) -> Vec<Vec<usize>> {
+    rows.iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let first = mask
+                .and_then(|m| m.get(r))
+                .and_then(|m| m.iter().position(|&keep| keep))
+                .unwrap_or(0);
+            row.iter()
+                .enumerate()
+                .map(|(j, &id)| {
+                    if Some(id) == ctx.eos_token_id || (keep_first && j == first) {
+                        id
+                    } else {
+                        ctx.baseline_token_id
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Embeds the step's source and target prefix ids (or baseline ids when `baseline`).
 pub fn embed_step(ctx: &MethodContext, step: &StepInput, baseline: bool) -> Embedded {
     let model = ctx.model;
     let device = model.device();
-    let to_baseline = |rows: &Vec<Vec<usize>>| -> Vec<Vec<usize>> {
-        rows.iter()
-            .map(|r| {
-                r.iter()
-                    .map(|&id| {
-                        if Some(id) == ctx.eos_token_id {
-                            id
-                        } else {
-                            ctx.baseline_token_id
-                        }
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let ids = |rows: &Vec<Vec<usize>>| if baseline { to_baseline(rows) } else { rows.clone() };
-    let source = match (model.kind(), &step.source_ids) {
-        (ModelKind::EncoderDecoder, Some(src)) => Some(model.embed_source(ids_tensor(&ids(src), device))),
+    let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
+    let source = match (encoder_decoder, &step.source_ids) {
+        (true, Some(src)) => {
+            let ids = if baseline {
+                baseline_ids(ctx, src, step.source_mask.as_deref(), false)
+            } else {
+                src.clone()
+            };
+            Some(model.embed_source(ids_tensor(&ids, device)))
+        }
         _ => None,
+    };
+    let target_ids = if baseline {
+        baseline_ids(ctx, &step.prefix_ids, Some(&step.prefix_mask), encoder_decoder)
+    } else {
+        step.prefix_ids.clone()
     };
     Embedded {
         source,
-        target: model.embed(ids_tensor(&ids(&step.prefix_ids), device)),
+        target: embed_target(model, &target_ids, ctx.inseq_compat),
     }
+}
+
+/// Target token embeddings as attributed: the model's own, or with Python
+/// Inseq's extra scaling when `inseq_compat` is set.
+pub fn embed_target(model: &dyn LanguageModel, ids: &[Vec<usize>], inseq_compat: bool) -> Tensor<3> {
+    let embeds = model.embed(ids_tensor(ids, model.device()));
+    let quirk = model.inseq_target_embed_quirk();
+    if inseq_compat && quirk != 1.0 { embeds * quirk } else { embeds }
 }
 
 /// Repeats a contrastive output `times` times along the batch (for batched path methods).

@@ -24,7 +24,7 @@ mod registry;
 mod saliency;
 
 pub use args::MethodArgs;
-pub use gradient::{AttributedFn, Embedded, embed_step, forward_scores, gradients};
+pub use gradient::{AttributedFn, Embedded, embed_step, embed_target, forward_scores, gradients};
 pub use input_x_gradient::InputXGradient;
 pub use integrated_gradients::IntegratedGradients;
 pub use quadrature::{Quadrature, gauss_legendre};
@@ -77,6 +77,9 @@ pub struct MethodContext<'a> {
     pub baseline_token_id: usize,
     /// End-of-sequence id (kept as its own baseline, as Inseq does).
     pub eos_token_id: Option<usize>,
+    /// Reproduce Python Inseq 0.7.1's numerics where they deviate from the
+    /// model (see [`inseq_models::LanguageModel::inseq_target_embed_quirk`]).
+    pub inseq_compat: bool,
 }
 
 /// Computes no attribution, so that only step scores are recorded.

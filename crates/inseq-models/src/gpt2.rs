@@ -79,7 +79,7 @@ impl Gpt2 {
     /// Builds the model from its config and weights.
     pub fn load(config: Gpt2Config, w: &mut Weights) -> Result<Self> {
         let d = config.n_embd;
-        if config.n_head == 0 || d % config.n_head != 0 {
+        if config.n_head == 0 || !d.is_multiple_of(config.n_head) {
             return Err(Error::invalid_arg("n_head", format!("{} does not divide n_embd {d}", config.n_head)));
         }
         let inner = config.n_inner.unwrap_or(4 * d);

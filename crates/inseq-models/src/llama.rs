@@ -192,7 +192,7 @@ impl Llama {
         let d = config.hidden_size;
         let hd = config.head_dim();
         let (h, kvh) = (config.num_attention_heads, config.kv_heads());
-        if h == 0 || kvh == 0 || h % kvh != 0 {
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) {
             return Err(Error::invalid_arg(
                 "num_key_value_heads",
                 format!("{kvh} does not divide num_attention_heads {h}"),

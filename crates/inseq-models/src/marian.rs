@@ -79,6 +79,10 @@ impl Marian {
 }
 
 impl LanguageModel for Marian {
+    fn inseq_target_embed_quirk(&self) -> f64 {
+        self.embed_scale()
+    }
+
     fn info(&self) -> &ModelInfo {
         &self.inner.info
     }

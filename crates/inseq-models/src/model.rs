@@ -105,4 +105,12 @@ pub trait LanguageModel: Send + Sync {
     }
     /// Runs the model on embeddings.
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput;
+    /// The factor Python Inseq 0.7.1 multiplies *target* embeddings by before
+    /// the forward pass, reproduced only in Inseq-compatibility mode. It is 1
+    /// except for Marian: Inseq scales the decoder embeddings by `sqrt(d_model)`
+    /// and Hugging Face's Marian decoder scales `decoder_inputs_embeds` again,
+    /// so Inseq's Marian results come from doubly scaled target embeddings.
+    fn inseq_target_embed_quirk(&self) -> f64 {
+        1.0
+    }
 }

@@ -216,7 +216,7 @@ fn greedy_generation_runs() {
             &[start],
             GenerationOptions {
                 max_new_tokens: 6,
-                min_new_tokens: 0,
+                ..Default::default()
             },
         )
         .expect("generate");
@@ -232,7 +232,7 @@ fn greedy_generation_runs() {
             &[],
             GenerationOptions {
                 max_new_tokens: 6,
-                min_new_tokens: 0,
+                ..Default::default()
             },
         )
         .expect("generate from empty prefix");

@@ -218,7 +218,7 @@ fn assert_same_logits(gguf: &str, safetensors: &str) {
     let ids = loaded.tokenizer.encode("hello the world", true).unwrap();
     assert!(ids.len() > 3);
     let logits = |m: &dyn LanguageModel| -> Vec<f32> {
-        let embeds = m.embed(ids_tensor(&[ids.clone()], &device));
+        let embeds = m.embed(ids_tensor(std::slice::from_ref(&ids), &device));
         let out = m.forward(
             ModelInput {
                 target_embeds: embeds,

@@ -89,7 +89,11 @@ pub fn display_token(token: &str) -> String {
     }
     let trimmed = s.trim();
     if trimmed.is_empty() {
-        if token.is_empty() { String::new() } else { "␣".into() }
+        if token.is_empty() {
+            String::new()
+        } else {
+            "␣".into()
+        }
     } else {
         trimmed.to_string()
     }
@@ -122,7 +126,8 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
         .any(|a| a.as_ref().is_some_and(|a| a.ndim() > 2));
     let agg;
     let seq = if needs_agg {
-        agg = inseq_aggregate::aggregate_inseq_default(seq).unwrap_or_else(|_| inseq_aggregate::default_aggregate(seq));
+        agg = inseq_aggregate::aggregate_inseq_default(seq)
+            .unwrap_or_else(|_| inseq_aggregate::default_aggregate(seq));
         notes.push(format!("aggregated with {}", agg.aggregations.join(" → ")));
         &agg
     } else {
@@ -130,20 +135,32 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
     };
     let n_steps = seq.attr_pos_end.saturating_sub(seq.attr_pos_start);
     let columns: Vec<String> = (0..n_steps)
-        .map(|i| seq.target.get(seq.attr_pos_start + i).map_or_else(|| format!("#{i}"), |t| display_token(&t.token)))
+        .map(|i| {
+            seq.target
+                .get(seq.attr_pos_start + i)
+                .map_or_else(|| format!("#{i}"), |t| display_token(&t.token))
+        })
         .collect();
     let mut sections = Vec::new();
     let mut scale = 0f32;
-    let mut add = |title: &str, a: &Option<Array>, labels: &[inseq_core::TokenWithId], notes: &mut Vec<String>| {
+    let mut add = |title: &str,
+                   a: &Option<Array>,
+                   labels: &[inseq_core::TokenWithId],
+                   notes: &mut Vec<String>| {
         let Some(a) = a else { return };
         let Some((rows, cols, data)) = to_2d(a) else {
-            notes.push(format!("{title}: cannot show an array of shape {:?}", a.shape()));
+            notes.push(format!(
+                "{title}: cannot show an array of shape {:?}",
+                a.shape()
+            ));
             return;
         };
         scale = scale.max(a.max_abs());
         let rows = (0..rows)
             .map(|r| {
-                let label = labels.get(r).map_or_else(|| format!("#{r}"), |t| display_token(&t.token));
+                let label = labels
+                    .get(r)
+                    .map_or_else(|| format!("#{r}"), |t| display_token(&t.token));
                 let mut vals = data[r * cols..(r + 1) * cols].to_vec();
                 vals.resize(n_steps, f32::NAN);
                 (label, vals)
@@ -155,7 +172,12 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
             per_row_scale: false,
         });
     };
-    add("Source", &seq.source_attributions, seq.source.as_deref().unwrap_or(&[]), &mut notes);
+    add(
+        "Source",
+        &seq.source_attributions,
+        seq.source.as_deref().unwrap_or(&[]),
+        &mut notes,
+    );
     add("Target", &seq.target_attributions, &seq.target, &mut notes);
     if !seq.step_scores.is_empty() {
         sections.push(Section {
@@ -181,7 +203,9 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
 }
 
 pub(crate) fn row_scale(vals: &[f32]) -> f32 {
-    vals.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()))
+    vals.iter()
+        .filter(|v| v.is_finite())
+        .fold(0f32, |m, v| m.max(v.abs()))
 }
 
 /// Background colour of a score on the red (positive) / blue (negative)
@@ -193,7 +217,11 @@ pub(crate) fn colour(v: f32, scale: f32) -> ((u8, u8, u8), (u8, u8, u8)) {
     let t = (v.abs() / scale).clamp(0.0, 1.0);
     let fade = (255.0 * (1.0 - 0.85 * t)).round() as u8;
     let deep = (255.0 * (1.0 - 0.25 * t)).round() as u8;
-    let bg = if v >= 0.0 { (deep, fade, fade) } else { (fade, fade, deep) };
+    let bg = if v >= 0.0 {
+        (deep, fade, fade)
+    } else {
+        (fade, fade, deep)
+    };
     let fg = if t > 0.55 { (255, 255, 255) } else { (0, 0, 0) };
     (bg, fg)
 }
@@ -251,7 +279,13 @@ pub fn render_terminal(seq: &SequenceAttribution, opts: &TerminalOptions) -> Str
             out.push('\n');
         }
         if n_blocks > 1 {
-            let _ = writeln!(out, "[generated tokens {}-{} of {}]", cols.start + 1, cols.end, hm.columns.len());
+            let _ = writeln!(
+                out,
+                "[generated tokens {}-{} of {}]",
+                cols.start + 1,
+                cols.end,
+                hm.columns.len()
+            );
         }
         let mut header = " ".repeat(label_w + 1);
         for c in cols.clone() {
@@ -259,9 +293,17 @@ pub fn render_terminal(seq: &SequenceAttribution, opts: &TerminalOptions) -> Str
         }
         let _ = writeln!(out, "{}", header.trim_end());
         for section in &hm.sections {
-            let _ = writeln!(out, "{}", fit(&format!("{}:", section.title), opts.width.max(1)));
+            let _ = writeln!(
+                out,
+                "{}",
+                fit(&format!("{}:", section.title), opts.width.max(1))
+            );
             for (label, vals) in &section.rows {
-                let scale = if section.per_row_scale { row_scale(vals) } else { hm.scale };
+                let scale = if section.per_row_scale {
+                    row_scale(vals)
+                } else {
+                    hm.scale
+                };
                 let mut line = pad_right(&fit(label, label_w), label_w + 1);
                 for c in cols.clone() {
                     let v = vals[c];
@@ -273,7 +315,10 @@ pub fn render_terminal(seq: &SequenceAttribution, opts: &TerminalOptions) -> Str
                     let text = pad_left(&fit(&text, cell - 1), cell);
                     if opts.color && !v.is_nan() {
                         let ((r, g, bl), (fr, fg, fb)) = colour(v, scale);
-                        let _ = write!(line, "\x1b[48;2;{r};{g};{bl}m\x1b[38;2;{fr};{fg};{fb}m{text}\x1b[0m");
+                        let _ = write!(
+                            line,
+                            "\x1b[48;2;{r};{g};{bl}m\x1b[38;2;{fr};{fg};{fb}m{text}\x1b[0m"
+                        );
                     } else {
                         line.push_str(&text);
                     }
@@ -325,3 +370,7 @@ pub(crate) fn fmt_value(v: f32, decimals: usize) -> String {
         format!("{v:.decimals$}")
     }
 }
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

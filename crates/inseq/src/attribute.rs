@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
-use inseq_methods::{AttributedFn, AttributionMethod, MethodArgs, MethodContext, MethodRegistry, StepInput};
+use inseq_methods::{
+    AttributedFn, AttributionMethod, MethodArgs, MethodContext, MethodRegistry, StepInput, embed_target,
+};
 use inseq_models::{
     ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, Pretrained, TextTokenizer, generate_greedy,
     ids_tensor, load_pretrained,
@@ -38,6 +40,9 @@ pub struct AttributeOptions {
     pub attribute_target: bool,
     /// Show a progress bar on stderr.
     pub show_progress: bool,
+    /// Reproduce Python Inseq 0.7.1's numerics where they are wrong (Marian's
+    /// doubly scaled target embeddings, see `docs/inseq-compatibility.md`). Off by default.
+    pub inseq_compat: bool,
 }
 
 impl Default for AttributeOptions {
@@ -53,6 +58,7 @@ impl Default for AttributeOptions {
             attributed_fn_args: StepArgs::default(),
             attribute_target: false,
             show_progress: false,
+            inseq_compat: false,
         }
     }
 }
@@ -269,6 +275,7 @@ impl AttributionModel {
             attribute_target,
             baseline_token_id: self.unk_id(),
             eos_token_id: self.model().info().eos_token_id,
+            inseq_compat: opts.inseq_compat,
         };
         let mut source_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();
         let mut target_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();
@@ -299,7 +306,7 @@ impl AttributionModel {
                 }
             }
             if !step_fns.is_empty() {
-                let logits = self.step_logits(&step)?;
+                let logits = self.step_logits(&step, opts.inseq_compat)?;
                 let sctx = StepContext::new(logits, step.target_ids.clone());
                 for f in &step_fns {
                     let v = f
@@ -374,11 +381,11 @@ impl AttributionModel {
     }
 
     /// `[batch, vocab]` logits of a plain (non-attributed) forward pass on a step.
-    fn step_logits(&self, step: &StepInput) -> Result<Tensor<2>> {
+    fn step_logits(&self, step: &StepInput, inseq_compat: bool) -> Result<Tensor<2>> {
         let model = self.model();
         let device = model.device();
         let input = ModelInput {
-            target_embeds: model.embed(ids_tensor(&step.prefix_ids, device)),
+            target_embeds: embed_target(model, &step.prefix_ids, inseq_compat),
             target_mask: step.prefix_mask.clone(),
             source_embeds: step.source_ids.as_ref().map(|s| model.embed_source(ids_tensor(s, device))),
             source_mask: step.source_mask.clone(),

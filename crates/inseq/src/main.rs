@@ -79,6 +79,9 @@ struct AttributeArgs {
     /// Do not print the heatmap.
     #[arg(long)]
     quiet: bool,
+    /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding scale).
+    #[arg(long)]
+    inseq_compat: bool,
 }
 
 fn main() {
@@ -128,6 +131,7 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         attributed_fn_args: StepArgs::parse(&a.attributed_fn_args)?,
         attribute_target: a.attribute_target,
         show_progress: std::io::stderr().is_terminal(),
+        inseq_compat: a.inseq_compat,
     };
     let inputs: Vec<&str> = a.input.iter().map(String::as_str).collect();
     let out = model.attribute(&inputs, &opts)?;

@@ -143,6 +143,7 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
         attributed_fn: s("attributed_fn").unwrap_or("probability").to_string(),
         attributed_fn_args: StepArgs::default(),
         attribute_target: case.get("attribute_target").and_then(Value::as_bool).unwrap_or(false),
+        inseq_compat: true,
         ..Default::default()
     };
     let input = s("input").ok_or_else(|| Error::invalid_arg("case", "no `input` field"))?;

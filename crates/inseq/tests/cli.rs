@@ -1,0 +1,206 @@
+//! The `inseq` binary: happy path and a clear error (non-zero exit, no panic) for each bad input.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn inseq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_inseq"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run inseq")
+}
+
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr does not mention `{needle}`: {stderr}"
+    );
+}
+
+#[test]
+fn attribute_prints_heatmap_and_saves_json() {
+    let dir = std::env::temp_dir().join(format!("inseq-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let save = dir.join("out.json");
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--method",
+        "integrated_gradients",
+        "--method-args",
+        "n_steps=8",
+        "--input",
+        "Hello ladies and",
+        "--max-new-tokens",
+        "3",
+        "--step-scores",
+        "probability,entropy",
+        "--save",
+        save.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Ġla"), "heatmap lacks tokens: {stdout}");
+    assert!(stdout.contains("probability"), "heatmap lacks step scores: {stdout}");
+    let saved = inseq::AttributionOutput::load(&save).unwrap();
+    assert_eq!(saved.sequence_attributions[0].n_steps(), 3);
+    assert_eq!(saved.info["attribution_method"], "integrated_gradients");
+}
+
+#[test]
+fn list_commands_show_ids() {
+    let out = inseq(&["list-methods"]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    for id in ["saliency", "input_x_gradient", "integrated_gradients"] {
+        assert!(s.contains(id), "{s}");
+    }
+    let out = inseq(&["list-step-functions"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    for id in ["logit", "probability", "entropy", "crossentropy", "perplexity", "top_p_size"] {
+        assert!(s.contains(id), "{s}");
+    }
+}
+
+#[test]
+fn unknown_method_id() {
+    let out = inseq(&["attribute", "--model", &common::model_dir("tiny-gpt2"), "--method", "magic", "--input", "Hi"]);
+    assert_error(&out, "unknown attribution method `magic`");
+}
+
+#[test]
+fn unknown_step_function() {
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--input",
+        "Hello",
+        "--step-scores",
+        "nope",
+    ]);
+    assert_error(&out, "unknown step function `nope`");
+}
+
+#[test]
+fn missing_model_directory() {
+    let out = inseq(&["attribute", "--model", "/nonexistent/model", "--input", "Hi"]);
+    assert_error(&out, "missing model file");
+}
+
+#[test]
+fn missing_tokenizer_and_corrupt_files() {
+    let base = std::env::temp_dir().join(format!("inseq-bad-model-{}", std::process::id()));
+    let src = common::shared().join("models/tiny-gpt2");
+    // no tokenizer.json
+    let no_tok = base.join("no-tokenizer");
+    std::fs::create_dir_all(&no_tok).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), no_tok.join(f)).unwrap();
+    }
+    assert_error(&inseq(&["attribute", "--model", no_tok.to_str().unwrap(), "--input", "Hi"]), "tokenizer.json");
+    // corrupt config.json
+    let bad_cfg = base.join("bad-config");
+    std::fs::create_dir_all(&bad_cfg).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), bad_cfg.join(f)).unwrap();
+    }
+    std::fs::write(bad_cfg.join("config.json"), "{not json").unwrap();
+    assert_error(&inseq(&["attribute", "--model", bad_cfg.to_str().unwrap(), "--input", "Hi"]), "config.json");
+    // truncated safetensors
+    let trunc = base.join("truncated");
+    std::fs::create_dir_all(&trunc).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), trunc.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(trunc.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(&inseq(&["attribute", "--model", trunc.to_str().unwrap(), "--input", "Hi"]), "model.safetensors");
+    // unsupported architecture
+    let arch = base.join("arch");
+    std::fs::create_dir_all(&arch).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), arch.join(f)).unwrap();
+    }
+    std::fs::write(arch.join("config.json"), r#"{"model_type": "whisper"}"#).unwrap();
+    assert_error(&inseq(&["attribute", "--model", arch.to_str().unwrap(), "--input", "Hi"]), "unsupported model architecture `whisper");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn empty_input() {
+    let out = inseq(&["attribute", "--model", &common::model_dir("tiny-gpt2"), "--input", "   "]);
+    assert_error(&out, "input text is empty");
+}
+
+#[test]
+fn target_must_start_with_input_for_decoder_only() {
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-llama"),
+        "--input",
+        "Hello ladies",
+        "--target",
+        "Goodbye everyone",
+    ]);
+    assert_error(&out, "target must start with the input");
+}
+
+#[test]
+fn input_longer_than_context() {
+    let long = "word ".repeat(300);
+    let out = inseq(&["attribute", "--model", &common::model_dir("tiny-gpt2"), "--input", &long]);
+    assert_error(&out, "longer than the model's context of 128 tokens");
+}
+
+#[test]
+fn bad_method_argument() {
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--method",
+        "integrated_gradients",
+        "--method-args",
+        "n_steps=0",
+        "--input",
+        "Hello",
+    ]);
+    assert_error(&out, "n_steps");
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--method",
+        "saliency",
+        "--method-args",
+        "n_steps=4",
+        "--input",
+        "Hello",
+    ]);
+    assert_error(&out, "not an argument of `saliency`");
+}
+
+#[test]
+fn save_failure_leaves_no_partial_file() {
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--input",
+        "Hello",
+        "--max-new-tokens",
+        "1",
+        "--save",
+        "/nonexistent-dir/out.json",
+    ]);
+    assert_error(&out, "out.json");
+}
