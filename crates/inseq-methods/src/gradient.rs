@@ -88,12 +88,76 @@ pub fn embed_target(model: &dyn LanguageModel, ids: &[Vec<usize>], inseq_compat:
     if inseq_compat && quirk != 1.0 { embeds * quirk } else { embeds }
 }
 
-/// Repeats a contrastive output `times` times along the batch (for batched path methods).
-fn repeat_contrast(c: &Option<ContrastOutput>, times: usize) -> Option<ContrastOutput> {
-    c.as_ref().map(|c| ContrastOutput {
-        logits: if times == 1 { c.logits.clone() } else { c.logits.clone().repeat_dim(0, times) },
-        target_ids: c.target_ids.repeat(times),
-    })
+/// `[batch, vocab]` logits of a plain forward pass on `prefix_ids` (and `source_ids`), not tracked.
+fn plain_logits(
+    model: &dyn LanguageModel,
+    prefix_ids: &[Vec<usize>],
+    prefix_mask: &[Vec<bool>],
+    source: Option<(&Vec<Vec<usize>>, &Vec<Vec<bool>>)>,
+    inseq_compat: bool,
+) -> Tensor<2> {
+    let device = model.device();
+    let input = ModelInput {
+        target_embeds: embed_target(model, prefix_ids, inseq_compat),
+        target_mask: prefix_mask.to_vec(),
+        source_embeds: source.map(|(ids, _)| model.embed_source(ids_tensor(ids, device))),
+        source_mask: source.map(|(_, m)| m.clone()),
+    };
+    model
+        .forward(
+            input,
+            ForwardOptions {
+                last_position_only: true,
+                ..Default::default()
+            },
+        )
+        .last_logits()
+        .detach()
+}
+
+/// The contrastive output of a step for `times` stacked copies of the batch.
+/// Rows whose contrastive inputs equal the original ones reuse `original_logits`
+/// (so gradients flow through them, as in Inseq); the others get the logits of
+/// a separate, untracked forward pass on the contrastive inputs.
+pub fn contrast_logits(
+    model: &dyn LanguageModel,
+    step: &StepInput,
+    original_logits: &Tensor<2>,
+    times: usize,
+    inseq_compat: bool,
+) -> Option<ContrastOutput> {
+    let c = step.contrast.as_ref()?;
+    let target_ids = c.target_ids.repeat(times);
+    if c.same_as_original.iter().all(|&s| s) {
+        return Some(ContrastOutput {
+            logits: original_logits.clone(),
+            target_ids,
+        });
+    }
+    let source = match (&c.source_ids, &c.source_mask, &step.source_ids, &step.source_mask) {
+        (Some(ids), Some(mask), _, _) | (None, _, Some(ids), Some(mask)) => Some((ids, mask)),
+        _ => None,
+    };
+    let separate = plain_logits(model, &c.prefix_ids, &c.prefix_mask, source, inseq_compat);
+    let separate = if times == 1 { separate } else { separate.repeat_dim(0, times) };
+    let logits = if c.same_as_original.iter().any(|&s| s) {
+        let [b, v] = original_logits.dims();
+        let same: Vec<bool> = c
+            .same_as_original
+            .iter()
+            .cycle()
+            .take(b)
+            .flat_map(|&s| std::iter::repeat_n(s, v))
+            .collect();
+        let mask = Tensor::<2, burn::tensor::Bool>::from_data(
+            burn::tensor::TensorData::new(same, [b, v]),
+            &original_logits.device(),
+        );
+        separate.mask_where(mask, original_logits.clone())
+    } else {
+        separate
+    };
+    Some(ContrastOutput { logits, target_ids })
 }
 
 /// Runs the model on `embedded` (a batch that is `times` copies of the step's
@@ -113,10 +177,11 @@ pub fn forward_scores(ctx: &MethodContext, step: &StepInput, embedded: &Embedded
             ..Default::default()
         },
     );
+    let logits = out.last_logits();
     let sctx = StepContext {
-        logits: out.last_logits(),
+        contrast: contrast_logits(ctx.model, step, &logits, times, ctx.inseq_compat),
+        logits,
         target_ids: step.target_ids.repeat(times),
-        contrast: repeat_contrast(&step.contrast, times),
     };
     ctx.attributed_fn.function.compute(&sctx, &ctx.attributed_fn.args)
 }

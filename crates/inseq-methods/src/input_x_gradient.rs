@@ -28,6 +28,7 @@ impl AttributionMethod for InputXGradient {
             source: s.zip(embedded.source).map(|(g, x)| g * x),
             target: t.map(|g| g * embedded.target),
             deltas: None,
+            score_dims: None,
         })
     }
 }

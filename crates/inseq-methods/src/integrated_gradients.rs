@@ -152,6 +152,11 @@ impl AttributionMethod for IntegratedGradients {
         } else {
             None
         };
-        Ok(StepAttribution { source, target, deltas })
+        Ok(StepAttribution {
+            source,
+            target,
+            deltas,
+            score_dims: None,
+        })
     }
 }

@@ -16,25 +16,34 @@
 #![warn(missing_docs)]
 
 mod args;
+mod attention;
+mod deeplift;
 mod gradient;
 mod input_x_gradient;
 mod integrated_gradients;
+mod layer;
+mod occlusion;
 mod quadrature;
 mod registry;
 mod saliency;
+mod sequential_integrated_gradients;
 
 pub use args::MethodArgs;
-pub use gradient::{AttributedFn, Embedded, embed_step, embed_target, forward_scores, gradients};
+pub use attention::Attention;
+pub use deeplift::DeepLift;
+pub use gradient::{AttributedFn, Embedded, contrast_logits, embed_step, embed_target, forward_scores, gradients};
 pub use input_x_gradient::InputXGradient;
 pub use integrated_gradients::IntegratedGradients;
+pub use layer::{LayerGradientXActivation, LayerIntegratedGradients};
+pub use occlusion::Occlusion;
 pub use quadrature::{Quadrature, gauss_legendre};
 pub use registry::{MethodFactory, MethodRegistry};
 pub use saliency::Saliency;
+pub use sequential_integrated_gradients::SequentialIntegratedGradients;
 
 use burn::tensor::Tensor;
 use inseq_core::Result;
 use inseq_models::LanguageModel;
-use inseq_steps::ContrastOutput;
 
 /// The inputs of one attribution step for a batch of sequences.
 #[derive(Debug, Clone)]
@@ -49,8 +58,28 @@ pub struct StepInput {
     pub prefix_mask: Vec<Vec<bool>>,
     /// `[batch]` the token produced at this step (the one being explained).
     pub target_ids: Vec<usize>,
-    /// The same step under contrastive inputs, when the attributed function needs it.
-    pub contrast: Option<ContrastOutput>,
+    /// The same step under contrastive inputs (contrastive target prefix and/or
+    /// source), for contrastive attributed functions.
+    pub contrast: Option<ContrastInput>,
+}
+
+/// Contrastive inputs of one step (Inseq's `contrast_targets` / `contrast_sources`).
+#[derive(Debug, Clone)]
+pub struct ContrastInput {
+    /// `[batch][source_len]` contrastive sources (encoder-decoder), right-padded; `None`: the original sources.
+    pub source_ids: Option<Vec<Vec<usize>>>,
+    /// Which contrastive source positions are real tokens.
+    pub source_mask: Option<Vec<Vec<bool>>>,
+    /// `[batch][prefix_len]` contrastive target prefixes, left-padded.
+    pub prefix_ids: Vec<Vec<usize>>,
+    /// Which contrastive prefix positions are real tokens.
+    pub prefix_mask: Vec<Vec<bool>>,
+    /// `[batch]` the contrastive token at this step.
+    pub target_ids: Vec<usize>,
+    /// Per row, whether the contrastive inputs equal the original ones; then, as
+    /// in Inseq, the contrastive score is computed from the same (attributed)
+    /// forward pass, so gradients flow through both terms.
+    pub same_as_original: Vec<bool>,
 }
 
 /// Per-step attribution scores, `[batch, len, hidden]` (or `[batch, len, 1]` for
@@ -63,6 +92,27 @@ pub struct StepAttribution {
     pub target: Option<Tensor<3>>,
     /// Convergence delta per batch row, for methods that define one.
     pub deltas: Option<Vec<f32>>,
+    /// Shape of each token's scores, when the trailing dimension of `source` /
+    /// `target` is not a hidden dimension to keep as is:
+    ///
+    /// * `None`: the trailing dimension is the hidden size (gradient methods);
+    /// * `Some(vec![])`: one score per token, stored by Inseq without a trailing
+    ///   dimension (`[len, steps]`, e.g. `occlusion`); the tensor's last dimension is 1;
+    /// * `Some(vec![layers, heads])`: the last dimension flattens `layers × heads`
+    ///   (layer-major, e.g. `attention`), stored by Inseq as `[len, steps, layers, heads]`.
+    pub score_dims: Option<Vec<usize>>,
+}
+
+impl StepAttribution {
+    /// Per-hidden-dimension scores (`score_dims: None`).
+    pub fn granular(source: Option<Tensor<3>>, target: Option<Tensor<3>>) -> Self {
+        Self {
+            source,
+            target,
+            deltas: None,
+            score_dims: None,
+        }
+    }
 }
 
 /// Settings shared by every method during one attribution run.
@@ -92,11 +142,7 @@ impl AttributionMethod for Dummy {
     }
 
     fn attribute_step(&self, _ctx: &MethodContext, _step: &StepInput) -> Result<StepAttribution> {
-        Ok(StepAttribution {
-            source: None,
-            target: None,
-            deltas: None,
-        })
+        Ok(StepAttribution::granular(None, None))
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use inseq_core::{Error, Result};
 
-use crate::{AttributionMethod, InputXGradient, IntegratedGradients, MethodArgs, Saliency};
+use crate::{
+    Attention, AttributionMethod, DeepLift, InputXGradient, IntegratedGradients, LayerGradientXActivation,
+    LayerIntegratedGradients, MethodArgs, Occlusion, Saliency, SequentialIntegratedGradients,
+};
 
 /// Builds a method from its arguments.
 pub type MethodFactory = Arc<dyn Fn(MethodArgs) -> Result<Box<dyn AttributionMethod>> + Send + Sync>;
@@ -54,6 +57,41 @@ impl MethodRegistry {
             "integrated_gradients",
             "Path-integrated gradients from an unk-token baseline (Sundararajan et al., 2017).",
             |a| Ok(Box::new(IntegratedGradients::from_args(a)?)),
+        );
+        r.register(
+            "occlusion",
+            "Change of the attributed function when each token is replaced by the baseline (Zeiler & Fergus, 2014).",
+            |a| Ok(Box::new(Occlusion::from_args(a)?)),
+        );
+        r.register(
+            "attention",
+            "Attention weights of the predicting position, per layer and head (Bahdanau et al., 2015).",
+            |a| Ok(Box::new(Attention::from_args(a)?)),
+        );
+        r.register(
+            "sequential_integrated_gradients",
+            "Integrated gradients moving one token at a time from the baseline (Enguehard, 2023).",
+            |a| Ok(Box::new(SequentialIntegratedGradients::from_args(a)?)),
+        );
+        r.register(
+            "deeplift",
+            "DeepLIFT rescale rule from an unk-token baseline, as Captum applies it (Shrikumar et al., 2017).",
+            |a| Ok(Box::new(DeepLift::from_args(a)?)),
+        );
+        r.register(
+            "layer_deeplift",
+            "DeepLIFT on the token-embedding layer's output (Shrikumar et al., 2017).",
+            |a| Ok(Box::new(DeepLift::layer_from_args(a)?)),
+        );
+        r.register(
+            "layer_integrated_gradients",
+            "Integrated gradients on the token-embedding layer's output (Sundararajan et al., 2017).",
+            |a| Ok(Box::new(LayerIntegratedGradients::from_args(a)?)),
+        );
+        r.register(
+            "layer_gradient_x_activation",
+            "Gradient times activation of the token-embedding layer.",
+            |a| Ok(Box::new(LayerGradientXActivation::from_args(a)?)),
         );
         r.register(
             "dummy",

@@ -33,6 +33,7 @@ impl AttributionMethod for Saliency {
             source: s.map(f),
             target: t.map(f),
             deltas: None,
+            score_dims: None,
         })
     }
 }

@@ -8,7 +8,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{
-    AttributedFn, AttributionMethod, MethodArgs, MethodContext, MethodRegistry, StepInput, embed_target,
+    AttributedFn, AttributionMethod, ContrastInput, MethodArgs, MethodContext, MethodRegistry, StepInput, contrast_logits,
+    embed_target,
 };
 use inseq_models::{
     ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, Pretrained, TextTokenizer, generate_greedy,
@@ -38,6 +39,13 @@ pub struct AttributeOptions {
     pub attributed_fn_args: StepArgs,
     /// Encoder-decoder models: also attribute the target prefix (decoder-only models always do).
     pub attribute_target: bool,
+    /// Contrastive targets, one per input (Inseq's `contrast_targets`): for decoder-only
+    /// models the full contrastive text, prompt included.
+    pub contrast_targets: Option<Vec<String>>,
+    /// Contrastive sources, one per input (encoder-decoder models; Inseq's `contrast_sources`).
+    pub contrast_sources: Option<Vec<String>>,
+    /// How target positions map to contrastive target positions, one list per input.
+    pub contrast_alignments: Option<Vec<ContrastAlignment>>,
     /// Show a progress bar on stderr.
     pub show_progress: bool,
     /// Reproduce Python Inseq 0.7.1's numerics where they are wrong (Marian's
@@ -57,6 +65,9 @@ impl Default for AttributeOptions {
             attributed_fn: "probability".into(),
             attributed_fn_args: StepArgs::default(),
             attribute_target: false,
+            contrast_targets: None,
+            contrast_sources: None,
+            contrast_alignments: None,
             show_progress: false,
             inseq_compat: false,
         }
@@ -87,6 +98,54 @@ pub fn load_model(model: &str, method: &str, method_args: MethodArgs, device: &D
     Ok(AttributionModel::new(pretrained, method_impl, method, method_args, StepRegistry::with_defaults()))
 }
 
+/// How target positions are matched with contrastive target positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContrastAlignment {
+    /// Inseq's default: 1:1 from the end of both sequences.
+    RightAligned,
+    /// Explicit `(target position, contrast position)` pairs (as Inseq's
+    /// `contrast_targets_alignments`); unaligned positions fall back to right alignment.
+    Pairs(Vec<(usize, usize)>),
+    /// Match equal tokens by longest common subsequence (edit distance); other
+    /// positions follow the previous match.
+    Auto,
+}
+
+impl std::str::FromStr for ContrastAlignment {
+    type Err = Error;
+    /// `auto`, `right`, or pairs `0-0,1-1,2-3`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "" | "right" => Ok(Self::RightAligned),
+            pairs => pairs
+                .split(',')
+                .map(|p| {
+                    let (a, b) = p
+                        .trim()
+                        .split_once('-')
+                        .ok_or_else(|| Error::invalid_arg("contrast alignments", format!("`{p}` is not `i-j`")))?;
+                    let parse = |x: &str| {
+                        x.trim()
+                            .parse::<usize>()
+                            .map_err(|_| Error::invalid_arg("contrast alignments", format!("`{x}` is not a position")))
+                    };
+                    Ok((parse(a)?, parse(b)?))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Self::Pairs),
+        }
+    }
+}
+
+/// The contrastive side of one sequence.
+struct RowContrast {
+    source_ids: Option<Vec<usize>>,
+    target_ids: Vec<usize>,
+    /// For each attributed target position (from `start`), the aligned contrast position.
+    aligned: Vec<usize>,
+}
+
 /// One sequence being attributed.
 struct Row {
     source_ids: Option<Vec<usize>>,
@@ -94,6 +153,75 @@ struct Row {
     start: usize,
     end: usize,
     generated_text: String,
+    contrast: Option<RowContrast>,
+}
+
+/// Contrast positions for target positions `start..end` (see [`ContrastAlignment`]).
+fn align_contrast(
+    alignment: &ContrastAlignment,
+    target: &[usize],
+    contrast: &[usize],
+    start: usize,
+    end: usize,
+) -> Vec<usize> {
+    let right = |t: usize| contrast.len().saturating_sub(end - t);
+    match alignment {
+        ContrastAlignment::RightAligned => (start..end).map(right).collect(),
+        ContrastAlignment::Pairs(pairs) => {
+            let mut used = Vec::new();
+            (start..end)
+                .map(|t| {
+                    let mut cands: Vec<usize> =
+                        pairs.iter().filter(|(a, b)| *a == t && *b < contrast.len()).map(|p| p.1).collect();
+                    cands.sort();
+                    let pick = cands.iter().find(|c| !used.contains(*c)).or(cands.first()).copied();
+                    let c = pick.unwrap_or_else(|| right(t));
+                    used.push(c);
+                    c
+                })
+                .collect()
+        }
+        ContrastAlignment::Auto => {
+            // Longest common subsequence of the two id sequences.
+            let (n, m) = (target.len(), contrast.len());
+            let mut dp = vec![vec![0usize; m + 1]; n + 1];
+            for i in (0..n).rev() {
+                for j in (0..m).rev() {
+                    dp[i][j] = if target[i] == contrast[j] {
+                        dp[i + 1][j + 1] + 1
+                    } else {
+                        dp[i + 1][j].max(dp[i][j + 1])
+                    };
+                }
+            }
+            let mut matched = vec![None; n];
+            let (mut i, mut j) = (0, 0);
+            while i < n && j < m {
+                if target[i] == contrast[j] {
+                    matched[i] = Some(j);
+                    i += 1;
+                    j += 1;
+                } else if dp[i + 1][j] >= dp[i][j + 1] {
+                    i += 1;
+                } else {
+                    j += 1;
+                }
+            }
+            let mut last: Option<usize> = None;
+            let mut out = Vec::with_capacity(end - start);
+            for (t, m) in matched.iter().enumerate().take(end) {
+                let c = match m {
+                    Some(c) => *c,
+                    None => last.map_or(0, |l| l + 1).min(contrast.len().saturating_sub(1)),
+                };
+                last = Some(c);
+                if t >= start {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    }
 }
 
 impl AttributionModel {
@@ -155,7 +283,7 @@ impl AttributionModel {
     }
 
     /// Builds the sequence to attribute for one input.
-    fn prepare_row(&self, input: &str, target: Option<&str>, opts: &AttributeOptions) -> Result<Row> {
+    fn prepare_row(&self, index: usize, input: &str, target: Option<&str>, opts: &AttributeOptions) -> Result<Row> {
         let info = self.model().info().clone();
         let tok = &self.pretrained.tokenizer;
         let input_ids = self.encode(input, "input")?;
@@ -225,13 +353,73 @@ impl AttributionModel {
                 target_ids.len()
             )));
         }
+        let contrast = self.prepare_contrast(index, &target_ids, start, end, opts)?;
         Ok(Row {
             source_ids,
             target_ids,
             start,
             end,
             generated_text: target_text,
+            contrast,
         })
+    }
+
+    /// Tokenises and aligns the contrastive inputs of row `index`, if any.
+    fn prepare_contrast(
+        &self,
+        index: usize,
+        target_ids: &[usize],
+        start: usize,
+        end: usize,
+        opts: &AttributeOptions,
+    ) -> Result<Option<RowContrast>> {
+        let kind = self.model().kind();
+        let c_source = match (&opts.contrast_sources, kind) {
+            (None, _) => None,
+            (Some(_), ModelKind::DecoderOnly) => {
+                return Err(Error::invalid_arg(
+                    "contrast_sources",
+                    "decoder-only models have no source: give the contrastive prompt in contrast_targets",
+                ));
+            }
+            (Some(c), ModelKind::EncoderDecoder) => Some(self.encode(&c[index], "contrastive source")?),
+        };
+        let c_target = match &opts.contrast_targets {
+            None => None,
+            Some(c) => Some(match kind {
+                ModelKind::DecoderOnly => self.encode(&c[index], "contrastive target")?,
+                ModelKind::EncoderDecoder => {
+                    let mut ids = vec![target_ids[0]];
+                    ids.extend(self.pretrained.tokenizer.encode(&c[index], true)?);
+                    ids
+                }
+            }),
+        };
+        if c_source.is_none() && c_target.is_none() {
+            if opts.contrast_alignments.is_some() {
+                return Err(Error::invalid_arg("contrast_alignments", "given without contrast_targets"));
+            }
+            return Ok(None);
+        }
+        let c_target = c_target.unwrap_or_else(|| target_ids.to_vec());
+        let alignment = opts
+            .contrast_alignments
+            .as_ref()
+            .map(|a| a[index].clone())
+            .unwrap_or(ContrastAlignment::RightAligned);
+        let aligned = align_contrast(&alignment, target_ids, &c_target, start, end);
+        if let Some((t, _)) = aligned.iter().enumerate().find(|(_, c)| **c == 0 || **c >= c_target.len()) {
+            return Err(Error::InvalidInput(format!(
+                "target position {} is aligned to contrastive position {} which has no prefix to condition on",
+                start + t,
+                aligned[t]
+            )));
+        }
+        Ok(Some(RowContrast {
+            source_ids: c_source,
+            target_ids: c_target,
+            aligned,
+        }))
     }
 
     /// Attributes each input's generation (or forced target) and returns raw
@@ -241,14 +429,22 @@ impl AttributionModel {
         if inputs.is_empty() {
             return Err(Error::InvalidInput("no input texts".into()));
         }
-        if let Some(t) = &opts.targets
-            && t.len() != inputs.len()
-        {
-            return Err(Error::ShapeMismatch {
-                what: "targets (one per input)".into(),
-                expected: vec![inputs.len()],
-                found: vec![t.len()],
-            });
+        let counts = [
+            ("targets", opts.targets.as_ref().map(Vec::len)),
+            ("contrast_targets", opts.contrast_targets.as_ref().map(Vec::len)),
+            ("contrast_sources", opts.contrast_sources.as_ref().map(Vec::len)),
+            ("contrast_alignments", opts.contrast_alignments.as_ref().map(Vec::len)),
+        ];
+        for (what, n) in counts {
+            if let Some(n) = n
+                && n != inputs.len()
+            {
+                return Err(Error::ShapeMismatch {
+                    what: format!("{what} (one per input)"),
+                    expected: vec![inputs.len()],
+                    found: vec![n],
+                });
+            }
         }
         let attributed = AttributedFn {
             function: self.steps.get(&opts.attributed_fn)?,
@@ -264,7 +460,7 @@ impl AttributionModel {
             .enumerate()
             .map(|(i, input)| {
                 let target = opts.targets.as_ref().map(|t| t[i].as_str());
-                self.prepare_row(input, target, opts)
+                self.prepare_row(i, input, target, opts)
             })
             .collect::<Result<Vec<_>>>()?;
         let kind = self.model().kind();
@@ -281,11 +477,15 @@ impl AttributionModel {
         let mut target_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();
         let mut scores: Vec<BTreeMap<String, Vec<f32>>> = rows.iter().map(|_| BTreeMap::new()).collect();
         let max_steps = rows.iter().map(|r| r.end - r.start).max().unwrap_or(0);
+        let mut score_dims: Option<Vec<usize>> = None;
         let progress = progress_bar(opts.show_progress, rows.iter().map(|r| r.end - r.start).sum());
         for s in 0..max_steps {
             let active: Vec<usize> = (0..rows.len()).filter(|&i| s < rows[i].end - rows[i].start).collect();
             let step = build_step(&rows, &active, s, self.model().info().pad_token_id.unwrap_or(0));
             let out = self.method.attribute_step(&ctx, &step)?;
+            if out.score_dims.is_some() {
+                score_dims.clone_from(&out.score_dims);
+            }
             let src = out.source.map(|t| split_rows(t, &active)).transpose()?;
             let tgt = out.target.map(|t| split_rows(t, &active)).transpose()?;
             for (bi, &ri) in active.iter().enumerate() {
@@ -307,7 +507,12 @@ impl AttributionModel {
             }
             if !step_fns.is_empty() {
                 let logits = self.step_logits(&step, opts.inseq_compat)?;
-                let sctx = StepContext::new(logits, step.target_ids.clone());
+                let contrast = contrast_logits(self.model(), &step, &logits, 1, opts.inseq_compat);
+                let sctx = StepContext {
+                    logits,
+                    target_ids: step.target_ids.clone(),
+                    contrast,
+                };
                 for f in &step_fns {
                     let v = f
                         .compute(&sctx, &opts.step_scores_args)?
@@ -331,6 +536,16 @@ impl AttributionModel {
         };
         let mut sequences = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
+            let mut target_tokens = tokens(&row.target_ids);
+            if let Some(c) = &row.contrast {
+                for (k, &ci) in c.aligned.iter().enumerate() {
+                    let t = row.start + k;
+                    if c.target_ids[ci] != row.target_ids[t] {
+                        let shown = format!("{} → {}", tok.id_to_token(c.target_ids[ci]), target_tokens[t].token);
+                        target_tokens[t] = TokenWithId::new(shown, -1);
+                    }
+                }
+            }
             for (id, values) in &scores[i] {
                 if values.iter().any(|v| !v.is_finite()) {
                     return Err(Error::Numerical(format!("step score `{id}` of input {i} is not finite: {values:?}")));
@@ -338,14 +553,14 @@ impl AttributionModel {
             }
             sequences.push(SequenceAttribution {
                 source: row.source_ids.as_deref().map(tokens),
-                target: tokens(&row.target_ids),
+                target: target_tokens,
                 source_attributions: source_attr[i]
                     .take()
-                    .map(|cols| stack_steps(cols, row.source_ids.as_ref().map_or(0, Vec::len)))
+                    .map(|cols| stack_steps(cols, row.source_ids.as_ref().map_or(0, Vec::len), score_dims.as_deref()))
                     .transpose()?,
                 target_attributions: target_attr[i]
                     .take()
-                    .map(|cols| stack_steps(cols, row.target_ids.len()))
+                    .map(|cols| stack_steps(cols, row.target_ids.len(), score_dims.as_deref()))
                     .transpose()?,
                 step_scores: std::mem::take(&mut scores[i]),
                 sequence_scores: BTreeMap::new(),
@@ -417,38 +632,83 @@ fn progress_bar(show: bool, total: usize) -> Option<indicatif::ProgressBar> {
 /// The batched inputs of step `s` for the `active` rows: prefixes left-padded, sources right-padded.
 fn build_step(rows: &[Row], active: &[usize], s: usize, pad: usize) -> StepInput {
     let prefixes: Vec<&[usize]> = active.iter().map(|&i| &rows[i].target_ids[..rows[i].start + s]).collect();
-    let width = prefixes.iter().map(|p| p.len()).max().unwrap_or(0);
-    let prefix_ids = prefixes
-        .iter()
-        .map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()).collect())
-        .collect();
-    let prefix_mask = prefixes
-        .iter()
-        .map(|p| (0..width).map(|j| j >= width - p.len()).collect())
-        .collect();
-    let sources: Option<Vec<&Vec<usize>>> = active.iter().map(|&i| rows[i].source_ids.as_ref()).collect();
+    let (prefix_ids, prefix_mask) = left_pad(&prefixes, pad);
+    let sources: Option<Vec<&[usize]>> = active.iter().map(|&i| rows[i].source_ids.as_deref()).collect();
     let (source_ids, source_mask) = match sources {
         Some(srcs) => {
-            let w = srcs.iter().map(|s| s.len()).max().unwrap_or(0);
-            (
-                Some(
-                    srcs.iter()
-                        .map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, w - s.len())).collect())
-                        .collect(),
-                ),
-                Some(srcs.iter().map(|s| (0..w).map(|j| j < s.len()).collect()).collect()),
-            )
+            let (ids, mask) = right_pad(&srcs, pad);
+            (Some(ids), Some(mask))
         }
         None => (None, None),
     };
+    let contrast = build_contrast(rows, active, s, pad);
     StepInput {
         source_ids,
         source_mask,
         prefix_ids,
         prefix_mask,
         target_ids: active.iter().map(|&i| rows[i].target_ids[rows[i].start + s]).collect(),
-        contrast: None,
+        contrast,
     }
+}
+
+/// Left-pads `seqs` to a common width, returning ids and masks.
+fn left_pad(seqs: &[&[usize]], pad: usize) -> (Vec<Vec<usize>>, Vec<Vec<bool>>) {
+    let width = seqs.iter().map(|p| p.len()).max().unwrap_or(0);
+    let ids = seqs
+        .iter()
+        .map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()).collect())
+        .collect();
+    let mask = seqs.iter().map(|p| (0..width).map(|j| j >= width - p.len()).collect()).collect();
+    (ids, mask)
+}
+
+/// Right-pads `seqs` to a common width, returning ids and masks.
+fn right_pad(seqs: &[&[usize]], pad: usize) -> (Vec<Vec<usize>>, Vec<Vec<bool>>) {
+    let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+    let ids = seqs
+        .iter()
+        .map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, width - s.len())).collect())
+        .collect();
+    let mask = seqs.iter().map(|s| (0..width).map(|j| j < s.len()).collect()).collect();
+    (ids, mask)
+}
+
+/// The contrastive inputs of step `s` for the `active` rows (all rows or none have contrasts).
+fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Option<ContrastInput> {
+    let contrasts: Option<Vec<&RowContrast>> = active.iter().map(|&i| rows[i].contrast.as_ref()).collect();
+    let contrasts = contrasts?;
+    let prefixes: Vec<&[usize]> = contrasts.iter().map(|c| &c.target_ids[..c.aligned[s]]).collect();
+    let (prefix_ids, prefix_mask) = left_pad(&prefixes, pad);
+    let any_source = contrasts.iter().any(|c| c.source_ids.is_some());
+    let (source_ids, source_mask) = if any_source {
+        let srcs: Vec<&[usize]> = active
+            .iter()
+            .zip(&contrasts)
+            .map(|(&i, c)| c.source_ids.as_deref().or(rows[i].source_ids.as_deref()).unwrap_or(&[]))
+            .collect();
+        let (ids, mask) = right_pad(&srcs, pad);
+        (Some(ids), Some(mask))
+    } else {
+        (None, None)
+    };
+    let same_as_original = active
+        .iter()
+        .zip(&contrasts)
+        .zip(&prefixes)
+        .map(|((&i, c), p)| {
+            let row = &rows[i];
+            *p == &row.target_ids[..row.start + s] && c.source_ids.as_ref().is_none_or(|cs| Some(cs) == row.source_ids.as_ref())
+        })
+        .collect();
+    Some(ContrastInput {
+        source_ids,
+        source_mask,
+        prefix_ids,
+        prefix_mask,
+        target_ids: contrasts.iter().map(|c| c.target_ids[c.aligned[s]]).collect(),
+        same_as_original,
+    })
 }
 
 /// Moves a `[batch, len, hidden]` tensor to the host, one `[len, hidden]` array per row.
@@ -469,8 +729,10 @@ fn take_rows(a: &Array, from: usize, to: usize) -> Array {
     Array::new(vec![to - from, h], a.data()[from * h..to * h].to_vec()).expect("consistent slice")
 }
 
-/// Stacks per-step `[len_s, hidden]` arrays into `[rows, steps, hidden]`, NaN where a step has no score.
-fn stack_steps(cols: Vec<Option<Array>>, rows: usize) -> Result<Array> {
+/// Stacks per-step `[len_s, hidden]` arrays into `[rows, steps, hidden]`, NaN where a step has no
+/// score, then gives the trailing dimension the method's `score_dims` shape (none for per-token scores,
+/// `[layers, heads]` for attention).
+fn stack_steps(cols: Vec<Option<Array>>, rows: usize, score_dims: Option<&[usize]>) -> Result<Array> {
     let steps = cols.len();
     let h = cols.iter().flatten().map(|a| a.shape()[1]).next().unwrap_or(1);
     let mut out = Array::full(vec![rows, steps, h], f32::NAN);
@@ -483,7 +745,10 @@ fn stack_steps(cols: Vec<Option<Array>>, rows: usize) -> Result<Array> {
             }
         }
     }
-    Ok(out)
+    match score_dims {
+        Some(dims) => inseq_aggregate::reshape_scores(&out, dims),
+        None => Ok(out),
+    }
 }
 
 /// Shared handle for custom methods registered at run time.

@@ -10,7 +10,7 @@
 //!                        MethodArgs::parse("n_steps=16").unwrap(), &device).unwrap();
 //! let opts = AttributeOptions { step_scores: vec!["probability".into()], ..Default::default() };
 //! let out = model.attribute(&["Hello ladies and"], &opts).unwrap();
-//! let shown = aggregate(&out);
+//! let shown = aggregate(&out).unwrap();
 //! println!("{}", inseq::viz::render_terminal(&shown.sequence_attributions[0], &Default::default()));
 //! ```
 //!
@@ -22,7 +22,7 @@ mod attribute;
 pub mod parity;
 mod device;
 
-pub use attribute::{AttributeOptions, AttributionModel, SharedMethod, load_model};
+pub use attribute::{AttributeOptions, AttributionModel, ContrastAlignment, SharedMethod, load_model};
 pub use device::{DEVICE_NAMES, default_device, parse_device};
 pub use inseq_aggregate as aggregation;
 pub use inseq_core as core;
@@ -35,14 +35,10 @@ pub use inseq_steps as steps;
 pub use inseq_steps::{StepArgs, StepRegistry};
 pub use inseq_viz as viz;
 
-/// Applies Inseq's default aggregation to every sequence of `out`.
-pub fn aggregate(out: &AttributionOutput) -> AttributionOutput {
-    AttributionOutput {
-        sequence_attributions: out
-            .sequence_attributions
-            .iter()
-            .map(inseq_aggregate::default_aggregate)
-            .collect(),
-        info: out.info.clone(),
-    }
+/// Applies Inseq's default aggregation to every sequence of `out`: for
+/// gradient methods the L2 norm over the hidden dimension, then normalisation
+/// so each generated step's scores sum to 1; for attention the mean over heads
+/// and layers; per-token scores (occlusion) are kept as they are.
+pub fn aggregate(out: &AttributionOutput) -> Result<AttributionOutput> {
+    inseq_aggregate::aggregate_output_inseq_default(out)
 }

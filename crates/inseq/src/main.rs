@@ -61,15 +61,33 @@ struct AttributeArgs {
     /// Encoder-decoder models: also attribute the target prefix.
     #[arg(long)]
     attribute_target: bool,
+    /// Contrastive target, one per input (decoder-only: the full contrastive text, prompt included).
+    #[arg(long)]
+    contrast_target: Vec<String>,
+    /// Contrastive source, one per input (encoder-decoder models).
+    #[arg(long)]
+    contrast_source: Vec<String>,
+    /// Alignment of target to contrastive positions: `auto`, `right` (default) or pairs `5-5,6-7`; one per input.
+    #[arg(long)]
+    contrast_alignments: Vec<String>,
     /// First target position to attribute.
     #[arg(long)]
     attr_pos_start: Option<usize>,
     /// One past the last target position to attribute.
     #[arg(long)]
     attr_pos_end: Option<usize>,
-    /// Save the raw (not aggregated) result as JSON.
+    /// Save the raw (not aggregated) result as JSON (this project's schema).
     #[arg(long)]
     save: Option<std::path::PathBuf>,
+    /// Save the raw result in Python Inseq's file format (`FeatureAttributionOutput.load` reads it).
+    #[arg(long)]
+    save_inseq: Option<std::path::PathBuf>,
+    /// Extra visualisations: `html:PATH` (self-contained page) or `svg:PATH` (one file per sequence).
+    #[arg(long)]
+    viz: Vec<String>,
+    /// Aggregation pipeline for display instead of Inseq's default, e.g. `subwords:sum,vnorm`.
+    #[arg(long)]
+    aggregation: Option<String>,
     /// Device: cpu, ndarray, wgpu, cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -109,6 +127,14 @@ fn run() -> Result<()> {
     }
 }
 
+/// `out.svg` -> `out-2.svg` for the i-th (0-based) sequence.
+fn numbered(path: &str, i: usize) -> String {
+    let p = std::path::Path::new(path);
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let ext = p.extension().and_then(|s| s.to_str()).unwrap_or("svg");
+    p.with_file_name(format!("{stem}-{}.{ext}", i + 1)).to_string_lossy().into_owned()
+}
+
 fn attribute(a: AttributeArgs) -> Result<()> {
     if !a.target.is_empty() && a.target.len() != a.input.len() {
         bail!("got {} --target for {} --input: give one target per input", a.target.len(), a.input.len());
@@ -130,6 +156,13 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         attributed_fn: a.attributed_fn.clone(),
         attributed_fn_args: StepArgs::parse(&a.attributed_fn_args)?,
         attribute_target: a.attribute_target,
+        contrast_targets: (!a.contrast_target.is_empty()).then(|| a.contrast_target.clone()),
+        contrast_sources: (!a.contrast_source.is_empty()).then(|| a.contrast_source.clone()),
+        contrast_alignments: if a.contrast_alignments.is_empty() {
+            None
+        } else {
+            Some(a.contrast_alignments.iter().map(|s| s.parse()).collect::<Result<Vec<_>, _>>()?)
+        },
         show_progress: std::io::stderr().is_terminal(),
         inseq_compat: a.inseq_compat,
     };
@@ -139,8 +172,35 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         out.save(path)?;
         eprintln!("saved {}", path.display());
     }
+    if let Some(path) = &a.save_inseq {
+        out.save_inseq(path, &Default::default())?;
+        eprintln!("saved {} (Python Inseq format)", path.display());
+    }
+    let shown = match &a.aggregation {
+        Some(p) => inseq::aggregation::Pipeline::parse(p)?.apply_output(&out)?,
+        None => inseq::aggregate(&out)?,
+    };
+    for spec in &a.viz {
+        let (kind, path) = spec
+            .split_once(':')
+            .with_context(|| format!("--viz `{spec}`: expected html:PATH or svg:PATH"))?;
+        match kind {
+            "html" => inseq::viz::save_html(path, &shown.sequence_attributions)?,
+            "svg" => {
+                for (i, seq) in shown.sequence_attributions.iter().enumerate() {
+                    let p = if shown.sequence_attributions.len() == 1 {
+                        path.to_string()
+                    } else {
+                        numbered(path, i)
+                    };
+                    inseq::viz::save_svg(&p, seq)?;
+                }
+            }
+            other => bail!("--viz `{other}`: unknown kind (expected html or svg)"),
+        }
+        eprintln!("wrote {path}");
+    }
     if !a.quiet {
-        let shown = inseq::aggregate(&out);
         let color = !a.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120);
         for seq in &shown.sequence_attributions {

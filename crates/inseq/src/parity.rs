@@ -96,9 +96,6 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
     let s = |k: &str| case.get(k).and_then(Value::as_str);
     let model_name = s("model").ok_or_else(|| Error::invalid_arg("case", "no `model` field"))?;
     let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
-    if case.get("contrast_targets").is_some_and(|v| !v.is_null()) {
-        return Ok(CaseOutcome::Skipped("contrastive targets are not supported yet".into()));
-    }
     let registry = crate::MethodRegistry::with_defaults();
     if !registry.ids().iter().any(|m| m == method) {
         return Ok(CaseOutcome::Skipped(format!("method `{method}` is not implemented yet")));
@@ -144,11 +141,12 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
         attributed_fn_args: StepArgs::default(),
         attribute_target: case.get("attribute_target").and_then(Value::as_bool).unwrap_or(false),
         inseq_compat: true,
+        contrast_targets: s("contrast_targets").map(|t| vec![t.to_string()]),
         ..Default::default()
     };
     let input = s("input").ok_or_else(|| Error::invalid_arg("case", "no `input` field"))?;
     let raw = model.attribute(&[input], &opts)?;
-    let agg = aggregate(&raw);
+    let agg = aggregate(&raw)?;
     let (ours_raw, ours_agg) = (&raw.sequence_attributions[0], &agg.sequence_attributions[0]);
     let mut problems = Vec::new();
     let ids = |k: &str| -> Option<Vec<i64>> {
@@ -181,8 +179,23 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             ("source_attributions", &ours_agg.source_attributions),
             ("target_attributions", &ours_agg.target_attributions),
         ];
+        // Python Inseq 0.7.1 returns all-zero attributions for the steps after a contrastive
+        // target diverges from the original (see docs/inseq-compatibility.md); those steps are
+        // checked through their step scores only.
+        let zero_steps: Vec<usize> = if opts.contrast_targets.is_some() {
+            case.get("raw_target_attributions")
+                .filter(|v| !v.is_null())
+                .map(Array::from_nested_json)
+                .transpose()?
+                .map(|g| all_zero_steps(&g))
+                .unwrap_or_default()
+        } else {
+            vec![]
+        };
         for (key, ours) in pairs {
             let golden = case.get(key).filter(|v| !v.is_null()).map(Array::from_nested_json).transpose()?;
+            let golden = golden.map(|g| drop_steps(&g, &zero_steps));
+            let ours = ours.as_ref().map(|o| drop_steps(o, &zero_steps));
             if let Some(p) = compare_arrays(key, golden.as_ref(), ours.as_ref()) {
                 problems.push(p);
             }
@@ -214,6 +227,43 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
     } else {
         CaseOutcome::Failed(problems)
     })
+}
+
+/// Steps (dimension 1) whose scores are all zero (NaN ignored).
+fn all_zero_steps(a: &Array) -> Vec<usize> {
+    let shape = a.shape();
+    if shape.len() < 2 {
+        return vec![];
+    }
+    let inner: usize = shape[2..].iter().product();
+    (0..shape[1])
+        .filter(|&s| {
+            (0..shape[0]).all(|r| {
+                let start = (r * shape[1] + s) * inner;
+                a.data()[start..start + inner].iter().all(|v| v.is_nan() || *v == 0.0)
+            })
+        })
+        .collect()
+}
+
+/// `a` without the given steps (dimension 1).
+fn drop_steps(a: &Array, steps: &[usize]) -> Array {
+    let shape = a.shape();
+    if steps.is_empty() || shape.len() < 2 {
+        return a.clone();
+    }
+    let inner: usize = shape[2..].iter().product();
+    let keep: Vec<usize> = (0..shape[1]).filter(|s| !steps.contains(s)).collect();
+    let mut data = Vec::with_capacity(shape[0] * keep.len() * inner);
+    for r in 0..shape[0] {
+        for &s in &keep {
+            let start = (r * shape[1] + s) * inner;
+            data.extend_from_slice(&a.data()[start..start + inner]);
+        }
+    }
+    let mut new_shape = shape.to_vec();
+    new_shape[1] = keep.len();
+    Array::new(new_shape, data).expect("consistent shape")
 }
 
 /// Compares a golden array with ours under the attribution tolerance; `Some(message)` on mismatch.

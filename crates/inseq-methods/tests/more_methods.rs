@@ -1,0 +1,289 @@
+//! Defining properties of occlusion, attention, SIG, DeepLIFT and the layer methods on tiny models.
+
+use burn::tensor::{Device, Tensor};
+use inseq_methods::{
+    AttributedFn, AttributionMethod, Embedded, MethodArgs, MethodContext, MethodRegistry,
+    StepAttribution, StepInput, embed_step, forward_scores,
+};
+use inseq_models::{Pretrained, load_pretrained};
+use inseq_steps::{StepArgs, StepRegistry};
+
+const MODELS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/models"
+);
+
+fn load(name: &str) -> Pretrained {
+    load_pretrained(&format!("{MODELS}/{name}"), &Device::flex()).unwrap()
+}
+
+fn probability() -> AttributedFn {
+    AttributedFn {
+        function: StepRegistry::with_defaults().get("probability").unwrap(),
+        args: StepArgs::default(),
+    }
+}
+
+fn ctx<'a>(
+    p: &'a Pretrained,
+    f: &'a AttributedFn,
+    baseline: usize,
+    attribute_target: bool,
+) -> MethodContext<'a> {
+    MethodContext {
+        model: p.model.as_ref(),
+        attributed_fn: f,
+        attribute_target,
+        baseline_token_id: baseline,
+        eos_token_id: p.model.info().eos_token_id,
+        inseq_compat: false,
+    }
+}
+
+/// A decoder-only step batch from prefixes (left-padded with 0) and next tokens.
+fn step(prefixes: &[Vec<usize>], targets: &[usize]) -> StepInput {
+    let w = prefixes.iter().map(Vec::len).max().unwrap();
+    StepInput {
+        source_ids: None,
+        source_mask: None,
+        prefix_ids: prefixes
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(0, w - p.len())
+                    .chain(p.iter().copied())
+                    .collect()
+            })
+            .collect(),
+        prefix_mask: prefixes
+            .iter()
+            .map(|p| (0..w).map(|j| j >= w - p.len()).collect())
+            .collect(),
+        target_ids: targets.to_vec(),
+        contrast: None,
+    }
+}
+
+fn host(t: &Tensor<3>) -> (Vec<f32>, [usize; 3]) {
+    (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
+}
+
+fn method(id: &str, args: &str) -> Box<dyn AttributionMethod> {
+    MethodRegistry::with_defaults()
+        .create(id, MethodArgs::parse(args).unwrap())
+        .unwrap()
+}
+
+const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
+const SHORT: [usize; 3] = [311, 389, 295];
+
+#[test]
+fn occlusion_of_a_token_equal_to_the_baseline_scores_zero() {
+    let p = load("tiny-gpt2");
+    let f = probability();
+    // The baseline is token 311, which sits at position 2: occluding it changes nothing.
+    let c = ctx(&p, &f, 311, false);
+    let out = method("occlusion", "")
+        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
+        .unwrap();
+    assert_eq!(out.score_dims, Some(vec![]));
+    let (v, dims) = host(out.target.as_ref().unwrap());
+    assert_eq!(dims, [1, 5, 1]);
+    // Zero up to float noise between batched and single forward passes.
+    let max = v.iter().fold(0f32, |m, x| m.max(*x));
+    assert!(v[2] <= 1e-4 * max, "{v:?}");
+    assert!(v.iter().all(|x| *x >= 0.0));
+    assert!(v.iter().enumerate().any(|(i, x)| i != 2 && *x > 0.0));
+}
+
+/// Batched results equal per-row results on the real (unpadded) positions.
+fn assert_batch_consistent(id: &str, args: &str) {
+    let p = load("tiny-gpt2");
+    let f = probability();
+    let c = ctx(&p, &f, 1, false);
+    let m = method(id, args);
+    let both = m
+        .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
+        .unwrap();
+    let long = m
+        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
+        .unwrap();
+    let short = m
+        .attribute_step(&c, &step(&[SHORT.to_vec()], &[287]))
+        .unwrap();
+    let (b, [_, len, h]) = host(both.target.as_ref().unwrap());
+    let (l, _) = host(long.target.as_ref().unwrap());
+    let (s, _) = host(short.target.as_ref().unwrap());
+    let scale = l
+        .iter()
+        .chain(&s)
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-12);
+    for (i, x) in l.iter().enumerate() {
+        assert!(
+            (b[i] - x).abs() <= 1e-3 * scale,
+            "{id}: row 0 differs at {i}: {} vs {x}",
+            b[i]
+        );
+    }
+    let pad = len - SHORT.len();
+    for (i, x) in s.iter().enumerate() {
+        let y = b[len * h + pad * h + i];
+        assert!(
+            (y - x).abs() <= 1e-3 * scale,
+            "{id}: row 1 differs at {i}: {y} vs {x}"
+        );
+    }
+}
+
+#[test]
+fn batches_match_single_rows() {
+    assert_batch_consistent("occlusion", "");
+    assert_batch_consistent("attention", "");
+    assert_batch_consistent("sequential_integrated_gradients", "n_steps=4");
+    assert_batch_consistent("deeplift", "");
+}
+
+#[test]
+fn attention_rows_are_distributions() {
+    let p = load("tiny-gpt2");
+    let f = probability();
+    let c = ctx(&p, &f, 1, false);
+    let out = method("attention", "")
+        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
+        .unwrap();
+    let info = p.model.info();
+    assert_eq!(out.score_dims, Some(vec![info.num_layers, info.num_heads]));
+    let t = out.target.unwrap();
+    let sums = t.sum_dim(1).try_to_vec_as::<f32>().unwrap();
+    assert_eq!(sums.len(), info.num_layers * info.num_heads);
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
+}
+
+#[test]
+fn sig_is_complete_per_position() {
+    // SIG's attribution of token i sums to f(x) - f(x with token i at the baseline).
+    let p = load("tiny-gpt2");
+    let f = probability();
+    let c = ctx(&p, &f, 1, false);
+    let st = step(&[PREFIX.to_vec()], &[364]);
+    let out = method("sequential_integrated_gradients", "n_steps=32")
+        .attribute_step(&c, &st)
+        .unwrap();
+    let (v, [_, len, h]) = host(out.target.as_ref().unwrap());
+    let x = embed_step(&c, &st, false);
+    let base = embed_step(&c, &st, true);
+    let fx = forward_scores(&c, &st, &x, 1)
+        .unwrap()
+        .try_to_vec_as::<f32>()
+        .unwrap()[0];
+    for i in 0..len {
+        let mut mask = vec![0f32; len];
+        mask[i] = 1.0;
+        let m = Tensor::<3>::from_data(
+            burn::tensor::TensorData::new(mask, [1, len, 1]),
+            &Device::flex(),
+        );
+        let moved = x.target.clone() * (m.clone().neg() + 1.0) + base.target.clone() * m;
+        let fi = forward_scores(
+            &c,
+            &st,
+            &Embedded {
+                source: None,
+                target: moved,
+            },
+            1,
+        )
+        .unwrap()
+        .try_to_vec_as::<f32>()
+        .unwrap()[0];
+        let total: f32 = v[i * h..(i + 1) * h].iter().sum();
+        let expected = fx - fi;
+        assert!(
+            (total - expected).abs() <= 1e-2 * expected.abs().max(1e-7) + 1e-7,
+            "position {i}: {total} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn deeplift_and_layer_methods_match_their_gradient_forms() {
+    let p = load("tiny-gpt2");
+    let f = probability();
+    let c = ctx(&p, &f, 1, false);
+    let st = step(&[PREFIX.to_vec()], &[364]);
+    let get = |id: &str, args: &str| -> Vec<f32> {
+        let out: StepAttribution = method(id, args).attribute_step(&c, &st).unwrap();
+        host(out.target.as_ref().unwrap()).0
+    };
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-4 * scale + 1e-9)
+    };
+    assert!(close(
+        &get("deeplift", "multiply_by_inputs=false"),
+        &get("saliency", "abs=false")
+    ));
+    assert!(close(
+        &get("layer_gradient_x_activation", ""),
+        &get("input_x_gradient", "")
+    ));
+    assert!(close(
+        &get("layer_integrated_gradients", "n_steps=8"),
+        &get("integrated_gradients", "n_steps=8")
+    ));
+    assert!(close(&get("layer_deeplift", ""), &get("deeplift", "")));
+    // Inseq 0.7.1 compatibility: layer IG / DeepLIFT come out as zeros.
+    let compat = MethodContext {
+        inseq_compat: true,
+        ..ctx(&p, &f, 1, false)
+    };
+    let z = method("layer_integrated_gradients", "")
+        .attribute_step(&compat, &st)
+        .unwrap();
+    assert!(host(z.target.as_ref().unwrap()).0.iter().all(|x| *x == 0.0));
+    assert!(
+        MethodRegistry::with_defaults()
+            .create("layer_deeplift", MethodArgs::parse("layer=3").unwrap())
+            .is_err()
+    );
+}
+
+#[test]
+fn encoder_decoder_occlusion_attention_and_sig() {
+    let p = load("tiny-bart");
+    let f = probability();
+    let src = vec![vec![0, 100, 200, 300, 2], vec![0, 150, 2, 1, 1]];
+    let st = StepInput {
+        source_ids: Some(src),
+        source_mask: Some(vec![vec![true; 5], vec![true, true, true, false, false]]),
+        prefix_ids: vec![vec![2, 0], vec![2, 0]],
+        prefix_mask: vec![vec![true; 2]; 2],
+        target_ids: vec![50, 60],
+        contrast: None,
+    };
+    let c = ctx(&p, &f, 3, true);
+    let occ = method("occlusion", "").attribute_step(&c, &st).unwrap();
+    assert_eq!(occ.source.as_ref().unwrap().dims(), [2, 5, 1]);
+    assert_eq!(occ.target.as_ref().unwrap().dims(), [2, 2, 1]);
+    let att = method("attention", "").attribute_step(&c, &st).unwrap();
+    let info = p.model.info();
+    assert_eq!(
+        att.source.as_ref().unwrap().dims(),
+        [2, 5, info.num_layers * info.num_heads]
+    );
+    assert_eq!(
+        att.target.as_ref().unwrap().dims(),
+        [2, 2, info.num_layers * info.num_heads]
+    );
+    // SIG moves position i of every attributed input at once: lengths must agree.
+    let err = method("sequential_integrated_gradients", "n_steps=2").attribute_step(&c, &st);
+    assert!(err.is_err());
+    let c = ctx(&p, &f, 3, false);
+    let sig = method("sequential_integrated_gradients", "n_steps=2")
+        .attribute_step(&c, &st)
+        .unwrap();
+    assert_eq!(sig.source.as_ref().unwrap().dims()[..2], [2, 5]);
+    assert!(sig.target.is_none());
+}
