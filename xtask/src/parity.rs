@@ -9,7 +9,11 @@ pub fn run(golden: &Path, models: &Path) -> anyhow::Result<bool> {
     let device = inseq::default_device()?;
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for case in golden_cases(golden)? {
-        let name = case.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+        let name = case
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
         match run_case(&case, models, &device) {
             Ok(CaseOutcome::Passed) => {
                 passed += 1;

@@ -54,7 +54,9 @@ pub use functions::{
     AGGREGATION_FUNCTION_IDS, AggregationFunction, default_step_score_function,
     list_aggregation_functions, normalize, rescale,
 };
-pub use method_defaults::{MethodOutputKind, default_aggregate_for, method_output_kind, reshape_scores};
+pub use method_defaults::{
+    MethodOutputKind, default_aggregate_for, method_output_kind, reshape_scores,
+};
 pub use nd::{Span, aggregate_contiguous};
 pub use words::{
     SplitMode, SubwordScheme, detect_subword_scheme, infer_word_ids, is_special_token,

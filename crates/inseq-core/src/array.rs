@@ -147,13 +147,20 @@ impl Array {
             }
         }
         let mut data = Vec::with_capacity(shape.iter().product());
-        fn flatten(v: &serde_json::Value, depth: usize, shape: &[usize], out: &mut Vec<f32>) -> Result<()> {
+        fn flatten(
+            v: &serde_json::Value,
+            depth: usize,
+            shape: &[usize],
+            out: &mut Vec<f32>,
+        ) -> Result<()> {
             match v {
                 serde_json::Value::Array(items) => {
                     if depth >= shape.len() || items.len() != shape[depth] {
                         return Err(Error::invalid_arg("array", "ragged nested list"));
                     }
-                    items.iter().try_for_each(|i| flatten(i, depth + 1, shape, out))
+                    items
+                        .iter()
+                        .try_for_each(|i| flatten(i, depth + 1, shape, out))
                 }
                 serde_json::Value::Null if depth == shape.len() => {
                     out.push(f32::NAN);
@@ -163,7 +170,10 @@ impl Array {
                     out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
                     Ok(())
                 }
-                _ => Err(Error::invalid_arg("array", "expected nested lists of numbers")),
+                _ => Err(Error::invalid_arg(
+                    "array",
+                    "expected nested lists of numbers",
+                )),
             }
         }
         flatten(value, 0, &shape, &mut data)?;
@@ -202,7 +212,11 @@ impl Serialize for Array {
 impl<'de> Deserialize<'de> for Array {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let repr = ArrayRepr::deserialize(d)?;
-        let data = repr.data.into_iter().map(|v| v.unwrap_or(f32::NAN)).collect();
+        let data = repr
+            .data
+            .into_iter()
+            .map(|v| v.unwrap_or(f32::NAN))
+            .collect();
         Array::new(repr.shape, data).map_err(serde::de::Error::custom)
     }
 }

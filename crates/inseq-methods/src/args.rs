@@ -19,9 +19,12 @@ impl MethodArgs {
     pub fn parse(text: &str) -> Result<Self> {
         let mut values = BTreeMap::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| Error::invalid_arg("attribution arguments", format!("`{part}` is not name=value")))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                Error::invalid_arg(
+                    "attribution arguments",
+                    format!("`{part}` is not name=value"),
+                )
+            })?;
             values.insert(k.trim().to_string(), v.trim().to_string());
         }
         Ok(Self { values })
@@ -37,9 +40,12 @@ impl MethodArgs {
     pub fn take<T: FromStr>(&mut self, name: &str, default: T) -> Result<T> {
         match self.values.remove(name) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| Error::invalid_arg(name, format!("cannot parse `{v}` as {}", std::any::type_name::<T>()))),
+            Some(v) => v.parse().map_err(|_| {
+                Error::invalid_arg(
+                    name,
+                    format!("cannot parse `{v}` as {}", std::any::type_name::<T>()),
+                )
+            }),
         }
     }
 
@@ -47,17 +53,22 @@ impl MethodArgs {
     pub fn take_opt<T: FromStr>(&mut self, name: &str) -> Result<Option<T>> {
         match self.values.remove(name) {
             None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| Error::invalid_arg(name, format!("cannot parse `{v}` as {}", std::any::type_name::<T>()))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                Error::invalid_arg(
+                    name,
+                    format!("cannot parse `{v}` as {}", std::any::type_name::<T>()),
+                )
+            }),
         }
     }
 
     /// Errors if arguments remain that `method` did not use.
     pub fn finish(self, method: &str) -> Result<()> {
         if let Some(k) = self.values.keys().next() {
-            return Err(Error::invalid_arg(k, format!("not an argument of `{method}`")));
+            return Err(Error::invalid_arg(
+                k,
+                format!("not an argument of `{method}`"),
+            ));
         }
         Ok(())
     }

@@ -31,7 +31,12 @@ pub struct Embedded {
 /// Baseline ids for `rows`: the baseline token everywhere except end-of-sequence
 /// tokens and, when `keep_first` (encoder-decoder targets), the first real token
 /// of each row (the decoder start token), as Inseq builds them.
-fn baseline_ids(ctx: &MethodContext, rows: &[Vec<usize>], mask: Option<&[Vec<bool>]>, keep_first: bool) -> Vec<Vec<usize>> {
+fn baseline_ids(
+    ctx: &MethodContext,
+    rows: &[Vec<usize>],
+    mask: Option<&[Vec<bool>]>,
+    keep_first: bool,
+) -> Vec<Vec<usize>> {
     rows.iter()
         .enumerate()
         .map(|(r, row)| {
@@ -70,7 +75,12 @@ pub fn embed_step(ctx: &MethodContext, step: &StepInput, baseline: bool) -> Embe
         _ => None,
     };
     let target_ids = if baseline {
-        baseline_ids(ctx, &step.prefix_ids, Some(&step.prefix_mask), encoder_decoder)
+        baseline_ids(
+            ctx,
+            &step.prefix_ids,
+            Some(&step.prefix_mask),
+            encoder_decoder,
+        )
     } else {
         step.prefix_ids.clone()
     };
@@ -82,18 +92,29 @@ pub fn embed_step(ctx: &MethodContext, step: &StepInput, baseline: bool) -> Embe
 
 /// Target token embeddings as attributed: the model's own, or with Python
 /// Inseq's extra scaling when `inseq_compat` is set.
-pub fn embed_target(model: &dyn LanguageModel, ids: &[Vec<usize>], inseq_compat: bool) -> Tensor<3> {
+pub fn embed_target(
+    model: &dyn LanguageModel,
+    ids: &[Vec<usize>],
+    inseq_compat: bool,
+) -> Tensor<3> {
     let embeds = model.embed(ids_tensor(ids, model.device()));
     let quirk = model.inseq_target_embed_quirk();
-    if inseq_compat && quirk != 1.0 { embeds * quirk } else { embeds }
+    if inseq_compat && quirk != 1.0 {
+        embeds * quirk
+    } else {
+        embeds
+    }
 }
+
+/// Padded ids and their mask.
+type PaddedIds<'a> = (&'a Vec<Vec<usize>>, &'a Vec<Vec<bool>>);
 
 /// `[batch, vocab]` logits of a plain forward pass on `prefix_ids` (and `source_ids`), not tracked.
 fn plain_logits(
     model: &dyn LanguageModel,
     prefix_ids: &[Vec<usize>],
     prefix_mask: &[Vec<bool>],
-    source: Option<(&Vec<Vec<usize>>, &Vec<Vec<bool>>)>,
+    source: Option<PaddedIds>,
     inseq_compat: bool,
 ) -> Tensor<2> {
     let device = model.device();
@@ -134,12 +155,21 @@ pub fn contrast_logits(
             target_ids,
         });
     }
-    let source = match (&c.source_ids, &c.source_mask, &step.source_ids, &step.source_mask) {
+    let source = match (
+        &c.source_ids,
+        &c.source_mask,
+        &step.source_ids,
+        &step.source_mask,
+    ) {
         (Some(ids), Some(mask), _, _) | (None, _, Some(ids), Some(mask)) => Some((ids, mask)),
         _ => None,
     };
     let separate = plain_logits(model, &c.prefix_ids, &c.prefix_mask, source, inseq_compat);
-    let separate = if times == 1 { separate } else { separate.repeat_dim(0, times) };
+    let separate = if times == 1 {
+        separate
+    } else {
+        separate.repeat_dim(0, times)
+    };
     let logits = if c.same_as_original.iter().any(|&s| s) {
         let [b, v] = original_logits.dims();
         let same: Vec<bool> = c
@@ -162,8 +192,19 @@ pub fn contrast_logits(
 
 /// Runs the model on `embedded` (a batch that is `times` copies of the step's
 /// batch, e.g. one per interpolation point) and returns the attributed function, `[times * batch]`.
-pub fn forward_scores(ctx: &MethodContext, step: &StepInput, embedded: &Embedded, times: usize) -> Result<Tensor<1>> {
-    let rep = |m: &Vec<Vec<bool>>| m.iter().cycle().take(m.len() * times).cloned().collect::<Vec<_>>();
+pub fn forward_scores(
+    ctx: &MethodContext,
+    step: &StepInput,
+    embedded: &Embedded,
+    times: usize,
+) -> Result<Tensor<1>> {
+    let rep = |m: &Vec<Vec<bool>>| {
+        m.iter()
+            .cycle()
+            .take(m.len() * times)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let input = ModelInput {
         target_embeds: embedded.target.clone(),
         target_mask: rep(&step.prefix_mask),
@@ -183,7 +224,9 @@ pub fn forward_scores(ctx: &MethodContext, step: &StepInput, embedded: &Embedded
         logits,
         target_ids: step.target_ids.repeat(times),
     };
-    ctx.attributed_fn.function.compute(&sctx, &ctx.attributed_fn.args)
+    ctx.attributed_fn
+        .function
+        .compute(&sctx, &ctx.attributed_fn.args)
 }
 
 /// Gradients of the summed attributed function with respect to the embeddings
@@ -213,14 +256,13 @@ pub fn gradients(
         g.ok_or_else(|| Error::Numerical("no gradient reached the source embeddings".into()))
     });
     let source_grad = source_grad.transpose()?;
-    let target_grad = if attribute_target {
-        Some(
-            target
-                .grad(&grads)
-                .ok_or_else(|| Error::Numerical("no gradient reached the target embeddings".into()))?,
-        )
-    } else {
-        None
-    };
+    let target_grad =
+        if attribute_target {
+            Some(target.grad(&grads).ok_or_else(|| {
+                Error::Numerical("no gradient reached the target embeddings".into())
+            })?)
+        } else {
+            None
+        };
     Ok((source_grad, target_grad, scores.detach().without_autodiff()))
 }

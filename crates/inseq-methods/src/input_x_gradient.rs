@@ -2,7 +2,9 @@
 
 use inseq_core::Result;
 
-use crate::{AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients};
+use crate::{
+    AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients,
+};
 
 /// `x ⊙ ∂f/∂x` per embedding dimension, as Captum's `InputXGradient`.
 #[derive(Debug, Clone, Default)]

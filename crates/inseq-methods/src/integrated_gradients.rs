@@ -6,8 +6,8 @@ use inseq_core::{Error, Result};
 use inseq_models::ModelKind;
 
 use crate::{
-    AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, StepAttribution, StepInput, embed_step,
-    forward_scores, gradients,
+    AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, StepAttribution, StepInput,
+    embed_step, forward_scores, gradients,
 };
 
 /// Integrated Gradients on the input embeddings, with Captum's defaults:
@@ -54,14 +54,18 @@ impl IntegratedGradients {
             method: args.take("method", d.method)?,
             internal_batch_size: args.take_opt("internal_batch_size")?,
             multiply_by_inputs: args.take("multiply_by_inputs", d.multiply_by_inputs)?,
-            return_convergence_delta: args.take("return_convergence_delta", d.return_convergence_delta)?,
+            return_convergence_delta: args
+                .take("return_convergence_delta", d.return_convergence_delta)?,
         };
         args.finish("integrated_gradients")?;
         if ig.n_steps == 0 {
             return Err(Error::invalid_arg("n_steps", "must be at least 1"));
         }
         if ig.internal_batch_size == Some(0) {
-            return Err(Error::invalid_arg("internal_batch_size", "must be at least 1"));
+            return Err(Error::invalid_arg(
+                "internal_batch_size",
+                "must be at least 1",
+            ));
         }
         Ok(ig)
     }
@@ -71,7 +75,10 @@ impl IntegratedGradients {
 fn interpolate(input: &Tensor<3>, baseline: &Tensor<3>, alphas: &[f64]) -> Tensor<3> {
     let diff = input.clone() - baseline.clone();
     Tensor::cat(
-        alphas.iter().map(|&a| baseline.clone() + diff.clone() * a).collect(),
+        alphas
+            .iter()
+            .map(|&a| baseline.clone() + diff.clone() * a)
+            .collect(),
         0,
     )
 }
@@ -80,9 +87,15 @@ fn interpolate(input: &Tensor<3>, baseline: &Tensor<3>, alphas: &[f64]) -> Tenso
 fn weighted_sum(grads: Tensor<3>, weights: &[f64], batch: usize) -> Tensor<3> {
     let [kb, len, h] = grads.dims();
     let k = kb / batch;
-    let w: Vec<f32> = weights.iter().flat_map(|&w| std::iter::repeat_n(w as f32, batch)).collect();
+    let w: Vec<f32> = weights
+        .iter()
+        .flat_map(|&w| std::iter::repeat_n(w as f32, batch))
+        .collect();
     let w = Tensor::<3>::from_data(TensorData::new(w, [kb, 1, 1]), &grads.device());
-    (grads * w).reshape([k, batch, len, h]).sum_dim(0).reshape([batch, len, h])
+    (grads * w)
+        .reshape([k, batch, len, h])
+        .sum_dim(0)
+        .reshape([batch, len, h])
 }
 
 impl AttributionMethod for IntegratedGradients {
@@ -110,7 +123,11 @@ impl AttributionMethod for IntegratedGradients {
         for (a, w) in alphas.chunks(per_chunk).zip(weights.chunks(per_chunk)) {
             let k = a.len();
             let embedded = Embedded {
-                source: x.source.as_ref().zip(base.source.as_ref()).map(|(xs, bs)| interpolate(xs, bs, a)),
+                source: x
+                    .source
+                    .as_ref()
+                    .zip(base.source.as_ref())
+                    .map(|(xs, bs)| interpolate(xs, bs, a)),
                 target: if interpolate_target {
                     interpolate(&x.target, &base.target, a)
                 } else {
@@ -125,22 +142,30 @@ impl AttributionMethod for IntegratedGradients {
                 add(&mut acc_target, weighted_sum(g, w, batch));
             }
         }
-        let scale = |acc: Option<Tensor<3>>, input: Option<&Tensor<3>>, baseline: Option<&Tensor<3>>| {
-            acc.map(|g| match (self.multiply_by_inputs, input, baseline) {
-                (true, Some(i), Some(b)) => g * (i.clone() - b.clone()),
-                _ => g,
-            })
-        };
+        let scale =
+            |acc: Option<Tensor<3>>, input: Option<&Tensor<3>>, baseline: Option<&Tensor<3>>| {
+                acc.map(|g| match (self.multiply_by_inputs, input, baseline) {
+                    (true, Some(i), Some(b)) => g * (i.clone() - b.clone()),
+                    _ => g,
+                })
+            };
         let source = scale(acc_source, x.source.as_ref(), base.source.as_ref());
         let target = scale(acc_target, Some(&x.target), Some(&base.target));
         let deltas = if self.return_convergence_delta {
             let fx = forward_scores(ctx, step, &x, 1)?;
             let baseline_inputs = Embedded {
                 source: base.source.clone(),
-                target: if interpolate_target { base.target.clone() } else { x.target.clone() },
+                target: if interpolate_target {
+                    base.target.clone()
+                } else {
+                    x.target.clone()
+                },
             };
             let fb = forward_scores(ctx, step, &baseline_inputs, 1)?;
-            let total = |t: &Option<Tensor<3>>| t.as_ref().map(|t| t.clone().sum_dim(2).sum_dim(1).reshape([batch]));
+            let total = |t: &Option<Tensor<3>>| {
+                t.as_ref()
+                    .map(|t| t.clone().sum_dim(2).sum_dim(1).reshape([batch]))
+            };
             let sum_attr = match (total(&source), total(&target)) {
                 (Some(s), Some(t)) => s + t,
                 (Some(s), None) => s,
@@ -148,7 +173,11 @@ impl AttributionMethod for IntegratedGradients {
                 (None, None) => return Err(Error::Numerical("nothing attributed".into())),
             };
             let delta = sum_attr - (fx - fb);
-            Some(delta.try_to_vec_as::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))?)
+            Some(
+                delta
+                    .try_to_vec_as::<f32>()
+                    .map_err(|e| Error::Numerical(format!("{e:?}")))?,
+            )
         } else {
             None
         };

@@ -31,7 +31,9 @@ mod sequential_integrated_gradients;
 pub use args::MethodArgs;
 pub use attention::Attention;
 pub use deeplift::DeepLift;
-pub use gradient::{AttributedFn, Embedded, contrast_logits, embed_step, embed_target, forward_scores, gradients};
+pub use gradient::{
+    AttributedFn, Embedded, contrast_logits, embed_step, embed_target, forward_scores, gradients,
+};
 pub use input_x_gradient::InputXGradient;
 pub use integrated_gradients::IntegratedGradients;
 pub use layer::{LayerGradientXActivation, LayerIntegratedGradients};

@@ -48,14 +48,23 @@ impl Quadrature {
         Ok(match self {
             Self::GaussLegendre => {
                 let (x, w) = gauss_legendre(n);
-                (x.iter().map(|x| 0.5 * (x + 1.0)).collect(), w.iter().map(|w| 0.5 * w).collect())
+                (
+                    x.iter().map(|x| 0.5 * (x + 1.0)).collect(),
+                    w.iter().map(|w| 0.5 * w).collect(),
+                )
             }
             Self::RiemannLeft => ((0..n).map(|i| i as f64 / nf).collect(), vec![1.0 / nf; n]),
             Self::RiemannRight => ((1..=n).map(|i| i as f64 / nf).collect(), vec![1.0 / nf; n]),
-            Self::RiemannMiddle => ((0..n).map(|i| (i as f64 + 0.5) / nf).collect(), vec![1.0 / nf; n]),
+            Self::RiemannMiddle => (
+                (0..n).map(|i| (i as f64 + 0.5) / nf).collect(),
+                vec![1.0 / nf; n],
+            ),
             Self::RiemannTrapezoid => {
                 if n < 2 {
-                    return Err(Error::invalid_arg("n_steps", "riemann_trapezoid needs at least 2 steps"));
+                    return Err(Error::invalid_arg(
+                        "n_steps",
+                        "riemann_trapezoid needs at least 2 steps",
+                    ));
                 }
                 let h = 1.0 / (nf - 1.0);
                 let alphas = (0..n).map(|i| i as f64 * h).collect();

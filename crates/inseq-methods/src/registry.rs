@@ -6,12 +6,14 @@ use std::sync::Arc;
 use inseq_core::{Error, Result};
 
 use crate::{
-    Attention, AttributionMethod, DeepLift, InputXGradient, IntegratedGradients, LayerGradientXActivation,
-    LayerIntegratedGradients, MethodArgs, Occlusion, Saliency, SequentialIntegratedGradients,
+    Attention, AttributionMethod, DeepLift, InputXGradient, IntegratedGradients,
+    LayerGradientXActivation, LayerIntegratedGradients, MethodArgs, Occlusion, Saliency,
+    SequentialIntegratedGradients,
 };
 
 /// Builds a method from its arguments.
-pub type MethodFactory = Arc<dyn Fn(MethodArgs) -> Result<Box<dyn AttributionMethod>> + Send + Sync>;
+pub type MethodFactory =
+    Arc<dyn Fn(MethodArgs) -> Result<Box<dyn AttributionMethod>> + Send + Sync>;
 
 struct Entry {
     description: String,

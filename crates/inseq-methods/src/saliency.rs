@@ -3,7 +3,9 @@
 
 use inseq_core::Result;
 
-use crate::{AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients};
+use crate::{
+    AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients,
+};
 
 /// `|∂f/∂x|` per embedding dimension (`abs=false` keeps the sign), as Captum's `Saliency`.
 #[derive(Debug, Clone)]

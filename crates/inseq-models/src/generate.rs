@@ -46,7 +46,9 @@ pub fn generate_greedy(
         _ => prefix.to_vec(),
     };
     if prefix.is_empty() {
-        return Err(Error::InvalidInput("generation needs at least one prefix token".into()));
+        return Err(Error::InvalidInput(
+            "generation needs at least one prefix token".into(),
+        ));
     }
     if let Some(&bad) = prefix.iter().find(|&&t| t >= info.vocab_size) {
         return Err(Error::InvalidInput(format!(
@@ -55,14 +57,20 @@ pub fn generate_greedy(
         )));
     }
     if model.kind() == ModelKind::EncoderDecoder && source.is_some_and(<[usize]>::is_empty) {
-        return Err(Error::InvalidInput("encoder-decoder generation needs a non-empty source".into()));
+        return Err(Error::InvalidInput(
+            "encoder-decoder generation needs a non-empty source".into(),
+        ));
     }
     let mut ids = prefix;
     let mut new = Vec::new();
     let source_embeds = match (model.kind(), source) {
-        (ModelKind::EncoderDecoder, Some(src)) => Some(model.embed_source(ids_tensor(&[src.to_vec()], device))),
+        (ModelKind::EncoderDecoder, Some(src)) => {
+            Some(model.embed_source(ids_tensor(&[src.to_vec()], device)))
+        }
         (ModelKind::EncoderDecoder, None) => {
-            return Err(Error::InvalidInput("encoder-decoder generation needs a source".into()));
+            return Err(Error::InvalidInput(
+                "encoder-decoder generation needs a source".into(),
+            ));
         }
         _ => None,
     };
@@ -91,7 +99,14 @@ pub fn generate_greedy(
         let suppress_eos = step < options.min_new_tokens;
         let next = match options.forced_eos_token_id {
             Some(eos) if step + 1 == options.max_new_tokens => eos,
-            _ => argmax(&logits, if suppress_eos { info.eos_token_id } else { None }),
+            _ => argmax(
+                &logits,
+                if suppress_eos {
+                    info.eos_token_id
+                } else {
+                    None
+                },
+            ),
         };
         ids.push(next);
         new.push(next);
@@ -113,4 +128,3 @@ fn argmax(values: &[f32], exclude: Option<usize>) -> usize {
     }
     best
 }
-

@@ -4,7 +4,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
 use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
-use crate::nn::{Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, position_ids, split_heads};
+use crate::nn::{
+    Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, position_ids, split_heads,
+};
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
@@ -80,7 +82,10 @@ impl Gpt2 {
     pub fn load(config: Gpt2Config, w: &mut Weights) -> Result<Self> {
         let d = config.n_embd;
         if config.n_head == 0 || !d.is_multiple_of(config.n_head) {
-            return Err(Error::invalid_arg("n_head", format!("{} does not divide n_embd {d}", config.n_head)));
+            return Err(Error::invalid_arg(
+                "n_head",
+                format!("{} does not divide n_embd {d}", config.n_head),
+            ));
         }
         let inner = config.n_inner.unwrap_or(4 * d);
         let eps = config.layer_norm_epsilon;
@@ -215,8 +220,14 @@ pub(crate) fn empty_output(device: &Device) -> ModelOutput {
 /// optionally at the last position only.
 pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, last_only: bool) -> Tensor<3> {
     let [b, s, d] = x.dims();
-    let x = if last_only { x.slice([0..b, s - 1..s, 0..d]) } else { x };
+    let x = if last_only {
+        x.slice([0..b, s - 1..s, 0..d])
+    } else {
+        x
+    };
     let [b, s, d] = x.dims();
     let v = head.dims()[1];
-    x.reshape([b * s, d]).matmul(head.clone()).reshape([b, s, v])
+    x.reshape([b * s, d])
+        .matmul(head.clone())
+        .reshape([b, s, v])
 }

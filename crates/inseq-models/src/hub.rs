@@ -13,7 +13,8 @@ const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
 const WEIGHTS: &[&str] = &["model.safetensors", "model.safetensors.index.json"];
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
 }
 
 #[cfg(feature = "hub")]
@@ -32,10 +33,17 @@ pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = REQUIRED.iter().filter_map(|f| repo.get(f)).collect();
     let weights = WEIGHTS.iter().find_map(|f| repo.get(f));
     if found.len() == REQUIRED.len() && weights.is_some() {
-        if let Some(index) = weights.as_ref().filter(|p| p.ends_with("model.safetensors.index.json")) {
+        if let Some(index) = weights
+            .as_ref()
+            .filter(|p| p.ends_with("model.safetensors.index.json"))
+        {
             ensure_shards(index, |shard| repo.get(shard).is_some(), model_id)?;
         }
-        return Ok(found.remove(0).parent().map(PathBuf::from).unwrap_or_default());
+        return Ok(found
+            .remove(0)
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default());
     }
     if offline() {
         return Err(Error::Hub(format!(
@@ -47,13 +55,19 @@ pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
 }
 
 #[cfg(feature = "hub")]
-fn ensure_shards(index: &std::path::Path, present: impl Fn(&str) -> bool, model_id: &str) -> Result<()> {
+fn ensure_shards(
+    index: &std::path::Path,
+    present: impl Fn(&str) -> bool,
+    model_id: &str,
+) -> Result<()> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
         for shard in map.values().filter_map(|v| v.as_str()) {
             if !present(shard) {
-                return Err(Error::Hub(format!("shard `{shard}` of `{model_id}` is missing from the cache")));
+                return Err(Error::Hub(format!(
+                    "shard `{shard}` of `{model_id}` is missing from the cache"
+                )));
             }
         }
     }
@@ -89,7 +103,9 @@ fn download(model_id: &str) -> Result<PathBuf> {
             }
         }
     }
-    Ok(dir.and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_default())
+    Ok(dir
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default())
 }
 
 /// Without the `hub` feature only local paths can be loaded.

@@ -6,7 +6,10 @@ use serde::Deserialize;
 
 use crate::gpt2::{empty_output, lm_head};
 use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
-use crate::nn::{Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, position_ids, repeat_kv, split_heads};
+use crate::nn::{
+    Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, position_ids, repeat_kv,
+    split_heads,
+};
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
@@ -108,7 +111,8 @@ fn default_act() -> String {
 
 impl LlamaConfig {
     fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     fn kv_heads(&self) -> usize {
@@ -132,7 +136,9 @@ impl LlamaConfig {
         let p = self.rope();
         let theta = p.rope_theta.unwrap_or(10000.0);
         let d = self.head_dim();
-        let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64)).collect();
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64))
+            .collect();
         match p.rope_type.as_deref() {
             None | Some("default") => Ok(base),
             Some("llama3") => {
@@ -214,8 +220,18 @@ impl Llama {
             layers.push(Layer {
                 input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm"), d, eps)?,
                 q: Linear::load_torch(w, &format!("{p}.self_attn.q_proj"), qkv_bias, [h * hd, d])?,
-                k: Linear::load_torch(w, &format!("{p}.self_attn.k_proj"), qkv_bias, [kvh * hd, d])?,
-                v: Linear::load_torch(w, &format!("{p}.self_attn.v_proj"), qkv_bias, [kvh * hd, d])?,
+                k: Linear::load_torch(
+                    w,
+                    &format!("{p}.self_attn.k_proj"),
+                    qkv_bias,
+                    [kvh * hd, d],
+                )?,
+                v: Linear::load_torch(
+                    w,
+                    &format!("{p}.self_attn.v_proj"),
+                    qkv_bias,
+                    [kvh * hd, d],
+                )?,
                 o: Linear::load_torch(w, &format!("{p}.self_attn.o_proj"), o_bias, [d, h * hd])?,
                 post_norm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm"), d, eps)?,
                 gate: Linear::load_torch(w, &format!("{p}.mlp.gate_proj"), mb, [inter, d])?,
@@ -314,7 +330,11 @@ impl LanguageModel for Llama {
 
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [_, s, _] = input.target_embeds.dims();
-        let (h, kvh, hd) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.head_dim());
+        let (h, kvh, hd) = (
+            self.config.num_attention_heads,
+            self.config.kv_heads(),
+            self.config.head_dim(),
+        );
         let (cos, sin) = self.rope_tables(&position_ids(&input.target_mask));
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
@@ -328,7 +348,13 @@ impl LanguageModel for Llama {
             let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
             let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
             let v = split_heads(layer.v.forward(n), kvh);
-            let (ctx, weights) = attention(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), Some(bias.clone()), scale);
+            let (ctx, weights) = attention(
+                q,
+                repeat_kv(k, h / kvh),
+                repeat_kv(v, h / kvh),
+                Some(bias.clone()),
+                scale,
+            );
             if options.attentions {
                 out.attentions.push(weights);
             }

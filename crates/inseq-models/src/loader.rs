@@ -61,7 +61,9 @@ pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained
         if !p.exists() {
             return Err(Error::MissingFile {
                 path: p,
-                hint: format!("model `{name_or_path}`; run `cargo xtask fetch-models` to download it"),
+                hint: format!(
+                    "model `{name_or_path}`; run `cargo xtask fetch-models` to download it"
+                ),
             });
         }
         return load_gguf_file(&p, name_or_path, device);
@@ -105,10 +107,11 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
         },
         _ => Error::io(&config_path, e),
     })?;
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
-        path: config_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
+            path: config_path.clone(),
+            reason: e.to_string(),
+        })?;
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let source = SafetensorsSource::open_dir(dir)?;
     let model = build_model(&config, Box::new(source), &config_path, device)?;

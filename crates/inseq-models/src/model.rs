@@ -83,7 +83,10 @@ impl ModelOutput {
     /// Logits at the last position, `[batch, vocab]`.
     pub fn last_logits(&self) -> Tensor<2> {
         let [b, s, v] = self.logits.dims();
-        self.logits.clone().slice([0..b, s - 1..s, 0..v]).reshape([b, v])
+        self.logits
+            .clone()
+            .slice([0..b, s - 1..s, 0..v])
+            .reshape([b, v])
     }
 }
 

@@ -179,7 +179,12 @@ pub const MASK_VALUE: f32 = -1.0e9;
 
 /// Builds the additive attention bias `[batch, 1, q, k]` from a `[batch, k]`
 /// key mask (1 = attend, 0 = padding), optionally causal (query `i` sees keys `<= i + (k - q)`).
-pub fn attention_bias(key_mask: &[Vec<bool>], q_len: usize, causal: bool, device: &Device) -> Tensor<4> {
+pub fn attention_bias(
+    key_mask: &[Vec<bool>],
+    q_len: usize,
+    causal: bool,
+    device: &Device,
+) -> Tensor<4> {
     let b = key_mask.len();
     let k_len = key_mask.first().map_or(0, Vec::len);
     let offset = k_len.saturating_sub(q_len);

@@ -44,10 +44,11 @@ impl SafetensorsSource {
             Self::open_files(&[single])
         } else if sharded.exists() {
             let text = std::fs::read_to_string(&sharded).map_err(|e| Error::io(&sharded, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
-                path: sharded.clone(),
-                reason: e.to_string(),
-            })?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
+                    path: sharded.clone(),
+                    reason: e.to_string(),
+                })?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -55,7 +56,10 @@ impl SafetensorsSource {
                     path: sharded.clone(),
                     reason: "no `weight_map` object".into(),
                 })?;
-            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             shards.sort();
             shards.dedup();
             let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
@@ -63,7 +67,8 @@ impl SafetensorsSource {
         } else {
             Err(Error::MissingFile {
                 path: single,
-                hint: "the model weights (model.safetensors or model.safetensors.index.json)".into(),
+                hint: "the model weights (model.safetensors or model.safetensors.index.json)"
+                    .into(),
             })
         }
     }
@@ -109,7 +114,10 @@ impl WeightSource for SafetensorsSource {
         let view = st.tensor(name).map_err(|e| corrupt(e.to_string()))?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -122,7 +130,11 @@ impl WeightSource for SafetensorsSource {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
                 .collect(),
-            other => return Err(corrupt(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            other => {
+                return Err(corrupt(format!(
+                    "tensor `{name}` has unsupported dtype {other:?}"
+                )));
+            }
         };
         Ok(Some(RawTensor {
             shape: view.shape().to_vec(),
@@ -203,13 +215,19 @@ impl Weights {
     /// Reads a 1-D tensor.
     pub fn tensor1(&mut self, name: &str, n: usize) -> Result<Tensor<1>> {
         let t = self.raw(name, &[n])?;
-        Ok(Tensor::from_data(TensorData::new(t.data, [n]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, [n]),
+            &self.device,
+        ))
     }
 
     /// Reads a 2-D tensor stored `[rows, cols]`.
     pub fn tensor2(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>> {
         let t = self.raw(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(t.data, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, shape),
+            &self.device,
+        ))
     }
 
     /// Reads a 2-D tensor stored `[out, in]` and returns it transposed, `[in, out]`
@@ -223,7 +241,10 @@ impl Weights {
                 data[i * out + o] = t.data[o * inp + i];
             }
         }
-        Ok(Tensor::from_data(TensorData::new(data, [inp, out]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(data, [inp, out]),
+            &self.device,
+        ))
     }
 }
 

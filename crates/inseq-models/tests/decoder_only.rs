@@ -5,7 +5,10 @@ use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ids_tensor, load_p
 use serde_json::Value;
 
 fn shared() -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"))
+    std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
 }
 
 fn flatten(v: &Value, out: &mut Vec<f32>) {
@@ -17,15 +20,27 @@ fn flatten(v: &Value, out: &mut Vec<f32>) {
 }
 
 fn check(name: &str) {
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(shared().join("golden/logits.json")).unwrap()).unwrap();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("golden/logits.json")).unwrap(),
+    )
+    .unwrap();
     let case = &golden[name];
-    let ids: Vec<usize> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let ids: Vec<usize> = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     let device = Device::flex();
-    let m = load_pretrained(shared().join("models").join(name).to_str().unwrap(), &device).unwrap();
+    let m = load_pretrained(
+        shared().join("models").join(name).to_str().unwrap(),
+        &device,
+    )
+    .unwrap();
     let model: &dyn LanguageModel = m.model.as_ref();
     let out = model.forward(
         ModelInput {
-            target_embeds: model.embed(ids_tensor(&[ids.clone()], &device)),
+            target_embeds: model.embed(ids_tensor(std::slice::from_ref(&ids), &device)),
             target_mask: vec![vec![true; ids.len()]],
             source_embeds: None,
             source_mask: None,
@@ -40,13 +55,27 @@ fn check(name: &str) {
     let mut expected = Vec::new();
     flatten(&case["logits"], &mut expected);
     assert_eq!(logits.len(), expected.len());
-    let worst = logits.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = logits
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(worst < 1e-4, "{name}: logits off by {worst}");
-    let attn = out.attentions.last().unwrap().clone().try_to_vec_as::<f32>().unwrap();
+    let attn = out
+        .attentions
+        .last()
+        .unwrap()
+        .clone()
+        .try_to_vec_as::<f32>()
+        .unwrap();
     let mut expected = Vec::new();
     flatten(&case["attentions_last_layer"], &mut expected);
     assert_eq!(attn.len(), expected.len());
-    let worst = attn.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = attn
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(worst < 1e-4, "{name}: attention off by {worst}");
     assert_eq!(out.hidden_states.len(), model.info().num_layers + 1);
 }
@@ -65,7 +94,11 @@ fn llama_logits_and_attention_match_transformers() {
 fn left_padding_does_not_change_logits() {
     let device = Device::flex();
     for name in ["tiny-gpt2", "tiny-llama"] {
-        let m = load_pretrained(shared().join("models").join(name).to_str().unwrap(), &device).unwrap();
+        let m = load_pretrained(
+            shared().join("models").join(name).to_str().unwrap(),
+            &device,
+        )
+        .unwrap();
         let model = m.model.as_ref();
         let ids = vec![373usize, 275, 311, 389];
         let run = |rows: Vec<Vec<usize>>, mask: Vec<Vec<bool>>| {
@@ -88,10 +121,17 @@ fn left_padding_does_not_change_logits() {
         };
         let plain = run(vec![ids.clone()], vec![vec![true; 4]]);
         let padded = run(
-            vec![vec![0, 0].into_iter().chain(ids.clone()).collect(), vec![1, 2, 3, 4, 5, 6]],
+            vec![
+                vec![0, 0].into_iter().chain(ids.clone()).collect(),
+                vec![1, 2, 3, 4, 5, 6],
+            ],
             vec![vec![false, false, true, true, true, true], vec![true; 6]],
         );
-        let worst = plain.iter().zip(&padded[..plain.len()]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = plain
+            .iter()
+            .zip(&padded[..plain.len()])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{name}: padded row differs by {worst}");
     }
 }
@@ -115,7 +155,10 @@ fn hub_cache_offline_resolves_local_snapshot() {
     }
     let m = load_pretrained("tiny/gpt2", &Device::flex()).unwrap();
     assert_eq!(m.model.info().architecture, "gpt2");
-    let err = load_pretrained("tiny/absent", &Device::flex()).err().unwrap().to_string();
+    let err = load_pretrained("tiny/absent", &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -78,7 +78,9 @@ fn smollm2_greedy_paris() {
     assert!(text.starts_with(" Paris."), "{text:?}");
     assert_eq!(text, gen_ref["text"].as_str().unwrap());
 
-    let embeds = m.model.embed(ids_tensor(std::slice::from_ref(&prompt), &device));
+    let embeds = m
+        .model
+        .embed(ids_tensor(std::slice::from_ref(&prompt), &device));
     let out = m.model.forward(
         ModelInput {
             target_embeds: embeds,

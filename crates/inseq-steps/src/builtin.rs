@@ -24,7 +24,10 @@ pub(crate) fn top_p_remove(row: &[f32], top_p: f64, min_keep: usize) -> Vec<bool
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f64> = order.iter().map(|&i| ((row[i] - max) as f64).exp()).collect();
+    let exps: Vec<f64> = order
+        .iter()
+        .map(|&i| ((row[i] - max) as f64).exp())
+        .collect();
     let total: f64 = exps.iter().sum();
     let mut remove = vec![false; row.len()];
     let mut cum = 0.0;
@@ -49,7 +52,10 @@ pub(crate) fn top_k_remove(row: &[f32], top_k: usize, min_keep: usize) -> Vec<bo
 
 fn check_top_p(top_p: f64) -> Result<()> {
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(Error::invalid_arg("top_p", format!("must be in (0, 1], got {top_p}")));
+        return Err(Error::invalid_arg(
+            "top_p",
+            format!("must be in (0, 1], got {top_p}"),
+        ));
     }
     Ok(())
 }
@@ -84,19 +90,29 @@ fn probability(logits: Tensor<2>, ids: &[usize], logprob: bool) -> Result<Tensor
 }
 
 fn crossentropy(ctx: &StepContext) -> Result<Tensor<1>> {
-    Ok(gather_ids(activation::log_softmax(ctx.logits.clone(), 1), &ctx.target_ids)?.neg())
+    Ok(gather_ids(
+        activation::log_softmax(ctx.logits.clone(), 1),
+        &ctx.target_ids,
+    )?
+    .neg())
 }
 
-step_fn!(Logit, "logit", "Logit of the target token.", |ctx, _args| gather_ids(
-    ctx.logits.clone(),
-    &ctx.target_ids
-));
+step_fn!(
+    Logit,
+    "logit",
+    "Logit of the target token.",
+    |ctx, _args| gather_ids(ctx.logits.clone(), &ctx.target_ids)
+);
 
 step_fn!(
     Probability,
     "probability",
     "Probability of the target token (log-probability with `logprob=true`).",
-    |ctx, args| probability(ctx.logits.clone(), &ctx.target_ids, args.bool_or("logprob", false))
+    |ctx, args| probability(
+        ctx.logits.clone(),
+        &ctx.target_ids,
+        args.bool_or("logprob", false)
+    )
 );
 
 step_fn!(
@@ -136,7 +152,10 @@ step_fn!(
             .map(|row| top_p_remove(row, top_p, 1).iter().filter(|r| !**r).count() as f32)
             .collect();
         let n = sizes.len();
-        Ok(Tensor::from_data(TensorData::new(sizes, [n]), &ctx.logits.device()))
+        Ok(Tensor::from_data(
+            TensorData::new(sizes, [n]),
+            &ctx.logits.device(),
+        ))
     }
 );
 
@@ -156,7 +175,11 @@ step_fn!(
     "Probability of the contrastive target token given the contrastive input (`logprob` supported).",
     |ctx, args| {
         let c = ctx.contrast("contrast_prob")?;
-        probability(c.logits.clone(), &c.target_ids, args.bool_or("logprob", false))
+        probability(
+            c.logits.clone(),
+            &c.target_ids,
+            args.bool_or("logprob", false),
+        )
     }
 );
 
@@ -178,7 +201,8 @@ step_fn!(
     "Logit of the target minus logit of the contrastive target (Yin and Neubig, 2022).",
     |ctx, _args| {
         let c = ctx.contrast("contrast_logits_diff")?;
-        Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)? - gather_ids(c.logits.clone(), &c.target_ids)?)
+        Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)?
+            - gather_ids(c.logits.clone(), &c.target_ids)?)
     }
 );
 
@@ -200,7 +224,8 @@ step_fn!(
     "In-context pointwise V-usable information: -log p(target) + log p_contrast(target).",
     |ctx, _args| {
         let c = ctx.contrast("in_context_pvi")?;
-        Ok(probability(c.logits.clone(), &c.target_ids, true)? - probability(ctx.logits.clone(), &ctx.target_ids, true)?)
+        Ok(probability(c.logits.clone(), &c.target_ids, true)?
+            - probability(ctx.logits.clone(), &ctx.target_ids, true)?)
     }
 );
 
@@ -215,7 +240,10 @@ step_fn!(
         let min_keep = args.f64_or("min_tokens_to_keep", 1.0).max(1.0) as usize;
         check_top_p(top_p)?;
         if top_k < 0.0 || top_k.fract() != 0.0 {
-            return Err(Error::invalid_arg("top_k", format!("must be a non-negative integer, got {top_k}")));
+            return Err(Error::invalid_arg(
+                "top_k",
+                format!("must be a non-negative integer, got {top_k}"),
+            ));
         }
         let (mut orig, mut contrast) = (ctx.logits.clone(), c.logits.clone());
         if top_p < 1.0 || top_k > 0.0 {

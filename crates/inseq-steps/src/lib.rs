@@ -22,8 +22,8 @@ mod builtin;
 mod registry;
 
 pub use builtin::{
-    ContrastLogits, ContrastProb, ContrastProbDiff, ContrastLogitsDiff, CrossEntropy, Entropy, InContextPvi, KlDivergence,
-    Logit, Pcxmi, Perplexity, Probability, TopPSize,
+    ContrastLogits, ContrastLogitsDiff, ContrastProb, ContrastProbDiff, CrossEntropy, Entropy,
+    InContextPvi, KlDivergence, Logit, Pcxmi, Perplexity, Probability, TopPSize,
 };
 pub use registry::StepRegistry;
 
@@ -42,15 +42,18 @@ impl StepArgs {
     pub fn parse(text: &str) -> Result<Self> {
         let mut map = BTreeMap::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| Error::invalid_arg("step function arguments", format!("`{part}` is not name=value")))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                Error::invalid_arg(
+                    "step function arguments",
+                    format!("`{part}` is not name=value"),
+                )
+            })?;
             let value = match v.trim() {
                 "true" | "True" => 1.0,
                 "false" | "False" => 0.0,
-                other => other
-                    .parse::<f64>()
-                    .map_err(|_| Error::invalid_arg(k.trim(), format!("`{other}` is not a number or boolean")))?,
+                other => other.parse::<f64>().map_err(|_| {
+                    Error::invalid_arg(k.trim(), format!("`{other}` is not a number or boolean"))
+                })?,
             };
             map.insert(k.trim().to_string(), value);
         }
@@ -134,7 +137,10 @@ pub fn gather_ids(values: Tensor<2>, ids: &[usize]) -> Result<Tensor<1>> {
         });
     }
     if let Some(&bad) = ids.iter().find(|&&i| i >= v) {
-        return Err(Error::invalid_arg("target id", format!("{bad} is outside the vocabulary of {v}")));
+        return Err(Error::invalid_arg(
+            "target id",
+            format!("{bad} is outside the vocabulary of {v}"),
+        ));
     }
     let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, 1]), &values.device());

@@ -63,11 +63,14 @@ impl StepRegistry {
 
     /// Looks up a step function.
     pub fn get(&self, id: &str) -> Result<Arc<dyn StepFunction>> {
-        self.functions.get(id).cloned().ok_or_else(|| Error::UnknownId {
-            kind: "step function",
-            id: id.to_string(),
-            available: self.ids(),
-        })
+        self.functions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownId {
+                kind: "step function",
+                id: id.to_string(),
+                available: self.ids(),
+            })
     }
 
     /// Registered ids, sorted.

@@ -8,12 +8,12 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{
-    AttributedFn, AttributionMethod, ContrastInput, MethodArgs, MethodContext, MethodRegistry, StepInput, contrast_logits,
-    embed_target,
+    AttributedFn, AttributionMethod, ContrastInput, MethodArgs, MethodContext, MethodRegistry,
+    StepInput, contrast_logits, embed_target,
 };
 use inseq_models::{
-    ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, Pretrained, TextTokenizer, generate_greedy,
-    ids_tensor, load_pretrained,
+    ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, Pretrained,
+    TextTokenizer, generate_greedy, ids_tensor, load_pretrained,
 };
 use inseq_steps::{StepArgs, StepContext, StepRegistry};
 
@@ -91,11 +91,22 @@ pub struct AttributionModel {
 /// let out = model.attribute(&["Hello ladies and"], &Default::default()).unwrap();
 /// println!("{}", out.sequence_attributions[0].target.len());
 /// ```
-pub fn load_model(model: &str, method: &str, method_args: MethodArgs, device: &Device) -> Result<AttributionModel> {
+pub fn load_model(
+    model: &str,
+    method: &str,
+    method_args: MethodArgs,
+    device: &Device,
+) -> Result<AttributionModel> {
     let methods = MethodRegistry::with_defaults();
     let method_impl = methods.create(method, method_args.clone())?;
     let pretrained = load_pretrained(model, device)?;
-    Ok(AttributionModel::new(pretrained, method_impl, method, method_args, StepRegistry::with_defaults()))
+    Ok(AttributionModel::new(
+        pretrained,
+        method_impl,
+        method,
+        method_args,
+        StepRegistry::with_defaults(),
+    ))
 }
 
 /// How target positions are matched with contrastive target positions.
@@ -121,14 +132,16 @@ impl std::str::FromStr for ContrastAlignment {
             pairs => pairs
                 .split(',')
                 .map(|p| {
-                    let (a, b) = p
-                        .trim()
-                        .split_once('-')
-                        .ok_or_else(|| Error::invalid_arg("contrast alignments", format!("`{p}` is not `i-j`")))?;
+                    let (a, b) = p.trim().split_once('-').ok_or_else(|| {
+                        Error::invalid_arg("contrast alignments", format!("`{p}` is not `i-j`"))
+                    })?;
                     let parse = |x: &str| {
-                        x.trim()
-                            .parse::<usize>()
-                            .map_err(|_| Error::invalid_arg("contrast alignments", format!("`{x}` is not a position")))
+                        x.trim().parse::<usize>().map_err(|_| {
+                            Error::invalid_arg(
+                                "contrast alignments",
+                                format!("`{x}` is not a position"),
+                            )
+                        })
                     };
                     Ok((parse(a)?, parse(b)?))
                 })
@@ -171,10 +184,17 @@ fn align_contrast(
             let mut used = Vec::new();
             (start..end)
                 .map(|t| {
-                    let mut cands: Vec<usize> =
-                        pairs.iter().filter(|(a, b)| *a == t && *b < contrast.len()).map(|p| p.1).collect();
+                    let mut cands: Vec<usize> = pairs
+                        .iter()
+                        .filter(|(a, b)| *a == t && *b < contrast.len())
+                        .map(|p| p.1)
+                        .collect();
                     cands.sort();
-                    let pick = cands.iter().find(|c| !used.contains(*c)).or(cands.first()).copied();
+                    let pick = cands
+                        .iter()
+                        .find(|c| !used.contains(*c))
+                        .or(cands.first())
+                        .copied();
                     let c = pick.unwrap_or_else(|| right(t));
                     used.push(c);
                     c
@@ -212,7 +232,9 @@ fn align_contrast(
             for (t, m) in matched.iter().enumerate().take(end) {
                 let c = match m {
                     Some(c) => *c,
-                    None => last.map_or(0, |l| l + 1).min(contrast.len().saturating_sub(1)),
+                    None => last
+                        .map_or(0, |l| l + 1)
+                        .min(contrast.len().saturating_sub(1)),
                 };
                 last = Some(c);
                 if t >= start {
@@ -263,11 +285,16 @@ impl AttributionModel {
         }
         let ids = self.pretrained.tokenizer.encode(text, true)?;
         if ids.is_empty() {
-            return Err(Error::InvalidInput(format!("{what} text produced no tokens")));
+            return Err(Error::InvalidInput(format!(
+                "{what} text produced no tokens"
+            )));
         }
         let max = self.model().info().max_positions;
         if ids.len() > max {
-            return Err(Error::ContextLength { len: ids.len(), max });
+            return Err(Error::ContextLength {
+                len: ids.len(),
+                max,
+            });
         }
         Ok(ids)
     }
@@ -283,7 +310,13 @@ impl AttributionModel {
     }
 
     /// Builds the sequence to attribute for one input.
-    fn prepare_row(&self, index: usize, input: &str, target: Option<&str>, opts: &AttributeOptions) -> Result<Row> {
+    fn prepare_row(
+        &self,
+        index: usize,
+        input: &str,
+        target: Option<&str>,
+        opts: &AttributeOptions,
+    ) -> Result<Row> {
         let info = self.model().info().clone();
         let tok = &self.pretrained.tokenizer;
         let input_ids = self.encode(input, "input")?;
@@ -293,7 +326,9 @@ impl AttributionModel {
                 let start = info
                     .decoder_start_token_id
                     .or(info.bos_token_id)
-                    .ok_or_else(|| Error::Unsupported("model has no decoder_start_token_id".into()))?;
+                    .ok_or_else(|| {
+                        Error::Unsupported("model has no decoder_start_token_id".into())
+                    })?;
                 (Some(input_ids.clone()), vec![start])
             }
         };
@@ -308,7 +343,10 @@ impl AttributionModel {
             }
             None => {
                 if opts.generation.max_new_tokens == 0 {
-                    return Err(Error::invalid_arg("max_new_tokens", "must be at least 1 when no target is given"));
+                    return Err(Error::invalid_arg(
+                        "max_new_tokens",
+                        "must be at least 1 when no target is given",
+                    ));
                 }
                 let mut generation = opts.generation;
                 if generation.forced_eos_token_id.is_none() {
@@ -319,7 +357,8 @@ impl AttributionModel {
                         .and_then(|v| v.as_u64())
                         .map(|v| v as usize);
                 }
-                let new = generate_greedy(self.model(), source_ids.as_deref(), &prefix, generation)?;
+                let new =
+                    generate_greedy(self.model(), source_ids.as_deref(), &prefix, generation)?;
                 let all: Vec<usize> = match self.model().kind() {
                     ModelKind::DecoderOnly => input_ids.iter().chain(&new).copied().collect(),
                     ModelKind::EncoderDecoder => new,
@@ -346,7 +385,10 @@ impl AttributionModel {
         }
         let default_start = prefix.len();
         let start = opts.attr_pos_start.unwrap_or(default_start).max(1);
-        let end = opts.attr_pos_end.unwrap_or(target_ids.len()).min(target_ids.len());
+        let end = opts
+            .attr_pos_end
+            .unwrap_or(target_ids.len())
+            .min(target_ids.len());
         if start >= end {
             return Err(Error::InvalidInput(format!(
                 "nothing to attribute: attr_pos_start {start} >= attr_pos_end {end} (target has {} tokens)",
@@ -382,7 +424,9 @@ impl AttributionModel {
                     "decoder-only models have no source: give the contrastive prompt in contrast_targets",
                 ));
             }
-            (Some(c), ModelKind::EncoderDecoder) => Some(self.encode(&c[index], "contrastive source")?),
+            (Some(c), ModelKind::EncoderDecoder) => {
+                Some(self.encode(&c[index], "contrastive source")?)
+            }
         };
         let c_target = match &opts.contrast_targets {
             None => None,
@@ -397,7 +441,10 @@ impl AttributionModel {
         };
         if c_source.is_none() && c_target.is_none() {
             if opts.contrast_alignments.is_some() {
-                return Err(Error::invalid_arg("contrast_alignments", "given without contrast_targets"));
+                return Err(Error::invalid_arg(
+                    "contrast_alignments",
+                    "given without contrast_targets",
+                ));
             }
             return Ok(None);
         }
@@ -408,7 +455,11 @@ impl AttributionModel {
             .map(|a| a[index].clone())
             .unwrap_or(ContrastAlignment::RightAligned);
         let aligned = align_contrast(&alignment, target_ids, &c_target, start, end);
-        if let Some((t, _)) = aligned.iter().enumerate().find(|(_, c)| **c == 0 || **c >= c_target.len()) {
+        if let Some((t, _)) = aligned
+            .iter()
+            .enumerate()
+            .find(|(_, c)| **c == 0 || **c >= c_target.len())
+        {
             return Err(Error::InvalidInput(format!(
                 "target position {} is aligned to contrastive position {} which has no prefix to condition on",
                 start + t,
@@ -431,9 +482,18 @@ impl AttributionModel {
         }
         let counts = [
             ("targets", opts.targets.as_ref().map(Vec::len)),
-            ("contrast_targets", opts.contrast_targets.as_ref().map(Vec::len)),
-            ("contrast_sources", opts.contrast_sources.as_ref().map(Vec::len)),
-            ("contrast_alignments", opts.contrast_alignments.as_ref().map(Vec::len)),
+            (
+                "contrast_targets",
+                opts.contrast_targets.as_ref().map(Vec::len),
+            ),
+            (
+                "contrast_sources",
+                opts.contrast_sources.as_ref().map(Vec::len),
+            ),
+            (
+                "contrast_alignments",
+                opts.contrast_alignments.as_ref().map(Vec::len),
+            ),
         ];
         for (what, n) in counts {
             if let Some(n) = n
@@ -475,13 +535,24 @@ impl AttributionModel {
         };
         let mut source_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();
         let mut target_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();
-        let mut scores: Vec<BTreeMap<String, Vec<f32>>> = rows.iter().map(|_| BTreeMap::new()).collect();
+        let mut scores: Vec<BTreeMap<String, Vec<f32>>> =
+            rows.iter().map(|_| BTreeMap::new()).collect();
         let max_steps = rows.iter().map(|r| r.end - r.start).max().unwrap_or(0);
         let mut score_dims: Option<Vec<usize>> = None;
-        let progress = progress_bar(opts.show_progress, rows.iter().map(|r| r.end - r.start).sum());
+        let progress = progress_bar(
+            opts.show_progress,
+            rows.iter().map(|r| r.end - r.start).sum(),
+        );
         for s in 0..max_steps {
-            let active: Vec<usize> = (0..rows.len()).filter(|&i| s < rows[i].end - rows[i].start).collect();
-            let step = build_step(&rows, &active, s, self.model().info().pad_token_id.unwrap_or(0));
+            let active: Vec<usize> = (0..rows.len())
+                .filter(|&i| s < rows[i].end - rows[i].start)
+                .collect();
+            let step = build_step(
+                &rows,
+                &active,
+                s,
+                self.model().info().pad_token_id.unwrap_or(0),
+            );
             let out = self.method.attribute_step(&ctx, &step)?;
             if out.score_dims.is_some() {
                 score_dims.clone_from(&out.score_dims);
@@ -519,7 +590,10 @@ impl AttributionModel {
                         .try_to_vec_as::<f32>()
                         .map_err(|e| Error::Numerical(format!("{e:?}")))?;
                     for (bi, &ri) in active.iter().enumerate() {
-                        scores[ri].entry(f.id().to_string()).or_default().push(v[bi]);
+                        scores[ri]
+                            .entry(f.id().to_string())
+                            .or_default()
+                            .push(v[bi]);
                     }
                 }
             }
@@ -532,7 +606,9 @@ impl AttributionModel {
         }
         let tok = &self.pretrained.tokenizer;
         let tokens = |ids: &[usize]| -> Vec<TokenWithId> {
-            ids.iter().map(|&i| TokenWithId::new(tok.id_to_token(i), i as i64)).collect()
+            ids.iter()
+                .map(|&i| TokenWithId::new(tok.id_to_token(i), i as i64))
+                .collect()
         };
         let mut sequences = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
@@ -541,14 +617,20 @@ impl AttributionModel {
                 for (k, &ci) in c.aligned.iter().enumerate() {
                     let t = row.start + k;
                     if c.target_ids[ci] != row.target_ids[t] {
-                        let shown = format!("{} → {}", tok.id_to_token(c.target_ids[ci]), target_tokens[t].token);
+                        let shown = format!(
+                            "{} → {}",
+                            tok.id_to_token(c.target_ids[ci]),
+                            target_tokens[t].token
+                        );
                         target_tokens[t] = TokenWithId::new(shown, -1);
                     }
                 }
             }
             for (id, values) in &scores[i] {
                 if values.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::Numerical(format!("step score `{id}` of input {i} is not finite: {values:?}")));
+                    return Err(Error::Numerical(format!(
+                        "step score `{id}` of input {i} is not finite: {values:?}"
+                    )));
                 }
             }
             sequences.push(SequenceAttribution {
@@ -556,7 +638,13 @@ impl AttributionModel {
                 target: target_tokens,
                 source_attributions: source_attr[i]
                     .take()
-                    .map(|cols| stack_steps(cols, row.source_ids.as_ref().map_or(0, Vec::len), score_dims.as_deref()))
+                    .map(|cols| {
+                        stack_steps(
+                            cols,
+                            row.source_ids.as_ref().map_or(0, Vec::len),
+                            score_dims.as_deref(),
+                        )
+                    })
                     .transpose()?,
                 target_attributions: target_attr[i]
                     .take()
@@ -602,7 +690,10 @@ impl AttributionModel {
         let input = ModelInput {
             target_embeds: embed_target(model, &step.prefix_ids, inseq_compat),
             target_mask: step.prefix_mask.clone(),
-            source_embeds: step.source_ids.as_ref().map(|s| model.embed_source(ids_tensor(s, device))),
+            source_embeds: step
+                .source_ids
+                .as_ref()
+                .map(|s| model.embed_source(ids_tensor(s, device))),
             source_mask: step.source_mask.clone(),
         };
         let out = model.forward(
@@ -622,18 +713,26 @@ fn progress_bar(show: bool, total: usize) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} attributing [{bar:30}] {pos}/{len} steps ({elapsed}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} attributing [{bar:30}] {pos}/{len} steps ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     Some(bar)
 }
 
 /// The batched inputs of step `s` for the `active` rows: prefixes left-padded, sources right-padded.
 fn build_step(rows: &[Row], active: &[usize], s: usize, pad: usize) -> StepInput {
-    let prefixes: Vec<&[usize]> = active.iter().map(|&i| &rows[i].target_ids[..rows[i].start + s]).collect();
+    let prefixes: Vec<&[usize]> = active
+        .iter()
+        .map(|&i| &rows[i].target_ids[..rows[i].start + s])
+        .collect();
     let (prefix_ids, prefix_mask) = left_pad(&prefixes, pad);
-    let sources: Option<Vec<&[usize]>> = active.iter().map(|&i| rows[i].source_ids.as_deref()).collect();
+    let sources: Option<Vec<&[usize]>> = active
+        .iter()
+        .map(|&i| rows[i].source_ids.as_deref())
+        .collect();
     let (source_ids, source_mask) = match sources {
         Some(srcs) => {
             let (ids, mask) = right_pad(&srcs, pad);
@@ -647,7 +746,10 @@ fn build_step(rows: &[Row], active: &[usize], s: usize, pad: usize) -> StepInput
         source_mask,
         prefix_ids,
         prefix_mask,
-        target_ids: active.iter().map(|&i| rows[i].target_ids[rows[i].start + s]).collect(),
+        target_ids: active
+            .iter()
+            .map(|&i| rows[i].target_ids[rows[i].start + s])
+            .collect(),
         contrast,
     }
 }
@@ -657,9 +759,16 @@ fn left_pad(seqs: &[&[usize]], pad: usize) -> (Vec<Vec<usize>>, Vec<Vec<bool>>) 
     let width = seqs.iter().map(|p| p.len()).max().unwrap_or(0);
     let ids = seqs
         .iter()
-        .map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()).collect())
+        .map(|p| {
+            std::iter::repeat_n(pad, width - p.len())
+                .chain(p.iter().copied())
+                .collect()
+        })
         .collect();
-    let mask = seqs.iter().map(|p| (0..width).map(|j| j >= width - p.len()).collect()).collect();
+    let mask = seqs
+        .iter()
+        .map(|p| (0..width).map(|j| j >= width - p.len()).collect())
+        .collect();
     (ids, mask)
 }
 
@@ -668,24 +777,41 @@ fn right_pad(seqs: &[&[usize]], pad: usize) -> (Vec<Vec<usize>>, Vec<Vec<bool>>)
     let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
     let ids = seqs
         .iter()
-        .map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, width - s.len())).collect())
+        .map(|s| {
+            s.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, width - s.len()))
+                .collect()
+        })
         .collect();
-    let mask = seqs.iter().map(|s| (0..width).map(|j| j < s.len()).collect()).collect();
+    let mask = seqs
+        .iter()
+        .map(|s| (0..width).map(|j| j < s.len()).collect())
+        .collect();
     (ids, mask)
 }
 
 /// The contrastive inputs of step `s` for the `active` rows (all rows or none have contrasts).
 fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Option<ContrastInput> {
-    let contrasts: Option<Vec<&RowContrast>> = active.iter().map(|&i| rows[i].contrast.as_ref()).collect();
+    let contrasts: Option<Vec<&RowContrast>> =
+        active.iter().map(|&i| rows[i].contrast.as_ref()).collect();
     let contrasts = contrasts?;
-    let prefixes: Vec<&[usize]> = contrasts.iter().map(|c| &c.target_ids[..c.aligned[s]]).collect();
+    let prefixes: Vec<&[usize]> = contrasts
+        .iter()
+        .map(|c| &c.target_ids[..c.aligned[s]])
+        .collect();
     let (prefix_ids, prefix_mask) = left_pad(&prefixes, pad);
     let any_source = contrasts.iter().any(|c| c.source_ids.is_some());
     let (source_ids, source_mask) = if any_source {
         let srcs: Vec<&[usize]> = active
             .iter()
             .zip(&contrasts)
-            .map(|(&i, c)| c.source_ids.as_deref().or(rows[i].source_ids.as_deref()).unwrap_or(&[]))
+            .map(|(&i, c)| {
+                c.source_ids
+                    .as_deref()
+                    .or(rows[i].source_ids.as_deref())
+                    .unwrap_or(&[])
+            })
             .collect();
         let (ids, mask) = right_pad(&srcs, pad);
         (Some(ids), Some(mask))
@@ -698,7 +824,10 @@ fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Optio
         .zip(&prefixes)
         .map(|((&i, c), p)| {
             let row = &rows[i];
-            *p == &row.target_ids[..row.start + s] && c.source_ids.as_ref().is_none_or(|cs| Some(cs) == row.source_ids.as_ref())
+            *p == &row.target_ids[..row.start + s]
+                && c.source_ids
+                    .as_ref()
+                    .is_none_or(|cs| Some(cs) == row.source_ids.as_ref())
         })
         .collect();
     Some(ContrastInput {
@@ -706,7 +835,10 @@ fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Optio
         source_mask,
         prefix_ids,
         prefix_mask,
-        target_ids: contrasts.iter().map(|c| c.target_ids[c.aligned[s]]).collect(),
+        target_ids: contrasts
+            .iter()
+            .map(|c| c.target_ids[c.aligned[s]])
+            .collect(),
         same_as_original,
     })
 }
@@ -732,9 +864,18 @@ fn take_rows(a: &Array, from: usize, to: usize) -> Array {
 /// Stacks per-step `[len_s, hidden]` arrays into `[rows, steps, hidden]`, NaN where a step has no
 /// score, then gives the trailing dimension the method's `score_dims` shape (none for per-token scores,
 /// `[layers, heads]` for attention).
-fn stack_steps(cols: Vec<Option<Array>>, rows: usize, score_dims: Option<&[usize]>) -> Result<Array> {
+fn stack_steps(
+    cols: Vec<Option<Array>>,
+    rows: usize,
+    score_dims: Option<&[usize]>,
+) -> Result<Array> {
     let steps = cols.len();
-    let h = cols.iter().flatten().map(|a| a.shape()[1]).next().unwrap_or(1);
+    let h = cols
+        .iter()
+        .flatten()
+        .map(|a| a.shape()[1])
+        .next()
+        .unwrap_or(1);
     let mut out = Array::full(vec![rows, steps, h], f32::NAN);
     for (s, col) in cols.iter().enumerate() {
         if let Some(col) = col {

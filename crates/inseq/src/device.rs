@@ -27,7 +27,10 @@ pub fn parse_device(name: &str) -> Result<Device> {
             if name == "cpu" { "flex" } else { name }
         )))
     } else {
-        Err(Error::invalid_arg("device", format!("unknown device `{name}` (expected {DEVICE_NAMES})")))
+        Err(Error::invalid_arg(
+            "device",
+            format!("unknown device `{name}` (expected {DEVICE_NAMES})"),
+        ))
     }
 }
 
@@ -36,5 +39,7 @@ pub fn default_device() -> Result<Device> {
     ["cpu", "ndarray", "wgpu", "cuda"]
         .iter()
         .find_map(|n| parse_device(n).ok())
-        .ok_or_else(|| Error::Unsupported("no backend compiled in; enable the `flex` feature".into()))
+        .ok_or_else(|| {
+            Error::Unsupported("no backend compiled in; enable the `flex` feature".into())
+        })
 }

@@ -19,10 +19,12 @@
 #![warn(missing_docs)]
 
 mod attribute;
-pub mod parity;
 mod device;
+pub mod parity;
 
-pub use attribute::{AttributeOptions, AttributionModel, ContrastAlignment, SharedMethod, load_model};
+pub use attribute::{
+    AttributeOptions, AttributionModel, ContrastAlignment, SharedMethod, load_model,
+};
 pub use device::{DEVICE_NAMES, default_device, parse_device};
 pub use inseq_aggregate as aggregation;
 pub use inseq_core as core;

@@ -4,10 +4,16 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use inseq::{AttributeOptions, GenerationOptions, MethodArgs, MethodRegistry, StepArgs, StepRegistry};
+use inseq::{
+    AttributeOptions, GenerationOptions, MethodArgs, MethodRegistry, StepArgs, StepRegistry,
+};
 
 #[derive(Parser)]
-#[command(name = "inseq", version, about = "Attribute the generations of Transformer language models to their inputs")]
+#[command(
+    name = "inseq",
+    version,
+    about = "Attribute the generations of Transformer language models to their inputs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attribute a model's generation (or a forced target) for one or more inputs.
-    Attribute(AttributeArgs),
+    Attribute(Box<AttributeArgs>),
     /// List the attribution method ids.
     ListMethods,
     /// List the step function ids.
@@ -123,7 +129,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Command::Attribute(a) => attribute(a),
+        Command::Attribute(a) => attribute(*a),
     }
 }
 
@@ -132,16 +138,27 @@ fn numbered(path: &str, i: usize) -> String {
     let p = std::path::Path::new(path);
     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
     let ext = p.extension().and_then(|s| s.to_str()).unwrap_or("svg");
-    p.with_file_name(format!("{stem}-{}.{ext}", i + 1)).to_string_lossy().into_owned()
+    p.with_file_name(format!("{stem}-{}.{ext}", i + 1))
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn attribute(a: AttributeArgs) -> Result<()> {
     if !a.target.is_empty() && a.target.len() != a.input.len() {
-        bail!("got {} --target for {} --input: give one target per input", a.target.len(), a.input.len());
+        bail!(
+            "got {} --target for {} --input: give one target per input",
+            a.target.len(),
+            a.input.len()
+        );
     }
     let device = inseq::parse_device(&a.device)?;
-    let model = inseq::load_model(&a.model, &a.method, MethodArgs::parse(&a.method_args)?, &device)
-        .with_context(|| format!("loading `{}` with method `{}`", a.model, a.method))?;
+    let model = inseq::load_model(
+        &a.model,
+        &a.method,
+        MethodArgs::parse(&a.method_args)?,
+        &device,
+    )
+    .with_context(|| format!("loading `{}` with method `{}`", a.model, a.method))?;
     let opts = AttributeOptions {
         targets: (!a.target.is_empty()).then(|| a.target.clone()),
         generation: GenerationOptions {
@@ -151,7 +168,12 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         },
         attr_pos_start: a.attr_pos_start,
         attr_pos_end: a.attr_pos_end,
-        step_scores: a.step_scores.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        step_scores: a
+            .step_scores
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
         step_scores_args: StepArgs::parse(&a.step_scores_args)?,
         attributed_fn: a.attributed_fn.clone(),
         attributed_fn_args: StepArgs::parse(&a.attributed_fn_args)?,
@@ -161,7 +183,12 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         contrast_alignments: if a.contrast_alignments.is_empty() {
             None
         } else {
-            Some(a.contrast_alignments.iter().map(|s| s.parse()).collect::<Result<Vec<_>, _>>()?)
+            Some(
+                a.contrast_alignments
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
         },
         show_progress: std::io::stderr().is_terminal(),
         inseq_compat: a.inseq_compat,
@@ -201,8 +228,13 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         eprintln!("wrote {path}");
     }
     if !a.quiet {
-        let color = !a.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120);
+        let color = !a.no_color
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none();
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(120);
         for seq in &shown.sequence_attributions {
             let opts = inseq::viz::TerminalOptions {
                 color,

@@ -61,7 +61,10 @@ pub fn python_json_to_strict(text: &str) -> String {
             rest = &rest[c.len_utf8()..];
             continue;
         }
-        if let Some(lit) = ["NaN", "-Infinity", "Infinity"].iter().find(|l| rest.starts_with(**l)) {
+        if let Some(lit) = ["NaN", "-Infinity", "Infinity"]
+            .iter()
+            .find(|l| rest.starts_with(**l))
+        {
             out.push_str("null");
             rest = &rest[lit.len()..];
             continue;
@@ -98,16 +101,24 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
     let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
     let registry = crate::MethodRegistry::with_defaults();
     if !registry.ids().iter().any(|m| m == method) {
-        return Ok(CaseOutcome::Skipped(format!("method `{method}` is not implemented yet")));
+        return Ok(CaseOutcome::Skipped(format!(
+            "method `{method}` is not implemented yet"
+        )));
     }
     let step_ids: Vec<String> = case
         .get("step_score_ids")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let steps = crate::StepRegistry::with_defaults();
     if let Some(missing) = step_ids.iter().find(|id| steps.get(id).is_err()) {
-        return Ok(CaseOutcome::Skipped(format!("step function `{missing}` is not implemented yet")));
+        return Ok(CaseOutcome::Skipped(format!(
+            "step function `{missing}` is not implemented yet"
+        )));
     }
     let model_dir = models_dir.join(model_name);
     let model = match load_model(
@@ -118,7 +129,9 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
     ) {
         Ok(m) => m,
         Err(Error::UnsupportedArchitecture(a)) => {
-            return Ok(CaseOutcome::Skipped(format!("architecture {a} is not supported yet")));
+            return Ok(CaseOutcome::Skipped(format!(
+                "architecture {a} is not supported yet"
+            )));
         }
         Err(e) => return Err(e),
     };
@@ -139,7 +152,10 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
         step_scores: step_ids.clone(),
         attributed_fn: s("attributed_fn").unwrap_or("probability").to_string(),
         attributed_fn_args: StepArgs::default(),
-        attribute_target: case.get("attribute_target").and_then(Value::as_bool).unwrap_or(false),
+        attribute_target: case
+            .get("attribute_target")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         inseq_compat: true,
         contrast_targets: s("contrast_targets").map(|t| vec![t.to_string()]),
         ..Default::default()
@@ -154,7 +170,10 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_i64).collect())
     };
-    let our_ids = |t: &Option<Vec<inseq_core::TokenWithId>>| t.as_ref().map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>());
+    let our_ids = |t: &Option<Vec<inseq_core::TokenWithId>>| {
+        t.as_ref()
+            .map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>())
+    };
     let golden_target_ids = ids("target_token_ids");
     if golden_target_ids.as_ref() != our_ids(&Some(ours_raw.target.clone())).as_ref() {
         problems.push(format!(
@@ -163,11 +182,16 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
         ));
     }
     // Inseq records a placeholder source for methods without attributions (`dummy`): compare only real ones.
-    let golden_has_source = case.get("raw_source_attributions").is_some_and(|v| !v.is_null());
+    let golden_has_source = case
+        .get("raw_source_attributions")
+        .is_some_and(|v| !v.is_null());
     if golden_has_source && ids("source_token_ids") != our_ids(&ours_raw.source) {
         problems.push("source ids differ".into());
     }
-    for (k, ours) in [("attr_pos_start", ours_raw.attr_pos_start), ("attr_pos_end", ours_raw.attr_pos_end)] {
+    for (k, ours) in [
+        ("attr_pos_start", ours_raw.attr_pos_start),
+        ("attr_pos_end", ours_raw.attr_pos_end),
+    ] {
         if case.get(k).and_then(Value::as_u64) != Some(ours as u64) {
             problems.push(format!("{k}: golden {:?}, ours {ours}", case.get(k)));
         }
@@ -193,7 +217,11 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             vec![]
         };
         for (key, ours) in pairs {
-            let golden = case.get(key).filter(|v| !v.is_null()).map(Array::from_nested_json).transpose()?;
+            let golden = case
+                .get(key)
+                .filter(|v| !v.is_null())
+                .map(Array::from_nested_json)
+                .transpose()?;
             let golden = golden.map(|g| drop_steps(&g, &zero_steps));
             let ours = ours.as_ref().map(|o| drop_steps(o, &zero_steps));
             if let Some(p) = compare_arrays(key, golden.as_ref(), ours.as_ref()) {
@@ -205,11 +233,19 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             let g: Vec<f32> = golden_scores
                 .and_then(|m| m.get(id))
                 .and_then(Value::as_array)
-                .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(f64::NAN) as f32).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
+                        .collect()
+                })
                 .unwrap_or_default();
             let o = ours_raw.step_scores.get(id).cloned().unwrap_or_default();
             if g.len() != o.len() {
-                problems.push(format!("step score {id}: golden has {} values, ours {}", g.len(), o.len()));
+                problems.push(format!(
+                    "step score {id}: golden has {} values, ours {}",
+                    g.len(),
+                    o.len()
+                ));
                 continue;
             }
             let worst = g
@@ -218,7 +254,9 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
                 .map(|(g, o)| (g - o).abs() - 1e-4 * g.abs())
                 .fold(0f32, f32::max);
             if worst > 1e-4 {
-                problems.push(format!("step score {id}: off by {worst:.3e} (golden {g:?}, ours {o:?})"));
+                problems.push(format!(
+                    "step score {id}: off by {worst:.3e} (golden {g:?}, ours {o:?})"
+                ));
             }
         }
     }
@@ -240,7 +278,9 @@ fn all_zero_steps(a: &Array) -> Vec<usize> {
         .filter(|&s| {
             (0..shape[0]).all(|r| {
                 let start = (r * shape[1] + s) * inner;
-                a.data()[start..start + inner].iter().all(|v| v.is_nan() || *v == 0.0)
+                a.data()[start..start + inner]
+                    .iter()
+                    .all(|v| v.is_nan() || *v == 0.0)
             })
         })
         .collect()
@@ -274,13 +314,19 @@ pub fn compare_arrays(what: &str, golden: Option<&Array>, ours: Option<&Array>) 
         (None, Some(_)) => Some(format!("{what}: golden has none, ours has one")),
         (Some(g), Some(o)) => {
             if g.shape() != o.shape() {
-                return Some(format!("{what}: shape golden {:?}, ours {:?}", g.shape(), o.shape()));
+                return Some(format!(
+                    "{what}: shape golden {:?}, ours {:?}",
+                    g.shape(),
+                    o.shape()
+                ));
             }
             let tol = 1e-3 * g.max_abs() + 1e-6;
             let mut worst = 0f32;
             for (i, (a, b)) in g.data().iter().zip(o.data()).enumerate() {
                 if a.is_nan() != b.is_nan() {
-                    return Some(format!("{what}: NaN mismatch at flat index {i} (golden {a}, ours {b})"));
+                    return Some(format!(
+                        "{what}: NaN mismatch at flat index {i} (golden {a}, ours {b})"
+                    ));
                 }
                 if !a.is_nan() {
                     worst = worst.max((a - b).abs());

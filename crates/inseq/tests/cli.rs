@@ -45,10 +45,20 @@ fn attribute_prints_heatmap_and_saves_json() {
         "--save",
         save.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ladies") || stdout.contains("la "), "heatmap lacks tokens: {stdout}");
-    assert!(stdout.contains("probability"), "heatmap lacks step scores: {stdout}");
+    assert!(
+        stdout.contains("ladies") || stdout.contains("la "),
+        "heatmap lacks tokens: {stdout}"
+    );
+    assert!(
+        stdout.contains("probability"),
+        "heatmap lacks step scores: {stdout}"
+    );
     let saved = inseq::AttributionOutput::load(&save).unwrap();
     // the 3 generated tokens are re-tokenised as Inseq does, which may give more tokens
     assert!(saved.sequence_attributions[0].n_steps() >= 3);
@@ -65,14 +75,29 @@ fn list_commands_show_ids() {
     }
     let out = inseq(&["list-step-functions"]);
     let s = String::from_utf8_lossy(&out.stdout);
-    for id in ["logit", "probability", "entropy", "crossentropy", "perplexity", "top_p_size"] {
+    for id in [
+        "logit",
+        "probability",
+        "entropy",
+        "crossentropy",
+        "perplexity",
+        "top_p_size",
+    ] {
         assert!(s.contains(id), "{s}");
     }
 }
 
 #[test]
 fn unknown_method_id() {
-    let out = inseq(&["attribute", "--model", &common::model_dir("tiny-gpt2"), "--method", "magic", "--input", "Hi"]);
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--method",
+        "magic",
+        "--input",
+        "Hi",
+    ]);
     assert_error(&out, "unknown attribution method `magic`");
 }
 
@@ -92,7 +117,13 @@ fn unknown_step_function() {
 
 #[test]
 fn missing_model_directory() {
-    let out = inseq(&["attribute", "--model", "/nonexistent/model", "--input", "Hi"]);
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        "/nonexistent/model",
+        "--input",
+        "Hi",
+    ]);
     assert_error(&out, "missing model file");
 }
 
@@ -106,7 +137,16 @@ fn missing_tokenizer_and_corrupt_files() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), no_tok.join(f)).unwrap();
     }
-    assert_error(&inseq(&["attribute", "--model", no_tok.to_str().unwrap(), "--input", "Hi"]), "tokenizer.json");
+    assert_error(
+        &inseq(&[
+            "attribute",
+            "--model",
+            no_tok.to_str().unwrap(),
+            "--input",
+            "Hi",
+        ]),
+        "tokenizer.json",
+    );
     // corrupt config.json
     let bad_cfg = base.join("bad-config");
     std::fs::create_dir_all(&bad_cfg).unwrap();
@@ -114,7 +154,16 @@ fn missing_tokenizer_and_corrupt_files() {
         std::fs::copy(src.join(f), bad_cfg.join(f)).unwrap();
     }
     std::fs::write(bad_cfg.join("config.json"), "{not json").unwrap();
-    assert_error(&inseq(&["attribute", "--model", bad_cfg.to_str().unwrap(), "--input", "Hi"]), "config.json");
+    assert_error(
+        &inseq(&[
+            "attribute",
+            "--model",
+            bad_cfg.to_str().unwrap(),
+            "--input",
+            "Hi",
+        ]),
+        "config.json",
+    );
     // truncated safetensors
     let trunc = base.join("truncated");
     std::fs::create_dir_all(&trunc).unwrap();
@@ -123,7 +172,16 @@ fn missing_tokenizer_and_corrupt_files() {
     }
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     std::fs::write(trunc.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    assert_error(&inseq(&["attribute", "--model", trunc.to_str().unwrap(), "--input", "Hi"]), "model.safetensors");
+    assert_error(
+        &inseq(&[
+            "attribute",
+            "--model",
+            trunc.to_str().unwrap(),
+            "--input",
+            "Hi",
+        ]),
+        "model.safetensors",
+    );
     // unsupported architecture
     let arch = base.join("arch");
     std::fs::create_dir_all(&arch).unwrap();
@@ -131,13 +189,28 @@ fn missing_tokenizer_and_corrupt_files() {
         std::fs::copy(src.join(f), arch.join(f)).unwrap();
     }
     std::fs::write(arch.join("config.json"), r#"{"model_type": "whisper"}"#).unwrap();
-    assert_error(&inseq(&["attribute", "--model", arch.to_str().unwrap(), "--input", "Hi"]), "unsupported model architecture `whisper");
+    assert_error(
+        &inseq(&[
+            "attribute",
+            "--model",
+            arch.to_str().unwrap(),
+            "--input",
+            "Hi",
+        ]),
+        "unsupported model architecture `whisper",
+    );
     let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]
 fn empty_input() {
-    let out = inseq(&["attribute", "--model", &common::model_dir("tiny-gpt2"), "--input", "   "]);
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--input",
+        "   ",
+    ]);
     assert_error(&out, "input text is empty");
 }
 
@@ -158,7 +231,13 @@ fn target_must_start_with_input_for_decoder_only() {
 #[test]
 fn input_longer_than_context() {
     let long = "word ".repeat(300);
-    let out = inseq(&["attribute", "--model", &common::model_dir("tiny-gpt2"), "--input", &long]);
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-gpt2"),
+        "--input",
+        &long,
+    ]);
     assert_error(&out, "longer than the model's context of 128 tokens");
 }
 

@@ -7,8 +7,15 @@ use inseq::{AttributeOptions, MethodArgs, load_model};
 
 fn max_abs_delta(n_steps: usize, model: &str) -> (f32, f32) {
     let device = burn::tensor::Device::flex();
-    let args = MethodArgs::parse(&format!("n_steps={n_steps},return_convergence_delta=true")).unwrap();
-    let m = load_model(&common::model_dir(model), "integrated_gradients", args, &device).unwrap();
+    let args =
+        MethodArgs::parse(&format!("n_steps={n_steps},return_convergence_delta=true")).unwrap();
+    let m = load_model(
+        &common::model_dir(model),
+        "integrated_gradients",
+        args,
+        &device,
+    )
+    .unwrap();
     let opts = AttributeOptions {
         targets: Some(vec!["Hello ladies and gentlemen".into()]),
         step_scores: vec!["probability".into()],
@@ -30,17 +37,32 @@ fn completeness_improves_with_more_steps() {
         let (coarse, scale) = max_abs_delta(2, model);
         let (fine, _) = max_abs_delta(64, model);
         println!("{model}: |delta| n=2 {coarse:.3e}, n=64 {fine:.3e}, f scale {scale:.3e}");
-        assert!(fine <= coarse + 1e-9, "{model}: delta did not shrink ({coarse} -> {fine})");
-        assert!(fine < 1e-2 * scale.max(1e-6), "{model}: delta {fine} too large vs f = {scale}");
+        assert!(
+            fine <= coarse + 1e-9,
+            "{model}: delta did not shrink ({coarse} -> {fine})"
+        );
+        assert!(
+            fine < 1e-2 * scale.max(1e-6),
+            "{model}: delta {fine} too large vs f = {scale}"
+        );
     }
 }
 
 #[test]
 fn batched_attribution_equals_one_by_one() {
     let device = burn::tensor::Device::flex();
-    let m = load_model(&common::model_dir("tiny-llama"), "saliency", MethodArgs::default(), &device).unwrap();
+    let m = load_model(
+        &common::model_dir("tiny-llama"),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
     let inputs = ["Hello ladies and", "The manager went home because"];
-    let targets = ["Hello ladies and gentlemen, welcome", "The manager went home because he was sick"];
+    let targets = [
+        "Hello ladies and gentlemen, welcome",
+        "The manager went home because he was sick",
+    ];
     let opts = |t: Vec<&str>| AttributeOptions {
         targets: Some(t.into_iter().map(String::from).collect()),
         step_scores: vec!["probability".into()],
@@ -48,10 +70,18 @@ fn batched_attribution_equals_one_by_one() {
     };
     let batched = m.attribute(&inputs, &opts(targets.to_vec())).unwrap();
     for i in 0..2 {
-        let single = m.attribute(&inputs[i..=i], &opts(vec![targets[i]])).unwrap();
-        let (a, b) = (&batched.sequence_attributions[i], &single.sequence_attributions[0]);
+        let single = m
+            .attribute(&inputs[i..=i], &opts(vec![targets[i]]))
+            .unwrap();
+        let (a, b) = (
+            &batched.sequence_attributions[i],
+            &single.sequence_attributions[0],
+        );
         assert_eq!(a.target, b.target);
-        let (ta, tb) = (a.target_attributions.as_ref().unwrap(), b.target_attributions.as_ref().unwrap());
+        let (ta, tb) = (
+            a.target_attributions.as_ref().unwrap(),
+            b.target_attributions.as_ref().unwrap(),
+        );
         assert_eq!(ta.shape(), tb.shape());
         let tol = 1e-3 * tb.max_abs() + 1e-6;
         for (x, y) in ta.data().iter().zip(tb.data()) {

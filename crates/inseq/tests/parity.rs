@@ -23,8 +23,15 @@ fn run_model(prefix: &str) {
             Err(e) => failures.push(format!("{name}: error {e}")),
         }
     }
-    println!("{prefix}: {passed} passed, {} failed, {skipped} skipped", failures.len());
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    println!(
+        "{prefix}: {passed} passed, {} failed, {skipped} skipped",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
     assert!(passed > 0, "no {prefix} case ran");
 }
 

@@ -4,11 +4,18 @@
 use std::path::PathBuf;
 
 pub fn shared() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
 }
 
 pub fn model_dir(name: &str) -> String {
-    shared().join("models").join(name).to_string_lossy().into_owned()
+    shared()
+        .join("models")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn golden_dir() -> PathBuf {
