@@ -22,8 +22,9 @@ pub struct Array {
 impl Array {
     /// Creates an array, checking that `data` holds `shape.iter().product()` values.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let expected: usize = shape.iter().product();
-        if expected != data.len() {
+        // Checked: shapes read from files may claim products that overflow.
+        let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if expected != Some(data.len()) {
             return Err(Error::ShapeMismatch {
                 what: "array data".into(),
                 expected: shape,
@@ -146,7 +147,9 @@ impl Array {
                 None => break,
             }
         }
-        let mut data = Vec::with_capacity(shape.iter().product());
+        // Not preallocated from `shape`: it is read from the first elements only
+        // and a ragged input may claim a product far beyond its real size.
+        let mut data = Vec::new();
         fn flatten(
             v: &serde_json::Value,
             depth: usize,

@@ -87,7 +87,19 @@ impl AttributionOutput {
 
     /// Parses JSON in this project's schema.
     pub fn from_json(text: &str) -> Result<Self> {
-        Ok(serde_json::from_str(text)?)
+        let out: Self = serde_json::from_str(text)?;
+        // Positions outside the target would make `n_steps`/`generated` panic later.
+        for (i, seq) in out.sequence_attributions.iter().enumerate() {
+            if seq.attr_pos_start > seq.attr_pos_end || seq.attr_pos_end > seq.target.len() {
+                return Err(Error::InvalidInput(format!(
+                    "sequence_attributions[{i}]: attr_pos_start {} / attr_pos_end {} do not fit a target of {} tokens",
+                    seq.attr_pos_start,
+                    seq.attr_pos_end,
+                    seq.target.len()
+                )));
+            }
+        }
+        Ok(out)
     }
 
     /// Saves to `path` atomically: the JSON goes to a temporary file beside

@@ -84,7 +84,7 @@ fn interpolate(input: &Tensor<3>, baseline: &Tensor<3>, alphas: &[f64]) -> Tenso
 }
 
 /// `sum_k w_k * grad_k` where `grads` is `[k * batch, len, hidden]`.
-fn weighted_sum(grads: Tensor<3>, weights: &[f64], batch: usize) -> Tensor<3> {
+pub(crate) fn weighted_sum(grads: Tensor<3>, weights: &[f64], batch: usize) -> Tensor<3> {
     let [kb, len, h] = grads.dims();
     let k = kb / batch;
     let w: Vec<f32> = weights

@@ -76,21 +76,6 @@ fn interpolate_at(x: &Tensor<3>, b: &Tensor<3>, alphas: &[f64], m: &Tensor<3>) -
     )
 }
 
-/// `sum_j w_j * g_j` where `g` is `[k * batch, len, hidden]`.
-fn weighted(g: Tensor<3>, w: &[f64], batch: usize) -> Tensor<3> {
-    let [kb, len, h] = g.dims();
-    let k = kb / batch;
-    let ws: Vec<f32> = w
-        .iter()
-        .flat_map(|&w| std::iter::repeat_n(w as f32, batch))
-        .collect();
-    let ws = Tensor::<3>::from_data(TensorData::new(ws, [kb, 1, 1]), &g.device());
-    (g * ws)
-        .reshape([k, batch, len, h])
-        .sum_dim(0)
-        .reshape([batch, len, h])
-}
-
 impl AttributionMethod for SequentialIntegratedGradients {
     fn id(&self) -> &str {
         "sequential_integrated_gradients"
@@ -142,10 +127,10 @@ impl AttributionMethod for SequentialIntegratedGradients {
             };
             let (gs, gt, _) = gradients(ctx, step, embedded, k)?;
             if let Some(g) = gs {
-                add(&mut acc_s, weighted(g, &weights, batch) * m.clone());
+                add(&mut acc_s, crate::integrated_gradients::weighted_sum(g, &weights, batch) * m.clone());
             }
             if let Some(g) = gt {
-                add(&mut acc_t, weighted(g, &weights, batch) * m.clone());
+                add(&mut acc_t, crate::integrated_gradients::weighted_sum(g, &weights, batch) * m.clone());
             }
         }
         let scale = |acc: Option<Tensor<3>>, i: Option<&Tensor<3>>, b: Option<&Tensor<3>>| {

@@ -3,7 +3,9 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
-use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+use crate::model::{
+    ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ValueZeroing,
+};
 use crate::nn::{
     Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, position_ids, split_heads,
 };
@@ -165,6 +167,10 @@ impl LanguageModel for Gpt2 {
         self.wte.forward(ids)
     }
 
+    fn supports_internal_hooks(&self) -> bool {
+        true
+    }
+
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [b, s, _] = input.target_embeds.dims();
         let heads = self.config.n_head;
@@ -182,27 +188,112 @@ impl LanguageModel for Gpt2 {
         if options.hidden_states {
             out.hidden_states.push(x.clone());
         }
-        for block in &self.blocks {
-            let h = block.c_attn.forward(block.ln_1.forward(x.clone()));
+        let lrp = options.attn_lrp;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = block
+                .c_attn
+                .forward(layer_norm(&block.ln_1, x.clone(), lrp));
             let d = self.config.n_embd;
             let q = split_heads(h.clone().slice([0..b, 0..s, 0..d]), heads);
             let k = split_heads(h.clone().slice([0..b, 0..s, d..2 * d]), heads);
             let v = split_heads(h.slice([0..b, 0..s, 2 * d..3 * d]), heads);
-            let (ctx, weights) = attention(q, k, v, Some(bias.clone()), scale);
+            let v = zero_values(v, options.zero_value.as_ref(), i, &self.device);
+            let (ctx, weights) = if lrp {
+                lrp_attention(q, k, v, Some(bias.clone()), scale)
+            } else {
+                attention(q, k, v, Some(bias.clone()), scale)
+            };
             if options.attentions {
                 out.attentions.push(weights);
             }
             x = x + block.attn_proj.forward(merge_heads(ctx));
-            let m = self.act(block.c_fc.forward(block.ln_2.forward(x.clone())));
+            let pre = block.c_fc.forward(layer_norm(&block.ln_2, x.clone(), lrp));
+            let m = if lrp {
+                identity_rule(pre, |t| self.act(t))
+            } else {
+                self.act(pre)
+            };
             x = x + block.mlp_proj.forward(m);
             if options.hidden_states {
                 out.hidden_states.push(x.clone());
             }
         }
-        let x = self.ln_f.forward(x);
+        let x = layer_norm(&self.ln_f, x, lrp);
         out.logits = lm_head(x, &self.lm_head, options.last_position_only);
         out
     }
+}
+
+/// Multiplies `[batch, heads, seq, head_dim]` values by 0 at the positions
+/// `zero` names for `layer` (value zeroing); unchanged otherwise.
+pub(crate) fn zero_values(
+    v: Tensor<4>,
+    zero: Option<&ValueZeroing>,
+    layer: usize,
+    device: &Device,
+) -> Tensor<4> {
+    let Some(z) = zero.filter(|z| z.layer == layer) else {
+        return v;
+    };
+    let [b, _, s, _] = v.dims();
+    let mut keep = vec![1f32; b * s];
+    for (r, p) in z.positions.iter().enumerate().take(b) {
+        if let Some(p) = p.filter(|&p| p < s) {
+            keep[r * s + p] = 0.0;
+        }
+    }
+    v * Tensor::<4>::from_data(TensorData::new(keep, [b, 1, s, 1]), device)
+}
+
+/// Layer normalisation; with `lrp`, the standard deviation is detached
+/// (AttnLRP's / Ali et al.'s rule for normalisation layers).
+pub(crate) fn layer_norm(ln: &LayerNorm, x: Tensor<3>, lrp: bool) -> Tensor<3> {
+    if !lrp {
+        return ln.forward(x);
+    }
+    let mean = x.clone().mean_dim(2);
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(2);
+    let y = centered / (var + ln.eps).sqrt().detach();
+    let y = y * ln.gamma.clone().unsqueeze::<3>();
+    match &ln.beta {
+        Some(b) => y + b.clone().unsqueeze::<3>(),
+        None => y,
+    }
+}
+
+/// `a ⊗ b` with the same value but half the gradient to each factor (the
+/// uniform rule of AttnLRP for products of two inputs).
+pub(crate) fn uniform_rule<const D: usize>(product: Tensor<D>) -> Tensor<D> {
+    product.clone() * 0.5 + product.detach() * 0.5
+}
+
+/// `act(x)` with the gradient `act(x) / x` (AttnLRP's identity rule for
+/// element-wise activations); the forward value is unchanged.
+pub(crate) fn identity_rule(x: Tensor<3>, act: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    let y = act(x.clone());
+    // x + eps with the sign of x (+eps at 0), so the ratio stays finite.
+    let safe = x.clone() + (x.clone().sign() * 2.0 + 1.0).clamp(-1.0, 1.0) * 1e-12;
+    let ratio = (y.clone() / safe).detach();
+    y.detach() + (x.clone() - x.detach()) * ratio
+}
+
+/// Scaled dot-product attention for AttnLRP: the two matrix products follow
+/// the uniform rule, the softmax keeps its gradient (Gradient × Input at its input).
+pub(crate) fn lrp_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<4>>,
+    scale: f64,
+) -> (Tensor<4>, Tensor<4>) {
+    let scores = uniform_rule(q.matmul(k.swap_dims(2, 3))) * scale;
+    let scores = match bias {
+        Some(b) => scores + b,
+        None => scores,
+    };
+    let weights = activation::softmax(scores, 3);
+    (uniform_rule(weights.clone().matmul(v)), weights)
 }
 
 /// A [`ModelOutput`] with placeholder logits, filled in by the forward pass.

@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
-use crate::gpt2::{empty_output, lm_head};
+use crate::gpt2::{empty_output, identity_rule, lm_head, lrp_attention, uniform_rule, zero_values};
 use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
 use crate::nn::{
     Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, position_ids, repeat_kv,
@@ -301,6 +301,15 @@ impl Llama {
     }
 }
 
+/// RMS normalisation; with `lrp`, the root mean square is detached (AttnLRP).
+fn rms_norm(norm: &RmsNorm, x: Tensor<3>, lrp: bool) -> Tensor<3> {
+    if !lrp {
+        return norm.forward(x);
+    }
+    let ms = x.clone().square().mean_dim(2);
+    x / (ms + norm.eps).sqrt().detach() * norm.gamma.clone().unsqueeze::<3>()
+}
+
 /// Applies the rotary embedding (`x * cos + rotate_half(x) * sin`) to `[batch, heads, seq, head_dim]`.
 fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, s, d] = x.dims();
@@ -328,6 +337,10 @@ impl LanguageModel for Llama {
         self.embed_tokens.forward(ids)
     }
 
+    fn supports_internal_hooks(&self) -> bool {
+        true
+    }
+
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [_, s, _] = input.target_embeds.dims();
         let (h, kvh, hd) = (
@@ -343,12 +356,15 @@ impl LanguageModel for Llama {
         if options.hidden_states {
             out.hidden_states.push(x.clone());
         }
-        for layer in &self.layers {
-            let n = layer.input_norm.forward(x.clone());
+        let lrp = options.attn_lrp;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let n = rms_norm(&layer.input_norm, x.clone(), lrp);
             let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
             let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
             let v = split_heads(layer.v.forward(n), kvh);
-            let (ctx, weights) = attention(
+            let v = zero_values(v, options.zero_value.as_ref(), i, &self.device);
+            let attend = if lrp { lrp_attention } else { attention };
+            let (ctx, weights) = attend(
                 q,
                 repeat_kv(k, h / kvh),
                 repeat_kv(v, h / kvh),
@@ -359,18 +375,26 @@ impl LanguageModel for Llama {
                 out.attentions.push(weights);
             }
             x = x + layer.o.forward(merge_heads(ctx));
-            let n = layer.post_norm.forward(x.clone());
-            let gated = match self.config.hidden_act.as_str() {
-                "gelu" => activation::gelu(layer.gate.forward(n.clone())),
-                "gelu_pytorch_tanh" => activation::gelu_approximate(layer.gate.forward(n.clone())),
-                _ => activation::silu(layer.gate.forward(n.clone())),
+            let n = rms_norm(&layer.post_norm, x.clone(), lrp);
+            let act = |t: Tensor<3>| match self.config.hidden_act.as_str() {
+                "gelu" => activation::gelu(t),
+                "gelu_pytorch_tanh" => activation::gelu_approximate(t),
+                _ => activation::silu(t),
             };
-            x = x + layer.down.forward(gated * layer.up.forward(n));
+            let gate = layer.gate.forward(n.clone());
+            x = if lrp {
+                let gated = identity_rule(gate, act);
+                x + layer
+                    .down
+                    .forward(uniform_rule(gated * layer.up.forward(n)))
+            } else {
+                x + layer.down.forward(act(gate) * layer.up.forward(n))
+            };
             if options.hidden_states {
                 out.hidden_states.push(x.clone());
             }
         }
-        let x = self.norm.forward(x);
+        let x = rms_norm(&self.norm, x, lrp);
         out.logits = lm_head(x, &self.lm_head, options.last_position_only);
         out
     }

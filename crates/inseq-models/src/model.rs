@@ -53,8 +53,19 @@ pub struct ModelInput {
     pub source_mask: Option<Vec<Vec<bool>>>,
 }
 
+/// Zeroes the value vector of one token per batch row in one self-attention
+/// layer (value zeroing, Mohebbi et al., 2023). Only honoured by models whose
+/// [`LanguageModel::supports_internal_hooks`] is `true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueZeroing {
+    /// The (decoder) layer whose attention values are zeroed.
+    pub layer: usize,
+    /// Per batch row, the position whose value vector is zeroed (`None`: none).
+    pub positions: Vec<Option<usize>>,
+}
+
 /// What [`LanguageModel::forward`] should return besides logits.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ForwardOptions {
     /// Return per-layer attention weights.
     pub attentions: bool,
@@ -62,6 +73,15 @@ pub struct ForwardOptions {
     pub hidden_states: bool,
     /// Compute logits at the last position only (saves the LM head on long prefixes).
     pub last_position_only: bool,
+    /// Zero one token's attention value vector in one layer (see [`ValueZeroing`]).
+    pub zero_value: Option<ValueZeroing>,
+    /// Build the forward graph so that Gradient × Input on it equals AttnLRP
+    /// relevance (Achtibat et al., 2024), as the authors' efficient
+    /// implementation does: normalisation denominators detached, identity rule
+    /// on element-wise activations, uniform rule (half gradient to each factor)
+    /// on the attention matrix products and gated products. The forward values
+    /// are unchanged. Only honoured when [`LanguageModel::supports_internal_hooks`].
+    pub attn_lrp: bool,
 }
 
 /// Output of [`LanguageModel::forward`].
@@ -115,5 +135,10 @@ pub trait LanguageModel: Send + Sync {
     /// so Inseq's Marian results come from doubly scaled target embeddings.
     fn inseq_target_embed_quirk(&self) -> f64 {
         1.0
+    }
+    /// Whether [`ForwardOptions::zero_value`] and [`ForwardOptions::attn_lrp`]
+    /// are implemented (`false` by default: a model ignores them).
+    fn supports_internal_hooks(&self) -> bool {
+        false
     }
 }

@@ -41,43 +41,6 @@ pub fn golden_cases(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(cases)
 }
 
-/// Replaces the `NaN`, `Infinity` and `-Infinity` literals Python's `json` writes
-/// (outside strings) with `null`, so the text parses as strict JSON.
-pub fn python_json_to_strict(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            rest = &rest[c.len_utf8()..];
-            continue;
-        }
-        if let Some(lit) = ["NaN", "-Infinity", "Infinity"]
-            .iter()
-            .find(|l| rest.starts_with(**l))
-        {
-            out.push_str("null");
-            rest = &rest[lit.len()..];
-            continue;
-        }
-        if c == '"' {
-            in_string = true;
-        }
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out
-}
-
 fn method_args(v: &Value) -> MethodArgs {
     let mut args = MethodArgs::default();
     if let Some(map) = v.as_object() {
@@ -95,7 +58,7 @@ fn method_args(v: &Value) -> MethodArgs {
 /// Runs one golden case, resolving its `model` under `models_dir`.
 pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<CaseOutcome> {
     let text = std::fs::read_to_string(case_path).map_err(|e| Error::io(case_path, e))?;
-    let case: Value = serde_json::from_str(&python_json_to_strict(&text))?;
+    let case: Value = inseq_core::inseq_format::parse_python_json(&text)?;
     let s = |k: &str| case.get(k).and_then(Value::as_str);
     let model_name = s("model").ok_or_else(|| Error::invalid_arg("case", "no `model` field"))?;
     let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
