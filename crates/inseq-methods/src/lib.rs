@@ -17,31 +17,41 @@
 
 mod args;
 mod attention;
+mod attn_lrp;
 mod deeplift;
 mod gradient;
+mod gradient_shap;
 mod input_x_gradient;
 mod integrated_gradients;
 mod layer;
+mod lime;
 mod occlusion;
 mod quadrature;
 mod registry;
+mod rollout;
 mod saliency;
 mod sequential_integrated_gradients;
+mod value_zeroing;
 
 pub use args::MethodArgs;
 pub use attention::Attention;
+pub use attn_lrp::AttnLrp;
 pub use deeplift::DeepLift;
 pub use gradient::{
     AttributedFn, Embedded, contrast_logits, embed_step, embed_target, forward_scores, gradients,
 };
+pub use gradient_shap::GradientShap;
 pub use input_x_gradient::InputXGradient;
 pub use integrated_gradients::IntegratedGradients;
 pub use layer::{LayerGradientXActivation, LayerIntegratedGradients};
+pub use lime::Lime;
 pub use occlusion::Occlusion;
 pub use quadrature::{Quadrature, gauss_legendre};
 pub use registry::{MethodFactory, MethodRegistry};
+pub use rollout::AttentionRollout;
 pub use saliency::Saliency;
 pub use sequential_integrated_gradients::SequentialIntegratedGradients;
+pub use value_zeroing::{SimilarityMetric, ValueZeroing};
 
 use burn::tensor::Tensor;
 use inseq_core::Result;

@@ -96,6 +96,31 @@ impl MethodRegistry {
             |a| Ok(Box::new(LayerGradientXActivation::from_args(a)?)),
         );
         r.register(
+            "gradient_shap",
+            "Expected gradients between an unk-token baseline and noisy inputs (Lundberg & Lee, 2017).",
+            |a| Ok(Box::new(crate::GradientShap::from_args(a)?)),
+        );
+        r.register(
+            "lime",
+            "Ridge surrogate fitted on random token maskings (Ribeiro et al., 2016).",
+            |a| Ok(Box::new(crate::Lime::from_args(a)?)),
+        );
+        r.register(
+            "value_zeroing",
+            "Change of each layer's output when a token's attention value vector is zeroed (Mohebbi et al., 2023).",
+            |a| Ok(Box::new(crate::ValueZeroing::from_args(a)?)),
+        );
+        r.register(
+            "attention_rollout",
+            "Head-averaged attention with residuals, multiplied through the layers (Abnar & Zuidema, 2020).",
+            |a| Ok(Box::new(crate::AttentionRollout::from_args(a)?)),
+        );
+        r.register(
+            "attnlrp",
+            "Attention-aware LRP as Gradient x Input on a rule-modified graph (Achtibat et al., 2024).",
+            |a| Ok(Box::new(crate::AttnLrp::from_args(a)?)),
+        );
+        r.register(
             "dummy",
             "No attribution: only step scores are computed (as Inseq's `dummy`).",
             |a| {

@@ -127,10 +127,16 @@ impl AttributionMethod for SequentialIntegratedGradients {
             };
             let (gs, gt, _) = gradients(ctx, step, embedded, k)?;
             if let Some(g) = gs {
-                add(&mut acc_s, crate::integrated_gradients::weighted_sum(g, &weights, batch) * m.clone());
+                add(
+                    &mut acc_s,
+                    crate::integrated_gradients::weighted_sum(g, &weights, batch) * m.clone(),
+                );
             }
             if let Some(g) = gt {
-                add(&mut acc_t, crate::integrated_gradients::weighted_sum(g, &weights, batch) * m.clone());
+                add(
+                    &mut acc_t,
+                    crate::integrated_gradients::weighted_sum(g, &weights, batch) * m.clone(),
+                );
             }
         }
         let scale = |acc: Option<Tensor<3>>, i: Option<&Tensor<3>>, b: Option<&Tensor<3>>| {

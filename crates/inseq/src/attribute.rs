@@ -894,3 +894,31 @@ fn stack_steps(
 
 /// Shared handle for custom methods registered at run time.
 pub type SharedMethod = Arc<dyn AttributionMethod>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn right_alignment_matches_from_the_end() {
+        // target positions 5..8 of an 8-token target, contrast of 9 tokens
+        let a = align_contrast(&ContrastAlignment::RightAligned, &[0; 8], &[0; 9], 5, 8);
+        assert_eq!(a, vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn explicit_pairs_fall_back_to_right_alignment() {
+        let pairs = ContrastAlignment::Pairs(vec![(5, 5), (6, 7)]);
+        assert_eq!(align_contrast(&pairs, &[0; 8], &[0; 9], 5, 8), vec![5, 7, 8]);
+        assert_eq!("5-5, 6-7".parse::<ContrastAlignment>().unwrap(), pairs);
+        assert!("5:5".parse::<ContrastAlignment>().is_err());
+    }
+
+    #[test]
+    fn auto_alignment_follows_equal_tokens() {
+        // target:   a b c X d e      contrast: a b c Y Z d e
+        let t = [1, 2, 3, 9, 4, 5];
+        let c = [1, 2, 3, 7, 8, 4, 5];
+        assert_eq!(align_contrast(&ContrastAlignment::Auto, &t, &c, 3, 6), vec![3, 5, 6]);
+    }
+}

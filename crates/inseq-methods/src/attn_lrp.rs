@@ -1,0 +1,98 @@
+//! AttnLRP (Achtibat et al., 2024, "AttnLRP: Attention-Aware Layer-Wise
+//! Relevance Propagation for Transformers", ICML 2024,
+//! <https://arxiv.org/abs/2402.05602>), in its Gradient × Input formulation.
+
+use inseq_core::{Error, Result};
+use inseq_models::{ForwardOptions, ModelInput, ModelKind};
+use inseq_steps::StepContext;
+
+use crate::{
+    AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, contrast_logits,
+    embed_step,
+};
+
+/// AttnLRP relevance of the input embeddings, a method beyond Python Inseq.
+///
+/// What is implemented, exactly: one forward pass with
+/// [`inseq_models::ForwardOptions::attn_lrp`] set, which builds the graph the
+/// way the authors' efficient implementation (the LXT library) does, so that
+/// plain Gradient × Input on it yields LRP relevance:
+///
+/// * LayerNorm / RMSNorm: the normalising denominator is detached (the
+///   identity rule on normalisation, also Ali et al., 2022's LN rule);
+/// * element-wise activations (GELU, SiLU): identity rule, gradient replaced
+///   by `act(x) / x`;
+/// * the two attention products (`Q Kᵀ` and `A V`) and the gated MLP product:
+///   uniform rule, half of the gradient to each factor;
+/// * softmax: its ordinary gradient (AttnLRP's softmax rule is Gradient × Input
+///   at the softmax input); linear layers: ordinary gradient (ε-rule with ε→0;
+///   biases absorb relevance).
+///
+/// The relevance is `embedding × gradient` of the attributed function (by
+/// default `probability`; AttnLRP papers usually explain the `logit`), per
+/// hidden dimension (`score_dims: None`). Rules not applied: no ε
+/// stabiliser on linear layers, no special treatment of positional
+/// embeddings (GPT-2's learned positions keep their share of relevance).
+/// Needs the model hook ([`inseq_models::LanguageModel::supports_internal_hooks`]:
+/// GPT-2 and the Llama family); encoder-decoder models are refused.
+#[derive(Debug, Clone, Default)]
+pub struct AttnLrp;
+
+impl AttnLrp {
+    /// Builds from arguments (none).
+    pub fn from_args(args: MethodArgs) -> Result<Self> {
+        args.finish("attnlrp")?;
+        Ok(Self)
+    }
+}
+
+impl AttributionMethod for AttnLrp {
+    fn id(&self) -> &str {
+        "attnlrp"
+    }
+
+    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+        let model = ctx.model;
+        if model.kind() == ModelKind::EncoderDecoder {
+            return Err(Error::Unsupported(
+                "attnlrp: encoder-decoder models are not supported yet (the LRP forward mode is implemented for the decoder-only GPT-2 and Llama models)".into(),
+            ));
+        }
+        if !model.supports_internal_hooks() {
+            return Err(Error::Unsupported(format!(
+                "attnlrp: the `{}` model does not implement the LRP forward mode",
+                model.info().architecture
+            )));
+        }
+        let x = embed_step(ctx, step, false).target;
+        let tracked = x.clone().detach().autodiff().require_grad();
+        let out = model.forward(
+            ModelInput {
+                target_embeds: tracked.clone(),
+                target_mask: step.prefix_mask.clone(),
+                source_embeds: None,
+                source_mask: None,
+            },
+            ForwardOptions {
+                last_position_only: true,
+                attn_lrp: true,
+                ..Default::default()
+            },
+        );
+        let logits = out.last_logits();
+        let sctx = StepContext {
+            contrast: contrast_logits(model, step, &logits, 1, ctx.inseq_compat),
+            logits,
+            target_ids: step.target_ids.clone(),
+        };
+        let scores = ctx
+            .attributed_fn
+            .function
+            .compute(&sctx, &ctx.attributed_fn.args)?;
+        let grads = scores.sum().backward();
+        let g = tracked
+            .grad(&grads)
+            .ok_or_else(|| Error::Numerical("no gradient reached the target embeddings".into()))?;
+        Ok(StepAttribution::granular(None, Some(g * x)))
+    }
+}
