@@ -44,7 +44,13 @@ fn consistent() -> impl Strategy<Value = SequenceAttribution> {
         any::<bool>(),
     )
         .prop_flat_map(|(n_target, src_len, extra, enc_dec)| {
-            (0..=n_target, Just(n_target), Just(src_len), Just(extra), Just(enc_dec))
+            (
+                0..=n_target,
+                Just(n_target),
+                Just(src_len),
+                Just(extra),
+                Just(enc_dec),
+            )
         })
         .prop_flat_map(|(start, n_target, src_len, extra, enc_dec)| {
             let n_steps = n_target - start;
@@ -62,8 +68,8 @@ fn consistent() -> impl Strategy<Value = SequenceAttribution> {
                 Just((start, n_target, enc_dec)),
             )
         })
-        .prop_map(|(target, source, t_attr, s_attr, probs, (start, end, enc_dec))| {
-            SequenceAttribution {
+        .prop_map(
+            |(target, source, t_attr, s_attr, probs, (start, end, enc_dec))| SequenceAttribution {
                 source: enc_dec.then_some(source),
                 target,
                 source_attributions: enc_dec.then_some(s_attr),
@@ -73,8 +79,8 @@ fn consistent() -> impl Strategy<Value = SequenceAttribution> {
                 attr_pos_start: start,
                 attr_pos_end: end,
                 aggregations: vec![],
-            }
-        })
+            },
+        )
 }
 
 /// Anything: random shapes unrelated to the tokens and positions.
@@ -96,24 +102,42 @@ fn arbitrary_seq() -> impl Strategy<Value = SequenceAttribution> {
                 Just((start, end, scores)),
             )
         })
-        .prop_map(|(target, source, t, s, (start, end, scores))| SequenceAttribution {
-            source,
-            target,
-            source_attributions: s,
-            target_attributions: t,
-            step_scores: [("entropy".to_string(), scores)].into_iter().collect(),
-            sequence_scores: Default::default(),
-            attr_pos_start: start,
-            attr_pos_end: end,
-            aggregations: vec![],
-        })
+        .prop_map(
+            |(target, source, t, s, (start, end, scores))| SequenceAttribution {
+                source,
+                target,
+                source_attributions: s,
+                target_attributions: t,
+                step_scores: [("entropy".to_string(), scores)].into_iter().collect(),
+                sequence_scores: Default::default(),
+                attr_pos_start: start,
+                attr_pos_end: end,
+                aggregations: vec![],
+            },
+        )
 }
 
 fn spec() -> impl Strategy<Value = String> {
     let items = [
-        "scores", "subwords", "vnorm", "mean", "max", "min", "sum", "prod", "absmax",
-        "subwords:sum", "scores:vnorm", "spans", "split", "pair", "slices", "words", "",
-        "vnorm:sum", "subwords:median",
+        "scores",
+        "subwords",
+        "vnorm",
+        "mean",
+        "max",
+        "min",
+        "sum",
+        "prod",
+        "absmax",
+        "subwords:sum",
+        "scores:vnorm",
+        "spans",
+        "split",
+        "pair",
+        "slices",
+        "words",
+        "",
+        "vnorm:sum",
+        "subwords:median",
     ];
     prop::collection::vec(prop::sample::select(items.to_vec()), 0..4).prop_map(|v| v.join(","))
 }
@@ -236,5 +260,8 @@ fn inconsistent_shapes_are_errors() {
         ..seq
     };
     let err = aggregate_inseq_default(&bad).unwrap_err();
-    assert!(err.to_string().contains("attr_pos_start/attr_pos_end"), "{err}");
+    assert!(
+        err.to_string().contains("attr_pos_start/attr_pos_end"),
+        "{err}"
+    );
 }

@@ -236,9 +236,13 @@ fn embedded_safetensors_with_huge_claimed_shape() {
 fn not_an_inseq_file() {
     let err = from_inseq_bytes(b"{}").unwrap_err().to_string();
     assert!(err.contains("__instance_type__"), "{err}");
-    let err = from_inseq_bytes(&[0x1f, 0x8b, 1, 2, 3]).unwrap_err().to_string();
+    let err = from_inseq_bytes(&[0x1f, 0x8b, 1, 2, 3])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("gzip"), "{err}");
-    let err = from_inseq_bytes(&[0xff, 0xfe, 0x00]).unwrap_err().to_string();
+    let err = from_inseq_bytes(&[0xff, 0xfe, 0x00])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("UTF-8"), "{err}");
     let err = AttributionOutput::from_json("").unwrap_err().to_string();
     assert!(err.contains("json error"), "{err}");

@@ -140,12 +140,13 @@ fn solve(mut a: Vec<Vec<f64>>) -> Vec<f64> {
         if piv.abs() < 1e-300 {
             continue;
         }
-        for r in 0..m {
+        let pivot_row = a[c].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != c {
-                let f = a[r][c] / piv;
+                let f = row[c] / piv;
                 if f != 0.0 {
-                    for k in c..=m {
-                        a[r][k] -= f * a[c][k];
+                    for (x, p) in row.iter_mut().zip(&pivot_row).skip(c) {
+                        *x -= f * p;
                     }
                 }
             }

@@ -137,6 +137,26 @@ pub fn build_model(
             path: config_path.to_path_buf(),
             reason: "no `model_type` field".into(),
         })?;
+    // Layer vectors are sized from the config before any weight is read: a
+    // hostile or mistyped layer count must not become a huge allocation.
+    let n_tensors = source.names().len() as u64;
+    for key in [
+        "n_layer",
+        "num_hidden_layers",
+        "num_layers",
+        "num_decoder_layers",
+        "encoder_layers",
+        "decoder_layers",
+    ] {
+        if let Some(n) = config.get(key).and_then(|v| v.as_u64())
+            && n > n_tensors
+        {
+            return Err(Error::CorruptFile {
+                path: config_path.to_path_buf(),
+                reason: format!("`{key}` is {n} but the weights hold only {n_tensors} tensors"),
+            });
+        }
+    }
     let parse_err = |e: serde_json::Error| Error::CorruptFile {
         path: config_path.to_path_buf(),
         reason: e.to_string(),

@@ -195,8 +195,10 @@ impl Weights {
     pub fn raw(&mut self, name: &str, shape: &[usize]) -> Result<RawTensor> {
         for cand in self.candidates(name) {
             if let Some(t) = self.source.read(&cand)? {
-                let numel: usize = shape.iter().product();
-                if t.shape != shape && !(t.data.len() == numel && squeeze_eq(&t.shape, shape)) {
+                // Checked: `shape` comes from config.json and may overflow.
+                let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if t.shape != shape && !(Some(t.data.len()) == numel && squeeze_eq(&t.shape, shape))
+                {
                     return Err(Error::ShapeMismatch {
                         what: format!("weight `{cand}` in {}", self.source.origin().display()),
                         expected: shape.to_vec(),

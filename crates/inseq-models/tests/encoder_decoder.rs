@@ -97,6 +97,7 @@ fn check_golden(name: &str, encoder_layers: usize, decoder_layers: usize) {
             attentions: true,
             hidden_states: true,
             last_position_only: false,
+            ..Default::default()
         },
     );
     let (dims, logits) = values(out.logits.clone());

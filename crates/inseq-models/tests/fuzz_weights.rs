@@ -222,7 +222,8 @@ proptest! {
 #[test]
 fn safetensors_huge_claimed_tensor_fails_fast() {
     let s = Scratch::new("st-huge");
-    let header = r#"{"w":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4000000000000]}}"#;
+    let header =
+        r#"{"w":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4000000000000]}}"#;
     let p = s.write("model.safetensors", &safetensors(header, &[0u8; 16]));
     let t0 = std::time::Instant::now();
     let reason = expect_corrupt(open_and_read_all(&p), &p);
@@ -246,7 +247,10 @@ fn unsupported_dtype_names_the_tensor() {
     let header = r#"{"w":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#;
     let p = s.write("model.safetensors", &safetensors(header, &[0u8; 16]));
     let reason = expect_corrupt(open_and_read_all(&p), &p);
-    assert!(reason.contains("`w`") && reason.contains("dtype"), "{reason}");
+    assert!(
+        reason.contains("`w`") && reason.contains("dtype"),
+        "{reason}"
+    );
 }
 
 /// A config claiming `n_embd` 64 over the 32-wide tiny weights.
@@ -257,10 +261,15 @@ fn config_weight_shape_mismatch() {
         .unwrap()
         .replace("\"n_embd\": 32", "\"n_embd\": 64");
     s.write("config.json", cfg.as_bytes());
-    let err = load_dir(&s.0, "mismatch", &device()).err().expect("must fail");
+    let err = load_dir(&s.0, "mismatch", &device())
+        .err()
+        .expect("must fail");
     let msg = err.to_string();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{msg}");
-    assert!(msg.contains("shape mismatch for weight") && msg.contains("64"), "{msg}");
+    assert!(
+        msg.contains("shape mismatch for weight") && msg.contains("64"),
+        "{msg}"
+    );
     // Llama: hidden_size 64 over 32-wide weights.
     let s = Scratch::model("mismatch-llama", "tiny-llama");
     let cfg = std::fs::read_to_string(s.0.join("config.json"))

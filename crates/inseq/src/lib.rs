@@ -20,6 +20,7 @@
 
 mod attribute;
 mod device;
+pub mod dataset;
 pub mod parity;
 
 pub use attribute::{

@@ -1,19 +1,15 @@
 //! The `inseq` command-line tool.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use inseq::{
-    AttributeOptions, GenerationOptions, MethodArgs, MethodRegistry, StepArgs, StepRegistry,
-};
+use inseq::dataset::{DatasetJob, OnError, OutputStore, Shard, SplitSpec};
+use inseq::{AttributeOptions, AttributionModel, GenerationOptions, MethodArgs, MethodRegistry, StepArgs, StepRegistry};
 
 #[derive(Parser)]
-#[command(
-    name = "inseq",
-    version,
-    about = "Attribute the generations of Transformer language models to their inputs"
-)]
+#[command(name = "inseq", version, about = "Attribute the generations of Transformer language models to their inputs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,14 +19,19 @@ struct Cli {
 enum Command {
     /// Attribute a model's generation (or a forced target) for one or more inputs.
     Attribute(Box<AttributeArgs>),
+    /// Attribute every row of a dataset (JSONL, CSV, Parquet or a Hugging Face dataset id).
+    AttributeDataset(Box<DatasetArgs>),
+    /// Merge the outputs of several `attribute-dataset` runs (e.g. shards) into one.
+    Merge(MergeArgs),
     /// List the attribution method ids.
     ListMethods,
     /// List the step function ids.
     ListStepFunctions,
 }
 
+/// Which model and method.
 #[derive(clap::Args)]
-struct AttributeArgs {
+struct ModelArgs {
     /// Model directory, .gguf file, alias (smollm2) or Hugging Face id.
     #[arg(long)]
     model: String,
@@ -40,12 +41,22 @@ struct AttributeArgs {
     /// Method arguments, e.g. `n_steps=16,internal_batch_size=8`.
     #[arg(long, default_value = "")]
     method_args: String,
-    /// Input text (repeat for a batch).
-    #[arg(long, required = true)]
-    input: Vec<String>,
-    /// Forced target text, one per input (decoder-only: must start with the input).
-    #[arg(long)]
-    target: Vec<String>,
+    /// Device: cpu, ndarray, wgpu, cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<AttributionModel> {
+        let device = inseq::parse_device(&self.device)?;
+        inseq::load_model(&self.model, &self.method, MethodArgs::parse(&self.method_args)?, &device)
+            .with_context(|| format!("loading `{}` with method `{}`", self.model, self.method))
+    }
+}
+
+/// How each sequence is attributed.
+#[derive(clap::Args)]
+struct RunArgs {
     /// Tokens to generate when no target is given.
     #[arg(long, default_value_t = 10)]
     max_new_tokens: usize,
@@ -67,6 +78,51 @@ struct AttributeArgs {
     /// Encoder-decoder models: also attribute the target prefix.
     #[arg(long)]
     attribute_target: bool,
+    /// First target position to attribute.
+    #[arg(long)]
+    attr_pos_start: Option<usize>,
+    /// One past the last target position to attribute.
+    #[arg(long)]
+    attr_pos_end: Option<usize>,
+    /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding scale).
+    #[arg(long)]
+    inseq_compat: bool,
+}
+
+impl RunArgs {
+    fn options(&self) -> Result<AttributeOptions> {
+        Ok(AttributeOptions {
+            generation: GenerationOptions {
+                max_new_tokens: self.max_new_tokens,
+                min_new_tokens: self.min_new_tokens,
+                forced_eos_token_id: None,
+            },
+            attr_pos_start: self.attr_pos_start,
+            attr_pos_end: self.attr_pos_end,
+            step_scores: self.step_scores.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            step_scores_args: StepArgs::parse(&self.step_scores_args)?,
+            attributed_fn: self.attributed_fn.clone(),
+            attributed_fn_args: StepArgs::parse(&self.attributed_fn_args)?,
+            attribute_target: self.attribute_target,
+            show_progress: std::io::stderr().is_terminal(),
+            inseq_compat: self.inseq_compat,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct AttributeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Input text (repeat for a batch).
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Forced target text, one per input (decoder-only: must start with the input).
+    #[arg(long)]
+    target: Vec<String>,
     /// Contrastive target, one per input (decoder-only: the full contrastive text, prompt included).
     #[arg(long)]
     contrast_target: Vec<String>,
@@ -76,36 +132,69 @@ struct AttributeArgs {
     /// Alignment of target to contrastive positions: `auto`, `right` (default) or pairs `5-5,6-7`; one per input.
     #[arg(long)]
     contrast_alignments: Vec<String>,
-    /// First target position to attribute.
-    #[arg(long)]
-    attr_pos_start: Option<usize>,
-    /// One past the last target position to attribute.
-    #[arg(long)]
-    attr_pos_end: Option<usize>,
     /// Save the raw (not aggregated) result as JSON (this project's schema).
     #[arg(long)]
-    save: Option<std::path::PathBuf>,
+    save: Option<PathBuf>,
     /// Save the raw result in Python Inseq's file format (`FeatureAttributionOutput.load` reads it).
     #[arg(long)]
-    save_inseq: Option<std::path::PathBuf>,
+    save_inseq: Option<PathBuf>,
     /// Extra visualisations: `html:PATH` (self-contained page) or `svg:PATH` (one file per sequence).
     #[arg(long)]
     viz: Vec<String>,
     /// Aggregation pipeline for display instead of Inseq's default, e.g. `subwords:sum,vnorm`.
     #[arg(long)]
     aggregation: Option<String>,
-    /// Device: cpu, ndarray, wgpu, cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
     /// Never use colours.
     #[arg(long)]
     no_color: bool,
     /// Do not print the heatmap.
     #[arg(long)]
     quiet: bool,
-    /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding scale).
+}
+
+#[derive(clap::Args)]
+struct DatasetArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// A .jsonl, .csv or .parquet file, a directory of them, or a Hugging Face dataset id.
     #[arg(long)]
-    inseq_compat: bool,
+    data: String,
+    /// Field holding the input text.
+    #[arg(long, default_value = "text")]
+    input_field: String,
+    /// Field holding a forced target (otherwise the model generates).
+    #[arg(long)]
+    target_field: Option<String>,
+    /// Split and slice, e.g. `train`, `train[:20]`, `test[100:200]`.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Rows attributed together.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Output: a directory (one JSON per row) or a `.jsonl` file. Rows already there are skipped.
+    #[arg(long)]
+    save: PathBuf,
+    /// Also write one HTML page with every stored row.
+    #[arg(long)]
+    viz_path: Option<PathBuf>,
+    /// Process only shard I of N (rows whose number is I modulo N); merge shards with `inseq merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// What to do with a row that cannot be attributed: `skip` (report it) or `fail`.
+    #[arg(long, default_value = "skip")]
+    on_error: String,
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// Outputs of `attribute-dataset` runs (directories or .jsonl files).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Merged output (a directory or a .jsonl file).
+    #[arg(long)]
+    output: PathBuf,
 }
 
 fn main() {
@@ -119,7 +208,7 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::ListMethods => {
             for (id, desc) in MethodRegistry::with_defaults().describe() {
-                println!("{id:<28} {desc}");
+                println!("{id:<34} {desc}");
             }
             Ok(())
         }
@@ -130,6 +219,13 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Attribute(a) => attribute(*a),
+        Command::AttributeDataset(a) => attribute_dataset(*a),
+        Command::Merge(m) => {
+            let inputs: Vec<OutputStore> = m.inputs.iter().map(|p| OutputStore::from_path(p)).collect();
+            let n = inseq::dataset::merge(&inputs, &OutputStore::from_path(&m.output))?;
+            eprintln!("merged {n} rows into {}", m.output.display());
+            Ok(())
+        }
     }
 }
 
@@ -138,60 +234,24 @@ fn numbered(path: &str, i: usize) -> String {
     let p = std::path::Path::new(path);
     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
     let ext = p.extension().and_then(|s| s.to_str()).unwrap_or("svg");
-    p.with_file_name(format!("{stem}-{}.{ext}", i + 1))
-        .to_string_lossy()
-        .into_owned()
+    p.with_file_name(format!("{stem}-{}.{ext}", i + 1)).to_string_lossy().into_owned()
 }
 
 fn attribute(a: AttributeArgs) -> Result<()> {
     if !a.target.is_empty() && a.target.len() != a.input.len() {
-        bail!(
-            "got {} --target for {} --input: give one target per input",
-            a.target.len(),
-            a.input.len()
-        );
+        bail!("got {} --target for {} --input: give one target per input", a.target.len(), a.input.len());
     }
-    let device = inseq::parse_device(&a.device)?;
-    let model = inseq::load_model(
-        &a.model,
-        &a.method,
-        MethodArgs::parse(&a.method_args)?,
-        &device,
-    )
-    .with_context(|| format!("loading `{}` with method `{}`", a.model, a.method))?;
+    let model = a.model.load()?;
     let opts = AttributeOptions {
         targets: (!a.target.is_empty()).then(|| a.target.clone()),
-        generation: GenerationOptions {
-            max_new_tokens: a.max_new_tokens,
-            min_new_tokens: a.min_new_tokens,
-            forced_eos_token_id: None,
-        },
-        attr_pos_start: a.attr_pos_start,
-        attr_pos_end: a.attr_pos_end,
-        step_scores: a
-            .step_scores
-            .iter()
-            .filter(|s| !s.is_empty())
-            .cloned()
-            .collect(),
-        step_scores_args: StepArgs::parse(&a.step_scores_args)?,
-        attributed_fn: a.attributed_fn.clone(),
-        attributed_fn_args: StepArgs::parse(&a.attributed_fn_args)?,
-        attribute_target: a.attribute_target,
         contrast_targets: (!a.contrast_target.is_empty()).then(|| a.contrast_target.clone()),
         contrast_sources: (!a.contrast_source.is_empty()).then(|| a.contrast_source.clone()),
         contrast_alignments: if a.contrast_alignments.is_empty() {
             None
         } else {
-            Some(
-                a.contrast_alignments
-                    .iter()
-                    .map(|s| s.parse())
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
+            Some(a.contrast_alignments.iter().map(|s| s.parse()).collect::<Result<Vec<_>, _>>()?)
         },
-        show_progress: std::io::stderr().is_terminal(),
-        inseq_compat: a.inseq_compat,
+        ..a.run.options()?
     };
     let inputs: Vec<&str> = a.input.iter().map(String::as_str).collect();
     let out = model.attribute(&inputs, &opts)?;
@@ -228,13 +288,8 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         eprintln!("wrote {path}");
     }
     if !a.quiet {
-        let color = !a.no_color
-            && std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none();
-        let width = std::env::var("COLUMNS")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(120);
+        let color = !a.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120);
         for seq in &shown.sequence_attributions {
             let opts = inseq::viz::TerminalOptions {
                 color,
@@ -243,6 +298,52 @@ fn attribute(a: AttributeArgs) -> Result<()> {
             };
             println!("{}", inseq::viz::render_terminal(seq, &opts));
         }
+    }
+    Ok(())
+}
+
+fn attribute_dataset(a: DatasetArgs) -> Result<()> {
+    let split: SplitSpec = a.split.parse()?;
+    let job = DatasetJob {
+        store: OutputStore::from_path(&a.save),
+        shard: a.shard.as_deref().map(str::parse::<Shard>).transpose()?,
+        batch_size: a.batch_size,
+        on_error: a.on_error.parse::<OnError>()?,
+    };
+    let rows = inseq::dataset::read_rows(&a.data, &split, &a.input_field, a.target_field.as_deref())?;
+    let model = a.model.load()?;
+    let opts = AttributeOptions {
+        show_progress: false,
+        ..a.run.options()?
+    };
+    let total = rows.iter().filter(|r| job.shard.is_none_or(|s| s.contains(r.index))).count();
+    let bar = std::io::stderr().is_terminal().then(|| indicatif::ProgressBar::new(total as u64));
+    let report = inseq::dataset::attribute_dataset(&model, &rows, &opts, &job, |n| {
+        if let Some(b) = &bar {
+            b.inc(n as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (row, reason) in &report.failed {
+        eprintln!("row {row}: skipped: {reason}");
+    }
+    eprintln!(
+        "{} rows attributed, {} already done, {} skipped -> {}",
+        report.attributed,
+        report.resumed,
+        report.failed.len(),
+        a.save.display()
+    );
+    if let Some(path) = &a.viz_path {
+        let stored = job.store.read_all()?;
+        let mut seqs = Vec::with_capacity(stored.len());
+        for (_, out) in &stored {
+            seqs.extend(inseq::aggregate(out)?.sequence_attributions);
+        }
+        inseq::viz::save_html(path, &seqs)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

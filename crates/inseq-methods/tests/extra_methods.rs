@@ -1,0 +1,501 @@
+//! Defining properties of gradient_shap, lime, value_zeroing, attention_rollout and attnlrp.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use inseq_core::Error;
+use inseq_methods::{
+    AttributedFn, AttributionMethod, MethodArgs, MethodContext, MethodRegistry, StepInput,
+};
+use inseq_models::{
+    ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, Pretrained,
+    ids_tensor, load_pretrained,
+};
+use inseq_steps::{StepArgs, StepRegistry};
+
+const MODELS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/models"
+);
+
+fn load(name: &str) -> Pretrained {
+    load_pretrained(&format!("{MODELS}/{name}"), &Device::flex()).unwrap()
+}
+
+fn step_fn(id: &str) -> AttributedFn {
+    AttributedFn {
+        function: StepRegistry::with_defaults().get(id).unwrap(),
+        args: StepArgs::default(),
+    }
+}
+
+fn ctx<'a>(
+    model: &'a dyn LanguageModel,
+    f: &'a AttributedFn,
+    baseline: usize,
+    attribute_target: bool,
+) -> MethodContext<'a> {
+    MethodContext {
+        model,
+        attributed_fn: f,
+        attribute_target,
+        baseline_token_id: baseline,
+        eos_token_id: model.info().eos_token_id,
+        inseq_compat: false,
+    }
+}
+
+/// A decoder-only step batch from prefixes (left-padded with 0) and next tokens.
+fn step(prefixes: &[Vec<usize>], targets: &[usize]) -> StepInput {
+    let w = prefixes.iter().map(Vec::len).max().unwrap();
+    StepInput {
+        source_ids: None,
+        source_mask: None,
+        prefix_ids: prefixes
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(0, w - p.len())
+                    .chain(p.iter().copied())
+                    .collect()
+            })
+            .collect(),
+        prefix_mask: prefixes
+            .iter()
+            .map(|p| (0..w).map(|j| j >= w - p.len()).collect())
+            .collect(),
+        target_ids: targets.to_vec(),
+        contrast: None,
+    }
+}
+
+fn seq2seq_step() -> StepInput {
+    StepInput {
+        source_ids: Some(vec![vec![0, 100, 200, 300, 2], vec![0, 150, 2, 1, 1]]),
+        source_mask: Some(vec![vec![true; 5], vec![true, true, true, false, false]]),
+        prefix_ids: vec![vec![2, 0], vec![2, 0]],
+        prefix_mask: vec![vec![true; 2]; 2],
+        target_ids: vec![50, 60],
+        contrast: None,
+    }
+}
+
+fn host(t: &Tensor<3>) -> (Vec<f32>, [usize; 3]) {
+    (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
+}
+
+fn method(id: &str, args: &str) -> Box<dyn AttributionMethod> {
+    MethodRegistry::with_defaults()
+        .create(id, MethodArgs::parse(args).unwrap())
+        .unwrap()
+}
+
+const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
+const SHORT: [usize; 3] = [311, 389, 295];
+
+/// Batched results equal per-row results on the real (unpadded) positions.
+fn assert_batch_consistent(model: &str, id: &str, args: &str) {
+    let p = load(model);
+    let f = step_fn("probability");
+    let c = ctx(p.model.as_ref(), &f, 1, false);
+    let m = method(id, args);
+    let both = m
+        .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
+        .unwrap();
+    let long = m
+        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
+        .unwrap();
+    let short = m
+        .attribute_step(&c, &step(&[SHORT.to_vec()], &[287]))
+        .unwrap();
+    let (b, [_, len, h]) = host(both.target.as_ref().unwrap());
+    let (l, _) = host(long.target.as_ref().unwrap());
+    let (s, _) = host(short.target.as_ref().unwrap());
+    assert!(
+        b.iter().all(|x| x.is_finite()),
+        "{id} on {model}: non-finite scores"
+    );
+    let scale = l
+        .iter()
+        .chain(&s)
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-12);
+    for (i, x) in l.iter().enumerate() {
+        assert!(
+            (b[i] - x).abs() <= 2e-3 * scale,
+            "{id} on {model}: row 0 differs at {i}: {} vs {x}",
+            b[i]
+        );
+    }
+    let pad = len - SHORT.len();
+    for (i, x) in s.iter().enumerate() {
+        let y = b[len * h + pad * h + i];
+        assert!(
+            (y - x).abs() <= 2e-3 * scale,
+            "{id} on {model}: row 1 differs at {i}: {y} vs {x}"
+        );
+    }
+    for i in 0..pad * h {
+        assert_eq!(b[len * h + i], 0.0, "{id} on {model}: padding scored");
+    }
+}
+
+#[test]
+fn gradient_shap_converges_to_integrated_gradients_and_is_seeded() {
+    let p = load("tiny-gpt2");
+    let f = step_fn("probability");
+    let c = ctx(p.model.as_ref(), &f, 1, false);
+    let st = step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]);
+    let ig = method("integrated_gradients", "n_steps=64")
+        .attribute_step(&c, &st)
+        .unwrap();
+    let (ig, _) = host(ig.target.as_ref().unwrap());
+    let shap = method("gradient_shap", "n_samples=2000,seed=7")
+        .attribute_step(&c, &st)
+        .unwrap();
+    let (sh, dims) = host(shap.target.as_ref().unwrap());
+    assert_eq!(dims[..2], [2, 5]);
+    let err: f32 = ig
+        .iter()
+        .zip(&sh)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let norm: f32 = ig.iter().map(|a| a * a).sum::<f32>().sqrt();
+    assert!(err <= 0.1 * norm, "relative error {} too large", err / norm);
+
+    let run = |args: &str| {
+        host(
+            method("gradient_shap", args)
+                .attribute_step(&c, &st)
+                .unwrap()
+                .target
+                .as_ref()
+                .unwrap(),
+        )
+        .0
+    };
+    let a = run("seed=3,stdevs=0.01");
+    assert_eq!(a, run("seed=3,stdevs=0.01"));
+    assert_ne!(a, run("seed=4,stdevs=0.01"));
+}
+
+#[test]
+fn gradient_shap_on_encoder_decoder() {
+    let p = load("tiny-bart");
+    let f = step_fn("probability");
+    let st = seq2seq_step();
+    let out = method("gradient_shap", "")
+        .attribute_step(&ctx(p.model.as_ref(), &f, 3, true), &st)
+        .unwrap();
+    let hidden = p.model.info().hidden_size;
+    assert_eq!(out.source.as_ref().unwrap().dims(), [2, 5, hidden]);
+    assert_eq!(out.target.as_ref().unwrap().dims(), [2, 2, hidden]);
+    let out = method("gradient_shap", "")
+        .attribute_step(&ctx(p.model.as_ref(), &f, 3, false), &st)
+        .unwrap();
+    assert!(out.target.is_none());
+    assert!(
+        MethodRegistry::with_defaults()
+            .create("gradient_shap", MethodArgs::parse("n_samples=0").unwrap())
+            .is_err()
+    );
+}
+
+/// A decoder-only "model" whose every logit is `sum_j w_j * e(id_j)` with
+/// one-dimensional embeddings `e(i) = i`: linear in which tokens are kept.
+struct LinearModel {
+    info: ModelInfo,
+    weights: Vec<f32>,
+    device: Device,
+}
+
+impl LinearModel {
+    fn new(weights: Vec<f32>) -> Self {
+        Self {
+            info: ModelInfo {
+                architecture: "linear".into(),
+                hf_class: "Linear".into(),
+                vocab_size: 8,
+                hidden_size: 1,
+                num_layers: 1,
+                num_heads: 1,
+                max_positions: 64,
+                bos_token_id: None,
+                eos_token_id: None,
+                pad_token_id: None,
+                decoder_start_token_id: None,
+            },
+            weights,
+            device: Device::flex(),
+        }
+    }
+}
+
+impl LanguageModel for LinearModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn kind(&self) -> ModelKind {
+        ModelKind::DecoderOnly
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, s] = ids.dims();
+        ids.float().reshape([b, s, 1])
+    }
+    fn forward(&self, input: ModelInput, _options: ForwardOptions) -> ModelOutput {
+        let [_, s, _] = input.target_embeds.dims();
+        let w = Tensor::<3>::from_data(
+            TensorData::new(self.weights[..s].to_vec(), [1, s, 1]),
+            &self.device,
+        );
+        let total = (input.target_embeds * w).sum_dim(1); // [b, 1, 1]
+        ModelOutput {
+            logits: total.repeat_dim(2, self.info.vocab_size),
+            attentions: vec![],
+            cross_attentions: vec![],
+            encoder_attentions: vec![],
+            hidden_states: vec![],
+        }
+    }
+}
+
+#[test]
+fn lime_recovers_a_linear_model_and_is_seeded() {
+    let weights = vec![0.5f32, -1.0, 2.0, 0.25];
+    let model = LinearModel::new(weights.clone());
+    let f = step_fn("logit");
+    // Baseline token 0 has embedding 0: masking token j removes w_j * id_j.
+    let c = ctx(&model, &f, 0, false);
+    let ids = [3usize, 5, 1, 7];
+    let st = step(&[ids.to_vec(), ids[1..].to_vec()], &[2, 2]);
+    let out = method("lime", "n_samples=200,alpha=0.000001")
+        .attribute_step(&c, &st)
+        .unwrap();
+    let (v, dims) = host(out.target.as_ref().unwrap());
+    assert_eq!(dims, [2, 4, 1]);
+    assert_eq!(out.score_dims, Some(vec![]));
+    for j in 0..4 {
+        let want = weights[j] * ids[j] as f32;
+        assert!(
+            (v[j] - want).abs() < 1e-3,
+            "row 0 token {j}: {} vs {want}",
+            v[j]
+        );
+    }
+    // Row 1 is left-padded by one: its tokens sit at positions 1..4 with weights 1..4.
+    assert_eq!(v[4], 0.0);
+    for j in 1..4 {
+        let want = weights[j] * ids[j] as f32;
+        assert!(
+            (v[4 + j] - want).abs() < 1e-3,
+            "row 1 token {j}: {} vs {want}",
+            v[4 + j]
+        );
+    }
+    let run = |args: &str| {
+        host(
+            method("lime", args)
+                .attribute_step(&c, &st)
+                .unwrap()
+                .target
+                .as_ref()
+                .unwrap(),
+        )
+        .0
+    };
+    // With the default ridge penalty the coefficients shrink, so seeds matter.
+    assert_eq!(run("seed=1,n_samples=20"), run("seed=1,n_samples=20"));
+    assert_ne!(run("seed=1,n_samples=20"), run("seed=2,n_samples=20"));
+}
+
+#[test]
+fn lime_on_real_models() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let p = load(name);
+        let f = step_fn("probability");
+        let out = method("lime", "")
+            .attribute_step(
+                &ctx(p.model.as_ref(), &f, 1, false),
+                &step(&[PREFIX.to_vec()], &[364]),
+            )
+            .unwrap();
+        assert_eq!(out.target.as_ref().unwrap().dims(), [1, 5, 1]);
+    }
+    let p = load("tiny-marian");
+    let f = step_fn("probability");
+    let out = method("lime", "")
+        .attribute_step(&ctx(p.model.as_ref(), &f, 3, true), &seq2seq_step())
+        .unwrap();
+    assert_eq!(out.source.as_ref().unwrap().dims(), [2, 5, 1]);
+    assert_eq!(out.target.as_ref().unwrap().dims(), [2, 2, 1]);
+    let (src, _) = host(out.source.as_ref().unwrap());
+    assert_eq!(&src[8..10], &[0.0, 0.0], "source padding scored");
+}
+
+#[test]
+fn value_zeroing_scores_layers_and_batches() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let p = load(name);
+        let layers = p.model.info().num_layers;
+        let f = step_fn("probability");
+        let out = method("value_zeroing", "")
+            .attribute_step(
+                &ctx(p.model.as_ref(), &f, 1, false),
+                &step(&[PREFIX.to_vec()], &[364]),
+            )
+            .unwrap();
+        assert_eq!(out.score_dims, Some(vec![layers]));
+        let (v, dims) = host(out.target.as_ref().unwrap());
+        assert_eq!(dims, [1, 5, layers]);
+        assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 2.0));
+        assert!(v.iter().any(|x| *x > 0.0), "{name}: all scores zero");
+        assert_batch_consistent(name, "value_zeroing", "");
+        let e = method("value_zeroing", "similarity_metric=euclidean")
+            .attribute_step(
+                &ctx(p.model.as_ref(), &f, 1, false),
+                &step(&[PREFIX.to_vec()], &[364]),
+            )
+            .unwrap();
+        assert_eq!(e.target.unwrap().dims(), [1, 5, layers]);
+    }
+    assert!(
+        MethodRegistry::with_defaults()
+            .create(
+                "value_zeroing",
+                MethodArgs::parse("similarity_metric=l1").unwrap()
+            )
+            .is_err()
+    );
+    let p = load("tiny-bart");
+    let f = step_fn("probability");
+    let err = method("value_zeroing", "")
+        .attribute_step(&ctx(p.model.as_ref(), &f, 3, false), &seq2seq_step())
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn forward_hooks_leave_the_clean_forward_unchanged() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let p = load(name);
+        let m = p.model.as_ref();
+        let ids = vec![PREFIX.to_vec()];
+        let run = |opts: ForwardOptions| {
+            let input = ModelInput {
+                target_embeds: m.embed(ids_tensor(&ids, m.device())),
+                target_mask: vec![vec![true; 5]],
+                source_embeds: None,
+                source_mask: None,
+            };
+            m.forward(input, opts)
+                .logits
+                .try_to_vec_as::<f32>()
+                .unwrap()
+        };
+        let clean = run(ForwardOptions::default());
+        let lrp = run(ForwardOptions {
+            attn_lrp: true,
+            ..Default::default()
+        });
+        for (a, b) in clean.iter().zip(&lrp) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                "{name}: {a} vs {b}"
+            );
+        }
+        // Zeroing a value in the last layer changes the logits; zeroing nothing does not.
+        let none = run(ForwardOptions {
+            zero_value: Some(inseq_models::ValueZeroing {
+                layer: 0,
+                positions: vec![None],
+            }),
+            ..Default::default()
+        });
+        assert_eq!(clean, none);
+        let zeroed = run(ForwardOptions {
+            zero_value: Some(inseq_models::ValueZeroing {
+                layer: m.info().num_layers - 1,
+                positions: vec![Some(0)],
+            }),
+            ..Default::default()
+        });
+        assert_ne!(clean, zeroed);
+    }
+}
+
+#[test]
+fn attention_rollout_rows_are_distributions() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let p = load(name);
+        let f = step_fn("probability");
+        let out = method("attention_rollout", "")
+            .attribute_step(
+                &ctx(p.model.as_ref(), &f, 1, false),
+                &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]),
+            )
+            .unwrap();
+        let (v, dims) = host(out.target.as_ref().unwrap());
+        assert_eq!(dims, [2, 5, 1]);
+        for r in 0..2 {
+            let sum: f32 = v[r * 5..r * 5 + 5].iter().sum();
+            assert!((sum - 1.0).abs() < 1e-4, "{name}: row {r} sums to {sum}");
+        }
+        assert!(v[5] < 1e-6 && v[6] < 1e-6, "{name}: padding scored");
+        assert_batch_consistent(name, "attention_rollout", "");
+    }
+    for name in ["tiny-bart", "tiny-marian"] {
+        let p = load(name);
+        let f = step_fn("probability");
+        let out = method("attention_rollout", "")
+            .attribute_step(&ctx(p.model.as_ref(), &f, 3, true), &seq2seq_step())
+            .unwrap();
+        let (src, dims) = host(out.source.as_ref().unwrap());
+        assert_eq!(dims, [2, 5, 1]);
+        for r in 0..2 {
+            let sum: f32 = src[r * 5..r * 5 + 5].iter().sum();
+            assert!(
+                (sum - 1.0).abs() < 1e-4,
+                "{name}: source row {r} sums to {sum}"
+            );
+        }
+        assert!(
+            src[8] < 1e-6 && src[9] < 1e-6,
+            "{name}: source padding scored"
+        );
+        assert_eq!(out.target.as_ref().unwrap().dims(), [2, 2, 1]);
+    }
+}
+
+#[test]
+fn attnlrp_on_decoder_only_models() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let p = load(name);
+        let f = step_fn("logit");
+        let out = method("attnlrp", "")
+            .attribute_step(
+                &ctx(p.model.as_ref(), &f, 1, false),
+                &step(&[PREFIX.to_vec()], &[364]),
+            )
+            .unwrap();
+        let (v, dims) = host(out.target.as_ref().unwrap());
+        assert_eq!(dims, [1, 5, p.model.info().hidden_size]);
+        assert!(v.iter().all(|x| x.is_finite()));
+        // It differs from plain Gradient x Input (the rules change the backward pass).
+        let gxi = method("input_x_gradient", "")
+            .attribute_step(
+                &ctx(p.model.as_ref(), &f, 1, false),
+                &step(&[PREFIX.to_vec()], &[364]),
+            )
+            .unwrap();
+        let (g, _) = host(gxi.target.as_ref().unwrap());
+        assert!(v.iter().zip(&g).any(|(a, b)| (a - b).abs() > 1e-6));
+        assert_batch_consistent(name, "attnlrp", "");
+    }
+    let p = load("tiny-marian");
+    let f = step_fn("probability");
+    let err = method("attnlrp", "")
+        .attribute_step(&ctx(p.model.as_ref(), &f, 3, false), &seq2seq_step())
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}

@@ -1,0 +1,617 @@
+//! Reliability: every class of bad input gives a clear error (library or CLI),
+//! long inputs stay within a memory bound, and a killed run leaves no partial
+//! output. See `docs/reliability.md` for the list and the measured limits.
+//! Classes already covered by `tests/cli.rs` are not repeated here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::Tensor;
+use inseq::steps::{StepContext, StepFunction};
+use inseq::{AttributeOptions, Error, MethodArgs, StepArgs, load_model};
+
+fn inseq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_inseq"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run inseq")
+}
+
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    // 1: inseq errors; 2: clap usage errors (bad option values)
+    assert!(matches!(out.status.code(), Some(1 | 2)), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr does not mention `{needle}`: {stderr}"
+    );
+}
+
+fn assert_ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "expected success, stderr: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "inseq-rel-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// A copy of a shared fixture model, with `edit` applied to its config.json text.
+    fn model(tag: &str, name: &str, edit: impl Fn(String) -> String) -> Self {
+        let s = Self::new(tag);
+        let src = common::shared().join("models").join(name);
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), s.0.join(f)).unwrap();
+        }
+        let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+        std::fs::write(s.0.join("config.json"), edit(cfg)).unwrap();
+        s
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gpt2() -> String {
+    common::model_dir("tiny-gpt2")
+}
+
+fn device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}
+
+// ------------------------------------------------------------- unknown ids
+
+#[test]
+fn unknown_aggregator_and_attributed_fn() {
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &gpt2(),
+        "--input",
+        "Hello",
+        "--max-new-tokens",
+        "1",
+        "--aggregation",
+        "subwords,words",
+    ]);
+    assert_error(&out, "unknown aggregator `words`; available:");
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &gpt2(),
+        "--input",
+        "Hello",
+        "--attributed-fn",
+        "surprise",
+    ]);
+    assert_error(&out, "unknown step function `surprise`; available:");
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &gpt2(),
+        "--input",
+        "Hello",
+        "--device",
+        "tpu",
+    ]);
+    assert_error(&out, "tpu");
+}
+
+// ------------------------------------------------- argument types and ranges
+
+#[test]
+fn argument_types_and_ranges() {
+    let m = gpt2();
+    let base = ["attribute", "--model", m.as_str(), "--input", "Hello"];
+    let run = |extra: &[&str]| inseq(&[&base[..], extra].concat());
+    assert_error(
+        &run(&[
+            "--method",
+            "integrated_gradients",
+            "--method-args",
+            "n_steps=abc",
+        ]),
+        "invalid argument `n_steps`: cannot parse `abc`",
+    );
+    assert_error(
+        &run(&[
+            "--method",
+            "integrated_gradients",
+            "--method-args",
+            "n_steps=-3",
+        ]),
+        "invalid argument `n_steps`",
+    );
+    assert_error(
+        &run(&[
+            "--method",
+            "integrated_gradients",
+            "--method-args",
+            "n_steps",
+        ]),
+        "`n_steps` is not name=value",
+    );
+    assert_error(
+        &run(&[
+            "--step-scores",
+            "top_p_size",
+            "--step-scores-args",
+            "top_p=-0.5",
+        ]),
+        "invalid argument `top_p`: must be in (0, 1], got -0.5",
+    );
+    assert_error(
+        &run(&[
+            "--step-scores",
+            "top_p_size",
+            "--step-scores-args",
+            "top_p=1.5",
+        ]),
+        "invalid argument `top_p`: must be in (0, 1], got 1.5",
+    );
+    assert_error(
+        &run(&["--step-scores-args", "top_p=lots"]),
+        "invalid argument `top_p`: `lots` is not a number or boolean",
+    );
+    assert_error(
+        &run(&["--max-new-tokens", "0"]),
+        "invalid argument `max_new_tokens`: must be at least 1",
+    );
+    // clap rejects non-numeric and negative integers for its own options
+    assert_error(&run(&["--max-new-tokens", "many"]), "invalid value 'many'");
+    assert_error(
+        &run(&["--max-new-tokens", "-1"]),
+        "unexpected argument '-1'",
+    );
+    assert_error(
+        &run(&["--attr-pos-start", "9", "--max-new-tokens", "1"]),
+        "nothing to attribute: attr_pos_start 9",
+    );
+    assert_error(&run(&["--viz", "png:out.png"]), "unknown kind");
+    assert_error(
+        &run(&["--contrast-alignments", "1:2"]),
+        "invalid argument `contrast alignments`: `1:2` is not `i-j`",
+    );
+    assert_error(
+        &run(&["--target", "Hello there", "--target", "Hello again"]),
+        "got 2 --target for 1 --input",
+    );
+}
+
+// -------------------------------------------- model files: missing, corrupt
+
+#[test]
+fn config_claims_wider_model_than_weights() {
+    let s = Scratch::model("wide", "tiny-gpt2", |c| {
+        c.replace("\"n_embd\": 32", "\"n_embd\": 64")
+    });
+    let out = inseq(&["attribute", "--model", s.path(), "--input", "Hi"]);
+    assert_error(&out, "shape mismatch for weight `transformer.");
+    assert_error(&out, "expected [");
+    let s = Scratch::model("layers", "tiny-llama", |c| {
+        c.replace(
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 1000000000000",
+        )
+    });
+    let out = inseq(&["attribute", "--model", s.path(), "--input", "Hi"]);
+    assert_error(
+        &out,
+        "`num_hidden_layers` is 1000000000000 but the weights hold only",
+    );
+}
+
+#[test]
+fn corrupt_tokenizer_weights_and_gguf() {
+    let s = Scratch::model("tok", "tiny-gpt2", |c| c);
+    let tok = std::fs::read(s.0.join("tokenizer.json")).unwrap();
+    std::fs::write(s.0.join("tokenizer.json"), &tok[..tok.len() / 3]).unwrap();
+    assert_error(
+        &inseq(&["attribute", "--model", s.path(), "--input", "Hi"]),
+        "corrupt or unsupported model file",
+    );
+    // garbage weights
+    let s = Scratch::model("garbage", "tiny-gpt2", |c| c);
+    std::fs::write(s.0.join("model.safetensors"), b"not a safetensors file").unwrap();
+    assert_error(
+        &inseq(&["attribute", "--model", s.path(), "--input", "Hi"]),
+        "model.safetensors",
+    );
+    // truncated and missing GGUF files
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../inseq-models/tests/fixtures/gguf/tiny-llama.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    let s = Scratch::new("gguf");
+    let p = s.0.join("cut.gguf");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(
+        &inseq(&["attribute", "--model", p.to_str().unwrap(), "--input", "Hi"]),
+        "corrupt or unsupported model file",
+    );
+    let p = s.0.join("absent.gguf");
+    assert_error(
+        &inseq(&["attribute", "--model", p.to_str().unwrap(), "--input", "Hi"]),
+        "absent.gguf",
+    );
+    // an empty model name
+    assert_error(
+        &inseq(&["attribute", "--model", " ", "--input", "Hi"]),
+        "empty model name",
+    );
+}
+
+// ---------------------------------------------------------- input texts
+
+#[test]
+fn empty_inputs_and_targets() {
+    assert_error(
+        &inseq(&["attribute", "--model", &gpt2(), "--input", ""]),
+        "invalid input: input text is empty",
+    );
+    assert_error(
+        &inseq(&["attribute", "--model", &gpt2(), "--input", "\n\t "]),
+        "invalid input: input text is empty",
+    );
+    let m = load_model(&gpt2(), "saliency", MethodArgs::default(), &device()).unwrap();
+    let err = m.attribute(&[], &AttributeOptions::default()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid input: no input texts");
+    // Encoder-decoder: an empty target is an empty attribution range.
+    let m = load_model(
+        &common::model_dir("tiny-marian"),
+        "saliency",
+        MethodArgs::default(),
+        &device(),
+    )
+    .unwrap();
+    let opts = AttributeOptions {
+        targets: Some(vec![String::new()]),
+        ..Default::default()
+    };
+    let err = m.attribute(&["Hello"], &opts).unwrap_err().to_string();
+    assert!(err.contains("nothing to attribute"), "{err}");
+}
+
+/// A forced target longer than the context is refused before any work.
+#[test]
+fn target_longer_than_context() {
+    let target = format!("Hello{}", " word".repeat(300));
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &gpt2(),
+        "--input",
+        "Hello",
+        "--target",
+        &target,
+    ]);
+    assert_error(&out, "longer than the model's context of 128 tokens");
+}
+
+/// Targets whose tokens do not line up with the prompt's, or that hold
+/// characters outside the vocabulary: the target is tokenised as a whole and
+/// attribution starts after as many tokens as the prompt has (Inseq's rule);
+/// unknown characters become byte tokens (byte-level BPE) or `<unk>`.
+#[test]
+fn targets_that_do_not_round_trip() {
+    let m = load_model(&gpt2(), "saliency", MethodArgs::default(), &device()).unwrap();
+    let tok = m.tokenizer();
+    // "Hello lad" + "ies": the prompt's last token is not a prefix token of the target.
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies".into()]),
+        ..Default::default()
+    };
+    let out = m.attribute(&["Hello lad"], &opts).unwrap();
+    let seq = &out.sequence_attributions[0];
+    let prompt_len = tok.encode("Hello lad", true).unwrap().len();
+    let target_ids = tok.encode("Hello ladies", true).unwrap();
+    assert_eq!(seq.attr_pos_start, prompt_len);
+    assert_eq!(seq.target.len(), target_ids.len());
+    // Characters outside the 400-token vocabulary: byte-level pieces, decoded back exactly.
+    let text = "Hello ☃ 日本";
+    let ids = tok.encode(text, true).unwrap();
+    assert_eq!(tok.decode(&ids, true).unwrap(), text);
+    let opts = AttributeOptions {
+        targets: Some(vec![text.into()]),
+        ..Default::default()
+    };
+    let out = m.attribute(&["Hello"], &opts).unwrap();
+    assert_eq!(out.sequence_attributions[0].target.len(), ids.len());
+    // The Marian fixture's tokenizer is byte-level too: the snowmen become byte pieces.
+    let m = load_model(
+        &common::model_dir("tiny-marian"),
+        "saliency",
+        MethodArgs::default(),
+        &device(),
+    )
+    .unwrap();
+    let opts = AttributeOptions {
+        targets: Some(vec!["☃☃".into()]),
+        ..Default::default()
+    };
+    let out = m.attribute(&["Hello"], &opts).unwrap();
+    assert!(out.sequence_attributions[0].n_steps() >= 2);
+}
+
+/// Contrastive targets of a different length and no alignment: Inseq's default
+/// right alignment (both sequences matched from their ends).
+#[test]
+fn contrast_of_different_length_is_right_aligned() {
+    let m = load_model(&gpt2(), "saliency", MethodArgs::default(), &device()).unwrap();
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies and gentlemen".into()]),
+        contrast_targets: Some(vec!["Hello ladies and dear gentlemen and friends".into()]),
+        attributed_fn: "contrast_prob_diff".into(),
+        step_scores: vec!["contrast_prob".into()],
+        ..Default::default()
+    };
+    let out = m.attribute(&["Hello ladies"], &opts).unwrap();
+    let seq = &out.sequence_attributions[0];
+    assert!(seq.n_steps() >= 1);
+    // The last target token is compared with the last contrastive token (`friends`).
+    let last = &seq.target[seq.attr_pos_end - 1];
+    assert_eq!(last.id, -1, "{last:?}");
+    assert!(last.token.contains('→'), "{last:?}");
+    assert!(
+        seq.step_scores["contrast_prob"]
+            .iter()
+            .all(|v| v.is_finite())
+    );
+    // A contrast too short to give every attributed position a prefix is an error.
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies and gentlemen and friends".into()]),
+        contrast_targets: Some(vec!["Hi".into()]),
+        attributed_fn: "contrast_prob_diff".into(),
+        ..Default::default()
+    };
+    let err = m.attribute(&["Hello"], &opts).unwrap_err().to_string();
+    assert!(err.contains("has no prefix to condition on"), "{err}");
+}
+
+// ------------------------------------------------------------- numerics
+
+/// A step function that returns NaN for every row.
+struct NanScore;
+
+impl StepFunction for NanScore {
+    fn id(&self) -> &str {
+        "nan_score"
+    }
+    fn description(&self) -> &str {
+        "Always NaN."
+    }
+    fn compute(&self, ctx: &StepContext, _args: &StepArgs) -> inseq::Result<Tensor<1>> {
+        let [b, _] = ctx.logits.dims();
+        Ok(ctx
+            .logits
+            .clone()
+            .sum_dim(1)
+            .reshape([b])
+            .mul_scalar(f32::NAN))
+    }
+}
+
+#[test]
+fn non_finite_step_scores_are_reported() {
+    let mut m = load_model(&gpt2(), "saliency", MethodArgs::default(), &device()).unwrap();
+    m.step_registry_mut().register(NanScore);
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies".into()]),
+        step_scores: vec!["nan_score".into()],
+        ..Default::default()
+    };
+    let err = m.attribute(&["Hello"], &opts).unwrap_err();
+    assert!(matches!(err, Error::Numerical(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("numerical error: step score `nan_score` of input 0 is not finite"),
+        "{err}"
+    );
+}
+
+// --------------------------------------------------------- long inputs
+
+/// The ~1,000-token prompt: tiny-llama copied with a 2,048-position context
+/// (RoPE has no position table, so only the config limit changes).
+fn long_context_llama() -> Scratch {
+    Scratch::model("long", "tiny-llama", |c| {
+        c.replace(
+            "\"max_position_embeddings\": 128",
+            "\"max_position_embeddings\": 2048",
+        )
+    })
+}
+
+fn long_prompt() -> String {
+    // "word" and " " are single tokens of the fixture tokenizer: ~2 tokens per repetition.
+    let s = "The cat sat on the mat. ".repeat(90);
+    s.trim_end().to_string()
+}
+
+/// Peak RSS bound for the long-input run (measured: see docs/reliability.md).
+const LONG_INPUT_RSS_LIMIT_MB: u64 = 1024;
+
+#[test]
+fn long_input_integrated_gradients_has_bounded_memory() {
+    let dir = long_context_llama();
+    let prompt = long_prompt();
+    {
+        let m = load_model(dir.path(), "saliency", MethodArgs::default(), &device()).unwrap();
+        let n = m.tokenizer().encode(&prompt, true).unwrap().len();
+        assert!((900..=1200).contains(&n), "prompt has {n} tokens");
+    }
+    let t0 = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_inseq"))
+        .args([
+            "attribute",
+            "--model",
+            dir.path(),
+            "--method",
+            "integrated_gradients",
+            "--method-args",
+            "n_steps=16,internal_batch_size=4",
+            "--input",
+            &prompt,
+            "--max-new-tokens",
+            "1",
+            "--quiet",
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .output();
+    let Ok(out) = out else {
+        eprintln!("note: /usr/bin/time not available; skipping the RSS measurement");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let kb: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("time -v reports the peak RSS");
+    eprintln!(
+        "long input: peak RSS {} MB, {:.1} s",
+        kb / 1024,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        kb / 1024 < LONG_INPUT_RSS_LIMIT_MB,
+        "peak RSS {} MB over {LONG_INPUT_RSS_LIMIT_MB} MB",
+        kb / 1024
+    );
+}
+
+/// SIGKILL in the middle of a long run leaves neither the `--save` target nor a
+/// stray temporary file (outputs are written to a temp file and renamed).
+#[test]
+fn killed_run_leaves_no_partial_output() {
+    let dir = long_context_llama();
+    let out_dir = Scratch::new("kill");
+    let save = out_dir.0.join("out.json");
+    let save_inseq = out_dir.0.join("out.inseq.json");
+    let prompt = long_prompt();
+    for delay_ms in [300u64, 1500] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inseq"))
+            .args([
+                "attribute",
+                "--model",
+                dir.path(),
+                "--method",
+                "integrated_gradients",
+                "--method-args",
+                "n_steps=64,internal_batch_size=8",
+                "--input",
+                &prompt,
+                "--max-new-tokens",
+                "4",
+                "--quiet",
+                "--save",
+                save.to_str().unwrap(),
+                "--save-inseq",
+                save_inseq.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let left: Vec<String> = std::fs::read_dir(&out_dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if finished {
+            // The run beat the kill: both files are complete.
+            assert!(inseq::AttributionOutput::load(&save).is_ok());
+            continue;
+        }
+        assert!(
+            left.iter().all(|n| !n.ends_with(".tmp")),
+            "stray temp file: {left:?}"
+        );
+        for name in &left {
+            // Whatever was renamed into place is complete.
+            let p = out_dir.0.join(name);
+            if name == "out.json" {
+                inseq::AttributionOutput::load(&p).unwrap();
+            } else {
+                inseq::AttributionOutput::load_inseq(&p).unwrap();
+            }
+        }
+        assert!(left.is_empty(), "killed run left {left:?}");
+    }
+}
+
+/// Progress is reported on a terminal: run the CLI under `script` (a pty)
+/// and look for the indicatif bar.
+#[test]
+fn progress_bar_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("note: no /usr/bin/script; skipping");
+        return;
+    }
+    let cmd = format!(
+        "{} attribute --model {} --input Hello --max-new-tokens 3 --quiet",
+        env!("CARGO_BIN_EXE_inseq"),
+        gpt2()
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("attributing"), "no progress bar: {text}");
+    // Without a terminal, no bar is drawn.
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &gpt2(),
+        "--input",
+        "Hello",
+        "--max-new-tokens",
+        "3",
+        "--quiet",
+    ]);
+    assert_ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("attributing"));
+}
