@@ -473,9 +473,26 @@ impl AttributionModel {
         }))
     }
 
+    /// Like [`AttributionModel::attribute`] with another registered method (e.g. `dummy` for step scores only).
+    pub fn attribute_with(&self, method: &str, inputs: &[&str], opts: &AttributeOptions) -> Result<AttributionOutput> {
+        let m = MethodRegistry::with_defaults().create(method, MethodArgs::default())?;
+        self.attribute_using(m.as_ref(), method, &MethodArgs::default(), inputs, opts)
+    }
+
     /// Attributes each input's generation (or forced target) and returns raw
     /// (not aggregated) attributions; call [`crate::aggregate`] for Inseq's default view.
     pub fn attribute(&self, inputs: &[&str], opts: &AttributeOptions) -> Result<AttributionOutput> {
+        self.attribute_using(self.method.as_ref(), &self.method_id, &self.method_args, inputs, opts)
+    }
+
+    fn attribute_using(
+        &self,
+        method: &dyn AttributionMethod,
+        method_id: &str,
+        method_args: &MethodArgs,
+        inputs: &[&str],
+        opts: &AttributeOptions,
+    ) -> Result<AttributionOutput> {
         let t0 = Instant::now();
         if inputs.is_empty() {
             return Err(Error::InvalidInput("no input texts".into()));
@@ -553,7 +570,7 @@ impl AttributionModel {
                 s,
                 self.model().info().pad_token_id.unwrap_or(0),
             );
-            let out = self.method.attribute_step(&ctx, &step)?;
+            let out = method.attribute_step(&ctx, &step)?;
             if out.score_dims.is_some() {
                 score_dims.clone_from(&out.score_dims);
             }
@@ -660,8 +677,8 @@ impl AttributionModel {
         let info_json = serde_json::json!({
             "model_name": self.pretrained.name,
             "model_class": self.model().info().hf_class,
-            "attribution_method": self.method_id,
-            "attribution_args": self.method_args.to_json(),
+            "attribution_method": method_id,
+            "attribution_args": method_args.to_json(),
             "attributed_fn": opts.attributed_fn,
             "attributed_fn_args": opts.attributed_fn_args.0,
             "step_scores": opts.step_scores,

@@ -20,6 +20,7 @@
 
 mod attribute;
 mod device;
+pub mod context;
 pub mod dataset;
 pub mod parity;
 

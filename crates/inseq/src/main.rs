@@ -21,6 +21,8 @@ enum Command {
     Attribute(Box<AttributeArgs>),
     /// Attribute every row of a dataset (JSONL, CSV, Parquet or a Hugging Face dataset id).
     AttributeDataset(Box<DatasetArgs>),
+    /// Find which output tokens depend on an input context and which context tokens they rely on (PECoRe).
+    AttributeContext(Box<ContextCliArgs>),
     /// Merge the outputs of several `attribute-dataset` runs (e.g. shards) into one.
     Merge(MergeArgs),
     /// List the attribution method ids.
@@ -188,6 +190,51 @@ struct DatasetArgs {
 }
 
 #[derive(clap::Args)]
+struct ContextCliArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The context preceding the current input.
+    #[arg(long)]
+    input_context_text: String,
+    /// The current input.
+    #[arg(long)]
+    input_current_text: String,
+    /// The output to explain (generated when absent).
+    #[arg(long)]
+    output_current_text: Option<String>,
+    /// Template joining context and current input.
+    #[arg(long, default_value = "{context} {current}")]
+    input_template: String,
+    /// Contrastive metric for context-sensitive token identification.
+    #[arg(long, default_value = "kl_divergence")]
+    context_sensitivity_metric: String,
+    /// k in the CTI threshold mean + k·std.
+    #[arg(long, default_value_t = 1.0)]
+    context_sensitivity_std_threshold: f64,
+    /// Keep at most this many context-sensitive tokens.
+    #[arg(long)]
+    context_sensitivity_topk: Option<usize>,
+    /// Function attributed for contextual cue imputation (e.g. contrast_prob_diff).
+    #[arg(long, default_value = "probability")]
+    attributed_fn: String,
+    /// k in the CCI threshold mean + k·std.
+    #[arg(long, default_value_t = 1.0)]
+    attribution_std_threshold: f64,
+    /// Keep at most this many cues per token.
+    #[arg(long)]
+    attribution_topk: Option<usize>,
+    /// Tokens to generate when no output is given.
+    #[arg(long, default_value_t = 10)]
+    max_new_tokens: usize,
+    /// Save the result as JSON.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write an HTML report.
+    #[arg(long)]
+    viz_path: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct MergeArgs {
     /// Outputs of `attribute-dataset` runs (directories or .jsonl files).
     #[arg(required = true)]
@@ -220,6 +267,7 @@ fn run() -> Result<()> {
         }
         Command::Attribute(a) => attribute(*a),
         Command::AttributeDataset(a) => attribute_dataset(*a),
+        Command::AttributeContext(a) => attribute_context(*a),
         Command::Merge(m) => {
             let inputs: Vec<OutputStore> = m.inputs.iter().map(|p| OutputStore::from_path(p)).collect();
             let n = inseq::dataset::merge(&inputs, &OutputStore::from_path(&m.output))?;
@@ -343,6 +391,37 @@ fn attribute_dataset(a: DatasetArgs) -> Result<()> {
             seqs.extend(inseq::aggregate(out)?.sequence_attributions);
         }
         inseq::viz::save_html(path, &seqs)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn attribute_context(a: ContextCliArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let args = inseq::context::ContextArgs {
+        input_context_text: a.input_context_text,
+        input_current_text: a.input_current_text,
+        output_current_text: a.output_current_text,
+        input_template: a.input_template,
+        context_sensitivity_metric: a.context_sensitivity_metric,
+        context_sensitivity_std_threshold: a.context_sensitivity_std_threshold,
+        context_sensitivity_topk: a.context_sensitivity_topk,
+        attributed_fn: a.attributed_fn,
+        attribution_std_threshold: a.attribution_std_threshold,
+        attribution_topk: a.attribution_topk,
+        generation: GenerationOptions {
+            max_new_tokens: a.max_new_tokens,
+            ..Default::default()
+        },
+    };
+    let out = inseq::context::attribute_context(&model, &args)?;
+    println!("{}", out.render_text());
+    if let Some(path) = &a.save {
+        inseq::core::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+        eprintln!("saved {}", path.display());
+    }
+    if let Some(path) = &a.viz_path {
+        inseq::core::write_atomic(path, out.render_html().as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
