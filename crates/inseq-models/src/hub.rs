@@ -122,7 +122,9 @@ pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
 #[cfg(feature = "hub")]
 pub fn dataset_dir(dataset_id: &str, split: &str) -> Result<PathBuf> {
     let cache = cache();
-    let folder = cache.path().join(format!("datasets--{}", dataset_id.replace('/', "--")));
+    let folder = cache
+        .path()
+        .join(format!("datasets--{}", dataset_id.replace('/', "--")));
     let cached = std::fs::read_to_string(folder.join("refs").join("main"))
         .ok()
         .map(|rev| folder.join("snapshots").join(rev.trim()))
@@ -136,18 +138,29 @@ pub fn dataset_dir(dataset_id: &str, split: &str) -> Result<PathBuf> {
             cache.path().display()
         )));
     }
-    let hub_err = |e: hf_hub::api::sync::ApiError| Error::Hub(format!("dataset `{dataset_id}`: {e}"));
-    let api = hf_hub::api::sync::ApiBuilder::from_env().build().map_err(hub_err)?;
+    let hub_err =
+        |e: hf_hub::api::sync::ApiError| Error::Hub(format!("dataset `{dataset_id}`: {e}"));
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .build()
+        .map_err(hub_err)?;
     let repo = api.dataset(dataset_id.to_string());
     let info = repo.info().map_err(hub_err)?;
     let data: Vec<String> = info
         .siblings
         .iter()
         .map(|s| s.rfilename.clone())
-        .filter(|f| [".parquet", ".jsonl", ".csv"].iter().any(|e| f.ends_with(e)))
+        .filter(|f| {
+            [".parquet", ".jsonl", ".csv"]
+                .iter()
+                .any(|e| f.ends_with(e))
+        })
         .collect();
     let for_split: Vec<&String> = data.iter().filter(|f| f.contains(split)).collect();
-    let chosen: Vec<&String> = if for_split.is_empty() { data.iter().collect() } else { for_split };
+    let chosen: Vec<&String> = if for_split.is_empty() {
+        data.iter().collect()
+    } else {
+        for_split
+    };
     let mut dir = None;
     for f in chosen {
         let local = repo.get(f).map_err(hub_err)?;
@@ -155,7 +168,11 @@ pub fn dataset_dir(dataset_id: &str, split: &str) -> Result<PathBuf> {
         let depth = std::path::Path::new(f).components().count();
         dir = local.ancestors().nth(depth).map(PathBuf::from);
     }
-    dir.ok_or_else(|| Error::Hub(format!("dataset `{dataset_id}` has no Parquet, JSONL or CSV files")))
+    dir.ok_or_else(|| {
+        Error::Hub(format!(
+            "dataset `{dataset_id}` has no Parquet, JSONL or CSV files"
+        ))
+    })
 }
 
 /// Without the `hub` feature only local dataset files can be read.

@@ -67,9 +67,17 @@ fn entropy_crossentropy_perplexity() {
     close(run("crossentropy", &c, "")[0], ce, "crossentropy");
     // batch size 1 works too (Python Inseq 0.7.1 fails there)
     let single = StepContext::new(logits(&[A]), vec![1]);
-    close(run("crossentropy", &single, "")[0], ce, "crossentropy, batch 1");
+    close(
+        run("crossentropy", &single, "")[0],
+        ce,
+        "crossentropy, batch 1",
+    );
     let ppl = run("perplexity", &single, "")[0];
-    assert!((ppl as f64 - ce.exp()).abs() < 1e-4, "perplexity {ppl} vs {}", ce.exp());
+    assert!(
+        (ppl as f64 - ce.exp()).abs() < 1e-4,
+        "perplexity {ppl} vs {}",
+        ce.exp()
+    );
 }
 
 #[test]
@@ -109,12 +117,28 @@ fn contrastive_functions() {
     let c = ctx();
     let (pa, pb) = (softmax(&A), softmax(&B));
     // row 0: target 1 under A; contrast target 0 under B
-    close(run("contrast_logits", &c, "")[0], B[0] as f64, "contrast_logits");
+    close(
+        run("contrast_logits", &c, "")[0],
+        B[0] as f64,
+        "contrast_logits",
+    );
     close(run("contrast_prob", &c, "")[0], pb[0], "contrast_prob");
-    close(run("contrast_prob_diff", &c, "")[0], pa[1] - pb[0], "contrast_prob_diff");
-    close(run("contrast_logits_diff", &c, "")[0], (A[1] - B[0]) as f64, "contrast_logits_diff");
+    close(
+        run("contrast_prob_diff", &c, "")[0],
+        pa[1] - pb[0],
+        "contrast_prob_diff",
+    );
+    close(
+        run("contrast_logits_diff", &c, "")[0],
+        (A[1] - B[0]) as f64,
+        "contrast_logits_diff",
+    );
     close(run("pcxmi", &c, "")[0], -(pa[1] / pb[0]).log2(), "pcxmi");
-    close(run("in_context_pvi", &c, "")[0], -pa[1].ln() + pb[0].ln(), "in_context_pvi");
+    close(
+        run("in_context_pvi", &c, "")[0],
+        -pa[1].ln() + pb[0].ln(),
+        "in_context_pvi",
+    );
     let kl: f64 = (0..4).map(|i| pa[i] * (pa[i].ln() - pb[i].ln())).sum();
     close(run("kl_divergence", &c, "")[0], kl, "kl_divergence");
 }
@@ -124,7 +148,10 @@ fn kl_divergence_with_top_k_and_top_p_is_finite() {
     let c = ctx();
     for args in ["top_k=2", "top_p=0.5", "top_k=1,top_p=0.9"] {
         let v = run("kl_divergence", &c, args);
-        assert!(v.iter().all(|x| x.is_finite() && *x >= -1e-6), "{args}: {v:?}");
+        assert!(
+            v.iter().all(|x| x.is_finite() && *x >= -1e-6),
+            "{args}: {v:?}"
+        );
     }
     // top_k=2 on merged logits A+B = [1, 2, 3.5, 0] keeps tokens 2 and 1
     let keep = [1usize, 2];
@@ -148,6 +175,10 @@ fn contrastive_functions_need_contrast() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("contrastive"), "{err}");
-    let err = StepRegistry::with_defaults().get("nope").err().unwrap().to_string();
+    let err = StepRegistry::with_defaults()
+        .get("nope")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("unknown step function `nope`"), "{err}");
 }

@@ -474,7 +474,12 @@ impl AttributionModel {
     }
 
     /// Like [`AttributionModel::attribute`] with another registered method (e.g. `dummy` for step scores only).
-    pub fn attribute_with(&self, method: &str, inputs: &[&str], opts: &AttributeOptions) -> Result<AttributionOutput> {
+    pub fn attribute_with(
+        &self,
+        method: &str,
+        inputs: &[&str],
+        opts: &AttributeOptions,
+    ) -> Result<AttributionOutput> {
         let m = MethodRegistry::with_defaults().create(method, MethodArgs::default())?;
         self.attribute_using(m.as_ref(), method, &MethodArgs::default(), inputs, opts)
     }
@@ -482,7 +487,13 @@ impl AttributionModel {
     /// Attributes each input's generation (or forced target) and returns raw
     /// (not aggregated) attributions; call [`crate::aggregate`] for Inseq's default view.
     pub fn attribute(&self, inputs: &[&str], opts: &AttributeOptions) -> Result<AttributionOutput> {
-        self.attribute_using(self.method.as_ref(), &self.method_id, &self.method_args, inputs, opts)
+        self.attribute_using(
+            self.method.as_ref(),
+            &self.method_id,
+            &self.method_args,
+            inputs,
+            opts,
+        )
     }
 
     fn attribute_using(
@@ -926,7 +937,10 @@ mod tests {
     #[test]
     fn explicit_pairs_fall_back_to_right_alignment() {
         let pairs = ContrastAlignment::Pairs(vec![(5, 5), (6, 7)]);
-        assert_eq!(align_contrast(&pairs, &[0; 8], &[0; 9], 5, 8), vec![5, 7, 8]);
+        assert_eq!(
+            align_contrast(&pairs, &[0; 8], &[0; 9], 5, 8),
+            vec![5, 7, 8]
+        );
         assert_eq!("5-5, 6-7".parse::<ContrastAlignment>().unwrap(), pairs);
         assert!("5:5".parse::<ContrastAlignment>().is_err());
     }
@@ -936,6 +950,9 @@ mod tests {
         // target:   a b c X d e      contrast: a b c Y Z d e
         let t = [1, 2, 3, 9, 4, 5];
         let c = [1, 2, 3, 7, 8, 4, 5];
-        assert_eq!(align_contrast(&ContrastAlignment::Auto, &t, &c, 3, 6), vec![3, 5, 6]);
+        assert_eq!(
+            align_contrast(&ContrastAlignment::Auto, &t, &c, 3, 6),
+            vec![3, 5, 6]
+        );
     }
 }

@@ -108,13 +108,19 @@ pub fn scores_threshold(scores: &[f32], k: f64) -> f32 {
     if k == 0.0 || scores.len() == 1 {
         return mean as f32;
     }
-    let var = scores.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let var = scores
+        .iter()
+        .map(|&s| (s as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0);
     (mean + k * var.sqrt()) as f32
 }
 
 /// Indices of `scores` with `|score| >= threshold`, by decreasing `|score|`, at most `topk`.
 pub fn rank_above(scores: &[f32], threshold: f32, topk: Option<usize>) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].abs() >= threshold).collect();
+    let mut idx: Vec<usize> = (0..scores.len())
+        .filter(|&i| scores[i].abs() >= threshold)
+        .collect();
     idx.sort_by(|&a, &b| scores[b].abs().total_cmp(&scores[a].abs()));
     if let Some(k) = topk {
         idx.truncate(k);
@@ -124,9 +130,14 @@ pub fn rank_above(scores: &[f32], threshold: f32, topk: Option<usize>) -> Vec<us
 
 fn format_template(template: &str, current: &str, context: &str) -> Result<String> {
     if !template.contains("{current}") || !template.contains("{context}") {
-        return Err(Error::invalid_arg("input_template", "must contain {context} and {current}"));
+        return Err(Error::invalid_arg(
+            "input_template",
+            "must contain {context} and {current}",
+        ));
     }
-    Ok(template.replace("{context}", context).replace("{current}", current))
+    Ok(template
+        .replace("{context}", context)
+        .replace("{current}", current))
 }
 
 /// Runs PECoRe on `model` (decoder-only or encoder-decoder) with an input context.
@@ -139,10 +150,17 @@ pub fn attribute_context(model: &AttributionModel, args: &ContextArgs) -> Result
     }
     let tok = model.tokenizer();
     let kind = model.model().kind();
-    let full_input = format_template(&args.input_template, &args.input_current_text, &args.input_context_text)?;
+    let full_input = format_template(
+        &args.input_template,
+        &args.input_current_text,
+        &args.input_context_text,
+    )?;
     let context_ids = tok.encode(&args.input_context_text, false)?;
     let full_input_ids = tok.encode(&full_input, true)?;
-    let context_positions: Vec<usize> = match full_input_ids.windows(context_ids.len()).position(|w| w == context_ids) {
+    let context_positions: Vec<usize> = match full_input_ids
+        .windows(context_ids.len())
+        .position(|w| w == context_ids)
+    {
         Some(p) => (p..p + context_ids.len()).collect(),
         None => {
             return Err(Error::InvalidInput(
@@ -195,7 +213,11 @@ pub fn attribute_context(model: &AttributionModel, args: &ContextArgs) -> Result
     )?;
     let cti_seq = &cti.sequence_attributions[0];
     let mut cti_scores = cti_seq.step_scores[&args.context_sensitivity_metric].clone();
-    let ctxless_ids: Vec<usize> = cti_seq.target.iter().map(|t| t.id.max(0) as usize).collect();
+    let ctxless_ids: Vec<usize> = cti_seq
+        .target
+        .iter()
+        .map(|t| t.id.max(0) as usize)
+        .collect();
     let mut out_tokens: Vec<String> = (cti_seq.attr_pos_start..cti_seq.attr_pos_end)
         .map(|p| tok.id_to_token(ctxless_ids[p]))
         .collect();
@@ -211,7 +233,10 @@ pub fn attribute_context(model: &AttributionModel, args: &ContextArgs) -> Result
         ModelKind::DecoderOnly => tok.encode(&ctx_target, true)?,
         ModelKind::EncoderDecoder => ctxless_ids.clone(),
     };
-    let contrastive = crate::StepRegistry::with_defaults().get(&args.attributed_fn)?.id().starts_with("contrast")
+    let contrastive = crate::StepRegistry::with_defaults()
+        .get(&args.attributed_fn)?
+        .id()
+        .starts_with("contrast")
         || ["pcxmi", "kl_divergence", "in_context_pvi"].contains(&args.attributed_fn.as_str());
     let mut cci = Vec::new();
     for &i in &sensitive {
@@ -231,7 +256,9 @@ pub fn attribute_context(model: &AttributionModel, args: &ContextArgs) -> Result
             let prefix = &ctxless_ids[..ctxless_pos];
             let (source, dec_prefix) = match kind {
                 ModelKind::DecoderOnly => (None, prefix.to_vec()),
-                ModelKind::EncoderDecoder => (Some(tok.encode(&ctxless_input, true)?), prefix.to_vec()),
+                ModelKind::EncoderDecoder => {
+                    (Some(tok.encode(&ctxless_input, true)?), prefix.to_vec())
+                }
             };
             let next = generate_greedy(
                 model.model(),
@@ -258,8 +285,13 @@ pub fn attribute_context(model: &AttributionModel, args: &ContextArgs) -> Result
             ModelKind::DecoderOnly => seq.target_attributions.as_ref(),
             ModelKind::EncoderDecoder => seq.source_attributions.as_ref(),
         }
-        .ok_or_else(|| Error::Unsupported("the attribution method returned no input scores".into()))?;
-        let input_context_scores: Vec<f32> = context_positions.iter().map(|&p| scores.get(&[p, 0])).collect();
+        .ok_or_else(|| {
+            Error::Unsupported("the attribution method returned no input scores".into())
+        })?;
+        let input_context_scores: Vec<f32> = context_positions
+            .iter()
+            .map(|&p| scores.get(&[p, 0]))
+            .collect();
         let threshold = scores_threshold(&input_context_scores, args.attribution_std_threshold);
         let cues = rank_above(&input_context_scores, threshold, args.attribution_topk)
             .into_iter()
@@ -290,13 +322,29 @@ impl ContextOutput {
     /// and the cues of each context-sensitive token.
     pub fn render_text(&self) -> String {
         let show = |t: &str| inseq_viz::display_token(t);
-        let mut s = format!("Context: {}\nOutput:  {}\n\nContext-sensitive tokens (CTI threshold {:.4}):\n", self.input_context, self.output_current, self.cti_threshold);
-        for (i, (t, score)) in self.output_current_tokens.iter().zip(&self.cti_scores).enumerate() {
-            let mark = if self.cci.iter().any(|c| c.cti_idx == i) { "*" } else { " " };
+        let mut s = format!(
+            "Context: {}\nOutput:  {}\n\nContext-sensitive tokens (CTI threshold {:.4}):\n",
+            self.input_context, self.output_current, self.cti_threshold
+        );
+        for (i, (t, score)) in self
+            .output_current_tokens
+            .iter()
+            .zip(&self.cti_scores)
+            .enumerate()
+        {
+            let mark = if self.cci.iter().any(|c| c.cti_idx == i) {
+                "*"
+            } else {
+                " "
+            };
             s.push_str(&format!("  {mark} {:<16} {score:>10.4}\n", show(t)));
         }
         for c in &self.cci {
-            let contrast = c.contrast_token.as_deref().map(|t| format!(" (without context: {})", show(t))).unwrap_or_default();
+            let contrast = c
+                .contrast_token
+                .as_deref()
+                .map(|t| format!(" (without context: {})", show(t)))
+                .unwrap_or_default();
             s.push_str(&format!("\n`{}`{contrast} <- cues:", show(&c.cti_token)));
             if c.cues.is_empty() {
                 s.push_str(" none above threshold");
@@ -311,14 +359,22 @@ impl ContextOutput {
 
     /// A self-contained HTML page with the same report.
     pub fn render_html(&self) -> String {
-        let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let esc = |t: &str| {
+            t.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
         let mut body = format!(
             "<h1>Context attribution (PECoRe)</h1><p><b>Context:</b> {}</p><p><b>Output:</b> ",
             esc(&self.input_context)
         );
         for (i, t) in self.output_current_tokens.iter().enumerate() {
             let sensitive = self.cci.iter().any(|c| c.cti_idx == i);
-            let style = if sensitive { " style=\"background:#f8b4b4\"" } else { "" };
+            let style = if sensitive {
+                " style=\"background:#f8b4b4\""
+            } else {
+                ""
+            };
             body.push_str(&format!(
                 "<span{style} title=\"CTI {:.4}\">{}</span> ",
                 self.cti_scores[i],
@@ -327,8 +383,15 @@ impl ContextOutput {
         }
         body.push_str("</p>");
         for c in &self.cci {
-            let max = c.input_context_scores.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            body.push_str(&format!("<h2>{}</h2><p>", esc(&inseq_viz::display_token(&c.cti_token))));
+            let max = c
+                .input_context_scores
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(1e-12);
+            body.push_str(&format!(
+                "<h2>{}</h2><p>",
+                esc(&inseq_viz::display_token(&c.cti_token))
+            ));
             for (j, t) in self.input_context_tokens.iter().enumerate() {
                 let v = c.input_context_scores[j];
                 body.push_str(&format!(
@@ -339,6 +402,8 @@ impl ContextOutput {
             }
             body.push_str("</p>");
         }
-        format!("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>inseq context attribution</title></head><body style=\"font-family:sans-serif\">{body}</body></html>")
+        format!(
+            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>inseq context attribution</title></head><body style=\"font-family:sans-serif\">{body}</body></html>"
+        )
     }
 }

@@ -29,7 +29,12 @@ pub struct SplitSpec {
 impl std::str::FromStr for SplitSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::invalid_arg("split", format!("`{s}` is not `name`, `name[start:end]`, `name[:end]` or `name[start:]`"));
+        let bad = || {
+            Error::invalid_arg(
+                "split",
+                format!("`{s}` is not `name`, `name[start:end]`, `name[:end]` or `name[start:]`"),
+            )
+        };
         let Some((name, rest)) = s.split_once('[') else {
             return Ok(Self {
                 name: s.trim().to_string(),
@@ -41,7 +46,11 @@ impl std::str::FromStr for SplitSpec {
         let (a, b) = inner.split_once(':').ok_or_else(bad)?;
         let num = |x: &str| -> Result<Option<usize>> {
             let x = x.trim();
-            if x.is_empty() { Ok(None) } else { x.parse().map(Some).map_err(|_| bad()) }
+            if x.is_empty() {
+                Ok(None)
+            } else {
+                x.parse().map(Some).map_err(|_| bad())
+            }
         };
         let (start, end) = (num(a)?.unwrap_or(0), num(b)?);
         if end.is_some_and(|e| e < start) {
@@ -69,7 +78,10 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::invalid_arg("shard", format!("`{s}` is not `I/N` with 0 <= I < N"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -86,19 +98,31 @@ impl Shard {
 
 /// Reads the rows of `source` (a `.jsonl`, `.csv` or `.parquet` file, a directory
 /// of such files, or a Hugging Face dataset id), keeping `split`'s slice.
-pub fn read_rows(source: &str, split: &SplitSpec, input_field: &str, target_field: Option<&str>) -> Result<Vec<DatasetRow>> {
+pub fn read_rows(
+    source: &str,
+    split: &SplitSpec,
+    input_field: &str,
+    target_field: Option<&str>,
+) -> Result<Vec<DatasetRow>> {
     let path = Path::new(source);
     let files = if path.is_file() {
         vec![path.to_path_buf()]
     } else if path.is_dir() {
         data_files_in(path, &split.name)?
-    } else if path.exists() || source.starts_with('.') || source.starts_with('/') || source.contains('.') && !source.contains('/') {
+    } else if path.exists()
+        || source.starts_with('.')
+        || source.starts_with('/')
+        || source.contains('.') && !source.contains('/')
+    {
         return Err(Error::MissingFile {
             path: path.to_path_buf(),
             hint: "a dataset file (.jsonl, .csv or .parquet)".into(),
         });
     } else {
-        data_files_in(&inseq_models::hub::dataset_dir(source, &split.name)?, &split.name)?
+        data_files_in(
+            &inseq_models::hub::dataset_dir(source, &split.name)?,
+            &split.name,
+        )?
     };
     let mut records = Vec::new();
     for f in &files {
@@ -119,9 +143,18 @@ pub fn read_rows(source: &str, split: &SplitSpec, input_field: &str, target_fiel
 /// A record: field name -> text (non-text values rendered as JSON), or a reason it could not be read.
 type Record = std::result::Result<Vec<(String, String)>, String>;
 
-fn row_content(rec: &Record, input_field: &str, target_field: Option<&str>) -> std::result::Result<(String, Option<String>), String> {
+fn row_content(
+    rec: &Record,
+    input_field: &str,
+    target_field: Option<&str>,
+) -> std::result::Result<(String, Option<String>), String> {
     let fields = rec.as_ref().map_err(Clone::clone)?;
-    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let input = get(input_field).ok_or_else(|| format!("missing field `{input_field}`"))?;
     if input.trim().is_empty() {
         return Err(format!("empty text in field `{input_field}`"));
@@ -143,11 +176,17 @@ fn data_files_in(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
     let mut all = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?.flatten() {
+        for e in std::fs::read_dir(&d)
+            .map_err(|e| Error::io(&d, e))?
+            .flatten()
+        {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jsonl" || x == "csv" || x == "parquet") {
+            } else if p
+                .extension()
+                .is_some_and(|x| x == "jsonl" || x == "csv" || x == "parquet")
+            {
                 all.push(p);
             }
         }
@@ -160,7 +199,9 @@ fn data_files_in(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
             p.strip_prefix(dir).is_ok_and(|rel| {
                 rel.components().any(|c| {
                     let c = c.as_os_str().to_string_lossy();
-                    c == split || c.starts_with(&format!("{split}-")) || c.starts_with(&format!("{split}."))
+                    c == split
+                        || c.starts_with(&format!("{split}-"))
+                        || c.starts_with(&format!("{split}."))
                 })
             })
         })
@@ -183,7 +224,10 @@ fn read_records(path: &Path) -> Result<Vec<Record>> {
         Some("parquet") => read_parquet(path),
         _ => Err(Error::invalid_arg(
             "dataset",
-            format!("{}: unknown format (expected .jsonl, .csv or .parquet)", path.display()),
+            format!(
+                "{}: unknown format (expected .jsonl, .csv or .parquet)",
+                path.display()
+            ),
         )),
     }
 }
@@ -203,7 +247,9 @@ fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
         .map(|line| {
             let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
             match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), json_text(v))).collect()),
+                Ok(serde_json::Value::Object(m)) => {
+                    Ok(m.iter().map(|(k, v)| (k.clone(), json_text(v))).collect())
+                }
                 Ok(_) => Err("not a JSON object".to_string()),
                 Err(e) => Err(format!("invalid JSON: {e}")),
             }
@@ -276,7 +322,14 @@ mod tests {
 
     #[test]
     fn split_and_shard_syntax() {
-        assert_eq!("train[:20]".parse::<SplitSpec>().unwrap(), SplitSpec { name: "train".into(), start: 0, end: Some(20) });
+        assert_eq!(
+            "train[:20]".parse::<SplitSpec>().unwrap(),
+            SplitSpec {
+                name: "train".into(),
+                start: 0,
+                end: Some(20)
+            }
+        );
         assert_eq!("test[5:]".parse::<SplitSpec>().unwrap().start, 5);
         assert!("train[9:3]".parse::<SplitSpec>().is_err());
         assert!("train[a:]".parse::<SplitSpec>().is_err());
@@ -302,7 +355,10 @@ impl std::str::FromStr for OnError {
         match s {
             "skip" => Ok(Self::Skip),
             "fail" => Ok(Self::Fail),
-            other => Err(Error::invalid_arg("on-error", format!("`{other}` (expected skip or fail)"))),
+            other => Err(Error::invalid_arg(
+                "on-error",
+                format!("`{other}` (expected skip or fail)"),
+            )),
         }
     }
 }
@@ -341,12 +397,21 @@ impl OutputStore {
                 if !dir.exists() {
                     return Ok(rows);
                 }
-                for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+                for e in std::fs::read_dir(dir)
+                    .map_err(|e| Error::io(dir, e))?
+                    .flatten()
+                {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if let Some(n) = name.strip_prefix("row-").and_then(|n| n.strip_suffix(".json")) {
-                        let index = n
-                            .parse()
-                            .map_err(|_| Error::invalid_arg("output directory", format!("unexpected file {name}")))?;
+                    if let Some(n) = name
+                        .strip_prefix("row-")
+                        .and_then(|n| n.strip_suffix(".json"))
+                    {
+                        let index = n.parse().map_err(|_| {
+                            Error::invalid_arg(
+                                "output directory",
+                                format!("unexpected file {name}"),
+                            )
+                        })?;
                         rows.push((index, inseq_core::AttributionOutput::load(e.path())?));
                     }
                 }
@@ -375,7 +440,10 @@ impl OutputStore {
             let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let keep = complete_prefix_len(&text);
             if keep < text.len() {
-                let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
                 f.set_len(keep as u64).map_err(|e| Error::io(path, e))?;
             }
         }
@@ -391,13 +459,15 @@ impl OutputStore {
             Self::Dir(dir) => out.save(Self::row_file(dir, index)),
             Self::Jsonl(path) => {
                 use std::io::Write;
-                let line = serde_json::to_string(&serde_json::json!({ "row": index, "output": out }))?;
+                let line =
+                    serde_json::to_string(&serde_json::json!({ "row": index, "output": out }))?;
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .map_err(|e| Error::io(path, e))?;
-                f.write_all(format!("{line}\n").as_bytes()).map_err(|e| Error::io(path, e))?;
+                f.write_all(format!("{line}\n").as_bytes())
+                    .map_err(|e| Error::io(path, e))?;
                 f.sync_data().map_err(|e| Error::io(path, e))
             }
         }
@@ -408,12 +478,15 @@ impl OutputStore {
         match self {
             Self::Dir(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                rows.iter().try_for_each(|(i, out)| out.save(Self::row_file(dir, *i)))
+                rows.iter()
+                    .try_for_each(|(i, out)| out.save(Self::row_file(dir, *i)))
             }
             Self::Jsonl(path) => {
                 let mut text = String::new();
                 for (i, out) in rows {
-                    text.push_str(&serde_json::to_string(&serde_json::json!({ "row": i, "output": out }))?);
+                    text.push_str(&serde_json::to_string(
+                        &serde_json::json!({ "row": i, "output": out }),
+                    )?);
                     text.push('\n');
                 }
                 inseq_core::write_atomic(path, text.as_bytes())
@@ -450,13 +523,16 @@ fn complete_prefix_len(text: &[u8]) -> usize {
 /// Merges the stores `inputs` (e.g. one per shard) into `output`, sorted by row.
 /// The same row stored twice must hold the same result.
 pub fn merge(inputs: &[OutputStore], output: &OutputStore) -> Result<usize> {
-    let mut all: std::collections::BTreeMap<usize, inseq_core::AttributionOutput> = Default::default();
+    let mut all: std::collections::BTreeMap<usize, inseq_core::AttributionOutput> =
+        Default::default();
     for store in inputs {
         for (i, out) in store.read_all()? {
             if let Some(prev) = all.get(&i)
                 && prev != &out
             {
-                return Err(Error::InvalidInput(format!("row {i} is stored twice with different results")));
+                return Err(Error::InvalidInput(format!(
+                    "row {i} is stored twice with different results"
+                )));
             }
             all.insert(i, out);
         }
@@ -505,7 +581,10 @@ pub fn attribute_dataset(
     let done = store.open()?;
     let mut report = DatasetReport::default();
     let mut pending = Vec::new();
-    for row in rows.iter().filter(|r| shard.is_none_or(|s| s.contains(r.index))) {
+    for row in rows
+        .iter()
+        .filter(|r| shard.is_none_or(|s| s.contains(r.index)))
+    {
         if done.contains(&row.index) {
             report.resumed += 1;
             continue;
@@ -536,8 +615,12 @@ pub fn attribute_dataset(
                             store.write(one[0].0, &outs.remove(0))?;
                             report.attributed += 1;
                         }
-                        Err(e) if on_error == OnError::Skip => report.failed.push((one[0].0, e.to_string())),
-                        Err(e) => return Err(Error::InvalidInput(format!("row {}: {e}", one[0].0))),
+                        Err(e) if on_error == OnError::Skip => {
+                            report.failed.push((one[0].0, e.to_string()))
+                        }
+                        Err(e) => {
+                            return Err(Error::InvalidInput(format!("row {}: {e}", one[0].0)));
+                        }
                     }
                 }
             }

@@ -19,9 +19,9 @@
 #![warn(missing_docs)]
 
 mod attribute;
-mod device;
 pub mod context;
 pub mod dataset;
+mod device;
 pub mod parity;
 
 pub use attribute::{

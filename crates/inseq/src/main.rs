@@ -6,10 +6,17 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use inseq::dataset::{DatasetJob, OnError, OutputStore, Shard, SplitSpec};
-use inseq::{AttributeOptions, AttributionModel, GenerationOptions, MethodArgs, MethodRegistry, StepArgs, StepRegistry};
+use inseq::{
+    AttributeOptions, AttributionModel, GenerationOptions, MethodArgs, MethodRegistry, StepArgs,
+    StepRegistry,
+};
 
 #[derive(Parser)]
-#[command(name = "inseq", version, about = "Attribute the generations of Transformer language models to their inputs")]
+#[command(
+    name = "inseq",
+    version,
+    about = "Attribute the generations of Transformer language models to their inputs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,8 +58,13 @@ struct ModelArgs {
 impl ModelArgs {
     fn load(&self) -> Result<AttributionModel> {
         let device = inseq::parse_device(&self.device)?;
-        inseq::load_model(&self.model, &self.method, MethodArgs::parse(&self.method_args)?, &device)
-            .with_context(|| format!("loading `{}` with method `{}`", self.model, self.method))
+        inseq::load_model(
+            &self.model,
+            &self.method,
+            MethodArgs::parse(&self.method_args)?,
+            &device,
+        )
+        .with_context(|| format!("loading `{}` with method `{}`", self.model, self.method))
     }
 }
 
@@ -101,7 +113,12 @@ impl RunArgs {
             },
             attr_pos_start: self.attr_pos_start,
             attr_pos_end: self.attr_pos_end,
-            step_scores: self.step_scores.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            step_scores: self
+                .step_scores
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
             step_scores_args: StepArgs::parse(&self.step_scores_args)?,
             attributed_fn: self.attributed_fn.clone(),
             attributed_fn_args: StepArgs::parse(&self.attributed_fn_args)?,
@@ -269,7 +286,8 @@ fn run() -> Result<()> {
         Command::AttributeDataset(a) => attribute_dataset(*a),
         Command::AttributeContext(a) => attribute_context(*a),
         Command::Merge(m) => {
-            let inputs: Vec<OutputStore> = m.inputs.iter().map(|p| OutputStore::from_path(p)).collect();
+            let inputs: Vec<OutputStore> =
+                m.inputs.iter().map(|p| OutputStore::from_path(p)).collect();
             let n = inseq::dataset::merge(&inputs, &OutputStore::from_path(&m.output))?;
             eprintln!("merged {n} rows into {}", m.output.display());
             Ok(())
@@ -282,12 +300,18 @@ fn numbered(path: &str, i: usize) -> String {
     let p = std::path::Path::new(path);
     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
     let ext = p.extension().and_then(|s| s.to_str()).unwrap_or("svg");
-    p.with_file_name(format!("{stem}-{}.{ext}", i + 1)).to_string_lossy().into_owned()
+    p.with_file_name(format!("{stem}-{}.{ext}", i + 1))
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn attribute(a: AttributeArgs) -> Result<()> {
     if !a.target.is_empty() && a.target.len() != a.input.len() {
-        bail!("got {} --target for {} --input: give one target per input", a.target.len(), a.input.len());
+        bail!(
+            "got {} --target for {} --input: give one target per input",
+            a.target.len(),
+            a.input.len()
+        );
     }
     let model = a.model.load()?;
     let opts = AttributeOptions {
@@ -297,7 +321,12 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         contrast_alignments: if a.contrast_alignments.is_empty() {
             None
         } else {
-            Some(a.contrast_alignments.iter().map(|s| s.parse()).collect::<Result<Vec<_>, _>>()?)
+            Some(
+                a.contrast_alignments
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
         },
         ..a.run.options()?
     };
@@ -336,8 +365,13 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         eprintln!("wrote {path}");
     }
     if !a.quiet {
-        let color = !a.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120);
+        let color = !a.no_color
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none();
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(120);
         for seq in &shown.sequence_attributions {
             let opts = inseq::viz::TerminalOptions {
                 color,
@@ -358,14 +392,20 @@ fn attribute_dataset(a: DatasetArgs) -> Result<()> {
         batch_size: a.batch_size,
         on_error: a.on_error.parse::<OnError>()?,
     };
-    let rows = inseq::dataset::read_rows(&a.data, &split, &a.input_field, a.target_field.as_deref())?;
+    let rows =
+        inseq::dataset::read_rows(&a.data, &split, &a.input_field, a.target_field.as_deref())?;
     let model = a.model.load()?;
     let opts = AttributeOptions {
         show_progress: false,
         ..a.run.options()?
     };
-    let total = rows.iter().filter(|r| job.shard.is_none_or(|s| s.contains(r.index))).count();
-    let bar = std::io::stderr().is_terminal().then(|| indicatif::ProgressBar::new(total as u64));
+    let total = rows
+        .iter()
+        .filter(|r| job.shard.is_none_or(|s| s.contains(r.index)))
+        .count();
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| indicatif::ProgressBar::new(total as u64));
     let report = inseq::dataset::attribute_dataset(&model, &rows, &opts, &job, |n| {
         if let Some(b) = &bar {
             b.inc(n as u64);

@@ -289,7 +289,11 @@ fn save_failure_leaves_no_partial_file() {
 fn viz_and_inseq_format_outputs() {
     let dir = std::env::temp_dir().join(format!("inseq-cli-viz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (html, svg, inseq_file) = (dir.join("out.html"), dir.join("out.svg"), dir.join("out.inseq.json"));
+    let (html, svg, inseq_file) = (
+        dir.join("out.html"),
+        dir.join("out.svg"),
+        dir.join("out.inseq.json"),
+    );
     let out = inseq(&[
         "attribute",
         "--model",
@@ -309,14 +313,31 @@ fn viz_and_inseq_format_outputs() {
         inseq_file.to_str().unwrap(),
         "--quiet",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(page.contains("<html") && page.contains("designer"), "html lacks tokens");
-    assert!(!page.contains("http://") && !page.contains("https://"), "html must be self-contained");
+    assert!(
+        page.contains("<html") && page.contains("designer"),
+        "html lacks tokens"
+    );
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "html must be self-contained"
+    );
     let picture = std::fs::read_to_string(&svg).unwrap();
-    assert!(picture.starts_with("<svg") || picture.contains("<svg"), "not an svg");
+    assert!(
+        picture.starts_with("<svg") || picture.contains("<svg"),
+        "not an svg"
+    );
     let back = inseq::AttributionOutput::load_inseq(&inseq_file).unwrap();
     let seq = &back.sequence_attributions[0];
-    assert!(seq.source.is_some() && seq.source_attributions.is_some() && seq.target_attributions.is_some());
+    assert!(
+        seq.source.is_some()
+            && seq.source_attributions.is_some()
+            && seq.target_attributions.is_some()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

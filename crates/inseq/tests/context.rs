@@ -29,9 +29,20 @@ fn pecore_runs_on_tiny_models_of_both_kinds() {
         for f in ["probability", "contrast_prob_diff"] {
             // random tiny models generate byte soup: give the output to explain
             let out = run(&common::model_dir(name), f, Some("to take the day off"));
-            assert_eq!(out.cti_scores.len(), out.output_current_tokens.len(), "{name}");
-            assert!(out.cti_scores.iter().all(|s| s.is_finite() && *s >= -1e-6), "{name}: {:?}", out.cti_scores);
-            assert!(!out.cci.is_empty(), "{name}: with threshold = mean some token is above it");
+            assert_eq!(
+                out.cti_scores.len(),
+                out.output_current_tokens.len(),
+                "{name}"
+            );
+            assert!(
+                out.cti_scores.iter().all(|s| s.is_finite() && *s >= -1e-6),
+                "{name}: {:?}",
+                out.cti_scores
+            );
+            assert!(
+                !out.cci.is_empty(),
+                "{name}: with threshold = mean some token is above it"
+            );
             for c in &out.cci {
                 assert!(c.cti_score.abs() >= out.cti_threshold);
                 assert_eq!(c.input_context_scores.len(), out.input_context_tokens.len());
@@ -57,7 +68,10 @@ fn thresholds_follow_inseq() {
 fn pecore_on_smollm2() {
     let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
-        assert!(std::env::var("INSEQ_REQUIRE_MODELS").is_err(), "SmolLM2 missing: run cargo xtask fetch-models");
+        assert!(
+            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
+            "SmolLM2 missing: run cargo xtask fetch-models"
+        );
         eprintln!("skipping: SmolLM2 not downloaded");
         return;
     }

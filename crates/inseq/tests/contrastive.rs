@@ -7,7 +7,13 @@ use inseq::{AttributeOptions, ContrastAlignment, MethodArgs, StepArgs, load_mode
 #[test]
 fn contrastive_source_changes_the_contrast_scores() {
     let device = burn::tensor::Device::flex();
-    let m = load_model(&common::model_dir("tiny-marian"), "saliency", MethodArgs::default(), &device).unwrap();
+    let m = load_model(
+        &common::model_dir("tiny-marian"),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
     let opts = AttributeOptions {
         targets: Some(vec!["Le développeur s'est disputé.".into()]),
         contrast_sources: Some(vec!["Hello".into()]),
@@ -15,10 +21,18 @@ fn contrastive_source_changes_the_contrast_scores() {
         step_scores: vec!["probability".into(), "contrast_prob".into(), "pcxmi".into()],
         ..Default::default()
     };
-    let out = m.attribute(&["The developer argued with the designer."], &opts).unwrap();
+    let out = m
+        .attribute(&["The developer argued with the designer."], &opts)
+        .unwrap();
     let seq = &out.sequence_attributions[0];
-    let (p, c) = (&seq.step_scores["probability"], &seq.step_scores["contrast_prob"]);
-    assert!(p.iter().zip(c).any(|(a, b)| a != b), "contrast source had no effect: {p:?} {c:?}");
+    let (p, c) = (
+        &seq.step_scores["probability"],
+        &seq.step_scores["contrast_prob"],
+    );
+    assert!(
+        p.iter().zip(c).any(|(a, b)| a != b),
+        "contrast source had no effect: {p:?} {c:?}"
+    );
     assert!(seq.source_attributions.is_some());
     assert!(seq.step_scores["pcxmi"].iter().all(|v| v.is_finite()));
 }
@@ -26,26 +40,47 @@ fn contrastive_source_changes_the_contrast_scores() {
 #[test]
 fn contrast_targets_of_different_length_with_alignments() {
     let device = burn::tensor::Device::flex();
-    let m = load_model(&common::model_dir("tiny-gpt2"), "input_x_gradient", MethodArgs::default(), &device).unwrap();
+    let m = load_model(
+        &common::model_dir("tiny-gpt2"),
+        "input_x_gradient",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
     let run = |alignment: ContrastAlignment| {
         let opts = AttributeOptions {
             targets: Some(vec!["The manager went home because he was sick".into()]),
-            contrast_targets: Some(vec!["The manager went home because she was very sick".into()]),
+            contrast_targets: Some(vec![
+                "The manager went home because she was very sick".into(),
+            ]),
             contrast_alignments: Some(vec![alignment]),
             attributed_fn: "contrast_prob_diff".into(),
             step_scores: vec!["contrast_prob_diff".into(), "kl_divergence".into()],
             step_scores_args: StepArgs::parse("top_k=5").unwrap(),
             ..Default::default()
         };
-        m.attribute(&["The manager went home because"], &opts).unwrap()
+        m.attribute(&["The manager went home because"], &opts)
+            .unwrap()
     };
-    for alignment in [ContrastAlignment::Auto, ContrastAlignment::RightAligned, "5-5,6-6,7-8".parse().unwrap()] {
+    for alignment in [
+        ContrastAlignment::Auto,
+        ContrastAlignment::RightAligned,
+        "5-5,6-6,7-8".parse().unwrap(),
+    ] {
         let out = run(alignment.clone());
         let seq = &out.sequence_attributions[0];
         assert_eq!(seq.n_steps(), 3);
-        assert_eq!(seq.target[5].id, -1, "{alignment:?}: differing token not marked: {:?}", seq.target[5]);
+        assert_eq!(
+            seq.target[5].id, -1,
+            "{alignment:?}: differing token not marked: {:?}",
+            seq.target[5]
+        );
         assert!(seq.target[5].token.contains('→'));
-        assert!(seq.step_scores["kl_divergence"].iter().all(|v| v.is_finite()));
+        assert!(
+            seq.step_scores["kl_divergence"]
+                .iter()
+                .all(|v| v.is_finite())
+        );
     }
     // "auto" and explicit pairs map the last token `sick` to `sick`: same token, not marked
     let out = run(ContrastAlignment::Auto);
@@ -55,12 +90,22 @@ fn contrast_targets_of_different_length_with_alignments() {
 #[test]
 fn contrast_sources_need_an_encoder_decoder() {
     let device = burn::tensor::Device::flex();
-    let m = load_model(&common::model_dir("tiny-gpt2"), "saliency", MethodArgs::default(), &device).unwrap();
+    let m = load_model(
+        &common::model_dir("tiny-gpt2"),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
     let opts = AttributeOptions {
         targets: Some(vec!["Hello ladies and gentlemen".into()]),
         contrast_sources: Some(vec!["Hi".into()]),
         ..Default::default()
     };
-    let err = m.attribute(&["Hello ladies and"], &opts).err().unwrap().to_string();
+    let err = m
+        .attribute(&["Hello ladies and"], &opts)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("decoder-only models have no source"), "{err}");
 }

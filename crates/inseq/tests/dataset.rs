@@ -21,7 +21,13 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-const WORDS: [&str; 5] = ["Hello", "The manager", "A developer", "Ladies and", "Welcome"];
+const WORDS: [&str; 5] = [
+    "Hello",
+    "The manager",
+    "A developer",
+    "Ladies and",
+    "Welcome",
+];
 
 fn rows() -> Vec<(String, String)> {
     (0..20)
@@ -62,7 +68,9 @@ fn write_parquet(path: &Path) {
         .unwrap(),
     );
     let file = std::fs::File::create(path).unwrap();
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
+    let mut writer =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .unwrap();
     let mut group = writer.next_row_group().unwrap();
     for col in 0..2 {
         let values: Vec<ByteArray> = rows()
@@ -70,7 +78,9 @@ fn write_parquet(path: &Path) {
             .map(|(i, t)| ByteArray::from(if col == 0 { i.as_str() } else { t.as_str() }))
             .collect();
         let mut c = group.next_column().unwrap().unwrap();
-        c.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+        c.typed::<ByteArrayType>()
+            .write_batch(&values, None, None)
+            .unwrap();
         c.close().unwrap();
     }
     group.close().unwrap();
@@ -99,28 +109,46 @@ fn run_dataset(data: &Path, save: &Path, extra: &[&str]) -> Output {
 }
 
 fn stored(save: &Path) -> Vec<(usize, inseq::AttributionOutput)> {
-    inseq::dataset::OutputStore::from_path(save).read_all().unwrap()
+    inseq::dataset::OutputStore::from_path(save)
+        .read_all()
+        .unwrap()
 }
 
 #[test]
 fn jsonl_csv_and_parquet_rows_are_all_attributed() {
     let dir = tmp("formats");
-    let files = [("data.jsonl", write_jsonl as fn(&Path)), ("data.csv", write_csv), ("data.parquet", write_parquet)];
+    let files = [
+        ("data.jsonl", write_jsonl as fn(&Path)),
+        ("data.csv", write_csv),
+        ("data.parquet", write_parquet),
+    ];
     for (name, write) in files {
         let data = dir.join(name);
         write(&data);
         let save = dir.join(format!("{name}.out"));
         let out = run_dataset(&data, &save, &["--batch-size", "4"]);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let rows_out = stored(&save);
         assert_eq!(rows_out.len(), 20, "{name}");
         for ((index, out), (input, target)) in rows_out.iter().zip(rows()) {
             let seq = &out.sequence_attributions[0];
             assert_eq!(out.info["row"], *index);
-            assert_eq!(out.info["input_texts"][0], input.as_str(), "{name} row {index}");
+            assert_eq!(
+                out.info["input_texts"][0],
+                input.as_str(),
+                "{name} row {index}"
+            );
             assert!(seq.target_attributions.is_some());
             assert_eq!(seq.step_scores["probability"].len(), seq.n_steps());
-            let text: String = seq.target.iter().map(|t| t.token.replace('Ġ', " ")).collect();
+            let text: String = seq
+                .target
+                .iter()
+                .map(|t| t.token.replace('Ġ', " "))
+                .collect();
             assert_eq!(text, target, "{name} row {index}");
         }
     }
@@ -134,7 +162,11 @@ fn split_slices_rows() {
     write_jsonl(&data);
     let save = dir.join("out.jsonl");
     let out = run_dataset(&data, &save, &["--split", "train[5:9]"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let idx: Vec<usize> = stored(&save).iter().map(|r| r.0).collect();
     assert_eq!(idx, vec![5, 6, 7, 8]);
     let _ = std::fs::remove_dir_all(&dir);
@@ -144,7 +176,12 @@ fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     files
@@ -178,16 +215,30 @@ fn interrupted_run_resumes_to_the_same_files() {
     };
     // uninterrupted reference, as a directory and as JSONL
     for save in [dir.join("ref"), dir.join("ref.jsonl")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_inseq")).args(args(&save)).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_inseq"))
+            .args(args(&save))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for save in [dir.join("run"), dir.join("run.jsonl")] {
         // kill the run part-way, as often as needed until it has stored some but not all rows
-        let mut child = Command::new(env!("CARGO_BIN_EXE_inseq")).args(args(&save)).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inseq"))
+            .args(args(&save))
+            .spawn()
+            .unwrap();
         let started = std::time::Instant::now();
         loop {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let n = if save.exists() { stored(&save).len() } else { 0 };
+            let n = if save.exists() {
+                stored(&save).len()
+            } else {
+                0
+            };
             if n >= 3 || started.elapsed().as_secs() > 120 {
                 break;
             }
@@ -198,27 +249,60 @@ fn interrupted_run_resumes_to_the_same_files() {
         if save.extension().is_some() {
             // simulate a kill in the middle of writing a line
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(&save).unwrap();
-            f.write_all(br#"{"row": 19, "output": {"sequence_attr"#).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&save)
+                .unwrap();
+            f.write_all(br#"{"row": 19, "output": {"sequence_attr"#)
+                .unwrap();
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_inseq")).args(args(&save)).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_inseq"))
+            .args(args(&save))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("{partial} already done")) || partial == 20, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{partial} already done")) || partial == 20,
+            "{stderr}"
+        );
     }
-    assert_eq!(dir_files(&dir.join("ref")), dir_files(&dir.join("run")), "directory outputs differ");
     assert_eq!(
-        std::fs::read_to_string(dir.join("ref.jsonl")).unwrap().lines().count(),
+        dir_files(&dir.join("ref")),
+        dir_files(&dir.join("run")),
+        "directory outputs differ"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ref.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
         20
     );
     let sorted = |p: &Path| {
-        let mut l: Vec<String> = std::fs::read_to_string(p).unwrap().lines().map(String::from).collect();
+        let mut l: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
         l.sort();
         l
     };
-    assert_eq!(sorted(&dir.join("ref.jsonl")), sorted(&dir.join("run.jsonl")), "jsonl outputs differ");
+    assert_eq!(
+        sorted(&dir.join("ref.jsonl")),
+        sorted(&dir.join("run.jsonl")),
+        "jsonl outputs differ"
+    );
     // no temporary files left behind
-    assert!(dir_files(&dir.join("run")).iter().all(|(n, _)| n.starts_with("row-") && n.ends_with(".json")));
+    assert!(
+        dir_files(&dir.join("run"))
+            .iter()
+            .all(|(n, _)| n.starts_with("row-") && n.ends_with(".json"))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -233,20 +317,42 @@ fn merged_shards_equal_the_unsharded_run() {
     for i in 0..3 {
         let part = dir.join(format!("part{i}.jsonl"));
         let out = run_dataset(&data, &part, &["--shard", &format!("{i}/3")]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stored(&part).iter().all(|(r, _)| r % 3 == i));
         parts.push(part);
     }
     let merged = dir.join("merged.jsonl");
     let mut args = vec!["merge".to_string()];
     args.extend(parts.iter().map(|p| p.to_string_lossy().into_owned()));
-    args.extend(["--output".to_string(), merged.to_string_lossy().into_owned()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_inseq")).args(&args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    args.extend([
+        "--output".to_string(),
+        merged.to_string_lossy().into_owned(),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_inseq"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let canonical = dir.join("full-sorted.jsonl");
-    let out = inseq(&["merge", full.to_str().unwrap(), "--output", canonical.to_str().unwrap()]);
+    let out = inseq(&[
+        "merge",
+        full.to_str().unwrap(),
+        "--output",
+        canonical.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
-    assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&canonical).unwrap());
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&canonical).unwrap()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -266,10 +372,16 @@ fn malformed_rows_are_reported_with_their_number() {
     let out = run_dataset(&data, &save, &["--batch-size", "3"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("row 1: skipped: missing field `text`"), "{stderr}");
+    assert!(
+        stderr.contains("row 1: skipped: missing field `text`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("row 2: skipped: empty text"), "{stderr}");
     assert!(stderr.contains("row 3: skipped: invalid JSON"), "{stderr}");
-    assert!(stderr.contains("row 4: skipped:") && stderr.contains("must start with the input"), "{stderr}");
+    assert!(
+        stderr.contains("row 4: skipped:") && stderr.contains("must start with the input"),
+        "{stderr}"
+    );
     let idx: Vec<usize> = stored(&save).iter().map(|r| r.0).collect();
     assert_eq!(idx, vec![0, 5]);
     let out = run_dataset(&data, &dir.join("fail.jsonl"), &["--on-error", "fail"]);
