@@ -2,7 +2,8 @@
 //!
 //! - [`LanguageModel`]: the interface attribution methods use (embed, forward on
 //!   embeddings, attention weights and hidden states on request).
-//! - Architectures: [`gpt2::Gpt2`], [`llama::Llama`] (Llama, Mistral, Qwen2 layouts).
+//! - Architectures: [`gpt2::Gpt2`], [`llama::Llama`] (Llama, Mistral, Qwen2 layouts),
+//!   [`marian::Marian`], [`bart::Bart`], [`t5::T5`].
 //! - Loading: [`load_pretrained`] from a `save_pretrained` directory
 //!   (config.json, model.safetensors or a sharded index, tokenizer.json),
 //!   a GGUF file, or a Hugging Face id through hf-hub (offline cache honoured).
