@@ -82,6 +82,7 @@ impl AttributionMethod for AttnLrp {
         let logits = out.last_logits();
         let sctx = StepContext {
             contrast: contrast_logits(model, step, &logits, 1, ctx.inseq_compat),
+            dropout_logits: vec![],
             logits,
             target_ids: step.target_ids.clone(),
         };

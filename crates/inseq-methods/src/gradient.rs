@@ -221,6 +221,7 @@ pub fn forward_scores(
     let logits = out.last_logits();
     let sctx = StepContext {
         contrast: contrast_logits(ctx.model, step, &logits, times, ctx.inseq_compat),
+        dropout_logits: vec![],
         logits,
         target_ids: step.target_ids.repeat(times),
     };

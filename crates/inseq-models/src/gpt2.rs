@@ -37,6 +37,9 @@ pub struct Gpt2Config {
     /// Divide attention scores by `sqrt(head_dim)`.
     #[serde(default = "yes")]
     pub scale_attn_weights: bool,
+    /// Residual dropout probability (used by Monte Carlo dropout).
+    #[serde(default)]
+    pub resid_pdrop: Option<f64>,
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<usize>,
@@ -171,6 +174,10 @@ impl LanguageModel for Gpt2 {
         true
     }
 
+    fn dropout_probability(&self) -> f64 {
+        self.config.resid_pdrop.unwrap_or(0.1)
+    }
+
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [b, s, _] = input.target_embeds.dims();
         let heads = self.config.n_head;
@@ -206,14 +213,19 @@ impl LanguageModel for Gpt2 {
             if options.attentions {
                 out.attentions.push(weights);
             }
-            x = x + block.attn_proj.forward(merge_heads(ctx));
+            let drop = options.dropout.as_ref();
+            x = x + crate::nn::mc_dropout(
+                block.attn_proj.forward(merge_heads(ctx)),
+                drop,
+                2 * i as u64,
+            );
             let pre = block.c_fc.forward(layer_norm(&block.ln_2, x.clone(), lrp));
             let m = if lrp {
                 identity_rule(pre, |t| self.act(t))
             } else {
                 self.act(pre)
             };
-            x = x + block.mlp_proj.forward(m);
+            x = x + crate::nn::mc_dropout(block.mlp_proj.forward(m), drop, 2 * i as u64 + 1);
             if options.hidden_states {
                 out.hidden_states.push(x.clone());
             }

@@ -36,7 +36,8 @@ pub mod weights;
 pub use generate::{GenerationOptions, generate_greedy};
 pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
 pub use model::{
-    ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ValueZeroing,
+    ForwardOptions, LanguageModel, McDropout, ModelInfo, ModelInput, ModelKind, ModelOutput,
+    ValueZeroing,
 };
 pub use nn::ids_tensor;
 pub use tokenizer::TextTokenizer;

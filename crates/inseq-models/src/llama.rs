@@ -85,6 +85,9 @@ pub struct LlamaConfig {
     /// MLP activation.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Attention dropout probability (used by Monte Carlo dropout).
+    #[serde(default)]
+    pub attention_dropout: Option<f64>,
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<usize>,
@@ -341,6 +344,10 @@ impl LanguageModel for Llama {
         true
     }
 
+    fn dropout_probability(&self) -> f64 {
+        self.config.attention_dropout.unwrap_or(0.0)
+    }
+
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [_, s, _] = input.target_embeds.dims();
         let (h, kvh, hd) = (
@@ -374,7 +381,8 @@ impl LanguageModel for Llama {
             if options.attentions {
                 out.attentions.push(weights);
             }
-            x = x + layer.o.forward(merge_heads(ctx));
+            let drop = options.dropout.as_ref();
+            x = x + crate::nn::mc_dropout(layer.o.forward(merge_heads(ctx)), drop, 2 * i as u64);
             let n = rms_norm(&layer.post_norm, x.clone(), lrp);
             let act = |t: Tensor<3>| match self.config.hidden_act.as_str() {
                 "gelu" => activation::gelu(t),
@@ -382,14 +390,15 @@ impl LanguageModel for Llama {
                 _ => activation::silu(t),
             };
             let gate = layer.gate.forward(n.clone());
-            x = if lrp {
+            let mlp = if lrp {
                 let gated = identity_rule(gate, act);
-                x + layer
+                layer
                     .down
                     .forward(uniform_rule(gated * layer.up.forward(n)))
             } else {
-                x + layer.down.forward(act(gate) * layer.up.forward(n))
+                layer.down.forward(act(gate) * layer.up.forward(n))
             };
+            x = x + crate::nn::mc_dropout(mlp, drop, 2 * i as u64 + 1);
             if options.hidden_states {
                 out.hidden_states.push(x.clone());
             }

@@ -64,6 +64,18 @@ pub struct ValueZeroing {
     pub positions: Vec<Option<usize>>,
 }
 
+/// Monte Carlo dropout for one forward pass: each block's attention and MLP outputs (GPT-2's
+/// residual dropout positions) are dropped with probability `p` and the rest scaled by
+/// `1 / (1 - p)`, with masks drawn from `seed`. Honoured by models whose
+/// [`LanguageModel::supports_internal_hooks`] is `true`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct McDropout {
+    /// Drop probability in `[0, 1)`.
+    pub p: f64,
+    /// Seed of the masks.
+    pub seed: u64,
+}
+
 /// What [`LanguageModel::forward`] should return besides logits.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardOptions {
@@ -82,6 +94,8 @@ pub struct ForwardOptions {
     /// on the attention matrix products and gated products. The forward values
     /// are unchanged. Only honoured when [`LanguageModel::supports_internal_hooks`].
     pub attn_lrp: bool,
+    /// Monte Carlo dropout (see [`McDropout`]); `None` for the usual deterministic forward pass.
+    pub dropout: Option<McDropout>,
 }
 
 /// Output of [`LanguageModel::forward`].
@@ -135,6 +149,10 @@ pub trait LanguageModel: Send + Sync {
     /// so Inseq's Marian results come from doubly scaled target embeddings.
     fn inseq_target_embed_quirk(&self) -> f64 {
         1.0
+    }
+    /// The dropout probability the model was trained with (0 when none is configured).
+    fn dropout_probability(&self) -> f64 {
+        0.0
     }
     /// Whether [`ForwardOptions::zero_value`] and [`ForwardOptions::attn_lrp`]
     /// are implemented (`false` by default: a model ignores them).

@@ -226,3 +226,32 @@ pub fn ids_tensor(ids: &[Vec<usize>], device: &Device) -> Tensor<2, Int> {
     let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
     Tensor::from_data(TensorData::new(flat, [b, s]), device)
 }
+
+/// Applies [`crate::model::McDropout`] to `x` (`[batch, seq, dim]`) for the `slot`-th dropout site
+/// of a forward pass; identity when `dropout` is `None`.
+pub fn mc_dropout(x: Tensor<3>, dropout: Option<&crate::model::McDropout>, slot: u64) -> Tensor<3> {
+    let Some(d) = dropout else {
+        return x;
+    };
+    if d.p <= 0.0 {
+        return x;
+    }
+    let dims = x.dims();
+    let n: usize = dims.iter().product();
+    // SplitMix64: reproducible masks from (seed, slot).
+    let mut state = d.seed ^ slot.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let keep = (1.0 / (1.0 - d.p)) as f32;
+    let mask: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+            if u < d.p { 0.0 } else { keep }
+        })
+        .collect();
+    let device = x.device();
+    x * Tensor::<3>::from_data(TensorData::new(mask, dims), &device)
+}

@@ -278,3 +278,48 @@ step_fn!(
         Ok((lo.clone().exp() * (lo - lc)).sum_dim(1).reshape([b]))
     }
 );
+
+/// Monte Carlo dropout (Gal and Ghahramani, 2016) as Inseq's `mc_dropout_prob_avg`: the
+/// probability of the target minus its mean over `n_mcd_steps` forward passes with dropout,
+/// divided by their standard deviation. Arguments: `n_mcd_steps` (default 5), `logprob`,
+/// `dropout` (probability used by the driver; default: the model's own, or 0.1 when the model
+/// has none, where Inseq 0.7.1 would divide by a zero deviation) and `seed`.
+/// Only available as a step score: the attributed function's forward pass has no dropout samples.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct McDropoutProbAvg;
+
+impl StepFunction for McDropoutProbAvg {
+    fn id(&self) -> &str {
+        "mc_dropout_prob_avg"
+    }
+
+    fn description(&self) -> &str {
+        "(p - mean of p under MC dropout) / their std, over `n_mcd_steps` (default 5) dropout samples."
+    }
+
+    fn dropout_samples(&self, args: &StepArgs) -> usize {
+        args.f64_or("n_mcd_steps", 5.0).max(0.0) as usize
+    }
+
+    fn compute(&self, ctx: &StepContext, args: &StepArgs) -> Result<Tensor<1>> {
+        let n = ctx.dropout_logits.len();
+        if n < 2 {
+            return Err(Error::invalid_arg(
+                "mc_dropout_prob_avg",
+                "needs at least 2 dropout samples (n_mcd_steps >= 2); it is available as a step score, not as the attributed function",
+            ));
+        }
+        let logprob = args.bool_or("logprob", false);
+        let orig = probability(ctx.logits.clone(), &ctx.target_ids, logprob)?;
+        let noisy = ctx
+            .dropout_logits
+            .iter()
+            .map(|l| probability(l.clone(), &ctx.target_ids, logprob))
+            .collect::<Result<Vec<_>>>()?;
+        let stacked = Tensor::stack::<2>(noisy, 0);
+        let [_, b] = stacked.dims();
+        let mean = stacked.clone().mean_dim(0);
+        let var = (stacked - mean.clone()).square().sum_dim(0) / (n as f64 - 1.0);
+        Ok((orig - mean.reshape([b])) / var.sqrt().reshape([b]))
+    }
+}

@@ -90,6 +90,9 @@ pub struct StepContext {
     pub target_ids: Vec<usize>,
     /// The same step under contrastive inputs, for contrastive step functions.
     pub contrast: Option<ContrastOutput>,
+    /// `[batch, vocab]` logits of forward passes with Monte Carlo dropout, filled by the
+    /// attribution driver for step functions whose [`StepFunction::dropout_samples`] is non-zero.
+    pub dropout_logits: Vec<Tensor<2>>,
 }
 
 impl StepContext {
@@ -99,6 +102,7 @@ impl StepContext {
             logits,
             target_ids,
             contrast: None,
+            dropout_logits: vec![],
         }
     }
 
@@ -124,6 +128,12 @@ pub trait StepFunction: Send + Sync {
     fn description(&self) -> &str;
     /// `[batch]` scores; must stay differentiable with respect to `ctx.logits`.
     fn compute(&self, ctx: &StepContext, args: &StepArgs) -> Result<Tensor<1>>;
+    /// How many forward passes with Monte Carlo dropout the function needs in
+    /// [`StepContext::dropout_logits`] (0 for all but `mc_dropout_prob_avg`).
+    fn dropout_samples(&self, args: &StepArgs) -> usize {
+        let _ = args;
+        0
+    }
 }
 
 /// Gathers `logits[i, ids[i]]` as a `[batch]` tensor.

@@ -53,6 +53,7 @@ impl StepRegistry {
         r.register(Pcxmi);
         r.register(KlDivergence);
         r.register(InContextPvi);
+        r.register(McDropoutProbAvg);
         r
     }
 

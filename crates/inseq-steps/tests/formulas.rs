@@ -40,6 +40,7 @@ fn ctx() -> StepContext {
             logits: logits(&[B, A]),
             target_ids: vec![0, 2],
         }),
+        dropout_logits: vec![],
     }
 }
 
@@ -181,4 +182,34 @@ fn contrastive_functions_need_contrast() {
         .unwrap()
         .to_string();
     assert!(err.contains("unknown step function `nope`"), "{err}");
+}
+
+#[test]
+fn mc_dropout_prob_avg_standardises_against_the_samples() {
+    let mut c = StepContext::new(logits(&[A]), vec![1]);
+    let samples = [B, [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]];
+    c.dropout_logits = samples.iter().map(|s| logits(&[*s])).collect();
+    let p0 = softmax(&A)[1];
+    let ps: Vec<f64> = samples.iter().map(|s| softmax(s)[1]).collect();
+    let mean = ps.iter().sum::<f64>() / 3.0;
+    let std = (ps.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    close(
+        run("mc_dropout_prob_avg", &c, "")[0],
+        (p0 - mean) / std,
+        "mc_dropout_prob_avg",
+    );
+    let f = StepRegistry::with_defaults()
+        .get("mc_dropout_prob_avg")
+        .unwrap();
+    assert_eq!(
+        f.dropout_samples(&StepArgs::parse("n_mcd_steps=7").unwrap()),
+        7
+    );
+    let err = f
+        .compute(
+            &StepContext::new(logits(&[A]), vec![1]),
+            &StepArgs::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("step score"), "{err}");
 }

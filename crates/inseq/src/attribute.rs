@@ -605,12 +605,14 @@ impl AttributionModel {
                 }
             }
             if !step_fns.is_empty() {
-                let logits = self.step_logits(&step, opts.inseq_compat)?;
+                let logits = self.step_logits(&step, opts.inseq_compat, None)?;
                 let contrast = contrast_logits(self.model(), &step, &logits, 1, opts.inseq_compat);
+                let dropout_logits = self.dropout_logits(&step, &step_fns, opts, s)?;
                 let sctx = StepContext {
                     logits,
                     target_ids: step.target_ids.clone(),
                     contrast,
+                    dropout_logits,
                 };
                 for f in &step_fns {
                     let v = f
@@ -712,7 +714,55 @@ impl AttributionModel {
     }
 
     /// `[batch, vocab]` logits of a plain (non-attributed) forward pass on a step.
-    fn step_logits(&self, step: &StepInput, inseq_compat: bool) -> Result<Tensor<2>> {
+    /// Logits of the forward passes with Monte Carlo dropout that the step functions ask for.
+    fn dropout_logits(
+        &self,
+        step: &StepInput,
+        step_fns: &[Arc<dyn inseq_steps::StepFunction>],
+        opts: &AttributeOptions,
+        step_index: usize,
+    ) -> Result<Vec<Tensor<2>>> {
+        let args = &opts.step_scores_args;
+        let n = step_fns
+            .iter()
+            .map(|f| f.dropout_samples(args))
+            .max()
+            .unwrap_or(0);
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        if !self.model().supports_internal_hooks() {
+            return Err(Error::Unsupported(format!(
+                "Monte Carlo dropout needs dropout inside the model, available for GPT-2 and Llama, not {}",
+                self.model().info().architecture
+            )));
+        }
+        let model_p = self.model().dropout_probability();
+        let p = args.f64_or("dropout", if model_p > 0.0 { model_p } else { 0.1 });
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid_arg(
+                "dropout",
+                format!("must be in [0, 1), got {p}"),
+            ));
+        }
+        let seed = args.f64_or("seed", 42.0) as u64;
+        (0..n)
+            .map(|k| {
+                let dropout = inseq_models::McDropout {
+                    p,
+                    seed: seed.wrapping_add((step_index * 1_000_003 + k) as u64),
+                };
+                self.step_logits(step, opts.inseq_compat, Some(dropout))
+            })
+            .collect()
+    }
+
+    fn step_logits(
+        &self,
+        step: &StepInput,
+        inseq_compat: bool,
+        dropout: Option<inseq_models::McDropout>,
+    ) -> Result<Tensor<2>> {
         let model = self.model();
         let device = model.device();
         let input = ModelInput {
@@ -728,6 +778,7 @@ impl AttributionModel {
             input,
             ForwardOptions {
                 last_position_only: true,
+                dropout,
                 ..Default::default()
             },
         );

@@ -109,3 +109,52 @@ fn contrast_sources_need_an_encoder_decoder() {
         .to_string();
     assert!(err.contains("decoder-only models have no source"), "{err}");
 }
+
+#[test]
+fn mc_dropout_step_score_is_seeded_and_finite() {
+    let device = burn::tensor::Device::flex();
+    for model in ["tiny-gpt2", "tiny-llama"] {
+        let m = load_model(
+            &common::model_dir(model),
+            "saliency",
+            MethodArgs::default(),
+            &device,
+        )
+        .unwrap();
+        let run = |args: &str| {
+            let opts = AttributeOptions {
+                targets: Some(vec!["Hello ladies and gentlemen".into()]),
+                step_scores: vec!["mc_dropout_prob_avg".into()],
+                step_scores_args: StepArgs::parse(args).unwrap(),
+                ..Default::default()
+            };
+            m.attribute(&["Hello ladies and"], &opts)
+                .unwrap()
+                .sequence_attributions[0]
+                .step_scores["mc_dropout_prob_avg"]
+                .clone()
+        };
+        let a = run("n_mcd_steps=4,seed=1");
+        assert!(a.iter().all(|v| v.is_finite()), "{model}: {a:?}");
+        assert_eq!(a, run("n_mcd_steps=4,seed=1"), "{model}: not reproducible");
+        assert_ne!(a, run("n_mcd_steps=4,seed=2"), "{model}: seed ignored");
+    }
+    let m = load_model(
+        &common::model_dir("tiny-gpt2"),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies and gentlemen".into()]),
+        attributed_fn: "mc_dropout_prob_avg".into(),
+        ..Default::default()
+    };
+    let err = m
+        .attribute(&["Hello ladies and"], &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not as the attributed function"), "{err}");
+}
