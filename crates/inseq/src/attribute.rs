@@ -274,6 +274,78 @@ impl AttributionModel {
         &self.pretrained.tokenizer
     }
 
+    /// Word ids of a sequence's source and target tokens from the tokenizer's own
+    /// pre-tokenisation (`Encoding::get_word_ids`), `None` for special tokens. Returns `None`
+    /// when the tokens do not re-encode to the same ids (e.g. contrastive `a → b` tokens).
+    #[allow(clippy::type_complexity)]
+    pub fn word_ids(
+        &self,
+        seq: &SequenceAttribution,
+    ) -> Option<(Option<Vec<Option<usize>>>, Vec<Option<usize>>)> {
+        let tok = self.pretrained.tokenizer.inner();
+        let ids_of = |t: &[TokenWithId]| -> Option<Vec<u32>> {
+            t.iter().map(|t| u32::try_from(t.id).ok()).collect()
+        };
+        let words = |ids: &[u32], skip_first: bool| -> Option<Vec<Option<usize>>> {
+            let body = if skip_first {
+                &ids[1.min(ids.len())..]
+            } else {
+                ids
+            };
+            let text = tok.decode(body, false).ok()?;
+            let enc = tok.encode(text.as_str(), true).ok()?;
+            if enc.get_ids() != body {
+                return None;
+            }
+            let mut w: Vec<Option<usize>> = enc
+                .get_word_ids()
+                .iter()
+                .map(|w| w.map(|w| w as usize))
+                .collect();
+            if skip_first {
+                w.insert(0, None);
+            }
+            Some(w)
+        };
+        let encoder_decoder = self.model().kind() == ModelKind::EncoderDecoder;
+        let target = words(&ids_of(&seq.target)?, encoder_decoder)?;
+        let source = match &seq.source {
+            Some(src) => Some(words(&ids_of(src)?, false)?),
+            None => None,
+        };
+        Some((source, target))
+    }
+
+    /// Applies an aggregation `pipeline` to `out`, giving `subwords` steps the tokenizer's word
+    /// boundaries (see [`AttributionModel::word_ids`]) instead of the `Ġ`/`▁`/`##` markers.
+    pub fn aggregate_with(
+        &self,
+        out: &AttributionOutput,
+        pipeline: &inseq_aggregate::Pipeline,
+    ) -> Result<AttributionOutput> {
+        let mut sequences = Vec::with_capacity(out.sequence_attributions.len());
+        for seq in &out.sequence_attributions {
+            let mut p = pipeline.clone();
+            if let Some((source, target)) = self.word_ids(seq) {
+                for step in &mut p.steps {
+                    if let inseq_aggregate::Aggregator::Subwords { boundaries, .. } = step
+                        && matches!(boundaries, inseq_aggregate::WordBoundaries::Auto)
+                    {
+                        *boundaries = inseq_aggregate::WordBoundaries::WordIds {
+                            source: source.clone(),
+                            target: target.clone(),
+                        };
+                    }
+                }
+            }
+            sequences.push(p.apply(seq)?);
+        }
+        Ok(AttributionOutput {
+            sequence_attributions: sequences,
+            info: out.info.clone(),
+        })
+    }
+
     /// The step-function registry (add custom step functions here).
     pub fn step_registry_mut(&mut self) -> &mut StepRegistry {
         &mut self.steps

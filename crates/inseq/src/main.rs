@@ -341,7 +341,7 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         eprintln!("saved {} (Python Inseq format)", path.display());
     }
     let shown = match &a.aggregation {
-        Some(p) => inseq::aggregation::Pipeline::parse(p)?.apply_output(&out)?,
+        Some(p) => model.aggregate_with(&out, &inseq::aggregation::Pipeline::parse(p)?)?,
         None => inseq::aggregate(&out)?,
     };
     for spec in &a.viz {
