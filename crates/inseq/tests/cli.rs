@@ -341,3 +341,18 @@ fn viz_and_inseq_format_outputs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn source_longer_than_context_for_encoder_decoder() {
+    let long = "word ".repeat(300);
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-bart"),
+        "--input",
+        &long,
+        "--target",
+        "Le",
+    ]);
+    assert_error(&out, "longer than the model's context");
+}
