@@ -1,70 +1,15 @@
 //! Defining properties of gradient_shap, lime, value_zeroing, attention_rollout and attnlrp.
 
+mod common;
+
+use common::{ctx, load, step, step_fn};
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use inseq_core::Error;
-use inseq_methods::{
-    AttributedFn, AttributionMethod, MethodArgs, MethodContext, MethodRegistry, StepInput,
-};
+use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry, StepInput};
 use inseq_models::{
-    ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, Pretrained,
-    ids_tensor, load_pretrained,
+    ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ids_tensor,
 };
-use inseq_steps::{StepArgs, StepRegistry};
-
-const MODELS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/models"
-);
-
-fn load(name: &str) -> Pretrained {
-    load_pretrained(&format!("{MODELS}/{name}"), &Device::flex()).unwrap()
-}
-
-fn step_fn(id: &str) -> AttributedFn {
-    AttributedFn {
-        function: StepRegistry::with_defaults().get(id).unwrap(),
-        args: StepArgs::default(),
-    }
-}
-
-fn ctx<'a>(
-    model: &'a dyn LanguageModel,
-    f: &'a AttributedFn,
-    baseline: usize,
-    attribute_target: bool,
-) -> MethodContext<'a> {
-    MethodContext {
-        model,
-        attributed_fn: f,
-        attribute_target,
-        baseline_token_id: baseline,
-        eos_token_id: model.info().eos_token_id,
-        inseq_compat: false,
-    }
-}
-
-/// A decoder-only step batch from prefixes (left-padded with 0) and next tokens.
-fn step(prefixes: &[Vec<usize>], targets: &[usize]) -> StepInput {
-    let w = prefixes.iter().map(Vec::len).max().unwrap();
-    StepInput {
-        source_ids: None,
-        source_mask: None,
-        prefix_ids: prefixes
-            .iter()
-            .map(|p| {
-                std::iter::repeat_n(0, w - p.len())
-                    .chain(p.iter().copied())
-                    .collect()
-            })
-            .collect(),
-        prefix_mask: prefixes
-            .iter()
-            .map(|p| (0..w).map(|j| j >= w - p.len()).collect())
-            .collect(),
-        target_ids: targets.to_vec(),
-        contrast: None,
-    }
-}
 
 fn seq2seq_step() -> StepInput {
     StepInput {

@@ -1,67 +1,14 @@
 //! Defining properties of occlusion, attention, SIG, DeepLIFT and the layer methods on tiny models.
 
+mod common;
+
+use common::{ctx, load, step, step_fn};
+
 use burn::tensor::{Device, Tensor};
 use inseq_methods::{
-    AttributedFn, AttributionMethod, Embedded, MethodArgs, MethodContext, MethodRegistry,
-    StepAttribution, StepInput, embed_step, forward_scores,
+    AttributionMethod, Embedded, MethodArgs, MethodContext, MethodRegistry, StepAttribution,
+    StepInput, embed_step, forward_scores,
 };
-use inseq_models::{Pretrained, load_pretrained};
-use inseq_steps::{StepArgs, StepRegistry};
-
-const MODELS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/models"
-);
-
-fn load(name: &str) -> Pretrained {
-    load_pretrained(&format!("{MODELS}/{name}"), &Device::flex()).unwrap()
-}
-
-fn probability() -> AttributedFn {
-    AttributedFn {
-        function: StepRegistry::with_defaults().get("probability").unwrap(),
-        args: StepArgs::default(),
-    }
-}
-
-fn ctx<'a>(
-    p: &'a Pretrained,
-    f: &'a AttributedFn,
-    baseline: usize,
-    attribute_target: bool,
-) -> MethodContext<'a> {
-    MethodContext {
-        model: p.model.as_ref(),
-        attributed_fn: f,
-        attribute_target,
-        baseline_token_id: baseline,
-        eos_token_id: p.model.info().eos_token_id,
-        inseq_compat: false,
-    }
-}
-
-/// A decoder-only step batch from prefixes (left-padded with 0) and next tokens.
-fn step(prefixes: &[Vec<usize>], targets: &[usize]) -> StepInput {
-    let w = prefixes.iter().map(Vec::len).max().unwrap();
-    StepInput {
-        source_ids: None,
-        source_mask: None,
-        prefix_ids: prefixes
-            .iter()
-            .map(|p| {
-                std::iter::repeat_n(0, w - p.len())
-                    .chain(p.iter().copied())
-                    .collect()
-            })
-            .collect(),
-        prefix_mask: prefixes
-            .iter()
-            .map(|p| (0..w).map(|j| j >= w - p.len()).collect())
-            .collect(),
-        target_ids: targets.to_vec(),
-        contrast: None,
-    }
-}
 
 fn host(t: &Tensor<3>) -> (Vec<f32>, [usize; 3]) {
     (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
@@ -79,9 +26,9 @@ const SHORT: [usize; 3] = [311, 389, 295];
 #[test]
 fn occlusion_of_a_token_equal_to_the_baseline_scores_zero() {
     let p = load("tiny-gpt2");
-    let f = probability();
+    let f = step_fn("probability");
     // The baseline is token 311, which sits at position 2: occluding it changes nothing.
-    let c = ctx(&p, &f, 311, false);
+    let c = ctx(p.model.as_ref(), &f, 311, false);
     let out = method("occlusion", "")
         .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
         .unwrap();
@@ -98,8 +45,8 @@ fn occlusion_of_a_token_equal_to_the_baseline_scores_zero() {
 /// Batched results equal per-row results on the real (unpadded) positions.
 fn assert_batch_consistent(id: &str, args: &str) {
     let p = load("tiny-gpt2");
-    let f = probability();
-    let c = ctx(&p, &f, 1, false);
+    let f = step_fn("probability");
+    let c = ctx(p.model.as_ref(), &f, 1, false);
     let m = method(id, args);
     let both = m
         .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
@@ -146,8 +93,8 @@ fn batches_match_single_rows() {
 #[test]
 fn attention_rows_are_distributions() {
     let p = load("tiny-gpt2");
-    let f = probability();
-    let c = ctx(&p, &f, 1, false);
+    let f = step_fn("probability");
+    let c = ctx(p.model.as_ref(), &f, 1, false);
     let out = method("attention", "")
         .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
         .unwrap();
@@ -163,8 +110,8 @@ fn attention_rows_are_distributions() {
 fn sig_is_complete_per_position() {
     // SIG's attribution of token i sums to f(x) - f(x with token i at the baseline).
     let p = load("tiny-gpt2");
-    let f = probability();
-    let c = ctx(&p, &f, 1, false);
+    let f = step_fn("probability");
+    let c = ctx(p.model.as_ref(), &f, 1, false);
     let st = step(&[PREFIX.to_vec()], &[364]);
     let out = method("sequential_integrated_gradients", "n_steps=32")
         .attribute_step(&c, &st)
@@ -208,8 +155,8 @@ fn sig_is_complete_per_position() {
 #[test]
 fn deeplift_and_layer_methods_match_their_gradient_forms() {
     let p = load("tiny-gpt2");
-    let f = probability();
-    let c = ctx(&p, &f, 1, false);
+    let f = step_fn("probability");
+    let c = ctx(p.model.as_ref(), &f, 1, false);
     let st = step(&[PREFIX.to_vec()], &[364]);
     let get = |id: &str, args: &str| -> Vec<f32> {
         let out: StepAttribution = method(id, args).attribute_step(&c, &st).unwrap();
@@ -237,7 +184,7 @@ fn deeplift_and_layer_methods_match_their_gradient_forms() {
     // Inseq 0.7.1 compatibility: layer IG / DeepLIFT come out as zeros.
     let compat = MethodContext {
         inseq_compat: true,
-        ..ctx(&p, &f, 1, false)
+        ..ctx(p.model.as_ref(), &f, 1, false)
     };
     let z = method("layer_integrated_gradients", "")
         .attribute_step(&compat, &st)
@@ -253,7 +200,7 @@ fn deeplift_and_layer_methods_match_their_gradient_forms() {
 #[test]
 fn encoder_decoder_occlusion_attention_and_sig() {
     let p = load("tiny-bart");
-    let f = probability();
+    let f = step_fn("probability");
     let src = vec![vec![0, 100, 200, 300, 2], vec![0, 150, 2, 1, 1]];
     let st = StepInput {
         source_ids: Some(src),
@@ -263,7 +210,7 @@ fn encoder_decoder_occlusion_attention_and_sig() {
         target_ids: vec![50, 60],
         contrast: None,
     };
-    let c = ctx(&p, &f, 3, true);
+    let c = ctx(p.model.as_ref(), &f, 3, true);
     let occ = method("occlusion", "").attribute_step(&c, &st).unwrap();
     assert_eq!(occ.source.as_ref().unwrap().dims(), [2, 5, 1]);
     assert_eq!(occ.target.as_ref().unwrap().dims(), [2, 2, 1]);
@@ -280,7 +227,7 @@ fn encoder_decoder_occlusion_attention_and_sig() {
     // SIG moves position i of every attributed input at once: lengths must agree.
     let err = method("sequential_integrated_gradients", "n_steps=2").attribute_step(&c, &st);
     assert!(err.is_err());
-    let c = ctx(&p, &f, 3, false);
+    let c = ctx(p.model.as_ref(), &f, 3, false);
     let sig = method("sequential_integrated_gradients", "n_steps=2")
         .attribute_step(&c, &st)
         .unwrap();
