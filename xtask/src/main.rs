@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask parity`, `cargo xtask fetch-models`, `cargo xtask bench`.
 
+mod bench;
 mod fetch_models;
 mod parity;
 
@@ -25,6 +26,9 @@ enum Command {
     },
     /// Download the real models used by the demo and tests (SmolLM2 GGUF) into the models cache.
     FetchModels,
+    /// Time the same attribution jobs through inseq-rs and Python Inseq 0.7.1 and print a table
+    /// (also written to <target>/bench/results.md and results.jsonl).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +41,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::FetchModels => fetch_models::run(),
+        Command::Bench(args) => {
+            if !bench::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

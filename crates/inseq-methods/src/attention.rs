@@ -2,9 +2,12 @@
 
 use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
-use inseq_models::{ForwardOptions, ModelInput, ModelKind};
+use inseq_models::{ForwardOptions, ModelInput, ModelKind, ModelOutput};
 
-use crate::{AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step};
+use crate::{
+    AttributionMethod, MethodArgs, MethodContext, SequenceInput, StepAttribution, StepInput,
+    embed_step,
+};
 
 /// The attention weights of the position that predicts the step's token,
 /// for every layer and head, as Inseq's `attention` method extracts them:
@@ -27,18 +30,24 @@ impl Attention {
     }
 }
 
-/// Stacks per-layer `[batch, heads, q, k]` weights at the last query into `[batch, k, layers * heads]`.
-fn last_query(layers: &[Tensor<4>]) -> Result<(Tensor<3>, usize, usize)> {
+/// Stacks per-layer `[batch, heads, q, k]` weights of query `query` over the first `keys` keys
+/// into `[batch, keys, layers * heads]`; `None` picks the last query and every key.
+fn query_rows(
+    layers: &[Tensor<4>],
+    query: Option<usize>,
+    keys: Option<usize>,
+) -> Result<(Tensor<3>, usize, usize)> {
     let first = layers
         .first()
         .ok_or_else(|| Error::Unsupported("the model returned no attention weights".into()))?;
-    let [b, h, _, k] = first.dims();
+    let [b, h, q_len, k_len] = first.dims();
+    let q = query.unwrap_or(q_len - 1);
+    let k = keys.unwrap_or(k_len);
     let rows: Vec<Tensor<4>> = layers
         .iter()
         .map(|w| {
-            let [b, h, q, k] = w.dims();
             w.clone()
-                .slice([0..b, 0..h, q - 1..q, 0..k])
+                .slice([0..b, 0..h, q..q + 1, 0..k])
                 .reshape([b, 1, h, k])
         })
         .collect();
@@ -47,12 +56,9 @@ fn last_query(layers: &[Tensor<4>]) -> Result<(Tensor<3>, usize, usize)> {
     Ok((stacked.permute([0, 3, 1, 2]).reshape([b, k, n * h]), n, h))
 }
 
-impl AttributionMethod for Attention {
-    fn id(&self) -> &str {
-        "attention"
-    }
-
-    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+impl Attention {
+    /// Runs the model on the step's inputs and returns its output with attention weights.
+    fn forward(&self, ctx: &MethodContext, step: &StepInput) -> ModelOutput {
         let x = embed_step(ctx, step, false);
         let input = ModelInput {
             target_embeds: x.target,
@@ -60,19 +66,29 @@ impl AttributionMethod for Attention {
             source_embeds: x.source,
             source_mask: step.source_mask.clone(),
         };
-        let out = ctx.model.forward(
+        ctx.model.forward(
             input,
             ForwardOptions {
                 attentions: true,
                 last_position_only: true,
                 ..Default::default()
             },
-        );
-        let (self_attn, layers, heads) = last_query(&out.attentions)?;
+        )
+    }
+
+    /// The scores of query `query` (`None`: the last) over `keys` target keys (`None`: all).
+    fn scores(
+        &self,
+        ctx: &MethodContext,
+        out: &ModelOutput,
+        query: Option<usize>,
+        keys: Option<usize>,
+    ) -> Result<StepAttribution> {
+        let (self_attn, layers, heads) = query_rows(&out.attentions, query, keys)?;
         let (source, target) = match ctx.model.kind() {
             ModelKind::DecoderOnly => (None, Some(self_attn)),
             ModelKind::EncoderDecoder => {
-                let (cross, l, h) = last_query(&out.cross_attentions)?;
+                let (cross, l, h) = query_rows(&out.cross_attentions, query, None)?;
                 if (l, h) != (layers, heads) {
                     return Err(Error::Unsupported(format!(
                         "cross-attention has {l} layers × {h} heads but self-attention {layers} × {heads}"
@@ -87,5 +103,34 @@ impl AttributionMethod for Attention {
             deltas: None,
             score_dims: Some(vec![layers, heads]),
         })
+    }
+}
+
+impl AttributionMethod for Attention {
+    fn id(&self) -> &str {
+        "attention"
+    }
+
+    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+        let out = self.forward(ctx, step);
+        self.scores(ctx, &out, None, None)
+    }
+
+    /// One forward pass over the whole sequence: causal self-attention makes the weights of
+    /// query `i` over keys `..=i` those of the step whose prefix ends at `i`.
+    fn attribute_sequence(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        let out = self.forward(ctx, &seq.full());
+        Some(
+            (0..seq.steps)
+                .map(|s| {
+                    let w = seq.prefix_width(s);
+                    self.scores(ctx, &out, Some(w - 1), Some(w))
+                })
+                .collect(),
+        )
     }
 }

@@ -2,6 +2,7 @@
 //! Relevance Propagation for Transformers", ICML 2024,
 //! <https://arxiv.org/abs/2402.05602>), in its Gradient × Input formulation.
 
+use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
 use inseq_models::{ForwardOptions, ModelInput, ModelKind};
 use inseq_steps::StepContext;
@@ -33,8 +34,15 @@ use crate::{
 /// hidden dimension (`score_dims: None`). Rules not applied: no ε
 /// stabiliser on linear layers, no special treatment of positional
 /// embeddings (GPT-2's learned positions keep their share of relevance).
-/// Needs the model hook ([`inseq_models::LanguageModel::supports_internal_hooks`]:
-/// GPT-2 and the Llama family); encoder-decoder models are refused.
+///
+/// Encoder-decoder models (BART, Marian, T5) get the same rules in the encoder
+/// self-attention, the decoder self-attention and the cross-attention
+/// (whose `Q Kᵀ` and `A V` products, between decoder queries and encoder
+/// keys/values, follow the uniform rule too). The source relevance is always
+/// returned, the target relevance with `attribute_target` (as gradient
+/// methods do). Needs the model hook
+/// ([`inseq_models::LanguageModel::supports_internal_hooks`]: GPT-2, the
+/// Llama family, BART, Marian and T5).
 #[derive(Debug, Clone, Default)]
 pub struct AttnLrp;
 
@@ -53,25 +61,28 @@ impl AttributionMethod for AttnLrp {
 
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let model = ctx.model;
-        if model.kind() == ModelKind::EncoderDecoder {
-            return Err(Error::Unsupported(
-                "attnlrp: encoder-decoder models are not supported yet (the LRP forward mode is implemented for the decoder-only GPT-2 and Llama models)".into(),
-            ));
-        }
         if !model.supports_internal_hooks() {
             return Err(Error::Unsupported(format!(
                 "attnlrp: the `{}` model does not implement the LRP forward mode",
                 model.info().architecture
             )));
         }
-        let x = embed_step(ctx, step, false).target;
-        let tracked = x.clone().detach().autodiff().require_grad();
+        let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
+        let attribute_target = ctx.attribute_target || !encoder_decoder;
+        let x = embed_step(ctx, step, false);
+        let track = |t: Tensor<3>| t.detach().autodiff().require_grad();
+        let source = x.source.clone().filter(|_| encoder_decoder).map(track);
+        let target = if attribute_target {
+            track(x.target.clone())
+        } else {
+            x.target.clone().detach()
+        };
         let out = model.forward(
             ModelInput {
-                target_embeds: tracked.clone(),
+                target_embeds: target.clone(),
                 target_mask: step.prefix_mask.clone(),
-                source_embeds: None,
-                source_mask: None,
+                source_embeds: source.clone(),
+                source_mask: source.as_ref().and(step.source_mask.clone()),
             },
             ForwardOptions {
                 last_position_only: true,
@@ -91,9 +102,23 @@ impl AttributionMethod for AttnLrp {
             .function
             .compute(&sctx, &ctx.attributed_fn.args)?;
         let grads = scores.sum().backward();
-        let g = tracked
-            .grad(&grads)
-            .ok_or_else(|| Error::Numerical("no gradient reached the target embeddings".into()))?;
-        Ok(StepAttribution::granular(None, Some(g * x)))
+        let source = match (source, x.source) {
+            (Some(tracked), Some(embeds)) => Some(
+                tracked.grad(&grads).ok_or_else(|| {
+                    Error::Numerical("no gradient reached the source embeddings".into())
+                })? * embeds,
+            ),
+            _ => None,
+        };
+        let target = if attribute_target {
+            Some(
+                target.grad(&grads).ok_or_else(|| {
+                    Error::Numerical("no gradient reached the target embeddings".into())
+                })? * x.target,
+            )
+        } else {
+            None
+        };
+        Ok(StepAttribution::granular(source, target))
     }
 }

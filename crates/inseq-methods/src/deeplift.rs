@@ -4,6 +4,10 @@
 use inseq_core::Result;
 use inseq_models::ModelKind;
 
+use crate::layer::{
+    LayerSelection, baseline_inputs, block_attribution, gradient_and_activation, layer_activation,
+    take_layer,
+};
 use crate::{
     AttributionMethod, Embedded, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step,
     gradients,
@@ -24,6 +28,11 @@ use crate::{
 /// and therefore matches Inseq on these models; a model with `nn.ReLU` /
 /// `nn.Tanh` activations would differ (Captum's rescale rule there is not reproduced).
 ///
+/// `layer_deeplift` with a block `layer` (see [`crate::LayerIntegratedGradients`] for the
+/// `layer` argument) computes the same on that block's output, as Captum's
+/// `LayerDeepLift`: `∂f/∂a (a) ⊙ (a - a_baseline)`, where `a` is the block output on the
+/// step's inputs and `a_baseline` on the baseline inputs.
+///
 /// With [`MethodContext::inseq_compat`], `layer_deeplift` returns Inseq 0.7.1's
 /// all-zero result (its baseline is the input itself; see [`crate::LayerIntegratedGradients`]).
 #[derive(Debug, Clone)]
@@ -32,27 +41,30 @@ pub struct DeepLift {
     pub id: &'static str,
     /// Multiply the multipliers by `x - baseline` (default `true`).
     pub multiply_by_inputs: bool,
+    /// The attributed layer of `layer_deeplift` (`Embeddings` for `deeplift`).
+    pub layer: LayerSelection,
 }
 
 impl DeepLift {
     /// Builds `deeplift` from arguments (`multiply_by_inputs`).
     pub fn from_args(args: MethodArgs) -> Result<Self> {
-        Self::with_id("deeplift", args)
+        Self::with_id("deeplift", args, LayerSelection::Embeddings)
     }
 
     /// Builds `layer_deeplift` from arguments (`multiply_by_inputs`, `layer`:
-    /// only the token-embedding layer, `embeddings`, is supported).
+    /// `embeddings` (default), `<index>` / `decoder.<index>` or `encoder.<index>`).
     pub fn layer_from_args(mut args: MethodArgs) -> Result<Self> {
-        crate::layer::take_embedding_layer(&mut args)?;
-        Self::with_id("layer_deeplift", args)
+        let layer = take_layer(&mut args)?;
+        Self::with_id("layer_deeplift", args, layer)
     }
 
-    fn with_id(id: &'static str, mut args: MethodArgs) -> Result<Self> {
+    fn with_id(id: &'static str, mut args: MethodArgs, layer: LayerSelection) -> Result<Self> {
         let multiply_by_inputs = args.take("multiply_by_inputs", true)?;
         args.finish(id)?;
         Ok(Self {
             id,
             multiply_by_inputs,
+            layer,
         })
     }
 }
@@ -63,6 +75,21 @@ impl AttributionMethod for DeepLift {
     }
 
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+        self.layer.check(ctx)?;
+        if let LayerSelection::Block(layer) = self.layer {
+            let (grad, act) = gradient_and_activation(ctx, step, layer)?;
+            if !self.multiply_by_inputs {
+                return Ok(block_attribution(layer, grad));
+            }
+            if ctx.inseq_compat {
+                // Inseq 0.7.1's baseline activation is the activation itself (see `crate::layer`).
+                return Ok(block_attribution(layer, grad.zeros_like()));
+            }
+            let x = embed_step(ctx, step, false);
+            let base = baseline_inputs(ctx, &x, embed_step(ctx, step, true));
+            let act_base = layer_activation(ctx, step, &base, layer)?;
+            return Ok(block_attribution(layer, grad * (act - act_base)));
+        }
         if ctx.inseq_compat && self.id == "layer_deeplift" && self.multiply_by_inputs {
             // Inseq 0.7.1 runs layer methods on the real ids for the baseline too (see `crate::layer`).
             return Ok(crate::layer::inseq_zero_attributions(ctx, step));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
-use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ids_tensor};
+use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ModelOutput, ids_tensor};
 use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepFunction};
 
 use crate::{MethodContext, StepInput};
@@ -107,33 +107,36 @@ pub fn embed_target(
 }
 
 /// Padded ids and their mask.
-type PaddedIds<'a> = (&'a Vec<Vec<usize>>, &'a Vec<Vec<bool>>);
+pub type PaddedIds<'a> = (&'a [Vec<usize>], &'a [Vec<bool>]);
 
-/// `[batch, vocab]` logits of a plain forward pass on `prefix_ids` (and `source_ids`), not tracked.
-fn plain_logits(
+/// A plain (not attributed) forward pass on target prefix ids (and source ids), with the
+/// target embeddings as attribution sees them (Inseq's quirk with `inseq_compat`).
+///
+/// ```
+/// # use inseq_methods::plain_forward;
+/// # use inseq_models::{ForwardOptions, load_pretrained};
+/// let m = load_pretrained(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/models/tiny-gpt2"), &burn::tensor::Device::flex()).unwrap();
+/// let ids = vec![vec![10, 11, 12]];
+/// let mask = vec![vec![true; 3]];
+/// let options = ForwardOptions { last_position_only: true, ..Default::default() };
+/// let out = plain_forward(m.model.as_ref(), (&ids, &mask), None, false, options);
+/// assert_eq!(out.logits.dims()[1], 1);
+/// ```
+pub fn plain_forward(
     model: &dyn LanguageModel,
-    prefix_ids: &[Vec<usize>],
-    prefix_mask: &[Vec<bool>],
+    target: PaddedIds,
     source: Option<PaddedIds>,
     inseq_compat: bool,
-) -> Tensor<2> {
+    options: ForwardOptions,
+) -> ModelOutput {
     let device = model.device();
     let input = ModelInput {
-        target_embeds: embed_target(model, prefix_ids, inseq_compat),
-        target_mask: prefix_mask.to_vec(),
+        target_embeds: embed_target(model, target.0, inseq_compat),
+        target_mask: target.1.to_vec(),
         source_embeds: source.map(|(ids, _)| model.embed_source(ids_tensor(ids, device))),
-        source_mask: source.map(|(_, m)| m.clone()),
+        source_mask: source.map(|(_, m)| m.to_vec()),
     };
-    model
-        .forward(
-            input,
-            ForwardOptions {
-                last_position_only: true,
-                ..Default::default()
-            },
-        )
-        .last_logits()
-        .detach()
+    model.forward(input, options)
 }
 
 /// The contrastive output of a step for `times` stacked copies of the batch.
@@ -161,10 +164,24 @@ pub fn contrast_logits(
         &step.source_ids,
         &step.source_mask,
     ) {
-        (Some(ids), Some(mask), _, _) | (None, _, Some(ids), Some(mask)) => Some((ids, mask)),
+        (Some(ids), Some(mask), _, _) | (None, _, Some(ids), Some(mask)) => {
+            Some((ids.as_slice(), mask.as_slice()))
+        }
         _ => None,
     };
-    let separate = plain_logits(model, &c.prefix_ids, &c.prefix_mask, source, inseq_compat);
+    let options = ForwardOptions {
+        last_position_only: true,
+        ..Default::default()
+    };
+    let separate = plain_forward(
+        model,
+        (&c.prefix_ids, &c.prefix_mask),
+        source,
+        inseq_compat,
+        options,
+    )
+    .last_logits()
+    .detach();
     let separate = if times == 1 {
         separate
     } else {

@@ -23,6 +23,10 @@ impl AttributionMethod for InputXGradient {
         "input_x_gradient"
     }
 
+    fn step_batch_rows(&self) -> Option<usize> {
+        Some(1)
+    }
+
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let embedded = embed_step(ctx, step, false);
         let (s, t, _) = gradients(ctx, step, embedded.clone(), 1)?;

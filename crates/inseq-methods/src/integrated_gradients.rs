@@ -103,6 +103,13 @@ impl AttributionMethod for IntegratedGradients {
         "integrated_gradients"
     }
 
+    fn step_batch_rows(&self) -> Option<usize> {
+        Some(
+            self.internal_batch_size
+                .map_or(self.n_steps, |rows| rows.min(self.n_steps)),
+        )
+    }
+
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let x = embed_step(ctx, step, false);
         let base = embed_step(ctx, step, true);

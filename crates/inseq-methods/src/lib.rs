@@ -19,6 +19,7 @@ mod args;
 mod attention;
 mod attn_lrp;
 mod deeplift;
+mod discretized_integrated_gradients;
 mod gradient;
 mod gradient_shap;
 mod input_x_gradient;
@@ -27,9 +28,11 @@ mod layer;
 mod lime;
 mod occlusion;
 mod quadrature;
+mod reagent;
 mod registry;
 mod rollout;
 mod saliency;
+mod sequence;
 mod sequential_integrated_gradients;
 mod value_zeroing;
 
@@ -37,19 +40,23 @@ pub use args::MethodArgs;
 pub use attention::Attention;
 pub use attn_lrp::AttnLrp;
 pub use deeplift::DeepLift;
+pub use discretized_integrated_gradients::{DiscretizedIntegratedGradients, PathStrategy};
 pub use gradient::{
-    AttributedFn, Embedded, contrast_logits, embed_step, embed_target, forward_scores, gradients,
+    AttributedFn, Embedded, PaddedIds, contrast_logits, embed_step, embed_target, forward_scores,
+    gradients, plain_forward,
 };
 pub use gradient_shap::GradientShap;
 pub use input_x_gradient::InputXGradient;
 pub use integrated_gradients::IntegratedGradients;
-pub use layer::{LayerGradientXActivation, LayerIntegratedGradients};
+pub use layer::{LayerGradientXActivation, LayerIntegratedGradients, LayerSelection};
 pub use lime::Lime;
 pub use occlusion::Occlusion;
 pub use quadrature::{Quadrature, gauss_legendre};
+pub use reagent::{Reagent, TokenGroups, TokenSampler};
 pub use registry::{MethodFactory, MethodRegistry};
 pub use rollout::AttentionRollout;
 pub use saliency::Saliency;
+pub use sequence::{SequenceInput, forward_scores_all_steps};
 pub use sequential_integrated_gradients::SequentialIntegratedGradients;
 pub use value_zeroing::{SimilarityMetric, ValueZeroing};
 
@@ -164,4 +171,22 @@ pub trait AttributionMethod: Send + Sync {
     fn id(&self) -> &str;
     /// Attributes one generation step.
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution>;
+    /// Forward-pass rows the method runs at once per input row (e.g. interpolation points per
+    /// pass), when each row's result does not depend on the other rows of the batch; then
+    /// callers may attribute several generation steps in one batch (bigger, faster matrix
+    /// products). `None` (the default): one step per call.
+    fn step_batch_rows(&self) -> Option<usize> {
+        None
+    }
+    /// Attributes every step of `seq` at once, for methods that can share work between the
+    /// steps of a causal model (one forward pass serves every step, see [`SequenceInput`]).
+    /// Element `s` of the result equals [`AttributionMethod::attribute_step`] on
+    /// `seq.step(s)` up to rounding. `None` (the default): attribute step by step.
+    fn attribute_sequence(
+        &self,
+        _ctx: &MethodContext,
+        _seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        None
+    }
 }

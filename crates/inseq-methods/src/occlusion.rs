@@ -6,9 +6,13 @@ use inseq_core::{Error, Result};
 use inseq_models::ModelKind;
 
 use crate::{
-    AttributionMethod, Embedded, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step,
-    forward_scores,
+    AttributionMethod, Embedded, MethodArgs, MethodContext, SequenceInput, StepAttribution,
+    StepInput, embed_step, forward_scores, forward_scores_all_steps,
 };
+
+/// Runs the model on `n` stacked perturbed copies of a batch and returns the attributed
+/// function of every step, `[steps][n * batch]`.
+type StepScorer<'a> = dyn Fn(&Embedded, usize) -> Result<Vec<Vec<f32>>> + 'a;
 
 /// Occlusion as Inseq runs Captum's `Occlusion`: sliding windows of
 /// `sliding_window` tokens × the whole embedding (Inseq's default
@@ -72,17 +76,21 @@ impl Occlusion {
             .collect()
     }
 
-    /// Occludes the source (`source = true`) or the target prefix; returns `[batch, len, 1]`.
+    /// Occludes the source (`source = true`) or the target prefix of `x` and returns, per step,
+    /// `[batch, limits[s], 1]` scores. `score` runs the model on `n` stacked perturbed copies
+    /// and gives the attributed function of every step, `[steps][n * batch]`; `f0` is its value
+    /// on `x`. Step `s` sees only windows inside its first `limits[s]` positions (its prefix).
+    #[allow(clippy::too_many_arguments)]
     fn occlude(
         &self,
-        ctx: &MethodContext,
-        step: &StepInput,
         x: &Embedded,
         base: &Embedded,
         source: bool,
-        f0: &[f32],
-    ) -> Result<Tensor<3>> {
-        let batch = step.prefix_ids.len();
+        limits: &[usize],
+        f0: &[Vec<f32>],
+        max_copies: usize,
+        score: &StepScorer,
+    ) -> Result<Vec<Tensor<3>>> {
         let (input, baseline) = if source {
             match (&x.source, &base.source) {
                 (Some(i), Some(b)) => (i, b),
@@ -95,25 +103,29 @@ impl Occlusion {
         } else {
             (&x.target, &base.target)
         };
-        let [_, len, _] = input.dims();
+        let [batch, len, _] = input.dims();
         let device = input.device();
         let starts = self.windows(len);
-        let per_chunk = (self.internal_batch_size / batch.max(1)).max(1);
-        let mut acc = vec![0f32; batch * len];
-        let mut count = vec![0f32; len];
-        for &s in &starts {
-            for c in count.iter_mut().skip(s).take(self.sliding_window) {
-                *c += 1.0;
+        let steps = limits.len();
+        let inside = |s: usize, start: usize| start + self.sliding_window <= limits[s];
+        let per_chunk = (self.internal_batch_size / batch.max(1)).clamp(1, max_copies.max(1));
+        let mut acc = vec![vec![0f32; batch * len]; steps];
+        let mut count = vec![vec![0f32; len]; steps];
+        for (s, c) in count.iter_mut().enumerate() {
+            for &start in starts.iter().filter(|&&start| inside(s, start)) {
+                for v in c.iter_mut().skip(start).take(self.sliding_window) {
+                    *v += 1.0;
+                }
             }
         }
         for chunk in starts.chunks(per_chunk) {
             let n = chunk.len();
             // mask[w * batch + b, p] = 1 where window w covers position p.
             let mut mask = vec![0f32; n * batch * len];
-            for (w, &s) in chunk.iter().enumerate() {
+            for (w, &start) in chunk.iter().enumerate() {
                 for b in 0..batch {
                     let row = (w * batch + b) * len;
-                    mask[row + s..row + s + self.sliding_window].fill(1.0);
+                    mask[row + start..row + start + self.sliding_window].fill(1.0);
                 }
             }
             let m = Tensor::<3>::from_data(TensorData::new(mask, [n * batch, len, 1]), &device);
@@ -130,30 +142,84 @@ impl Occlusion {
                     target: occluded,
                 }
             };
-            let scores = to_vec(forward_scores(ctx, step, &emb, n)?)?;
-            for (w, &s) in chunk.iter().enumerate() {
-                for b in 0..batch {
-                    let diff = f0[b] - scores[w * batch + b];
-                    for p in s..s + self.sliding_window {
-                        acc[b * len + p] += diff;
+            let scores = score(&emb, n)?;
+            for s in 0..steps {
+                for (w, &start) in chunk.iter().enumerate() {
+                    if !inside(s, start) {
+                        continue;
+                    }
+                    for b in 0..batch {
+                        let diff = f0[s][b] - scores[s][w * batch + b];
+                        for p in start..start + self.sliding_window {
+                            acc[s][b * len + p] += diff;
+                        }
                     }
                 }
             }
         }
-        let out: Vec<f32> = acc
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let c = count[i % len];
-                if c > 0.0 { (a / c).abs() } else { 0.0 }
+        Ok((0..steps)
+            .map(|s| {
+                let limit = limits[s];
+                let out: Vec<f32> = (0..batch * limit)
+                    .map(|i| {
+                        let (b, p) = (i / limit, i % limit);
+                        let c = count[s][p];
+                        if c > 0.0 {
+                            (acc[s][b * len + p] / c).abs()
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Tensor::from_data(TensorData::new(out, [batch, limit, 1]), &device)
             })
-            .collect();
-        Ok(Tensor::from_data(
-            TensorData::new(out, [batch, len, 1]),
-            &device,
-        ))
+            .collect())
+    }
+
+    /// Occlusion of the source and/or target of `x` for every step (see [`Occlusion::occlude`]).
+    #[allow(clippy::too_many_arguments)]
+    fn attribute_all(
+        &self,
+        ctx: &MethodContext,
+        x: &Embedded,
+        base: &Embedded,
+        target_limits: &[usize],
+        f0: &[Vec<f32>],
+        max_copies: usize,
+        score: &StepScorer,
+    ) -> Result<Vec<StepAttribution>> {
+        let steps = target_limits.len();
+        let mut sources: Vec<Option<Tensor<3>>> = vec![None; steps];
+        if let Some(src) = &x.source {
+            let limits = vec![src.dims()[1]; steps];
+            let per_step = self.occlude(x, base, true, &limits, f0, max_copies, score)?;
+            for (slot, t) in sources.iter_mut().zip(per_step) {
+                *slot = Some(t);
+            }
+        }
+        let attribute_target = ctx.attribute_target || ctx.model.kind() == ModelKind::DecoderOnly;
+        let mut targets: Vec<Option<Tensor<3>>> = vec![None; steps];
+        if attribute_target {
+            let per_step = self.occlude(x, base, false, target_limits, f0, max_copies, score)?;
+            for (slot, t) in targets.iter_mut().zip(per_step) {
+                *slot = Some(t);
+            }
+        }
+        Ok(sources
+            .into_iter()
+            .zip(targets)
+            .map(|(source, target)| StepAttribution {
+                source,
+                target,
+                deltas: None,
+                score_dims: Some(vec![]),
+            })
+            .collect())
     }
 }
+
+/// Most logits (floats) one occlusion forward pass over a whole sequence may hold.
+const SEQUENCE_LOGIT_BUDGET: usize = 1 << 25;
 
 /// Moves a 1-D tensor to the host.
 pub(crate) fn to_vec(t: Tensor<1>) -> Result<Vec<f32>> {
@@ -169,23 +235,34 @@ impl AttributionMethod for Occlusion {
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let x = embed_step(ctx, step, false);
         let base = embed_step(ctx, step, true);
-        let f0 = to_vec(forward_scores(ctx, step, &x, 1)?)?;
-        let source = if x.source.is_some() {
-            Some(self.occlude(ctx, step, &x, &base, true, &f0)?)
-        } else {
-            None
-        };
-        let attribute_target = ctx.attribute_target || ctx.model.kind() == ModelKind::DecoderOnly;
-        let target = if attribute_target {
-            Some(self.occlude(ctx, step, &x, &base, false, &f0)?)
-        } else {
-            None
-        };
-        Ok(StepAttribution {
-            source,
-            target,
-            deltas: None,
-            score_dims: Some(vec![]),
-        })
+        let score =
+            |emb: &Embedded, n: usize| Ok(vec![to_vec(forward_scores(ctx, step, emb, n)?)?]);
+        let f0 = score(&x, 1)?;
+        let len = x.target.dims()[1];
+        let mut out = self.attribute_all(ctx, &x, &base, &[len], &f0, usize::MAX, &score)?;
+        out.pop()
+            .ok_or_else(|| Error::Numerical("occlusion produced no step".into()))
+    }
+
+    /// One forward pass per occluded window over the whole sequence gives the attributed
+    /// function of every step whose prefix holds the window (causal models), instead of one
+    /// forward pass per window and step.
+    fn attribute_sequence(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        let full = seq.full();
+        let x = embed_step(ctx, &full, false);
+        let base = embed_step(ctx, &full, true);
+        let score = |emb: &Embedded, n: usize| forward_scores_all_steps(ctx, seq, emb, n);
+        let limits: Vec<usize> = (0..seq.steps).map(|s| seq.prefix_width(s)).collect();
+        let logits_per_copy = seq.batch() * seq.steps * ctx.model.info().vocab_size;
+        let max_copies = SEQUENCE_LOGIT_BUDGET / logits_per_copy.max(1);
+        Some(
+            score(&x, 1).and_then(|f0| {
+                self.attribute_all(ctx, &x, &base, &limits, &f0, max_copies, &score)
+            }),
+        )
     }
 }

@@ -82,17 +82,17 @@ impl MethodRegistry {
         );
         r.register(
             "layer_deeplift",
-            "DeepLIFT on the token-embedding layer's output (Shrikumar et al., 2017).",
+            "DeepLIFT on a layer's output: token embeddings (default) or layer=<block>|encoder.<block> (Shrikumar et al., 2017).",
             |a| Ok(Box::new(DeepLift::layer_from_args(a)?)),
         );
         r.register(
             "layer_integrated_gradients",
-            "Integrated gradients on the token-embedding layer's output (Sundararajan et al., 2017).",
+            "Integrated gradients on a layer's output: token embeddings (default) or layer=<block>|encoder.<block> (Sundararajan et al., 2017).",
             |a| Ok(Box::new(LayerIntegratedGradients::from_args(a)?)),
         );
         r.register(
             "layer_gradient_x_activation",
-            "Gradient times activation of the token-embedding layer.",
+            "Gradient times activation of a layer: token embeddings (default) or layer=<block>|encoder.<block>.",
             |a| Ok(Box::new(LayerGradientXActivation::from_args(a)?)),
         );
         r.register(
@@ -119,6 +119,16 @@ impl MethodRegistry {
             "attnlrp",
             "Attention-aware LRP as Gradient x Input on a rule-modified graph (Achtibat et al., 2024).",
             |a| Ok(Box::new(crate::AttnLrp::from_args(a)?)),
+        );
+        r.register(
+            "discretized_integrated_gradients",
+            "Integrated gradients along monotonic paths through neighbouring word embeddings (Sanyal & Ren, 2021).",
+            |a| Ok(Box::new(crate::DiscretizedIntegratedGradients::from_args(a)?)),
+        );
+        r.register(
+            "reagent",
+            "Target-probability changes under random token replacements, refined until the top tokens alone keep the target in the top k (Zhao & Shan, 2024).",
+            |a| Ok(Box::new(crate::Reagent::from_args(a)?)),
         );
         r.register(
             "dummy",

@@ -28,6 +28,10 @@ impl AttributionMethod for Saliency {
         "saliency"
     }
 
+    fn step_batch_rows(&self) -> Option<usize> {
+        Some(1)
+    }
+
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let (s, t, _) = gradients(ctx, step, embed_step(ctx, step, false), 1)?;
         let f = |g: burn::tensor::Tensor<3>| if self.abs { g.abs() } else { g };

@@ -5,7 +5,6 @@ mod common;
 use common::{ctx, load, step, step_fn};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use inseq_core::Error;
 use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry, StepInput};
 use inseq_models::{
     ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ids_tensor,
@@ -201,6 +200,9 @@ impl LanguageModel for LinearModel {
             cross_attentions: vec![],
             encoder_attentions: vec![],
             hidden_states: vec![],
+            encoder_hidden_states: vec![],
+            final_hidden_state: None,
+            encoder_final_hidden_state: None,
         }
     }
 }
@@ -312,12 +314,15 @@ fn value_zeroing_scores_layers_and_batches() {
             )
             .is_err()
     );
+    // Encoder-decoder: source scores from the cross-attention, target scores with attribute_target.
     let p = load("tiny-bart");
+    let layers = p.model.info().num_layers;
     let f = step_fn("probability");
-    let err = method("value_zeroing", "")
+    let out = method("value_zeroing", "")
         .attribute_step(&ctx(p.model.as_ref(), &f, 3, false), &seq2seq_step())
-        .unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+        .unwrap();
+    assert_eq!(out.source.as_ref().unwrap().dims(), [2, 5, layers]);
+    assert!(out.target.is_none());
 }
 
 #[test]
@@ -354,6 +359,7 @@ fn forward_hooks_leave_the_clean_forward_unchanged() {
             zero_value: Some(inseq_models::ValueZeroing {
                 layer: 0,
                 positions: vec![None],
+                attention: Default::default(),
             }),
             ..Default::default()
         });
@@ -362,6 +368,7 @@ fn forward_hooks_leave_the_clean_forward_unchanged() {
             zero_value: Some(inseq_models::ValueZeroing {
                 layer: m.info().num_layers - 1,
                 positions: vec![Some(0)],
+                attention: Default::default(),
             }),
             ..Default::default()
         });
@@ -437,10 +444,13 @@ fn attnlrp_on_decoder_only_models() {
         assert!(v.iter().zip(&g).any(|(a, b)| (a - b).abs() > 1e-6));
         assert_batch_consistent(name, "attnlrp", "");
     }
+    // Encoder-decoder models: source relevance, and target relevance with attribute_target.
     let p = load("tiny-marian");
     let f = step_fn("probability");
-    let err = method("attnlrp", "")
+    let hidden = p.model.info().hidden_size;
+    let out = method("attnlrp", "")
         .attribute_step(&ctx(p.model.as_ref(), &f, 3, false), &seq2seq_step())
-        .unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+        .unwrap();
+    assert_eq!(out.source.as_ref().unwrap().dims(), [2, 5, hidden]);
+    assert!(out.target.is_none());
 }

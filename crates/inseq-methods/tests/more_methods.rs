@@ -192,9 +192,18 @@ fn deeplift_and_layer_methods_match_their_gradient_forms() {
     assert!(host(z.target.as_ref().unwrap()).0.iter().all(|x| *x == 0.0));
     assert!(
         MethodRegistry::with_defaults()
-            .create("layer_deeplift", MethodArgs::parse("layer=3").unwrap())
+            .create(
+                "layer_deeplift",
+                MethodArgs::parse("layer=lm_head").unwrap()
+            )
             .is_err()
     );
+    // Block indices are checked against the model when attributing.
+    let err = method("layer_deeplift", "layer=3")
+        .attribute_step(&c, &st)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("valid indices 0..=1"), "{err}");
 }
 
 #[test]

@@ -15,11 +15,21 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
-use crate::gpt2::{empty_output, lm_head};
-use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
-use crate::nn::{
-    Embedding, LayerNorm, Linear, attention, attention_bias, ids_tensor, merge_heads, split_heads,
+use crate::gpt2::{
+    empty_output, identity_rule, layer_norm, lm_head, lrp_attention, override_layer, zero_values,
 };
+use crate::model::{
+    AttentionKind, ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind,
+    ModelOutput,
+};
+use crate::nn::{
+    Embedding, LayerNorm, Linear, attention, attention_bias, ids_tensor, mc_dropout, merge_heads,
+    split_heads,
+};
+
+/// First Monte Carlo dropout slot of the encoder sublayers (the decoder's start at 0), so that
+/// every dropout site of a forward pass draws its own mask.
+pub(crate) const ENCODER_DROPOUT_SLOTS: u64 = 1 << 32;
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
@@ -66,6 +76,9 @@ pub struct BartConfig {
     /// Final layer norm after the layer stacks (mBART); not supported, rejected when `true`.
     #[serde(default)]
     pub add_final_layer_norm: bool,
+    /// Residual dropout probability (used by Monte Carlo dropout; Hugging Face's default 0.1).
+    #[serde(default)]
+    pub dropout: Option<f64>,
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<usize>,
@@ -237,11 +250,21 @@ impl Attn {
     }
 
     /// Attends from `x` to `kv`; returns the projected output and the weights.
-    fn forward(&self, x: Tensor<3>, kv: Tensor<3>, bias: &Tensor<4>) -> (Tensor<3>, Tensor<4>) {
+    /// `values` edits the `[batch, heads, kv_len, head_dim]` value vectors (value
+    /// zeroing); `lrp` builds AttnLRP's graph (see [`ForwardOptions::attn_lrp`]).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        kv: Tensor<3>,
+        bias: &Tensor<4>,
+        lrp: bool,
+        values: impl FnOnce(Tensor<4>) -> Tensor<4>,
+    ) -> (Tensor<3>, Tensor<4>) {
         let q = split_heads(self.q.forward(x), self.heads);
         let k = split_heads(self.k.forward(kv.clone()), self.heads);
-        let v = split_heads(self.v.forward(kv), self.heads);
-        let (ctx, weights) = attention(q, k, v, Some(bias.clone()), self.scale);
+        let v = values(split_heads(self.v.forward(kv), self.heads));
+        let attend = if lrp { lrp_attention } else { attention };
+        let (ctx, weights) = attend(q, k, v, Some(bias.clone()), self.scale);
         (self.o.forward(merge_heads(ctx)), weights)
     }
 }
@@ -335,6 +358,7 @@ pub(crate) struct Seq2Seq {
     pub(crate) embed_scale: f64,
     convention: ScaleConvention,
     d_model: usize,
+    dropout: f64,
     device: Device,
 }
 
@@ -496,6 +520,7 @@ impl Seq2Seq {
             embed_scale,
             convention,
             d_model: d,
+            dropout: config.dropout.unwrap_or(0.1),
             device: w.device().clone(),
         })
     }
@@ -537,30 +562,64 @@ impl Seq2Seq {
         }
     }
 
+    /// The feed-forward block `fc2(act(fc1(x)))`; with `lrp`, the activation follows
+    /// AttnLRP's identity rule.
+    fn feed_forward(&self, fc1: &Linear, fc2: &Linear, x: Tensor<3>, lrp: bool) -> Tensor<3> {
+        let h = fc1.forward(x);
+        let h = if lrp {
+            identity_rule(h, |t| self.act.apply(t))
+        } else {
+            self.act.apply(h)
+        };
+        fc2.forward(h)
+    }
+
     /// Runs the encoder on `[batch, len, d]` embeddings.
     fn encode(
         &self,
         x: Tensor<3>,
         mask: &[Vec<bool>],
         out: &mut ModelOutput,
-        attentions: bool,
+        options: &ForwardOptions,
     ) -> Tensor<3> {
         let [_, s, _] = x.dims();
+        let lrp = options.attn_lrp;
         let mut x = x + self.positions(s, false);
         if let Some((ln, _)) = &self.layernorm_embedding {
-            x = ln.forward(x);
+            x = layer_norm(ln, x, lrp);
+        }
+        if options.hidden_states {
+            out.encoder_hidden_states.push(x.clone());
         }
         let bias = attention_bias(mask, s, false, &self.device);
-        for layer in &self.encoder {
-            let (a, weights) = layer.self_attn.forward(x.clone(), x.clone(), &bias);
-            if attentions {
+        for (i, layer) in self.encoder.iter().enumerate() {
+            let zero = |v| {
+                zero_values(
+                    v,
+                    options.zero_value.as_ref(),
+                    AttentionKind::EncoderSelf,
+                    i,
+                    &self.device,
+                )
+            };
+            let (a, weights) = layer
+                .self_attn
+                .forward(x.clone(), x.clone(), &bias, lrp, zero);
+            if options.attentions {
                 out.encoder_attentions.push(weights);
             }
-            x = layer.self_attn_norm.forward(x + a);
-            let ff = layer
-                .fc2
-                .forward(self.act.apply(layer.fc1.forward(x.clone())));
-            x = layer.final_norm.forward(x + ff);
+            let drop = options.dropout.as_ref();
+            let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
+            x = layer_norm(&layer.self_attn_norm, x + mc_dropout(a, drop, slot), lrp);
+            let ff = self.feed_forward(&layer.fc1, &layer.fc2, x.clone(), lrp);
+            x = layer_norm(&layer.final_norm, x + mc_dropout(ff, drop, slot + 1), lrp);
+            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
+            if options.hidden_states {
+                out.encoder_hidden_states.push(x.clone());
+            }
+        }
+        if options.hidden_states {
+            out.encoder_final_hidden_state = Some(x.clone());
         }
         x
     }
@@ -568,12 +627,13 @@ impl Seq2Seq {
     /// Forward pass on embeddings (see the module docs for the conventions).
     pub(crate) fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let mut out = empty_output(&self.device);
+        let lrp = options.attn_lrp;
         let [b, t, _] = input.target_embeds.dims();
         let target_mask = mask_or_all(Some(&input.target_mask), b, t);
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
-            let enc = self.encode(src, &mask, &mut out, options.attentions);
+            let enc = self.encode(src, &mask, &mut out, &options);
             (enc, attention_bias(&mask, t, false, &self.device))
         });
         let mut y = input.target_embeds;
@@ -582,36 +642,65 @@ impl Seq2Seq {
         }
         y = y + self.positions(t, true);
         if let Some((_, ln)) = &self.layernorm_embedding {
-            y = ln.forward(y);
+            y = layer_norm(ln, y, lrp);
         }
         if options.hidden_states {
             out.hidden_states.push(y.clone());
         }
         let self_bias = attention_bias(&target_mask, t, true, &self.device);
-        for layer in &self.decoder {
-            let (a, weights) = layer.self_attn.forward(y.clone(), y.clone(), &self_bias);
+        let zero = options.zero_value.as_ref();
+        for (i, layer) in self.decoder.iter().enumerate() {
+            let (a, weights) =
+                layer
+                    .self_attn
+                    .forward(y.clone(), y.clone(), &self_bias, lrp, |v| {
+                        zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
+                    });
             if options.attentions {
                 out.attentions.push(weights);
             }
-            y = layer.self_attn_norm.forward(y + a);
+            let drop = options.dropout.as_ref();
+            let slot = 3 * i as u64;
+            y = layer_norm(&layer.self_attn_norm, y + mc_dropout(a, drop, slot), lrp);
             if let Some((enc, cross_bias)) = &memory {
-                let (a, weights) = layer.cross_attn.forward(y.clone(), enc.clone(), cross_bias);
+                let (a, weights) =
+                    layer
+                        .cross_attn
+                        .forward(y.clone(), enc.clone(), cross_bias, lrp, |v| {
+                            zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+                        });
                 if options.attentions {
                     out.cross_attentions.push(weights);
                 }
-                y = layer.cross_attn_norm.forward(y + a);
+                y = layer_norm(
+                    &layer.cross_attn_norm,
+                    y + mc_dropout(a, drop, slot + 1),
+                    lrp,
+                );
             }
-            let ff = layer
-                .fc2
-                .forward(self.act.apply(layer.fc1.forward(y.clone())));
-            y = layer.final_norm.forward(y + ff);
+            let ff = self.feed_forward(&layer.fc1, &layer.fc2, y.clone(), lrp);
+            y = layer_norm(&layer.final_norm, y + mc_dropout(ff, drop, slot + 2), lrp);
+            y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
             if options.hidden_states {
                 out.hidden_states.push(y.clone());
             }
         }
-        let logits = lm_head(y, &self.lm_head, options.last_position_only);
+        if options.hidden_states {
+            out.final_hidden_state = Some(y.clone());
+        }
+        let logits = lm_head(y, &self.lm_head, &options);
         out.logits = logits + self.final_logits_bias.clone().unsqueeze::<3>();
         out
+    }
+
+    /// Number of encoder layers.
+    pub(crate) fn num_encoder_layers(&self) -> usize {
+        self.encoder.len()
+    }
+
+    /// The residual dropout probability of the config.
+    pub(crate) fn dropout_probability(&self) -> f64 {
+        self.dropout
     }
 
     pub(crate) fn device(&self) -> &Device {
@@ -680,5 +769,17 @@ impl LanguageModel for Bart {
 
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         self.inner.forward(input, options)
+    }
+
+    fn supports_internal_hooks(&self) -> bool {
+        true
+    }
+
+    fn num_encoder_layers(&self) -> usize {
+        self.inner.num_encoder_layers()
+    }
+
+    fn dropout_probability(&self) -> f64 {
+        self.inner.dropout_probability()
     }
 }

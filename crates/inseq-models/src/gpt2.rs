@@ -4,7 +4,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
 use crate::model::{
-    ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ValueZeroing,
+    AttentionKind, ForwardOptions, LanguageModel, LayerOverride, LayerRef, ModelInfo, ModelInput,
+    ModelKind, ModelOutput, OverrideMode, ValueZeroing,
 };
 use crate::nn::{
     Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, position_ids, split_heads,
@@ -204,7 +205,13 @@ impl LanguageModel for Gpt2 {
             let q = split_heads(h.clone().slice([0..b, 0..s, 0..d]), heads);
             let k = split_heads(h.clone().slice([0..b, 0..s, d..2 * d]), heads);
             let v = split_heads(h.slice([0..b, 0..s, 2 * d..3 * d]), heads);
-            let v = zero_values(v, options.zero_value.as_ref(), i, &self.device);
+            let v = zero_values(
+                v,
+                options.zero_value.as_ref(),
+                AttentionKind::DecoderSelf,
+                i,
+                &self.device,
+            );
             let (ctx, weights) = if lrp {
                 lrp_attention(q, k, v, Some(bias.clone()), scale)
             } else {
@@ -226,25 +233,30 @@ impl LanguageModel for Gpt2 {
                 self.act(pre)
             };
             x = x + crate::nn::mc_dropout(block.mlp_proj.forward(m), drop, 2 * i as u64 + 1);
+            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Decoder(i));
             if options.hidden_states {
                 out.hidden_states.push(x.clone());
             }
         }
         let x = layer_norm(&self.ln_f, x, lrp);
-        out.logits = lm_head(x, &self.lm_head, options.last_position_only);
+        if options.hidden_states {
+            out.final_hidden_state = Some(x.clone());
+        }
+        out.logits = lm_head(x, &self.lm_head, &options);
         out
     }
 }
 
 /// Multiplies `[batch, heads, seq, head_dim]` values by 0 at the positions
-/// `zero` names for `layer` (value zeroing); unchanged otherwise.
+/// `zero` names for the attention `kind` of `layer` (value zeroing); unchanged otherwise.
 pub(crate) fn zero_values(
     v: Tensor<4>,
     zero: Option<&ValueZeroing>,
+    kind: AttentionKind,
     layer: usize,
     device: &Device,
 ) -> Tensor<4> {
-    let Some(z) = zero.filter(|z| z.layer == layer) else {
+    let Some(z) = zero.filter(|z| z.layer == layer && z.attention == kind) else {
         return v;
     };
     let [b, _, s, _] = v.dims();
@@ -255,6 +267,18 @@ pub(crate) fn zero_values(
         }
     }
     v * Tensor::<4>::from_data(TensorData::new(keep, [b, 1, s, 1]), device)
+}
+
+/// Applies a [`LayerOverride`] to the output `x` of block `at` (unchanged when the
+/// override names another block).
+pub(crate) fn override_layer(x: Tensor<3>, o: Option<&LayerOverride>, at: LayerRef) -> Tensor<3> {
+    match o {
+        Some(o) if o.layer == at => match o.mode {
+            OverrideMode::Replace => o.value.clone(),
+            OverrideMode::Add => x + o.value.clone(),
+        },
+        _ => x,
+    }
 }
 
 /// Layer normalisation; with `lrp`, the standard deviation is detached
@@ -316,15 +340,19 @@ pub(crate) fn empty_output(device: &Device) -> ModelOutput {
         cross_attentions: vec![],
         encoder_attentions: vec![],
         hidden_states: vec![],
+        encoder_hidden_states: vec![],
+        final_hidden_state: None,
+        encoder_final_hidden_state: None,
     }
 }
 
 /// Applies an `[hidden, vocab]` output projection to `[batch, seq, hidden]`,
 /// optionally at the last position only.
-pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, last_only: bool) -> Tensor<3> {
+pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, options: &ForwardOptions) -> Tensor<3> {
     let [b, s, d] = x.dims();
-    let x = if last_only {
-        x.slice([0..b, s - 1..s, 0..d])
+    let first = options.first_logit_position(s);
+    let x = if first > 0 {
+        x.slice([0..b, first..s, 0..d])
     } else {
         x
     };

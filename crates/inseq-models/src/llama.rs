@@ -4,8 +4,13 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
-use crate::gpt2::{empty_output, identity_rule, lm_head, lrp_attention, uniform_rule, zero_values};
-use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
+use crate::gpt2::{
+    empty_output, identity_rule, lm_head, lrp_attention, override_layer, uniform_rule, zero_values,
+};
+use crate::model::{
+    AttentionKind, ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind,
+    ModelOutput,
+};
 use crate::nn::{
     Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, position_ids, repeat_kv,
     split_heads,
@@ -305,7 +310,7 @@ impl Llama {
 }
 
 /// RMS normalisation; with `lrp`, the root mean square is detached (AttnLRP).
-fn rms_norm(norm: &RmsNorm, x: Tensor<3>, lrp: bool) -> Tensor<3> {
+pub(crate) fn rms_norm(norm: &RmsNorm, x: Tensor<3>, lrp: bool) -> Tensor<3> {
     if !lrp {
         return norm.forward(x);
     }
@@ -369,7 +374,13 @@ impl LanguageModel for Llama {
             let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
             let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
             let v = split_heads(layer.v.forward(n), kvh);
-            let v = zero_values(v, options.zero_value.as_ref(), i, &self.device);
+            let v = zero_values(
+                v,
+                options.zero_value.as_ref(),
+                AttentionKind::DecoderSelf,
+                i,
+                &self.device,
+            );
             let attend = if lrp { lrp_attention } else { attention };
             let (ctx, weights) = attend(
                 q,
@@ -399,12 +410,16 @@ impl LanguageModel for Llama {
                 layer.down.forward(act(gate) * layer.up.forward(n))
             };
             x = x + crate::nn::mc_dropout(mlp, drop, 2 * i as u64 + 1);
+            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Decoder(i));
             if options.hidden_states {
                 out.hidden_states.push(x.clone());
             }
         }
         let x = rms_norm(&self.norm, x, lrp);
-        out.logits = lm_head(x, &self.lm_head, options.last_position_only);
+        if options.hidden_states {
+            out.final_hidden_state = Some(x.clone());
+        }
+        out.logits = lm_head(x, &self.lm_head, &options);
         out
     }
 }

@@ -106,4 +106,16 @@ impl LanguageModel for Marian {
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         self.inner.forward(input, options)
     }
+
+    fn supports_internal_hooks(&self) -> bool {
+        true
+    }
+
+    fn num_encoder_layers(&self) -> usize {
+        self.inner.num_encoder_layers()
+    }
+
+    fn dropout_probability(&self) -> f64 {
+        self.inner.dropout_probability()
+    }
 }

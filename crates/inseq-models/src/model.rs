@@ -53,20 +53,89 @@ pub struct ModelInput {
     pub source_mask: Option<Vec<Vec<bool>>>,
 }
 
-/// Zeroes the value vector of one token per batch row in one self-attention
-/// layer (value zeroing, Mohebbi et al., 2023). Only honoured by models whose
+/// An attention sublayer kind of a model: which attention a [`ValueZeroing`] hook targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKind {
+    /// The (decoder's) causal self-attention; the only kind decoder-only models have.
+    #[default]
+    DecoderSelf,
+    /// The encoder's self-attention (encoder-decoder models; positions are source positions).
+    EncoderSelf,
+    /// The decoder's cross-attention over the encoder output (encoder-decoder models;
+    /// positions are source positions, the keys and values of the cross-attention).
+    Cross,
+}
+
+/// Zeroes the value vector of one token per batch row in one attention layer
+/// (value zeroing, Mohebbi et al., 2023), in every head. Only honoured by models whose
 /// [`LanguageModel::supports_internal_hooks`] is `true`.
+///
+/// `attention` picks the attention sublayer: the decoder self-attention by
+/// default (positions index the target), or, in encoder-decoder models, the encoder
+/// self-attention or the decoder cross-attention (positions index the source).
+/// `layer` indexes the blocks of that stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueZeroing {
-    /// The (decoder) layer whose attention values are zeroed.
+    /// The layer (block) of the stack `attention` names whose attention values are zeroed.
     pub layer: usize,
     /// Per batch row, the position whose value vector is zeroed (`None`: none).
     pub positions: Vec<Option<usize>>,
+    /// Which attention sublayer is hooked.
+    pub attention: AttentionKind,
+}
+
+/// A block of a model: decoder block `k` (the only stack of decoder-only models) or, in
+/// encoder-decoder models, encoder block `k` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRef {
+    /// Block `k` of the decoder (of the model, for decoder-only models).
+    Decoder(usize),
+    /// Block `k` of the encoder (encoder-decoder models).
+    Encoder(usize),
+}
+
+impl LayerRef {
+    /// The position of this block's output in [`ModelOutput::hidden_states`] (decoder) or
+    /// [`ModelOutput::encoder_hidden_states`] (encoder): `k + 1`.
+    pub fn hidden_state_index(self) -> usize {
+        match self {
+            LayerRef::Decoder(k) | LayerRef::Encoder(k) => k + 1,
+        }
+    }
+}
+
+/// What [`LayerOverride`] does to the block output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideMode {
+    /// The block output is replaced by the given tensor (the block's own output is discarded),
+    /// as Captum's layer methods do when they feed interpolated layer activations.
+    Replace,
+    /// The given tensor is added to the block output; with a zero tensor that requires
+    /// gradients, the gradient of the output with respect to the block output can be read.
+    Add,
+}
+
+/// Replaces (or shifts) the output of one block during a forward pass, so that layer
+/// attribution methods can differentiate with respect to, or interpolate, a hidden layer.
+/// The following blocks (and, for an encoder block, the decoder's cross-attention) use
+/// the new value; [`ModelOutput::hidden_states`] / [`ModelOutput::encoder_hidden_states`]
+/// report it. Only honoured by models whose [`LanguageModel::supports_internal_hooks`] is
+/// `true`; an override of a block that does not exist is ignored.
+#[derive(Debug, Clone)]
+pub struct LayerOverride {
+    /// The block whose output is changed.
+    pub layer: LayerRef,
+    /// `[batch, positions, hidden]`, shaped like the block output (`positions`: the
+    /// target length for decoder blocks, the source length for encoder blocks).
+    pub value: Tensor<3>,
+    /// Replace the block output or add to it.
+    pub mode: OverrideMode,
 }
 
 /// Monte Carlo dropout for one forward pass: each block's attention and MLP outputs (GPT-2's
-/// residual dropout positions) are dropped with probability `p` and the rest scaled by
-/// `1 / (1 - p)`, with masks drawn from `seed`. Honoured by models whose
+/// residual dropout positions; in encoder-decoder models every self-attention, cross-attention
+/// and feed-forward output of both stacks) are dropped with probability `p` and the rest scaled
+/// by `1 / (1 - p)`, with masks drawn from `seed`. Honoured by models whose
 /// [`LanguageModel::supports_internal_hooks`] is `true`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct McDropout {
@@ -85,6 +154,10 @@ pub struct ForwardOptions {
     pub hidden_states: bool,
     /// Compute logits at the last position only (saves the LM head on long prefixes).
     pub last_position_only: bool,
+    /// Compute logits only from this position on (`None`: every position); ignored with
+    /// `last_position_only`. Attributing every step of a sequence from one forward pass needs
+    /// the logits of the generated positions only.
+    pub logits_from: Option<usize>,
     /// Zero one token's attention value vector in one layer (see [`ValueZeroing`]).
     pub zero_value: Option<ValueZeroing>,
     /// Build the forward graph so that Gradient × Input on it equals AttnLRP
@@ -96,12 +169,35 @@ pub struct ForwardOptions {
     pub attn_lrp: bool,
     /// Monte Carlo dropout (see [`McDropout`]); `None` for the usual deterministic forward pass.
     pub dropout: Option<McDropout>,
+    /// Replace or shift one block's output (see [`LayerOverride`]).
+    pub layer_override: Option<LayerOverride>,
+}
+
+impl ForwardOptions {
+    /// The first position whose logits are computed, for a sequence of `len` positions.
+    ///
+    /// ```
+    /// use inseq_models::ForwardOptions;
+    /// let from_three = ForwardOptions { logits_from: Some(3), ..Default::default() };
+    /// assert_eq!(from_three.first_logit_position(10), 3);
+    /// let last = ForwardOptions { last_position_only: true, ..Default::default() };
+    /// assert_eq!(last.first_logit_position(10), 9);
+    /// ```
+    pub fn first_logit_position(&self, len: usize) -> usize {
+        let last = len.saturating_sub(1);
+        if self.last_position_only {
+            last
+        } else {
+            self.logits_from.unwrap_or(0).min(last)
+        }
+    }
 }
 
 /// Output of [`LanguageModel::forward`].
 #[derive(Debug, Clone)]
 pub struct ModelOutput {
-    /// `[batch, positions, vocab]` logits (`positions` is 1 with `last_position_only`).
+    /// `[batch, positions, vocab]` logits from [`ForwardOptions::first_logit_position`] on
+    /// (`positions` is 1 with `last_position_only`).
     pub logits: Tensor<3>,
     /// Per decoder layer `[batch, heads, q, k]` self-attention weights.
     pub attentions: Vec<Tensor<4>>,
@@ -109,8 +205,21 @@ pub struct ModelOutput {
     pub cross_attentions: Vec<Tensor<4>>,
     /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights.
     pub encoder_attentions: Vec<Tensor<4>>,
-    /// Embedding output then each layer's output, `[batch, positions, hidden]`.
+    /// With [`ForwardOptions::hidden_states`]: the (decoder) embedding output then each
+    /// (decoder) block's output, `[batch, positions, hidden]`; entry `k + 1` is block `k`'s
+    /// output, before any final normalisation of the stack.
     pub hidden_states: Vec<Tensor<3>>,
+    /// Encoder-decoder models, with [`ForwardOptions::hidden_states`]: the encoder's
+    /// embedding output then each encoder block's output, `[batch, source_len, hidden]`.
+    pub encoder_hidden_states: Vec<Tensor<3>>,
+    /// With [`ForwardOptions::hidden_states`]: the (decoder) stack's output after its final
+    /// normalisation where the architecture has one (GPT-2's `ln_f`, Llama's and T5's final
+    /// norms; equal to the last entry of `hidden_states` for BART and Marian), what Hugging
+    /// Face reports as the last hidden state.
+    pub final_hidden_state: Option<Tensor<3>>,
+    /// Encoder-decoder models, with [`ForwardOptions::hidden_states`]: the encoder's output
+    /// after its final normalisation where it has one (T5), the memory the decoder attends to.
+    pub encoder_final_hidden_state: Option<Tensor<3>>,
 }
 
 impl ModelOutput {
@@ -154,9 +263,15 @@ pub trait LanguageModel: Send + Sync {
     fn dropout_probability(&self) -> f64 {
         0.0
     }
-    /// Whether [`ForwardOptions::zero_value`] and [`ForwardOptions::attn_lrp`]
-    /// are implemented (`false` by default: a model ignores them).
+    /// Whether [`ForwardOptions::zero_value`], [`ForwardOptions::attn_lrp`] and
+    /// [`ForwardOptions::layer_override`] are implemented (`false` by default: a model
+    /// ignores them).
     fn supports_internal_hooks(&self) -> bool {
         false
+    }
+    /// Number of encoder blocks (0 for decoder-only models); the decoder's is
+    /// [`ModelInfo::num_layers`].
+    fn num_encoder_layers(&self) -> usize {
+        0
     }
 }

@@ -15,10 +15,18 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::bart::{Act, mask_or_all};
-use crate::gpt2::{empty_output, lm_head};
-use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
-use crate::nn::{Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, split_heads};
+use crate::bart::{Act, ENCODER_DROPOUT_SLOTS, mask_or_all};
+use crate::gpt2::{
+    empty_output, identity_rule, lm_head, lrp_attention, override_layer, uniform_rule, zero_values,
+};
+use crate::llama::rms_norm;
+use crate::model::{
+    AttentionKind, ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind,
+    ModelOutput,
+};
+use crate::nn::{
+    Embedding, Linear, RmsNorm, attention, attention_bias, mc_dropout, merge_heads, split_heads,
+};
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
@@ -59,6 +67,9 @@ pub struct T5Config {
     /// when absent: unless `tie_word_embeddings` is `false`).
     #[serde(default)]
     pub scale_decoder_outputs: Option<bool>,
+    /// Residual dropout probability (used by Monte Carlo dropout; Hugging Face's default 0.1).
+    #[serde(default)]
+    pub dropout_rate: Option<f64>,
     /// Context length used to bound generation (T5 itself has no limit; default 512).
     #[serde(default)]
     pub n_positions: Option<usize>,
@@ -189,11 +200,21 @@ impl T5Attn {
         })
     }
 
-    fn forward(&self, x: Tensor<3>, kv: Tensor<3>, bias: &Tensor<4>) -> (Tensor<3>, Tensor<4>) {
+    /// Attends from `x` to `kv`; `values` edits the `[batch, heads, kv_len, d_kv]` value
+    /// vectors (value zeroing), `lrp` builds AttnLRP's graph.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        kv: Tensor<3>,
+        bias: &Tensor<4>,
+        lrp: bool,
+        values: impl FnOnce(Tensor<4>) -> Tensor<4>,
+    ) -> (Tensor<3>, Tensor<4>) {
         let q = split_heads(self.q.forward(x), self.heads);
         let k = split_heads(self.k.forward(kv.clone()), self.heads);
-        let v = split_heads(self.v.forward(kv), self.heads);
-        let (ctx, weights) = attention(q, k, v, Some(bias.clone()), 1.0);
+        let v = values(split_heads(self.v.forward(kv), self.heads));
+        let attend = if lrp { lrp_attention } else { attention };
+        let (ctx, weights) = attend(q, k, v, Some(bias.clone()), 1.0);
         (self.o.forward(merge_heads(ctx)), weights)
     }
 }
@@ -426,9 +447,17 @@ impl T5 {
             .reshape([1, h, q, k])
     }
 
-    fn feed_forward(&self, ff: &FeedForward, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self.act.apply(ff.wi_0.forward(x.clone()));
+    /// The feed-forward block; with `lrp`, the activation follows AttnLRP's identity rule
+    /// and the gated product its uniform rule.
+    fn feed_forward(&self, ff: &FeedForward, x: Tensor<3>, lrp: bool) -> Tensor<3> {
+        let pre = ff.wi_0.forward(x.clone());
+        let hidden = if lrp {
+            identity_rule(pre, |t| self.act.apply(t))
+        } else {
+            self.act.apply(pre)
+        };
         let hidden = match &ff.wi_1 {
+            Some(wi_1) if lrp => uniform_rule(hidden * wi_1.forward(x)),
             Some(wi_1) => hidden * wi_1.forward(x),
             None => hidden,
         };
@@ -440,27 +469,50 @@ impl T5 {
         x: Tensor<3>,
         mask: &[Vec<bool>],
         out: &mut ModelOutput,
-        attentions: bool,
+        options: &ForwardOptions,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let h = self.config.num_heads;
+        let lrp = options.attn_lrp;
         let bias = self
             .position_bias(&self.encoder.relative_bias, s, s, true)
             .expand([b, h, s, s])
             + attention_bias(mask, s, false, &self.device).expand([b, h, s, s]);
         let mut x = x;
-        for block in &self.encoder.blocks {
+        if options.hidden_states {
+            out.encoder_hidden_states.push(x.clone());
+        }
+        for (i, block) in self.encoder.blocks.iter().enumerate() {
             let (a, weights) = {
-                let n = block.self_attn_norm.forward(x.clone());
-                block.self_attn.forward(n.clone(), n, &bias)
+                let n = rms_norm(&block.self_attn_norm, x.clone(), lrp);
+                block.self_attn.forward(n.clone(), n, &bias, lrp, |v| {
+                    zero_values(
+                        v,
+                        options.zero_value.as_ref(),
+                        AttentionKind::EncoderSelf,
+                        i,
+                        &self.device,
+                    )
+                })
             };
-            if attentions {
+            if options.attentions {
                 out.encoder_attentions.push(weights);
             }
-            x = x + a;
-            x = x.clone() + self.feed_forward(&block.ff, block.ff_norm.forward(x));
+            let drop = options.dropout.as_ref();
+            let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
+            x = x + mc_dropout(a, drop, slot);
+            let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, x.clone(), lrp), lrp);
+            x = x + mc_dropout(ff, drop, slot + 1);
+            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
+            if options.hidden_states {
+                out.encoder_hidden_states.push(x.clone());
+            }
         }
-        self.encoder.final_norm.forward(x)
+        let x = rms_norm(&self.encoder.final_norm, x, lrp);
+        if options.hidden_states {
+            out.encoder_final_hidden_state = Some(x.clone());
+        }
+        x
     }
 }
 
@@ -485,17 +537,30 @@ impl LanguageModel for T5 {
         self.encoder_embed.forward(ids)
     }
 
+    fn supports_internal_hooks(&self) -> bool {
+        true
+    }
+
+    fn num_encoder_layers(&self) -> usize {
+        self.encoder.blocks.len()
+    }
+
+    fn dropout_probability(&self) -> f64 {
+        self.config.dropout_rate.unwrap_or(0.1)
+    }
+
     /// Decoder `hidden_states`: the input embeddings, then each block's output
     /// (before the final layer norm).
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let mut out = empty_output(&self.device);
+        let lrp = options.attn_lrp;
         let [b, t, _] = input.target_embeds.dims();
         let h = self.config.num_heads;
         let target_mask = mask_or_all(Some(&input.target_mask), b, t);
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
-            let enc = self.encode(src, &mask, &mut out, options.attentions);
+            let enc = self.encode(src, &mask, &mut out, &options);
             (enc, attention_bias(&mask, t, false, &self.device))
         });
         let self_bias = self
@@ -506,30 +571,43 @@ impl LanguageModel for T5 {
         if options.hidden_states {
             out.hidden_states.push(y.clone());
         }
-        for block in &self.decoder.blocks {
-            let n = block.self_attn_norm.forward(y.clone());
-            let (a, weights) = block.self_attn.forward(n.clone(), n, &self_bias);
+        let zero = options.zero_value.as_ref();
+        for (i, block) in self.decoder.blocks.iter().enumerate() {
+            let n = rms_norm(&block.self_attn_norm, y.clone(), lrp);
+            let (a, weights) = block.self_attn.forward(n.clone(), n, &self_bias, lrp, |v| {
+                zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
+            });
             if options.attentions {
                 out.attentions.push(weights);
             }
-            y = y + a;
+            let drop = options.dropout.as_ref();
+            let slot = 3 * i as u64;
+            y = y + mc_dropout(a, drop, slot);
             if let (Some((attn, norm)), Some((enc, cross_bias))) = (&block.cross, &memory) {
-                let (a, weights) = attn.forward(norm.forward(y.clone()), enc.clone(), cross_bias);
+                let n = rms_norm(norm, y.clone(), lrp);
+                let (a, weights) = attn.forward(n, enc.clone(), cross_bias, lrp, |v| {
+                    zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+                });
                 if options.attentions {
                     out.cross_attentions.push(weights);
                 }
-                y = y + a;
+                y = y + mc_dropout(a, drop, slot + 1);
             }
-            y = y.clone() + self.feed_forward(&block.ff, block.ff_norm.forward(y));
+            let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, y.clone(), lrp), lrp);
+            y = y + mc_dropout(ff, drop, slot + 2);
+            y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
             if options.hidden_states {
                 out.hidden_states.push(y.clone());
             }
         }
-        let mut y = self.decoder.final_norm.forward(y);
+        let mut y = rms_norm(&self.decoder.final_norm, y, lrp);
+        if options.hidden_states {
+            out.final_hidden_state = Some(y.clone());
+        }
         if self.scale_decoder_outputs {
             y = y * (self.config.d_model as f64).powf(-0.5);
         }
-        out.logits = lm_head(y, &self.lm_head, options.last_position_only);
+        out.logits = lm_head(y, &self.lm_head, &options);
         out
     }
 }

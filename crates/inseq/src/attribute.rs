@@ -9,11 +9,11 @@ use burn::tensor::{Device, Tensor};
 use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{
     AttributedFn, AttributionMethod, ContrastInput, MethodArgs, MethodContext, MethodRegistry,
-    StepInput, contrast_logits, embed_target,
+    PaddedIds, SequenceInput, StepInput, contrast_logits, plain_forward,
 };
 use inseq_models::{
-    ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, Pretrained,
-    TextTokenizer, generate_greedy, ids_tensor, load_pretrained,
+    ForwardOptions, GenerationOptions, LanguageModel, ModelKind, Pretrained, TextTokenizer,
+    generate_greedy, load_pretrained,
 };
 use inseq_steps::{StepArgs, StepContext, StepRegistry};
 
@@ -272,6 +272,11 @@ impl AttributionModel {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.pretrained.tokenizer
+    }
+
+    /// The id of the attribution method this model was loaded with.
+    pub fn method_id(&self) -> &str {
+        &self.method_id
     }
 
     /// Word ids of a sequence's source and target tokens from the tokenizer's own
@@ -643,23 +648,52 @@ impl AttributionModel {
             opts.show_progress,
             rows.iter().map(|r| r.end - r.start).sum(),
         );
-        for s in 0..max_steps {
-            let active: Vec<usize> = (0..rows.len())
-                .filter(|&i| s < rows[i].end - rows[i].start)
-                .collect();
-            let step = build_step(
-                &rows,
-                &active,
-                s,
-                self.model().info().pad_token_id.unwrap_or(0),
-            );
-            let out = method.attribute_step(&ctx, &step)?;
+        let pad = self.model().info().pad_token_id.unwrap_or(0);
+        // Causal models: one forward pass over the whole sequences can serve every step.
+        let seq = sequence_input(&rows, kind, pad);
+        let mut seq_attr = match &seq {
+            Some(seq) => method
+                .attribute_sequence(&ctx, seq)
+                .transpose()?
+                .map(Vec::into_iter),
+            None => None,
+        };
+        let seq_logits = match &seq {
+            Some(seq) if !step_fns.is_empty() => {
+                let all = self.sequence_logits(seq, opts.inseq_compat);
+                let [b, t, v] = all.dims();
+                Some((all.reshape([b * t, v]), t))
+            }
+            _ => None,
+        };
+        let uses_dropout = step_fns
+            .iter()
+            .any(|f| f.dropout_samples(&opts.step_scores_args) > 0);
+        // Different steps share a batch only where left padding leaves results unchanged
+        // (decoder-only models; encoder-decoder decoders change with padded prefixes).
+        let rows_per_step = match seq_attr {
+            None if !uses_dropout && kind == ModelKind::DecoderOnly => method.step_batch_rows(),
+            _ => None,
+        };
+        for (unit_index, unit) in step_units(&rows, max_steps, rows_per_step)
+            .into_iter()
+            .enumerate()
+        {
+            let step = build_step(&rows, &unit, pad);
+            let out = match seq_attr.as_mut() {
+                Some(results) => results.next().ok_or_else(|| {
+                    Error::Numerical(format!(
+                        "{method_id}: no sequence attribution for step {unit_index}"
+                    ))
+                })?,
+                None => method.attribute_step(&ctx, &step)?,
+            };
             if out.score_dims.is_some() {
                 score_dims.clone_from(&out.score_dims);
             }
-            let src = out.source.map(|t| split_rows(t, &active)).transpose()?;
-            let tgt = out.target.map(|t| split_rows(t, &active)).transpose()?;
-            for (bi, &ri) in active.iter().enumerate() {
+            let src = out.source.map(|t| split_rows(t, unit.len())).transpose()?;
+            let tgt = out.target.map(|t| split_rows(t, unit.len())).transpose()?;
+            for (bi, &(ri, s)) in unit.iter().enumerate() {
                 let n_steps = rows[ri].end - rows[ri].start;
                 if let Some(src) = &src {
                     let slot = source_attr[ri].get_or_insert_with(|| vec![None; n_steps]);
@@ -677,9 +711,23 @@ impl AttributionModel {
                 }
             }
             if !step_fns.is_empty() {
-                let logits = self.step_logits(&step, opts.inseq_compat, None)?;
+                let logits = match &seq_logits {
+                    Some((all, steps)) => {
+                        let picks: Vec<usize> =
+                            unit.iter().map(|&(ri, s)| ri * steps + s).collect();
+                        let picks = burn::tensor::Tensor::<1, burn::tensor::Int>::from_data(
+                            burn::tensor::TensorData::new(
+                                picks.iter().map(|&p| p as i64).collect::<Vec<_>>(),
+                                [picks.len()],
+                            ),
+                            self.model().device(),
+                        );
+                        all.clone().select(0, picks)
+                    }
+                    None => self.step_logits(&step, opts.inseq_compat, None)?,
+                };
                 let contrast = contrast_logits(self.model(), &step, &logits, 1, opts.inseq_compat);
-                let dropout_logits = self.dropout_logits(&step, &step_fns, opts, s)?;
+                let dropout_logits = self.dropout_logits(&step, &step_fns, opts, unit[0].1)?;
                 let sctx = StepContext {
                     logits,
                     target_ids: step.target_ids.clone(),
@@ -691,7 +739,7 @@ impl AttributionModel {
                         .compute(&sctx, &opts.step_scores_args)?
                         .try_to_vec_as::<f32>()
                         .map_err(|e| Error::Numerical(format!("{e:?}")))?;
-                    for (bi, &ri) in active.iter().enumerate() {
+                    for (bi, &(ri, _)) in unit.iter().enumerate() {
                         scores[ri]
                             .entry(f.id().to_string())
                             .or_default()
@@ -700,7 +748,7 @@ impl AttributionModel {
                 }
             }
             if let Some(p) = &progress {
-                p.inc(active.len() as u64);
+                p.inc(unit.len() as u64);
             }
         }
         if let Some(p) = progress {
@@ -785,7 +833,6 @@ impl AttributionModel {
         })
     }
 
-    /// `[batch, vocab]` logits of a plain (non-attributed) forward pass on a step.
     /// Logits of the forward passes with Monte Carlo dropout that the step functions ask for.
     fn dropout_logits(
         &self,
@@ -805,7 +852,7 @@ impl AttributionModel {
         }
         if !self.model().supports_internal_hooks() {
             return Err(Error::Unsupported(format!(
-                "Monte Carlo dropout needs dropout inside the model, available for GPT-2 and Llama, not {}",
+                "Monte Carlo dropout needs dropout inside the model, which the {} implementation does not support",
                 self.model().info().architecture
             )));
         }
@@ -829,33 +876,54 @@ impl AttributionModel {
             .collect()
     }
 
+    /// `[batch, steps, vocab]` logits of every step of `seq` from one forward pass.
+    fn sequence_logits(&self, seq: &SequenceInput, inseq_compat: bool) -> Tensor<3> {
+        let full = seq.full();
+        let options = ForwardOptions {
+            logits_from: Some(seq.prefix_width(0) - 1),
+            ..Default::default()
+        };
+        plain_forward(
+            self.model(),
+            padded_target(&full),
+            padded_source(&full),
+            inseq_compat,
+            options,
+        )
+        .logits
+    }
+
+    /// `[batch, vocab]` logits of a plain (not attributed) forward pass on a step.
     fn step_logits(
         &self,
         step: &StepInput,
         inseq_compat: bool,
         dropout: Option<inseq_models::McDropout>,
     ) -> Result<Tensor<2>> {
-        let model = self.model();
-        let device = model.device();
-        let input = ModelInput {
-            target_embeds: embed_target(model, &step.prefix_ids, inseq_compat),
-            target_mask: step.prefix_mask.clone(),
-            source_embeds: step
-                .source_ids
-                .as_ref()
-                .map(|s| model.embed_source(ids_tensor(s, device))),
-            source_mask: step.source_mask.clone(),
+        let options = ForwardOptions {
+            last_position_only: true,
+            dropout,
+            ..Default::default()
         };
-        let out = model.forward(
-            input,
-            ForwardOptions {
-                last_position_only: true,
-                dropout,
-                ..Default::default()
-            },
+        let out = plain_forward(
+            self.model(),
+            padded_target(step),
+            padded_source(step),
+            inseq_compat,
+            options,
         );
         Ok(out.last_logits())
     }
+}
+
+/// A step's target prefix ids and mask.
+fn padded_target(step: &StepInput) -> PaddedIds<'_> {
+    (&step.prefix_ids, &step.prefix_mask)
+}
+
+/// A step's source ids and mask (encoder-decoder models).
+fn padded_source(step: &StepInput) -> Option<PaddedIds<'_>> {
+    step.source_ids.as_deref().zip(step.source_mask.as_deref())
 }
 
 fn progress_bar(show: bool, total: usize) -> Option<indicatif::ProgressBar> {
@@ -873,16 +941,56 @@ fn progress_bar(show: bool, total: usize) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// The batched inputs of step `s` for the `active` rows: prefixes left-padded, sources right-padded.
-fn build_step(rows: &[Row], active: &[usize], s: usize, pad: usize) -> StepInput {
-    let prefixes: Vec<&[usize]> = active
+/// One attribution call: `(row, step)` pairs attributed in one batch.
+type StepUnit = Vec<(usize, usize)>;
+
+/// Most tokens × forward rows per row a batch of different steps may hold (see
+/// [`AttributionMethod::step_batch_rows`]).
+const STEP_BATCH_TOKENS: usize = 2048;
+
+/// How the steps of `rows` are grouped into batches, in step order: one batch per step by
+/// default (Inseq's loop); with `rows_per_step` (the method's rows per input row), consecutive
+/// steps share a batch while it holds at most [`STEP_BATCH_TOKENS`] token rows.
+fn step_units(rows: &[Row], max_steps: usize, rows_per_step: Option<usize>) -> Vec<StepUnit> {
+    let per_step = (0..max_steps).map(|s| {
+        (0..rows.len())
+            .filter(|&i| s < rows[i].end - rows[i].start)
+            .map(|i| (i, s))
+            .collect::<StepUnit>()
+    });
+    let Some(k) = rows_per_step else {
+        return per_step.collect();
+    };
+    let cost = |&(ri, s): &(usize, usize)| {
+        let r = &rows[ri];
+        (r.start + s + r.source_ids.as_ref().map_or(0, Vec::len)) * k.max(1)
+    };
+    let mut units: Vec<StepUnit> = vec![];
+    let mut used = 0;
+    for pair in per_step.flatten() {
+        let c = cost(&pair);
+        match units.last_mut() {
+            Some(unit) if used + c <= STEP_BATCH_TOKENS => unit.push(pair),
+            _ => {
+                units.push(vec![pair]);
+                used = 0;
+            }
+        }
+        used += c;
+    }
+    units
+}
+
+/// The batched inputs of `(row, step)` pairs: prefixes left-padded, sources right-padded.
+fn build_step(rows: &[Row], unit: &[(usize, usize)], pad: usize) -> StepInput {
+    let prefixes: Vec<&[usize]> = unit
         .iter()
-        .map(|&i| &rows[i].target_ids[..rows[i].start + s])
+        .map(|&(i, s)| &rows[i].target_ids[..rows[i].start + s])
         .collect();
     let (prefix_ids, prefix_mask) = left_pad(&prefixes, pad);
-    let sources: Option<Vec<&[usize]>> = active
+    let sources: Option<Vec<&[usize]>> = unit
         .iter()
-        .map(|&i| rows[i].source_ids.as_deref())
+        .map(|&(i, _)| rows[i].source_ids.as_deref())
         .collect();
     let (source_ids, source_mask) = match sources {
         Some(srcs) => {
@@ -891,18 +999,53 @@ fn build_step(rows: &[Row], active: &[usize], s: usize, pad: usize) -> StepInput
         }
         None => (None, None),
     };
-    let contrast = build_contrast(rows, active, s, pad);
+    let contrast = build_contrast(rows, unit, pad);
     StepInput {
         source_ids,
         source_mask,
         prefix_ids,
         prefix_mask,
-        target_ids: active
+        target_ids: unit
             .iter()
-            .map(|&i| rows[i].target_ids[rows[i].start + s])
+            .map(|&(i, s)| rows[i].target_ids[rows[i].start + s])
             .collect(),
         contrast,
     }
+}
+
+/// Every step of `rows` as one [`SequenceInput`], when step-by-step attribution would see the
+/// same inputs: no contrastive inputs, every row attributes the same number of steps and, for
+/// encoder-decoder models (whose decoders are not trained on padded prefixes), every target
+/// prefix has the same length.
+fn sequence_input(rows: &[Row], kind: ModelKind, pad: usize) -> Option<SequenceInput> {
+    let first = rows.first()?;
+    let steps = first.end - first.start;
+    let uniform = rows.iter().all(|r| {
+        r.contrast.is_none()
+            && r.end - r.start == steps
+            && (kind == ModelKind::DecoderOnly || r.start == first.start)
+    });
+    if !uniform || steps == 0 {
+        return None;
+    }
+    let targets: Vec<&[usize]> = rows.iter().map(|r| &r.target_ids[..r.end]).collect();
+    let (ids, mask) = left_pad(&targets, pad);
+    let sources: Option<Vec<&[usize]>> = rows.iter().map(|r| r.source_ids.as_deref()).collect();
+    let (source_ids, source_mask) = match sources {
+        Some(srcs) => {
+            let (ids, mask) = right_pad(&srcs, pad);
+            (Some(ids), Some(mask))
+        }
+        None => (None, None),
+    };
+    let seq = SequenceInput {
+        source_ids,
+        source_mask,
+        ids,
+        mask,
+        steps,
+    };
+    seq.check().ok().map(|()| seq)
 }
 
 /// Left-pads `seqs` to a common width, returning ids and masks.
@@ -942,22 +1085,25 @@ fn right_pad(seqs: &[&[usize]], pad: usize) -> (Vec<Vec<usize>>, Vec<Vec<bool>>)
     (ids, mask)
 }
 
-/// The contrastive inputs of step `s` for the `active` rows (all rows or none have contrasts).
-fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Option<ContrastInput> {
-    let contrasts: Option<Vec<&RowContrast>> =
-        active.iter().map(|&i| rows[i].contrast.as_ref()).collect();
+/// The contrastive inputs of `(row, step)` pairs (all rows or none have contrasts).
+fn build_contrast(rows: &[Row], unit: &[(usize, usize)], pad: usize) -> Option<ContrastInput> {
+    let contrasts: Option<Vec<&RowContrast>> = unit
+        .iter()
+        .map(|&(i, _)| rows[i].contrast.as_ref())
+        .collect();
     let contrasts = contrasts?;
     let prefixes: Vec<&[usize]> = contrasts
         .iter()
-        .map(|c| &c.target_ids[..c.aligned[s]])
+        .zip(unit)
+        .map(|(c, &(_, s))| &c.target_ids[..c.aligned[s]])
         .collect();
     let (prefix_ids, prefix_mask) = left_pad(&prefixes, pad);
     let any_source = contrasts.iter().any(|c| c.source_ids.is_some());
     let (source_ids, source_mask) = if any_source {
-        let srcs: Vec<&[usize]> = active
+        let srcs: Vec<&[usize]> = unit
             .iter()
             .zip(&contrasts)
-            .map(|(&i, c)| {
+            .map(|(&(i, _), c)| {
                 c.source_ids
                     .as_deref()
                     .or(rows[i].source_ids.as_deref())
@@ -969,11 +1115,11 @@ fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Optio
     } else {
         (None, None)
     };
-    let same_as_original = active
+    let same_as_original = unit
         .iter()
         .zip(&contrasts)
         .zip(&prefixes)
-        .map(|((&i, c), p)| {
+        .map(|((&(i, s), c), p)| {
             let row = &rows[i];
             *p == &row.target_ids[..row.start + s]
                 && c.source_ids
@@ -988,16 +1134,23 @@ fn build_contrast(rows: &[Row], active: &[usize], s: usize, pad: usize) -> Optio
         prefix_mask,
         target_ids: contrasts
             .iter()
-            .map(|c| c.target_ids[c.aligned[s]])
+            .zip(unit)
+            .map(|(c, &(_, s))| c.target_ids[c.aligned[s]])
             .collect(),
         same_as_original,
     })
 }
 
 /// Moves a `[batch, len, hidden]` tensor to the host, one `[len, hidden]` array per row.
-fn split_rows(t: Tensor<3>, active: &[usize]) -> Result<Vec<Array>> {
+fn split_rows(t: Tensor<3>, batch: usize) -> Result<Vec<Array>> {
     let [b, len, h] = t.dims();
-    debug_assert_eq!(b, active.len());
+    if b != batch {
+        return Err(Error::ShapeMismatch {
+            what: "attribution batch".into(),
+            expected: vec![batch, len, h],
+            found: vec![b, len, h],
+        });
+    }
     let data = t
         .try_to_vec_as::<f32>()
         .map_err(|e| Error::Numerical(format!("{e:?}")))?;

@@ -210,18 +210,41 @@ struct DatasetArgs {
 struct ContextCliArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The context preceding the current input.
+    /// The context preceding the current input ({context} of the input template).
     #[arg(long)]
-    input_context_text: String,
-    /// The current input.
+    input_context_text: Option<String>,
+    /// The current input ({current} of the input template).
     #[arg(long)]
     input_current_text: String,
-    /// The output to explain (generated when absent).
+    /// The output context ({context} of the output template), e.g. a previous sentence or a reasoning
+    /// chain; generated with the current output when the output template has {context} and this is absent.
+    #[arg(long)]
+    output_context_text: Option<String>,
+    /// The output to explain ({current} of the output template; generated when absent).
     #[arg(long)]
     output_current_text: Option<String>,
-    /// Template joining context and current input.
-    #[arg(long, default_value = "{context} {current}")]
-    input_template: String,
+    /// Template of the model input [default: "{context} {current}" with an input context, else "{current}"].
+    #[arg(long)]
+    input_template: Option<String>,
+    /// Template of the model output [default: "{context} {current}" with --output-context-text, else "{current}"].
+    #[arg(long)]
+    output_template: Option<String>,
+    /// Template of the input without context, for the contrastive comparison [default: "{current}"].
+    #[arg(long)]
+    contextless_input_current_text: Option<String>,
+    /// Template of the output without context, for the contrastive comparison [default: "{current}"].
+    #[arg(long)]
+    contextless_output_current_text: Option<String>,
+    /// How a generated output context is split off: manual (ask; needs a terminal), auto (split at the
+    /// template's separator) or pre (--output-context-text required).
+    #[arg(long, default_value = "manual")]
+    handle_output_context_strategy: String,
+    /// Special tokens kept in generated texts and token lists, e.g. a <brk> separator.
+    #[arg(long, num_args = 1..)]
+    special_tokens_to_keep: Vec<String>,
+    /// Decoder-only models: what joins input and output.
+    #[arg(long, default_value = " ", allow_hyphen_values = true)]
+    decoder_input_output_separator: String,
     /// Contrastive metric for context-sensitive token identification.
     #[arg(long, default_value = "kl_divergence")]
     context_sensitivity_metric: String,
@@ -231,24 +254,30 @@ struct ContextCliArgs {
     /// Keep at most this many context-sensitive tokens.
     #[arg(long)]
     context_sensitivity_topk: Option<usize>,
-    /// Function attributed for contextual cue imputation (e.g. contrast_prob_diff).
+    /// Function attributed for contextual cue imputation (Inseq's default probability; PECoRe uses contrast_prob_diff).
     #[arg(long, default_value = "probability")]
     attributed_fn: String,
     /// k in the CCI threshold mean + k·std.
     #[arg(long, default_value_t = 1.0)]
     attribution_std_threshold: f64,
-    /// Keep at most this many cues per token.
+    /// Keep at most this many cues per context and token.
     #[arg(long)]
     attribution_topk: Option<usize>,
     /// Tokens to generate when no output is given.
     #[arg(long, default_value_t = 10)]
     max_new_tokens: usize,
-    /// Save the result as JSON.
+    /// Show the CTI step scores and each CCI attribution as heatmaps.
     #[arg(long)]
-    save: Option<PathBuf>,
+    show_intermediate_outputs: bool,
+    /// Save the result as JSON (Inseq's AttributeContextOutput layout).
+    #[arg(long, short = 'o', alias = "save")]
+    save_path: Option<PathBuf>,
     /// Write an HTML report.
     #[arg(long)]
     viz_path: Option<PathBuf>,
+    /// Never use colours.
+    #[arg(long)]
+    no_color: bool,
 }
 
 #[derive(clap::Args)]
@@ -436,13 +465,120 @@ fn attribute_dataset(a: DatasetArgs) -> Result<()> {
     Ok(())
 }
 
+/// `attribute-context` callbacks: asks for the output context on a terminal, shows intermediate outputs.
+struct ContextPrompt {
+    interactive: bool,
+    show_intermediate: bool,
+    color: bool,
+}
+
+impl ContextPrompt {
+    fn ask(&self, question: &str) -> Result<String> {
+        use std::io::Write;
+        eprint!("{question} ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line)? == 0 {
+            bail!("no answer (end of input)");
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    fn confirm(&self, question: &str) -> Result<bool> {
+        let answer = self.ask(&format!("{question} [y/n]"))?;
+        Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
+    }
+}
+
+impl inseq::context::ContextCallbacks for ContextPrompt {
+    fn output_context(
+        &mut self,
+        generated: &str,
+        candidate: Option<&str>,
+    ) -> inseq::Result<String> {
+        if !self.interactive {
+            return Err(inseq::context::manual_output_context_error(
+                generated, candidate,
+            ));
+        }
+        let io = |e: anyhow::Error| {
+            inseq::Error::InvalidInput(format!("reading the output context: {e:#}"))
+        };
+        eprintln!("The model generated: \"{generated}\"");
+        if let Some(c) = candidate
+            && self
+                .confirm(&format!(
+                    "Is \"{c}\" the output context you want to attribute?"
+                ))
+                .map_err(io)?
+        {
+            return Ok(c.to_string());
+        }
+        loop {
+            let answer = self
+                .ask("Enter the start of the generated output that is the output context:")
+                .map_err(io)?;
+            let answer = answer.trim();
+            if answer.is_empty() {
+                if self
+                    .confirm("The output context is empty. Use an empty output context?")
+                    .map_err(io)?
+                {
+                    return Ok(String::new());
+                }
+                continue;
+            }
+            if generated.starts_with(answer) {
+                return Ok(answer.to_string());
+            }
+            eprintln!("\"{answer}\" is not the start of the generated output; try again.");
+        }
+    }
+
+    fn intermediate(&mut self, stage: &str, out: &inseq::AttributionOutput) {
+        if !self.show_intermediate {
+            return;
+        }
+        let opts = inseq::viz::TerminalOptions {
+            color: self.color,
+            ..Default::default()
+        };
+        println!("--- {stage} ---");
+        for seq in &out.sequence_attributions {
+            println!("{}", inseq::viz::render_terminal(seq, &opts));
+        }
+    }
+}
+
 fn attribute_context(a: ContextCliArgs) -> Result<()> {
+    let strategy: inseq::context::OutputContextStrategy =
+        a.handle_output_context_strategy.parse()?;
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let needs_split = a.output_context_text.is_none()
+        && a.output_template
+            .as_deref()
+            .is_some_and(|t| t.contains("{context}"));
+    if needs_split && strategy == inseq::context::OutputContextStrategy::Manual && !interactive {
+        bail!(
+            "--handle-output-context-strategy manual asks for the output context, but this run is not \
+             interactive (no terminal): pass the output context with --output-context-text, or use \
+             --handle-output-context-strategy auto (split the generation at the output template's \
+             separator) or pre (with --output-context-text)"
+        );
+    }
     let model = a.model.load()?;
     let args = inseq::context::ContextArgs {
         input_context_text: a.input_context_text,
         input_current_text: a.input_current_text,
+        output_context_text: a.output_context_text,
         output_current_text: a.output_current_text,
         input_template: a.input_template,
+        output_template: a.output_template,
+        contextless_input_current_text: a.contextless_input_current_text,
+        contextless_output_current_text: a.contextless_output_current_text,
+        handle_output_context_strategy: strategy,
+        special_tokens_to_keep: a.special_tokens_to_keep,
+        decoder_input_output_separator: a.decoder_input_output_separator,
         context_sensitivity_metric: a.context_sensitivity_metric,
         context_sensitivity_std_threshold: a.context_sensitivity_std_threshold,
         context_sensitivity_topk: a.context_sensitivity_topk,
@@ -454,10 +590,20 @@ fn attribute_context(a: ContextCliArgs) -> Result<()> {
             ..Default::default()
         },
     };
-    let out = inseq::context::attribute_context(&model, &args)?;
-    println!("{}", out.render_text());
-    if let Some(path) = &a.save {
-        inseq::core::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    let color =
+        !a.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut prompt = ContextPrompt {
+        interactive,
+        show_intermediate: a.show_intermediate_outputs,
+        color,
+    };
+    let mut out = inseq::context::attribute_context_with(&model, &args, &mut prompt)?;
+    if let Some(info) = &mut out.info {
+        info.model_name_or_path = Some(a.model.model.clone());
+    }
+    println!("{}", out.render_terminal(color));
+    if let Some(path) = &a.save_path {
+        out.save(path)?;
         eprintln!("saved {}", path.display());
     }
     if let Some(path) = &a.viz_path {
