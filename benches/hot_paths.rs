@@ -22,7 +22,10 @@ use inseq::{MethodArgs, StepArgs, StepRegistry};
 const PREFIX_LEN: usize = 30;
 
 fn models(device: &Device) -> Vec<(String, Pretrained)> {
-    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/models/tiny-llama");
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/models/tiny-llama"
+    );
     ["smollm2", tiny]
         .iter()
         .filter_map(|name| {
@@ -90,7 +93,10 @@ fn bench(c: &mut Criterion) {
         )
         .expect("valid args");
         group.bench_function("integrated_gradients_16_step", |b| {
-            b.iter(|| ig.attribute_step(&ctx, &step).expect("integrated gradients"))
+            b.iter(|| {
+                ig.attribute_step(&ctx, &step)
+                    .expect("integrated gradients")
+            })
         });
         group.finish();
     }

@@ -35,10 +35,7 @@ fn run(device: &Device, model: &str, method: &str, args: &str, input: &str) -> A
 fn assert_close(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{what}: length");
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     println!("{what}: max |wgpu - cpu| = {worst:.3e} (max |cpu| = {scale:.3e})");
     assert!(worst <= 1e-3 * scale + 1e-6, "{what}: {worst} > tolerance");
 }
@@ -70,9 +67,19 @@ fn wgpu_matches_cpu() {
     let gpu = Device::wgpu(DeviceKind::DefaultDevice);
     let cases = [
         ("tiny-gpt2", "saliency", "", "Hello ladies and"),
-        ("tiny-llama", "integrated_gradients", "n_steps=8", "Hello ladies and"),
+        (
+            "tiny-llama",
+            "integrated_gradients",
+            "n_steps=8",
+            "Hello ladies and",
+        ),
         ("tiny-llama", "attention", "", "Hello ladies and"),
-        ("tiny-bart", "input_x_gradient", "", "Hello world, this is a test."),
+        (
+            "tiny-bart",
+            "input_x_gradient",
+            "",
+            "Hello world, this is a test.",
+        ),
     ];
     for (model, method, args, input) in cases {
         let a = run(&gpu, model, method, args, input);
@@ -89,9 +96,15 @@ fn wgpu_matches_cpu() {
                 assert_close(&format!("{model} {method} {name}"), x.data(), y.data());
             }
         }
-        let (pa, pb) = (&sa.step_scores["probability"], &sb.step_scores["probability"]);
+        let (pa, pb) = (
+            &sa.step_scores["probability"],
+            &sb.step_scores["probability"],
+        );
         for (x, y) in pa.iter().zip(pb) {
-            assert!((x - y).abs() <= 1e-4, "{model} {method}: probability {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-4,
+                "{model} {method}: probability {x} vs {y}"
+            );
         }
     }
 }
