@@ -66,6 +66,9 @@ fn matmul_gflops(device: &burn::tensor::Device, n: usize, repeats: usize) -> f64
     rates[rates.len() / 2]
 }
 
+/// Methods Python Inseq 0.7.1 runs once at the final step and refuses step scores for.
+const FINAL_STEP_METHODS: [&str; 2] = ["attention", "value_zeroing"];
+
 /// Peak resident set of this process in kB (Linux `VmHWM`), 0 where unknown.
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -104,7 +107,12 @@ fn main() -> anyhow::Result<()> {
             min_new_tokens: args.max_new_tokens,
             ..Default::default()
         },
-        step_scores: vec!["probability".into()],
+        // As Python Inseq 0.7.1, which refuses step scores with its final-step methods.
+        step_scores: if FINAL_STEP_METHODS.contains(&args.method.as_str()) {
+            vec![]
+        } else {
+            vec!["probability".into()]
+        },
         ..Default::default()
     };
     let mut times = Vec::with_capacity(args.repeats);

@@ -57,11 +57,15 @@ def main() -> None:
     method_args = json.loads(a.method_args)
     gen = {"max_new_tokens": a.max_new_tokens, "min_new_tokens": a.max_new_tokens, "do_sample": False}
 
+    # Inseq 0.7.1 refuses step scores with its final-step methods (attention: one forward pass
+    # at the last step), so those jobs record none, on both sides.
+    step_scores = [] if model.attribution_method.is_final_step_method else ["probability"]
+
     def job():
         return model.attribute(
             a.input,
             generation_args=gen,
-            step_scores=["probability"],
+            step_scores=step_scores,
             show_progress=False,
             **method_args,
         )

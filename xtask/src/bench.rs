@@ -486,10 +486,18 @@ fn python_env() -> anyhow::Result<PathBuf> {
     Ok(py)
 }
 
-/// The modules of [`PY_PACKAGES`] the interpreter cannot find.
+/// The modules of [`PY_PACKAGES`] the interpreter cannot import.
 fn missing_modules(py: &Path) -> anyhow::Result<Vec<String>> {
-    const FIND: &str = "import importlib.util, sys\n\
-        print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))";
+    const FIND: &str = r#"
+import importlib, sys
+missing = []
+for m in sys.argv[1:]:
+    try:
+        importlib.import_module(m)
+    except Exception:
+        missing.append(m)
+print(" ".join(missing))
+"#;
     let out = Command::new(py)
         .args(["-c", FIND])
         .args(PY_PACKAGES.iter().map(|(m, _)| *m))
@@ -615,6 +623,8 @@ fn run_job(cmd: &mut Command) -> Outcome {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
+        // The error, not the backtrace that anyhow prints after it under RUST_BACKTRACE.
+        let stderr = stderr.split("Stack backtrace:").next().unwrap_or_default();
         let tail: Vec<&str> = stderr
             .lines()
             .chain(stdout.lines())
@@ -882,4 +892,62 @@ fn markdown_table(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> Stri
         out += &line(&mut row.iter().map(String::as_str).enumerate());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_are_filtered_by_substring() {
+        let ids = |f: &[&str]| -> Vec<String> {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            select_jobs(&f).unwrap().iter().map(Job::id).collect()
+        };
+        assert_eq!(ids(&[]).len(), MODELS.len() * METHODS.len());
+        assert_eq!(
+            ids(&["smollm2/sal", "gpt2-small-random/occ"]),
+            ["smollm2/saliency", "gpt2-small-random/occlusion"]
+        );
+        assert!(select_jobs(&["nothing".into()]).is_err());
+    }
+
+    #[test]
+    fn backends_are_checked_and_deduplicated() {
+        let names = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let b = parse_backends(&names(&["flex", "openblas", "flex"])).unwrap();
+        assert_eq!(
+            b.iter().map(|b| b.name).collect::<Vec<_>>(),
+            ["flex", "openblas"]
+        );
+        assert_eq!(b[1].device, "ndarray");
+        assert!(parse_backends(&names(&["tpu"])).is_err());
+    }
+
+    #[test]
+    fn differing_targets_are_described() {
+        let rs = serde_json::json!({"input_tokens": 2, "generated_tokens": 2,
+            "target": ["a", "b", "c", "d"]});
+        let mut py = rs.clone();
+        assert_eq!(target_difference(&rs, &py), None);
+        py["target"] = serde_json::json!(["a", "b", "c", "x"]);
+        let d = target_difference(&rs, &py).unwrap();
+        assert!(d.contains("token 3") && d.contains(r#"["c", "x"]"#), "{d}");
+        py["input_tokens"] = 3.into();
+        assert!(
+            target_difference(&rs, &py)
+                .unwrap()
+                .starts_with("input_tokens")
+        );
+    }
+
+    #[test]
+    fn table_is_padded_markdown() {
+        let rows = vec![vec!["long cell".to_string(), "1.5".to_string()]];
+        let t = markdown_table(&["a", "b"], &[false, true], &rows);
+        assert_eq!(
+            t,
+            "| a         |   b |\n| --------- | --: |\n| long cell | 1.5 |\n"
+        );
+    }
 }

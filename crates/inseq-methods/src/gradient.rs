@@ -207,6 +207,24 @@ pub fn contrast_logits(
     Some(ContrastOutput { logits, target_ids })
 }
 
+/// The model input of `embedded`, a batch of `times` stacked copies of the step's batch
+/// (masks repeated to match).
+pub(crate) fn repeated_input(step: &StepInput, embedded: &Embedded, times: usize) -> ModelInput {
+    let rep = |m: &Vec<Vec<bool>>| {
+        m.iter()
+            .cycle()
+            .take(m.len() * times)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    ModelInput {
+        target_embeds: embedded.target.clone(),
+        target_mask: rep(&step.prefix_mask),
+        source_embeds: embedded.source.clone(),
+        source_mask: step.source_mask.as_ref().map(rep),
+    }
+}
+
 /// Runs the model on `embedded` (a batch that is `times` copies of the step's
 /// batch, e.g. one per interpolation point) and returns the attributed function, `[times * batch]`.
 pub fn forward_scores(
@@ -215,19 +233,7 @@ pub fn forward_scores(
     embedded: &Embedded,
     times: usize,
 ) -> Result<Tensor<1>> {
-    let rep = |m: &Vec<Vec<bool>>| {
-        m.iter()
-            .cycle()
-            .take(m.len() * times)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let input = ModelInput {
-        target_embeds: embedded.target.clone(),
-        target_mask: rep(&step.prefix_mask),
-        source_embeds: embedded.source.clone(),
-        source_mask: step.source_mask.as_ref().map(rep),
-    };
+    let input = repeated_input(step, embedded, times);
     let out = ctx.model.forward(
         input,
         ForwardOptions {

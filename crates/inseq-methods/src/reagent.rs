@@ -104,7 +104,8 @@ impl TokenSampler {
 /// source and target prefix jointly (replacements and the softmax span both).
 ///
 /// As in Inseq, the explained quantity is the probability of the target token
-/// (the attributed function and contrastive inputs are not used), and the
+/// (other attributed functions and contrastive inputs give an
+/// [`Error::Unsupported`], where Inseq silently ignores them), and the
 /// model sees token ids (no Inseq-compatibility embedding scaling).
 ///
 /// Deviations from Python Inseq 0.7.1 (see `docs/inseq-compatibility.md`):
@@ -399,6 +400,19 @@ impl AttributionMethod for Reagent {
             return Err(Error::InvalidInput(
                 "reagent: prefix, mask and target rows differ in number".into(),
             ));
+        }
+        let attributed = ctx.attributed_fn.function.id();
+        if attributed != "probability" || step.contrast.is_some() {
+            return Err(Error::Unsupported(format!(
+                "reagent explains the target token's probability (its scores are probability \
+                 changes under token replacement, as in Inseq); attributed function `{attributed}`{} \
+                 is not supported: use `probability` or another method",
+                if step.contrast.is_some() {
+                    " with contrastive inputs"
+                } else {
+                    ""
+                }
+            )));
         }
         let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
         let source_mask = match (encoder_decoder, &step.source_ids, &step.source_mask) {

@@ -10,9 +10,10 @@
 
 use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
-use inseq_models::{ForwardOptions, ModelInput};
+use inseq_models::ForwardOptions;
 use inseq_steps::StepContext;
 
+use crate::gradient::repeated_input;
 use crate::{Embedded, MethodContext, StepInput};
 
 /// Every attributed step of a batch of sequences: the target ids up to the last
@@ -127,20 +128,7 @@ pub fn forward_scores_all_steps(
     embedded: &Embedded,
     times: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let full = seq.full();
-    let rep = |m: &Vec<Vec<bool>>| {
-        m.iter()
-            .cycle()
-            .take(m.len() * times)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let input = ModelInput {
-        target_embeds: embedded.target.clone(),
-        target_mask: rep(&full.prefix_mask),
-        source_embeds: embedded.source.clone(),
-        source_mask: full.source_mask.as_ref().map(rep),
-    };
+    let input = repeated_input(&seq.full(), embedded, times);
     let first = seq.prefix_width(0) - 1;
     let out = ctx.model.forward(
         input,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ctx, load, step, step_fn};
+use common::{PREFIX, SHORT, assert_batch_matches_rows, ctx, host, load, step, step_fn};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use inseq_methods::{
@@ -18,8 +18,6 @@ use serde_json::Value;
 const FIXTURE: &str = include_str!("fixtures/dig_reference.json");
 /// The `unk` id of the tiny fixtures' tokenizers (Inseq's baseline).
 const UNK: usize = 3;
-const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
-const SHORT: [usize; 3] = [311, 389, 295];
 
 fn method(args: &str) -> Box<dyn AttributionMethod> {
     MethodRegistry::with_defaults()
@@ -28,10 +26,6 @@ fn method(args: &str) -> Box<dyn AttributionMethod> {
             MethodArgs::parse(args).unwrap(),
         )
         .unwrap()
-}
-
-fn host(t: &Tensor<3>) -> (Vec<f32>, [usize; 3]) {
-    (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
 }
 
 fn ids(v: &Value) -> Vec<usize> {
@@ -303,34 +297,7 @@ fn batches_match_single_rows() {
     let p = load("tiny-gpt2");
     let f = step_fn("probability");
     let c = ctx(p.model.as_ref(), &f, UNK, false);
-    let m = method("n_steps=12");
-    let both = m
-        .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
-        .unwrap();
-    let long = m
-        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
-        .unwrap();
-    let short = m
-        .attribute_step(&c, &step(&[SHORT.to_vec()], &[287]))
-        .unwrap();
-    let (b, [_, len, h]) = host(both.target.as_ref().unwrap());
-    let (l, _) = host(long.target.as_ref().unwrap());
-    let (s, _) = host(short.target.as_ref().unwrap());
-    let scale = l.iter().chain(&s).fold(0f32, |m, x| m.max(x.abs()));
-    assert!(scale > 0.0);
-    for (i, x) in l.iter().enumerate() {
-        assert!(
-            (b[i] - x).abs() <= 1e-4 * scale,
-            "row 0 at {i}: {} vs {x}",
-            b[i]
-        );
-    }
-    let pad = len - SHORT.len();
-    assert!(b[len * h..len * h + pad * h].iter().all(|x| *x == 0.0));
-    for (i, x) in s.iter().enumerate() {
-        let y = b[len * h + pad * h + i];
-        assert!((y - x).abs() <= 1e-4 * scale, "row 1 at {i}: {y} vs {x}");
-    }
+    assert_batch_matches_rows(method("n_steps=12").as_ref(), &c, "dig", 1e-4);
 }
 
 /// Encoder-decoder: right-padded sources in a batch, with and without target attribution.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ctx, load, step, step_fn};
+use common::{PREFIX, SHORT, assert_batch_matches_rows, ctx, host, load, method, step, step_fn};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry, StepInput};
@@ -21,64 +21,13 @@ fn seq2seq_step() -> StepInput {
     }
 }
 
-fn host(t: &Tensor<3>) -> (Vec<f32>, [usize; 3]) {
-    (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
-}
-
-fn method(id: &str, args: &str) -> Box<dyn AttributionMethod> {
-    MethodRegistry::with_defaults()
-        .create(id, MethodArgs::parse(args).unwrap())
-        .unwrap()
-}
-
-const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
-const SHORT: [usize; 3] = [311, 389, 295];
-
 /// Batched results equal per-row results on the real (unpadded) positions.
 fn assert_batch_consistent(model: &str, id: &str, args: &str) {
     let p = load(model);
     let f = step_fn("probability");
     let c = ctx(p.model.as_ref(), &f, 1, false);
     let m = method(id, args);
-    let both = m
-        .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
-        .unwrap();
-    let long = m
-        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
-        .unwrap();
-    let short = m
-        .attribute_step(&c, &step(&[SHORT.to_vec()], &[287]))
-        .unwrap();
-    let (b, [_, len, h]) = host(both.target.as_ref().unwrap());
-    let (l, _) = host(long.target.as_ref().unwrap());
-    let (s, _) = host(short.target.as_ref().unwrap());
-    assert!(
-        b.iter().all(|x| x.is_finite()),
-        "{id} on {model}: non-finite scores"
-    );
-    let scale = l
-        .iter()
-        .chain(&s)
-        .fold(0f32, |m, x| m.max(x.abs()))
-        .max(1e-12);
-    for (i, x) in l.iter().enumerate() {
-        assert!(
-            (b[i] - x).abs() <= 2e-3 * scale,
-            "{id} on {model}: row 0 differs at {i}: {} vs {x}",
-            b[i]
-        );
-    }
-    let pad = len - SHORT.len();
-    for (i, x) in s.iter().enumerate() {
-        let y = b[len * h + pad * h + i];
-        assert!(
-            (y - x).abs() <= 2e-3 * scale,
-            "{id} on {model}: row 1 differs at {i}: {y} vs {x}"
-        );
-    }
-    for i in 0..pad * h {
-        assert_eq!(b[len * h + i], 0.0, "{id} on {model}: padding scored");
-    }
+    assert_batch_matches_rows(m.as_ref(), &c, &format!("{id} on {model}"), 2e-3);
 }
 
 #[test]

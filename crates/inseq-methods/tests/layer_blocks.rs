@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ctx, step, step_fn};
+use common::{PREFIX, assert_batch_matches_rows, ctx, method, step, step_fn};
 
 use burn::tensor::{Tensor, activation};
 use inseq_methods::{
@@ -14,12 +14,6 @@ use inseq_models::{
 
 fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.clone().try_to_vec_as::<f32>().unwrap()
-}
-
-fn method(id: &str, args: &str) -> Box<dyn AttributionMethod> {
-    MethodRegistry::with_defaults()
-        .create(id, MethodArgs::parse(args).unwrap())
-        .unwrap()
 }
 
 /// A fixture model: the shared tiny models, or inseq-models' tiny T5s.
@@ -35,9 +29,6 @@ fn load(name: &str) -> inseq_models::Pretrained {
         common::load(name)
     }
 }
-
-const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
-const SHORT: [usize; 3] = [311, 389, 295];
 
 fn seq2seq_step() -> StepInput {
     StepInput {
@@ -354,37 +345,7 @@ fn block_layers_batch_like_single_rows() {
         ("layer_integrated_gradients", "layer=1,n_steps=8"),
         ("layer_deeplift", "layer=0"),
     ] {
-        let m = method(id, args);
-        let both = m
-            .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
-            .unwrap();
-        let long = m
-            .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
-            .unwrap();
-        let short = m
-            .attribute_step(&c, &step(&[SHORT.to_vec()], &[287]))
-            .unwrap();
-        let b = host(both.target.as_ref().unwrap());
-        let l = host(long.target.as_ref().unwrap());
-        let s = host(short.target.as_ref().unwrap());
-        let h = p.model.info().hidden_size;
-        let scale = l.iter().chain(&s).fold(0f32, |a, x| a.max(x.abs()));
-        for (i, x) in l.iter().enumerate() {
-            assert!((b[i] - x).abs() <= 1e-3 * scale, "{id}: row 0 at {i}");
-        }
-        let pad = 2 * h;
-        for (i, x) in s.iter().enumerate() {
-            assert!(
-                (b[5 * h + pad + i] - x).abs() <= 1e-3 * scale,
-                "{id}: row 1 at {i}"
-            );
-        }
-        assert!(
-            b[5 * h..5 * h + pad]
-                .iter()
-                .all(|x| x.abs() <= 1e-6 * scale),
-            "{id}: padding scored"
-        );
+        assert_batch_matches_rows(method(id, args).as_ref(), &c, id, 1e-3);
     }
 }
 

@@ -2,26 +2,13 @@
 
 mod common;
 
-use common::{ctx, load, step, step_fn};
+use common::{PREFIX, SHORT, assert_batch_matches_rows, ctx, host, load, method, step, step_fn};
 
 use burn::tensor::{Device, Tensor};
 use inseq_methods::{
     AttributionMethod, Embedded, MethodArgs, MethodContext, MethodRegistry, StepAttribution,
     StepInput, embed_step, forward_scores,
 };
-
-fn host(t: &Tensor<3>) -> (Vec<f32>, [usize; 3]) {
-    (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
-}
-
-fn method(id: &str, args: &str) -> Box<dyn AttributionMethod> {
-    MethodRegistry::with_defaults()
-        .create(id, MethodArgs::parse(args).unwrap())
-        .unwrap()
-}
-
-const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
-const SHORT: [usize; 3] = [311, 389, 295];
 
 #[test]
 fn occlusion_of_a_token_equal_to_the_baseline_scores_zero() {
@@ -47,39 +34,7 @@ fn assert_batch_consistent(id: &str, args: &str) {
     let p = load("tiny-gpt2");
     let f = step_fn("probability");
     let c = ctx(p.model.as_ref(), &f, 1, false);
-    let m = method(id, args);
-    let both = m
-        .attribute_step(&c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
-        .unwrap();
-    let long = m
-        .attribute_step(&c, &step(&[PREFIX.to_vec()], &[364]))
-        .unwrap();
-    let short = m
-        .attribute_step(&c, &step(&[SHORT.to_vec()], &[287]))
-        .unwrap();
-    let (b, [_, len, h]) = host(both.target.as_ref().unwrap());
-    let (l, _) = host(long.target.as_ref().unwrap());
-    let (s, _) = host(short.target.as_ref().unwrap());
-    let scale = l
-        .iter()
-        .chain(&s)
-        .fold(0f32, |m, x| m.max(x.abs()))
-        .max(1e-12);
-    for (i, x) in l.iter().enumerate() {
-        assert!(
-            (b[i] - x).abs() <= 1e-3 * scale,
-            "{id}: row 0 differs at {i}: {} vs {x}",
-            b[i]
-        );
-    }
-    let pad = len - SHORT.len();
-    for (i, x) in s.iter().enumerate() {
-        let y = b[len * h + pad * h + i];
-        assert!(
-            (y - x).abs() <= 1e-3 * scale,
-            "{id}: row 1 differs at {i}: {y} vs {x}"
-        );
-    }
+    assert_batch_matches_rows(method(id, args).as_ref(), &c, id, 1e-3);
 }
 
 #[test]

@@ -553,3 +553,16 @@ fn keep_ratio_and_invert_keep_give_distributions() {
         assert_distribution(&v, args);
     }
 }
+
+#[test]
+fn other_attributed_functions_are_refused_clearly() {
+    let m = load("tiny-gpt2");
+    let f = step_fn("logit");
+    let ctx = ctx(m.model.as_ref(), &f, 3, true);
+    let r = inseq_methods::Reagent::from_args(inseq_methods::MethodArgs::default()).unwrap();
+    let err = r
+        .attribute_step(&ctx, &step(&[vec![10, 11, 12]], &[13]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`logit`"), "{err}");
+}

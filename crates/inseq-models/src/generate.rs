@@ -2,7 +2,7 @@
 
 use inseq_core::{Error, Result};
 
-use crate::model::{ForwardOptions, LanguageModel, ModelInput, ModelKind};
+use crate::model::{ForwardOptions, KvCache, LanguageModel, ModelInput, ModelKind};
 use crate::nn::ids_tensor;
 
 /// Options for [`generate_greedy`], named as in Hugging Face `generate`.
@@ -74,11 +74,14 @@ pub fn generate_greedy(
         }
         _ => None,
     };
+    // Incremental decoding where the model supports it: each step feeds only the new tokens.
+    let cache = model.supports_kv_cache().then(KvCache::default);
     for step in 0..options.max_new_tokens {
         if ids.len() > info.max_positions {
             break;
         }
-        let embeds = model.embed(ids_tensor(&[ids.clone()], device));
+        let fed = cache.as_ref().map_or(0, KvCache::len);
+        let embeds = model.embed(ids_tensor(&[ids[fed..].to_vec()], device));
         let input = ModelInput {
             target_embeds: embeds,
             target_mask: vec![vec![true; ids.len()]],
@@ -89,6 +92,7 @@ pub fn generate_greedy(
             input,
             ForwardOptions {
                 last_position_only: true,
+                kv_cache: cache.clone(),
                 ..Default::default()
             },
         );

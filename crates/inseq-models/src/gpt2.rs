@@ -8,7 +8,8 @@ use crate::model::{
     ModelKind, ModelOutput, OverrideMode, ValueZeroing,
 };
 use crate::nn::{
-    Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, position_ids, split_heads,
+    Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, new_positions,
+    split_heads,
 };
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
@@ -175,6 +176,10 @@ impl LanguageModel for Gpt2 {
         true
     }
 
+    fn supports_kv_cache(&self) -> bool {
+        true
+    }
+
     fn dropout_probability(&self) -> f64 {
         self.config.resid_pdrop.unwrap_or(0.1)
     }
@@ -183,8 +188,8 @@ impl LanguageModel for Gpt2 {
         let [b, s, _] = input.target_embeds.dims();
         let heads = self.config.n_head;
         let head_dim = self.config.n_embd / heads;
-        let pos: Vec<Vec<usize>> = position_ids(&input.target_mask);
-        let pos = crate::nn::ids_tensor(&pos, &self.device);
+        let cache = options.kv_cache.clone();
+        let pos = crate::nn::ids_tensor(&new_positions(&input.target_mask, s), &self.device);
         let mut x = input.target_embeds + self.wpe.forward(pos);
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
         let scale = if self.config.scale_attn_weights {
@@ -212,6 +217,10 @@ impl LanguageModel for Gpt2 {
                 i,
                 &self.device,
             );
+            let (k, v) = match &cache {
+                Some(c) => c.append(i, k, v),
+                None => (k, v),
+            };
             let (ctx, weights) = if lrp {
                 lrp_attention(q, k, v, Some(bias.clone()), scale)
             } else {

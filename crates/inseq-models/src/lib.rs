@@ -36,8 +36,8 @@ pub mod weights;
 pub use generate::{GenerationOptions, generate_greedy};
 pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
 pub use model::{
-    AttentionKind, ForwardOptions, LanguageModel, LayerOverride, LayerRef, McDropout, ModelInfo,
-    ModelInput, ModelKind, ModelOutput, OverrideMode, ValueZeroing,
+    AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,
+    ModelInfo, ModelInput, ModelKind, ModelOutput, OverrideMode, ValueZeroing,
 };
 pub use nn::ids_tensor;
 pub use tokenizer::TextTokenizer;

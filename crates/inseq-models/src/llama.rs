@@ -12,7 +12,7 @@ use crate::model::{
     ModelOutput,
 };
 use crate::nn::{
-    Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, position_ids, repeat_kv,
+    Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, new_positions, repeat_kv,
     split_heads,
 };
 use crate::weights::Weights;
@@ -349,6 +349,10 @@ impl LanguageModel for Llama {
         true
     }
 
+    fn supports_kv_cache(&self) -> bool {
+        true
+    }
+
     fn dropout_probability(&self) -> f64 {
         self.config.attention_dropout.unwrap_or(0.0)
     }
@@ -360,7 +364,8 @@ impl LanguageModel for Llama {
             self.config.kv_heads(),
             self.config.head_dim(),
         );
-        let (cos, sin) = self.rope_tables(&position_ids(&input.target_mask));
+        let cache = options.kv_cache.clone();
+        let (cos, sin) = self.rope_tables(&new_positions(&input.target_mask, s));
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
         let mut x = input.target_embeds;
@@ -381,6 +386,10 @@ impl LanguageModel for Llama {
                 i,
                 &self.device,
             );
+            let (k, v) = match &cache {
+                Some(c) => c.append(i, k, v),
+                None => (k, v),
+            };
             let attend = if lrp { lrp_attention } else { attention };
             let (ctx, weights) = attend(
                 q,

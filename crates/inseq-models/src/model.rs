@@ -145,6 +145,57 @@ pub struct McDropout {
     pub seed: u64,
 }
 
+/// Keys and values of the positions a decoder has already run, per layer, so that greedy
+/// generation feeds only the new token at each step (incremental decoding). Cloning shares the
+/// cache. Honoured by models whose [`LanguageModel::supports_kv_cache`] is `true`.
+///
+/// ```
+/// use inseq_models::KvCache;
+/// let cache = KvCache::default();
+/// assert_eq!(cache.len(), 0);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: std::sync::Arc<std::sync::Mutex<Vec<(Tensor<4>, Tensor<4>)>>>,
+}
+
+impl KvCache {
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.lock().first().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Tensor<4>, Tensor<4>)>> {
+        self.layers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends layer `layer`'s `[batch, heads, new, head_dim]` keys and values and returns
+    /// the keys and values of every position so far.
+    pub fn append(&self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let mut layers = self.lock();
+        let (k, v) = match layers.get(layer) {
+            Some((pk, pv)) => (
+                Tensor::cat(vec![pk.clone(), k], 2),
+                Tensor::cat(vec![pv.clone(), v], 2),
+            ),
+            None => (k, v),
+        };
+        if layer < layers.len() {
+            layers[layer] = (k.clone(), v.clone());
+        } else {
+            layers.push((k.clone(), v.clone()));
+        }
+        (k, v)
+    }
+}
+
 /// What [`LanguageModel::forward`] should return besides logits.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardOptions {
@@ -169,6 +220,10 @@ pub struct ForwardOptions {
     pub attn_lrp: bool,
     /// Monte Carlo dropout (see [`McDropout`]); `None` for the usual deterministic forward pass.
     pub dropout: Option<McDropout>,
+    /// Incremental decoding: `target_embeds` holds only the positions after the cached ones,
+    /// `target_mask` covers cached and new positions, and the new keys and values are appended
+    /// to the cache. Only honoured when [`LanguageModel::supports_kv_cache`].
+    pub kv_cache: Option<KvCache>,
     /// Replace or shift one block's output (see [`LayerOverride`]).
     pub layer_override: Option<LayerOverride>,
 }
@@ -262,6 +317,10 @@ pub trait LanguageModel: Send + Sync {
     /// The dropout probability the model was trained with (0 when none is configured).
     fn dropout_probability(&self) -> f64 {
         0.0
+    }
+    /// Whether [`ForwardOptions::kv_cache`] is implemented (`false` by default).
+    fn supports_kv_cache(&self) -> bool {
+        false
     }
     /// Whether [`ForwardOptions::zero_value`], [`ForwardOptions::attn_lrp`] and
     /// [`ForwardOptions::layer_override`] are implemented (`false` by default: a model

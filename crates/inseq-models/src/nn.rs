@@ -219,6 +219,15 @@ pub fn position_ids(mask: &[Vec<bool>]) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// Position ids of the last `new` positions of each row of a key mask (see [`position_ids`]):
+/// all of them without a cache, the fed tokens' with [`crate::KvCache`].
+pub fn new_positions(mask: &[Vec<bool>], new: usize) -> Vec<Vec<usize>> {
+    position_ids(mask)
+        .into_iter()
+        .map(|row| row[row.len().saturating_sub(new)..].to_vec())
+        .collect()
+}
+
 /// Uploads `[batch, seq]` integer ids.
 pub fn ids_tensor(ids: &[Vec<usize>], device: &Device) -> Tensor<2, Int> {
     let b = ids.len();

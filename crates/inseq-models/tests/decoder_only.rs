@@ -162,3 +162,50 @@ fn hub_cache_offline_resolves_local_snapshot() {
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+/// Incremental decoding with a key/value cache gives the logits of the full forward pass.
+#[test]
+fn kv_cache_matches_full_forward() {
+    use inseq_models::KvCache;
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let device = Device::flex();
+        let m = load_pretrained(
+            shared().join("models").join(name).to_str().unwrap(),
+            &device,
+        )
+        .unwrap();
+        let model: &dyn LanguageModel = m.model.as_ref();
+        assert!(model.supports_kv_cache());
+        let ids: Vec<usize> = vec![5, 17, 42, 8, 99, 3, 61];
+        let run = |from: usize, to: usize, cache: Option<KvCache>| {
+            let input = ModelInput {
+                target_embeds: model.embed(ids_tensor(&[ids[from..to].to_vec()], &device)),
+                target_mask: vec![vec![true; to]],
+                source_embeds: None,
+                source_mask: None,
+            };
+            let options = ForwardOptions {
+                last_position_only: true,
+                kv_cache: cache,
+                ..Default::default()
+            };
+            model
+                .forward(input, options)
+                .last_logits()
+                .try_to_vec_as::<f32>()
+                .unwrap()
+        };
+        let cache = KvCache::default();
+        // Prompt of 4 tokens, then one token at a time.
+        for (from, to) in [(0, 4), (4, 5), (5, 6), (6, 7)] {
+            let cached = run(from, to, Some(cache.clone()));
+            let full = run(0, to, None);
+            let worst = cached
+                .iter()
+                .zip(&full)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst < 1e-4, "{name} at {to}: {worst}");
+            assert_eq!(cache.len(), to);
+        }
+    }
+}

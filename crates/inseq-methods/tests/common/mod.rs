@@ -63,3 +63,71 @@ pub fn step(prefixes: &[Vec<usize>], targets: &[usize]) -> StepInput {
         contrast: None,
     }
 }
+
+/// A five-token GPT-2 prefix and a three-token one, for batch-consistency checks.
+pub const PREFIX: [usize; 5] = [373, 275, 311, 389, 295];
+/// See [`PREFIX`].
+pub const SHORT: [usize; 3] = [311, 389, 295];
+
+/// A `[batch, len, d]` tensor on the host, with its shape.
+pub fn host(t: &burn::tensor::Tensor<3>) -> (Vec<f32>, [usize; 3]) {
+    (t.clone().try_to_vec_as::<f32>().unwrap(), t.dims())
+}
+
+/// The method `id` with arguments `args` from the built-in registry.
+pub fn method(id: &str, args: &str) -> Box<dyn inseq_methods::AttributionMethod> {
+    inseq_methods::MethodRegistry::with_defaults()
+        .create(id, inseq_methods::MethodArgs::parse(args).unwrap())
+        .unwrap()
+}
+
+/// Attributing [`PREFIX`] and [`SHORT`] (left-padded) in one batch gives each row's result
+/// alone on its real positions, within `rel_tol` of the largest score, and padding scores
+/// (about) 0.
+pub fn assert_batch_matches_rows(
+    m: &dyn inseq_methods::AttributionMethod,
+    c: &MethodContext,
+    what: &str,
+    rel_tol: f32,
+) {
+    let both = m
+        .attribute_step(c, &step(&[PREFIX.to_vec(), SHORT.to_vec()], &[364, 287]))
+        .unwrap();
+    let long = m
+        .attribute_step(c, &step(&[PREFIX.to_vec()], &[364]))
+        .unwrap();
+    let short = m
+        .attribute_step(c, &step(&[SHORT.to_vec()], &[287]))
+        .unwrap();
+    let (b, [_, len, h]) = host(both.target.as_ref().unwrap());
+    let (l, _) = host(long.target.as_ref().unwrap());
+    let (s, _) = host(short.target.as_ref().unwrap());
+    assert!(b.iter().all(|x| x.is_finite()), "{what}: non-finite scores");
+    let scale = l
+        .iter()
+        .chain(&s)
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-12);
+    for (i, x) in l.iter().enumerate() {
+        assert!(
+            (b[i] - x).abs() <= rel_tol * scale,
+            "{what}: row 0 differs at {i}: {} vs {x}",
+            b[i]
+        );
+    }
+    let pad = len - SHORT.len();
+    for (i, x) in s.iter().enumerate() {
+        let y = b[len * h + pad * h + i];
+        assert!(
+            (y - x).abs() <= rel_tol * scale,
+            "{what}: row 1 differs at {i}: {y} vs {x}"
+        );
+    }
+    for i in 0..pad * h {
+        assert!(
+            b[len * h + i].abs() <= 1e-6 * scale,
+            "{what}: padding scored {}",
+            b[len * h + i]
+        );
+    }
+}
