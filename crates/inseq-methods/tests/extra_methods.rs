@@ -5,7 +5,7 @@ mod common;
 use common::{PREFIX, SHORT, assert_batch_matches_rows, ctx, host, load, method, step, step_fn};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry, StepInput};
+use inseq_methods::{MethodArgs, MethodRegistry, StepInput};
 use inseq_models::{
     ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ids_tensor,
 };

@@ -5,9 +5,7 @@ mod common;
 use common::{PREFIX, assert_batch_matches_rows, ctx, method, step, step_fn};
 
 use burn::tensor::{Tensor, activation};
-use inseq_methods::{
-    AttributionMethod, MethodArgs, MethodContext, MethodRegistry, StepInput, embed_step,
-};
+use inseq_methods::{MethodArgs, MethodContext, MethodRegistry, StepInput, embed_step};
 use inseq_models::{
     ForwardOptions, LanguageModel, LayerOverride, LayerRef, ModelInput, OverrideMode,
 };

@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{PREFIX, SHORT, assert_batch_matches_rows, ctx, host, load, method, step, step_fn};
+use common::{PREFIX, assert_batch_matches_rows, ctx, host, load, method, step, step_fn};
 
 use burn::tensor::{Device, Tensor};
 use inseq_methods::{
-    AttributionMethod, Embedded, MethodArgs, MethodContext, MethodRegistry, StepAttribution,
-    StepInput, embed_step, forward_scores,
+    Embedded, MethodArgs, MethodContext, MethodRegistry, StepAttribution, StepInput, embed_step,
+    forward_scores,
 };
 
 #[test]
