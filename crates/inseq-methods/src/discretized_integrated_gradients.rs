@@ -18,6 +18,7 @@ use burn::tensor::{Tensor, TensorData};
 use inseq_core::{Error, Result};
 use inseq_models::{LanguageModel, ModelKind, ids_tensor};
 
+use crate::gradient::baseline_ids;
 use crate::{
     AttributionMethod, Embedded, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step,
     forward_scores, gradients,
@@ -476,35 +477,6 @@ fn knn(
     Ok(neighbors)
 }
 
-/// Baseline ids as Inseq builds them: the baseline token everywhere except end-of-sequence
-/// tokens and, when `keep_first` (encoder-decoder targets), the first real token of each row.
-fn baseline_ids(
-    ctx: &MethodContext,
-    rows: &[Vec<usize>],
-    mask: &[Vec<bool>],
-    keep_first: bool,
-) -> Vec<Vec<usize>> {
-    rows.iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let first = mask
-                .get(r)
-                .and_then(|m| m.iter().position(|&keep| keep))
-                .unwrap_or(0);
-            row.iter()
-                .enumerate()
-                .map(|(j, &id)| {
-                    if Some(id) == ctx.eos_token_id || (keep_first && j == first) {
-                        id
-                    } else {
-                        ctx.baseline_token_id
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// `[k * batch, len, hidden]` rows `from..from + k` (point-major) of `[n, batch, len, hidden]` paths.
 fn points_tensor(
     paths: &[f32],
@@ -591,7 +563,7 @@ impl AttributionMethod for DiscretizedIntegratedGradients {
         let source = match (encoder_decoder, &step.source_ids, &step.source_mask) {
             (true, Some(ids), Some(mask)) => {
                 let v = self.vocabulary(model, true, 1.0)?;
-                let baselines = baseline_ids(ctx, ids, mask, false);
+                let baselines = baseline_ids(ctx, ids, Some(mask), false);
                 let points = self.input_paths(&v, ids, mask, &baselines, &special)?;
                 let len = ids.first().map_or(0, Vec::len);
                 Some(InputPaths {
@@ -616,7 +588,12 @@ impl AttributionMethod for DiscretizedIntegratedGradients {
                 1.0
             };
             let v = self.vocabulary(model, false, scale)?;
-            let baselines = baseline_ids(ctx, &step.prefix_ids, &step.prefix_mask, encoder_decoder);
+            let baselines = baseline_ids(
+                ctx,
+                &step.prefix_ids,
+                Some(&step.prefix_mask),
+                encoder_decoder,
+            );
             let points = self.input_paths(
                 &v,
                 &step.prefix_ids,

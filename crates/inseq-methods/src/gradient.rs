@@ -31,7 +31,7 @@ pub struct Embedded {
 /// Baseline ids for `rows`: the baseline token everywhere except end-of-sequence
 /// tokens and, when `keep_first` (encoder-decoder targets), the first real token
 /// of each row (the decoder start token), as Inseq builds them.
-fn baseline_ids(
+pub(crate) fn baseline_ids(
     ctx: &MethodContext,
     rows: &[Vec<usize>],
     mask: Option<&[Vec<bool>]>,
