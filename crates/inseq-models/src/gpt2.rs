@@ -188,7 +188,6 @@ impl LanguageModel for Gpt2 {
         let [b, s, _] = input.target_embeds.dims();
         let heads = self.config.n_head;
         let head_dim = self.config.n_embd / heads;
-        let cache = options.kv_cache.clone();
         let pos = crate::nn::ids_tensor(&new_positions(&input.target_mask, s), &self.device);
         let mut x = input.target_embeds + self.wpe.forward(pos);
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
@@ -210,17 +209,7 @@ impl LanguageModel for Gpt2 {
             let q = split_heads(h.clone().slice([0..b, 0..s, 0..d]), heads);
             let k = split_heads(h.clone().slice([0..b, 0..s, d..2 * d]), heads);
             let v = split_heads(h.slice([0..b, 0..s, 2 * d..3 * d]), heads);
-            let v = zero_values(
-                v,
-                options.zero_value.as_ref(),
-                AttentionKind::DecoderSelf,
-                i,
-                &self.device,
-            );
-            let (k, v) = match &cache {
-                Some(c) => c.append(i, k, v),
-                None => (k, v),
-            };
+            let (k, v) = decoder_self_kv(k, v, &options, i, &self.device);
             let (ctx, weights) = if lrp {
                 lrp_attention(q, k, v, Some(bias.clone()), scale)
             } else {
@@ -276,6 +265,28 @@ pub(crate) fn zero_values(
         }
     }
     v * Tensor::<4>::from_data(TensorData::new(keep, [b, 1, s, 1]), device)
+}
+
+/// Keys and values of decoder self-attention layer `layer` after the forward options that act on
+/// them: value zeroing, then the key/value cache (which returns every cached position too).
+pub(crate) fn decoder_self_kv(
+    k: Tensor<4>,
+    v: Tensor<4>,
+    options: &ForwardOptions,
+    layer: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let v = zero_values(
+        v,
+        options.zero_value.as_ref(),
+        AttentionKind::DecoderSelf,
+        layer,
+        device,
+    );
+    match &options.kv_cache {
+        Some(cache) => cache.append(layer, k, v),
+        None => (k, v),
+    }
 }
 
 /// Applies a [`LayerOverride`] to the output `x` of block `at` (unchanged when the

@@ -5,11 +5,11 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
 use crate::gpt2::{
-    empty_output, identity_rule, lm_head, lrp_attention, override_layer, uniform_rule, zero_values,
+    decoder_self_kv, empty_output, identity_rule, lm_head, lrp_attention, override_layer,
+    uniform_rule,
 };
 use crate::model::{
-    AttentionKind, ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind,
-    ModelOutput,
+    ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind, ModelOutput,
 };
 use crate::nn::{
     Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, new_positions, repeat_kv,
@@ -364,7 +364,6 @@ impl LanguageModel for Llama {
             self.config.kv_heads(),
             self.config.head_dim(),
         );
-        let cache = options.kv_cache.clone();
         let (cos, sin) = self.rope_tables(&new_positions(&input.target_mask, s));
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
@@ -379,17 +378,7 @@ impl LanguageModel for Llama {
             let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
             let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
             let v = split_heads(layer.v.forward(n), kvh);
-            let v = zero_values(
-                v,
-                options.zero_value.as_ref(),
-                AttentionKind::DecoderSelf,
-                i,
-                &self.device,
-            );
-            let (k, v) = match &cache {
-                Some(c) => c.append(i, k, v),
-                None => (k, v),
-            };
+            let (k, v) = decoder_self_kv(k, v, &options, i, &self.device);
             let attend = if lrp { lrp_attention } else { attention };
             let (ctx, weights) = attend(
                 q,
