@@ -1,7 +1,9 @@
 //! GPT-2 and Llama logits and last-layer attention against Hugging Face (golden/logits.json).
 
 use burn::tensor::Device;
-use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ids_tensor, load_pretrained};
+use inseq_models::{
+    ForwardOptions, LanguageModel, ModelInput, Pretrained, ids_tensor, load_pretrained,
+};
 use serde_json::Value;
 
 fn shared() -> std::path::PathBuf {
@@ -9,6 +11,11 @@ fn shared() -> std::path::PathBuf {
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/fixtures"
     ))
+}
+
+/// One of the tiny fixture models (`tiny-gpt2`, `tiny-llama`) on `device`.
+fn tiny_model(name: &str, device: &Device) -> Pretrained {
+    load_pretrained(shared().join("models").join(name).to_str().unwrap(), device).unwrap()
 }
 
 fn flatten(v: &Value, out: &mut Vec<f32>) {
@@ -32,11 +39,7 @@ fn check(name: &str) {
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
     let device = Device::flex();
-    let m = load_pretrained(
-        shared().join("models").join(name).to_str().unwrap(),
-        &device,
-    )
-    .unwrap();
+    let m = tiny_model(name, &device);
     let model: &dyn LanguageModel = m.model.as_ref();
     let out = model.forward(
         ModelInput {
@@ -94,11 +97,7 @@ fn llama_logits_and_attention_match_transformers() {
 fn left_padding_does_not_change_logits() {
     let device = Device::flex();
     for name in ["tiny-gpt2", "tiny-llama"] {
-        let m = load_pretrained(
-            shared().join("models").join(name).to_str().unwrap(),
-            &device,
-        )
-        .unwrap();
+        let m = tiny_model(name, &device);
         let model = m.model.as_ref();
         let ids = vec![373usize, 275, 311, 389];
         let run = |rows: Vec<Vec<usize>>, mask: Vec<Vec<bool>>| {
@@ -169,11 +168,7 @@ fn kv_cache_matches_full_forward() {
     use inseq_models::KvCache;
     for name in ["tiny-gpt2", "tiny-llama"] {
         let device = Device::flex();
-        let m = load_pretrained(
-            shared().join("models").join(name).to_str().unwrap(),
-            &device,
-        )
-        .unwrap();
+        let m = tiny_model(name, &device);
         let model: &dyn LanguageModel = m.model.as_ref();
         assert!(model.supports_kv_cache());
         let ids: Vec<usize> = vec![5, 17, 42, 8, 99, 3, 61];
