@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
             baseline_token_id: 0,
             eos_token_id: model.info().eos_token_id,
             inseq_compat: false,
+            recorded_attentions: None,
         };
         let mut group = c.benchmark_group(name);
         group.sample_size(10);

@@ -76,19 +76,20 @@ impl Attention {
         )
     }
 
-    /// The scores of query `query` (`None`: the last) over `keys` target keys (`None`: all).
+    /// The scores of query `query` (`None`: the last) over `keys` target keys (`None`: all),
+    /// from per-layer self-attention and cross-attention weights.
     fn scores(
         &self,
         ctx: &MethodContext,
-        out: &ModelOutput,
+        (attentions, cross_attentions): (&[Tensor<4>], &[Tensor<4>]),
         query: Option<usize>,
         keys: Option<usize>,
     ) -> Result<StepAttribution> {
-        let (self_attn, layers, heads) = query_rows(&out.attentions, query, keys)?;
+        let (self_attn, layers, heads) = query_rows(attentions, query, keys)?;
         let (source, target) = match ctx.model.kind() {
             ModelKind::DecoderOnly => (None, Some(self_attn)),
             ModelKind::EncoderDecoder => {
-                let (cross, l, h) = query_rows(&out.cross_attentions, query, None)?;
+                let (cross, l, h) = query_rows(cross_attentions, query, None)?;
                 if (l, h) != (layers, heads) {
                     return Err(Error::Unsupported(format!(
                         "cross-attention has {l} layers × {h} heads but self-attention {layers} × {heads}"
@@ -113,22 +114,42 @@ impl AttributionMethod for Attention {
 
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let out = self.forward(ctx, step);
-        self.scores(ctx, &out, None, None)
+        self.scores(ctx, (&out.attentions, &out.cross_attentions), None, None)
+    }
+
+    fn uses_recorded_attentions(&self) -> bool {
+        true
     }
 
     /// One forward pass over the whole sequence: causal self-attention makes the weights of
-    /// query `i` over keys `..=i` those of the step whose prefix ends at `i`.
+    /// query `i` over keys `..=i` those of the step whose prefix ends at `i`. A decoder-only
+    /// sequence that was just generated needs no pass at all: generation recorded the same
+    /// weights ([`MethodContext::recorded_attentions`]).
     fn attribute_sequence(
         &self,
         ctx: &MethodContext,
         seq: &SequenceInput,
     ) -> Option<Result<Vec<StepAttribution>>> {
-        let out = self.forward(ctx, &seq.full());
+        let full = seq.full();
+        let recorded = ctx.recorded_attentions.filter(|r| {
+            ctx.model.kind() == ModelKind::DecoderOnly
+                && full.prefix_ids.len() == 1
+                && full.prefix_ids[0] == r.ids
+                && full.prefix_mask[0].iter().all(|&real| real)
+        });
+        let out;
+        let weights = match recorded {
+            Some(r) => (&r.weights[..], &[][..]),
+            None => {
+                out = self.forward(ctx, &full);
+                (&out.attentions[..], &out.cross_attentions[..])
+            }
+        };
         Some(
             (0..seq.steps)
                 .map(|s| {
                     let w = seq.prefix_width(s);
-                    self.scores(ctx, &out, Some(w - 1), Some(w))
+                    self.scores(ctx, weights, Some(w - 1), Some(w))
                 })
                 .collect(),
         )

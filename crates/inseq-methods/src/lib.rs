@@ -62,7 +62,7 @@ pub use value_zeroing::{SimilarityMetric, ValueZeroing};
 
 use burn::tensor::Tensor;
 use inseq_core::Result;
-use inseq_models::LanguageModel;
+use inseq_models::{LanguageModel, RecordedAttentions};
 
 /// The inputs of one attribution step for a batch of sequences.
 #[derive(Debug, Clone)]
@@ -149,6 +149,10 @@ pub struct MethodContext<'a> {
     /// Reproduce Python Inseq 0.7.1's numerics where they deviate from the
     /// model (see [`inseq_models::LanguageModel::inseq_target_embed_quirk`]).
     pub inseq_compat: bool,
+    /// Self-attention weights recorded while generating the (single) attributed sequence, when
+    /// the method asked for them ([`AttributionMethod::uses_recorded_attentions`]); a method uses
+    /// them only where their `ids` are exactly the tokens it would run the model on.
+    pub recorded_attentions: Option<&'a RecordedAttentions>,
 }
 
 /// Computes no attribution, so that only step scores are recorded.
@@ -171,6 +175,11 @@ pub trait AttributionMethod: Send + Sync {
     fn id(&self) -> &str;
     /// Attributes one generation step.
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution>;
+    /// Whether the method can use the self-attention weights recorded during generation
+    /// ([`MethodContext::recorded_attentions`]) instead of running the model again. Default: no.
+    fn uses_recorded_attentions(&self) -> bool {
+        false
+    }
     /// Forward-pass rows the method runs at once per input row (e.g. interpolation points per
     /// pass), when each row's result does not depend on the other rows of the batch; then
     /// callers may attribute several generation steps in one batch (bigger, faster matrix

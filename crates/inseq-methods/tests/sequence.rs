@@ -124,3 +124,56 @@ fn malformed_sequences_are_rejected() {
     );
     assert!(SequenceInput::decoder_only(vec![], vec![], 1).is_err());
 }
+
+/// A generated sequence's attention comes from the weights recorded during generation, and
+/// equals step-by-step attribution; weights recorded for other tokens are not used.
+#[test]
+fn attention_from_recorded_generation_equals_step_by_step() {
+    use inseq_models::{GenerationOptions, RecordedAttentions, generate_greedy_recording};
+    for model_name in ["tiny-gpt2", "tiny-llama"] {
+        let pretrained = common::load(model_name);
+        let model = pretrained.model.as_ref();
+        let prompt = vec![11, 12, 13, 14];
+        let options = GenerationOptions {
+            max_new_tokens: 4,
+            min_new_tokens: 4,
+            ..Default::default()
+        };
+        let (new, recorded) = generate_greedy_recording(model, None, &prompt, options).unwrap();
+        let recorded = recorded.unwrap();
+        let ids = [&prompt[..], &new[..]].concat();
+        let seq =
+            SequenceInput::decoder_only(vec![ids.clone()], vec![vec![true; ids.len()]], 4).unwrap();
+        let f = common::step_fn("probability");
+        let method = Attention::from_args(MethodArgs::default()).unwrap();
+        let mut ctx = common::ctx(model, &f, 3, true);
+        let run = |ctx: &inseq_methods::MethodContext| {
+            method.attribute_sequence(ctx, &seq).unwrap().unwrap()
+        };
+        let want: Vec<StepAttribution> = (0..seq.steps)
+            .map(|s| method.attribute_step(&ctx, &seq.step(s)).unwrap())
+            .collect();
+        // The recorded weights give the step-by-step result.
+        ctx.recorded_attentions = Some(&recorded);
+        for (s, (got, want)) in run(&ctx).iter().zip(&want).enumerate() {
+            assert_same(&format!("{model_name} recorded, step {s}"), got, want);
+        }
+        // They are what the method reads: zeroed ones give zero scores ...
+        let zeroed = RecordedAttentions {
+            ids: recorded.ids.clone(),
+            weights: recorded.weights.iter().map(|w| w.zeros_like()).collect(),
+        };
+        ctx.recorded_attentions = Some(&zeroed);
+        for got in run(&ctx) {
+            let total: f32 = got.target.unwrap().abs().sum().into_scalar();
+            assert_eq!(total, 0.0, "{model_name}: recorded weights not used");
+        }
+        // ... unless they were recorded for other tokens.
+        let mut other = zeroed.clone();
+        other.ids[0] += 1;
+        ctx.recorded_attentions = Some(&other);
+        for (s, (got, want)) in run(&ctx).iter().zip(&want).enumerate() {
+            assert_same(&format!("{model_name} other ids, step {s}"), got, want);
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Greedy decoding.
 
+use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
 
 use crate::model::{ForwardOptions, KvCache, LanguageModel, ModelInput, ModelKind};
@@ -27,6 +28,17 @@ impl Default for GenerationOptions {
     }
 }
 
+/// Self-attention weights recorded while generating (see [`generate_greedy_recording`]): those of
+/// one forward pass over `ids` with [`ForwardOptions::attentions`], up to floating-point rounding,
+/// so that the `attention` method need not run that pass again.
+#[derive(Debug, Clone)]
+pub struct RecordedAttentions {
+    /// The tokens fed to the model: the prompt and every generated token but the last.
+    pub ids: Vec<usize>,
+    /// Per decoder layer `[1, heads, ids.len(), ids.len()]` causal self-attention weights.
+    pub weights: Vec<Tensor<4>>,
+}
+
 /// Greedily decodes. `prefix` is the prompt (or, for encoder-decoder models, the
 /// decoder prefix starting with the decoder start token; empty means just the
 /// decoder start token) and `source` the encoder input (encoder-decoder only).
@@ -38,6 +50,40 @@ pub fn generate_greedy(
     prefix: &[usize],
     options: GenerationOptions,
 ) -> Result<Vec<usize>> {
+    generate(model, source, prefix, options, false).map(|(new, _)| new)
+}
+
+/// [`generate_greedy`], also returning the self-attention weights of the passes it ran, for
+/// decoder-only models with a key/value cache (`None` for other models). The prompt pass gives
+/// the prompt's rows, each one-token pass one more row.
+///
+/// ```
+/// # use inseq_models::{generate_greedy_recording, GenerationOptions, load_pretrained};
+/// # let dir = "../../../shared/fixtures/models/tiny-gpt2";
+/// # if !std::path::Path::new(dir).exists() { return; }
+/// let m = load_pretrained(dir, &burn::tensor::Device::default()).unwrap();
+/// let options = GenerationOptions { max_new_tokens: 3, min_new_tokens: 3, ..Default::default() };
+/// let (new, rec) = generate_greedy_recording(m.model.as_ref(), None, &[1, 2], options).unwrap();
+/// let rec = rec.unwrap();
+/// assert_eq!(rec.ids, [&[1, 2][..], &new[..2]].concat());
+/// assert_eq!(rec.weights[0].dims()[2..], [4, 4]);
+/// ```
+pub fn generate_greedy_recording(
+    model: &dyn LanguageModel,
+    source: Option<&[usize]>,
+    prefix: &[usize],
+    options: GenerationOptions,
+) -> Result<(Vec<usize>, Option<RecordedAttentions>)> {
+    generate(model, source, prefix, options, true)
+}
+
+fn generate(
+    model: &dyn LanguageModel,
+    source: Option<&[usize]>,
+    prefix: &[usize],
+    options: GenerationOptions,
+    record: bool,
+) -> Result<(Vec<usize>, Option<RecordedAttentions>)> {
     let info = model.info();
     let device = model.device();
     // Encoder-decoder models start from the decoder start token when no prefix is given.
@@ -76,6 +122,9 @@ pub fn generate_greedy(
     };
     // Incremental decoding where the model supports it: each step feeds only the new tokens.
     let cache = model.supports_kv_cache().then(KvCache::default);
+    let record = record && cache.is_some() && model.kind() == ModelKind::DecoderOnly;
+    // Per pass, per layer `[1, heads, new positions, positions so far]`.
+    let mut passes: Vec<Vec<Tensor<4>>> = Vec::new();
     for step in 0..options.max_new_tokens {
         if ids.len() > info.max_positions {
             break;
@@ -88,14 +137,18 @@ pub fn generate_greedy(
             source_embeds: source_embeds.clone(),
             source_mask: source.map(|s| vec![vec![true; s.len()]]),
         };
-        let out = model.forward(
+        let mut out = model.forward(
             input,
             ForwardOptions {
                 last_position_only: true,
                 kv_cache: cache.clone(),
+                attentions: record,
                 ..Default::default()
             },
         );
+        if record {
+            passes.push(std::mem::take(&mut out.attentions));
+        }
         let logits: Vec<f32> = out
             .last_logits()
             .try_to_vec_as::<f32>()
@@ -118,7 +171,38 @@ pub fn generate_greedy(
             break;
         }
     }
-    Ok(new)
+    let recorded = match (record, &cache) {
+        (true, Some(cache)) if !passes.is_empty() => Some(RecordedAttentions {
+            ids: ids[..cache.len()].to_vec(),
+            weights: assemble_rows(passes, cache.len()),
+        }),
+        _ => None,
+    };
+    Ok((new, recorded))
+}
+
+/// Stacks the attention rows of successive passes into per-layer `[1, heads, total, total]`
+/// matrices, with zeros for the keys a row's pass had not seen yet (causal masking gives them zero
+/// weight anyway).
+fn assemble_rows(passes: Vec<Vec<Tensor<4>>>, total: usize) -> Vec<Tensor<4>> {
+    let layers = passes[0].len();
+    let mut per_layer: Vec<Vec<Tensor<4>>> = vec![Vec::with_capacity(passes.len()); layers];
+    for pass in passes {
+        for (l, w) in pass.into_iter().enumerate() {
+            let [b, h, q, k] = w.dims();
+            let w = if k < total {
+                let zeros = Tensor::zeros([b, h, q, total - k], &w.device());
+                Tensor::cat(vec![w, zeros], 3)
+            } else {
+                w
+            };
+            per_layer[l].push(w);
+        }
+    }
+    per_layer
+        .into_iter()
+        .map(|rows| Tensor::cat(rows, 2))
+        .collect()
 }
 
 fn argmax(values: &[f32], exclude: Option<usize>) -> usize {

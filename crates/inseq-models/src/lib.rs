@@ -33,7 +33,9 @@ pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
-pub use generate::{GenerationOptions, generate_greedy};
+pub use generate::{
+    GenerationOptions, RecordedAttentions, generate_greedy, generate_greedy_recording,
+};
 pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,

@@ -204,3 +204,50 @@ fn kv_cache_matches_full_forward() {
         }
     }
 }
+
+/// The attention weights recorded while generating equal those of one forward pass over the
+/// fed tokens (the `attention` method uses them instead of that pass).
+#[test]
+fn recorded_generation_attentions_match_full_forward() {
+    use inseq_models::{GenerationOptions, generate_greedy, generate_greedy_recording};
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let device = Device::flex();
+        let m = tiny_model(name, &device);
+        let model: &dyn LanguageModel = m.model.as_ref();
+        let prompt = vec![5, 17, 42, 8];
+        let options = GenerationOptions {
+            max_new_tokens: 4,
+            min_new_tokens: 4,
+            ..Default::default()
+        };
+        let (new, recorded) = generate_greedy_recording(model, None, &prompt, options).unwrap();
+        assert_eq!(new, generate_greedy(model, None, &prompt, options).unwrap());
+        let recorded = recorded.expect("decoder-only models with a cache record attentions");
+        assert_eq!(recorded.ids, [&prompt[..], &new[..3]].concat());
+        let n = recorded.ids.len();
+        let input = ModelInput {
+            target_embeds: model.embed(ids_tensor(std::slice::from_ref(&recorded.ids), &device)),
+            target_mask: vec![vec![true; n]],
+            source_embeds: None,
+            source_mask: None,
+        };
+        let options = ForwardOptions {
+            attentions: true,
+            ..Default::default()
+        };
+        let full = model.forward(input, options).attentions;
+        assert_eq!(full.len(), recorded.weights.len());
+        for (l, (a, b)) in recorded.weights.iter().zip(&full).enumerate() {
+            assert_eq!(a.dims(), b.dims(), "{name} layer {l}");
+            let (a, b) = (
+                a.clone().try_to_vec_as::<f32>().unwrap(),
+                b.clone().try_to_vec_as::<f32>().unwrap(),
+            );
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst < 1e-5, "{name} layer {l}: {worst}");
+        }
+    }
+}

@@ -12,8 +12,8 @@ use inseq_methods::{
     PaddedIds, SequenceInput, StepInput, contrast_logits, plain_forward,
 };
 use inseq_models::{
-    ForwardOptions, GenerationOptions, LanguageModel, ModelKind, Pretrained, TextTokenizer,
-    generate_greedy, load_pretrained,
+    ForwardOptions, GenerationOptions, LanguageModel, ModelKind, Pretrained, RecordedAttentions,
+    TextTokenizer, generate_greedy, generate_greedy_recording, load_pretrained,
 };
 use inseq_steps::{StepArgs, StepContext, StepRegistry};
 
@@ -167,6 +167,8 @@ struct Row {
     end: usize,
     generated_text: String,
     contrast: Option<RowContrast>,
+    /// Self-attention weights recorded while generating this row's target, if asked for.
+    recorded_attentions: Option<RecordedAttentions>,
 }
 
 /// Contrast positions for target positions `start..end` (see [`ContrastAlignment`]).
@@ -386,13 +388,15 @@ impl AttributionModel {
             .unwrap_or(0)
     }
 
-    /// Builds the sequence to attribute for one input.
+    /// Builds the sequence to attribute for one input; `record_attentions`: keep the
+    /// self-attention weights of generation (see [`generate_greedy_recording`]).
     fn prepare_row(
         &self,
         index: usize,
         input: &str,
         target: Option<&str>,
         opts: &AttributeOptions,
+        record_attentions: bool,
     ) -> Result<Row> {
         let info = self.model().info().clone();
         let tok = &self.pretrained.tokenizer;
@@ -409,6 +413,7 @@ impl AttributionModel {
                 (Some(input_ids.clone()), vec![start])
             }
         };
+        let mut recorded_attentions = None;
         let target_text = match target {
             Some(t) => {
                 if self.model().kind() == ModelKind::DecoderOnly && !t.starts_with(input) {
@@ -434,8 +439,18 @@ impl AttributionModel {
                         .and_then(|v| v.as_u64())
                         .map(|v| v as usize);
                 }
-                let new =
-                    generate_greedy(self.model(), source_ids.as_deref(), &prefix, generation)?;
+                let new = if record_attentions {
+                    let (new, recorded) = generate_greedy_recording(
+                        self.model(),
+                        source_ids.as_deref(),
+                        &prefix,
+                        generation,
+                    )?;
+                    recorded_attentions = recorded;
+                    new
+                } else {
+                    generate_greedy(self.model(), source_ids.as_deref(), &prefix, generation)?
+                };
                 let all: Vec<usize> = match self.model().kind() {
                     ModelKind::DecoderOnly => input_ids.iter().chain(&new).copied().collect(),
                     ModelKind::EncoderDecoder => new,
@@ -480,6 +495,7 @@ impl AttributionModel {
             end,
             generated_text: target_text,
             contrast,
+            recorded_attentions,
         })
     }
 
@@ -620,12 +636,14 @@ impl AttributionModel {
             .iter()
             .map(|id| self.steps.get(id))
             .collect::<Result<Vec<_>>>()?;
+        // Recorded attention weights only serve a single unpadded sequence.
+        let record_attentions = method.uses_recorded_attentions() && inputs.len() == 1;
         let rows = inputs
             .iter()
             .enumerate()
             .map(|(i, input)| {
                 let target = opts.targets.as_ref().map(|t| t[i].as_str());
-                self.prepare_row(i, input, target, opts)
+                self.prepare_row(i, input, target, opts, record_attentions)
             })
             .collect::<Result<Vec<_>>>()?;
         let kind = self.model().kind();
@@ -637,6 +655,10 @@ impl AttributionModel {
             baseline_token_id: self.unk_id(),
             eos_token_id: self.model().info().eos_token_id,
             inseq_compat: opts.inseq_compat,
+            recorded_attentions: match rows.as_slice() {
+                [row] => row.recorded_attentions.as_ref(),
+                _ => None,
+            },
         };
         let mut source_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();
         let mut target_attr: Vec<Option<Vec<Option<Array>>>> = rows.iter().map(|_| None).collect();

@@ -38,6 +38,7 @@ pub fn ctx<'a>(
         baseline_token_id: baseline,
         eos_token_id: model.info().eos_token_id,
         inseq_compat: false,
+        recorded_attentions: None,
     }
 }
 
