@@ -1,0 +1,70 @@
+//! Attributing a generated continuation gives the same result as attributing the same text given
+//! as the target (for `attention`, the first reads the weights recorded during generation).
+
+mod common;
+
+use inseq::{AttributeOptions, GenerationOptions, MethodArgs, load_model};
+
+#[test]
+fn generated_equals_forced_target() {
+    let device = burn::tensor::Device::flex();
+    for model_name in ["tiny-gpt2", "tiny-llama"] {
+        for method in ["attention", "saliency"] {
+            let what = format!("{model_name} {method}");
+            let model = load_model(
+                &common::model_dir(model_name),
+                method,
+                MethodArgs::default(),
+                &device,
+            )
+            .unwrap();
+            let input = "Hello ladies and";
+            let generated = model
+                .attribute(
+                    &[input],
+                    &AttributeOptions {
+                        generation: GenerationOptions {
+                            max_new_tokens: 5,
+                            min_new_tokens: 5,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let text = generated.info["generated_texts"][0]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let forced = model
+                .attribute(
+                    &[input],
+                    &AttributeOptions {
+                        targets: Some(vec![text]),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let (g, f) = (
+                &generated.sequence_attributions[0],
+                &forced.sequence_attributions[0],
+            );
+            assert_eq!(g.target, f.target, "{what}: tokens");
+            let (g, f) = (
+                g.target_attributions.as_ref().unwrap(),
+                f.target_attributions.as_ref().unwrap(),
+            );
+            assert_eq!(g.shape(), f.shape(), "{what}: shape");
+            let scale = f.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = g
+                .data()
+                .iter()
+                .zip(f.data())
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst <= 1e-4 * scale + 1e-6,
+                "{what}: differ by {worst} (scale {scale})"
+            );
+        }
+    }
+}
