@@ -116,7 +116,6 @@ fn matches_python_inseq() {
         let attribute_target = case["attribute_target"].as_bool().unwrap();
         let c = MethodContext {
             inseq_compat: true,
-            recorded_attentions: None,
             ..ctx(model, &f, UNK, attribute_target)
         };
         let args = format!(

@@ -419,7 +419,6 @@ fn value_zeroing_matches_python_inseq() {
         // `LanguageModel::inseq_target_embed_quirk`): without the quirk tiny-marian differs by 0.5.
         let c = MethodContext {
             inseq_compat: true,
-            recorded_attentions: None,
             ..ctx(p.model.as_ref(), &f, 3, attribute_target)
         };
         let vz = method("value_zeroing", &format!("min_score_threshold={threshold}"));

@@ -139,7 +139,6 @@ fn deeplift_and_layer_methods_match_their_gradient_forms() {
     // Inseq 0.7.1 compatibility: layer IG / DeepLIFT come out as zeros.
     let compat = MethodContext {
         inseq_compat: true,
-        recorded_attentions: None,
         ..ctx(p.model.as_ref(), &f, 1, false)
     };
     let z = method("layer_integrated_gradients", "")
