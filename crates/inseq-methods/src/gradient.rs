@@ -8,7 +8,7 @@ use inseq_core::{Error, Result};
 use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ModelOutput, ids_tensor};
 use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepFunction};
 
-use crate::{MethodContext, StepInput};
+use crate::{MethodContext, SequenceInput, StepInput};
 
 /// The function being explained: a step function with its arguments.
 #[derive(Clone)]
@@ -289,4 +289,62 @@ pub fn gradients(
             None
         };
     Ok((source_grad, target_grad, scores.detach().without_autodiff()))
+}
+
+/// Most token rows (batch rows × positions, interpolation points included) one shared
+/// forward pass ([`sequence_gradients`]) keeps activations for: about 1.3 GB for
+/// SmolLM2-135M, 0.7 GB for GPT-2 small.
+pub const SHARED_FORWARD_ROWS: usize = 2048;
+
+/// For every step `s` of `seq`, the gradient of the attributed function at that step with
+/// respect to the target embeddings of its prefix, `[times * batch, seq.prefix_width(s), hidden]`,
+/// where `embeds` (`[times * batch, width, hidden]`, `width` the full prefix width) holds `times`
+/// copies of the batch (e.g. one per interpolation point).
+///
+/// Causal attention makes one forward pass over the whole sequence serve every step; the
+/// model's hand-written backward pass ([`LanguageModel::forward_shared`]) then runs one
+/// backward pass per step over that step's prefix. Equal to [`gradients`] on `seq.step(s)`
+/// up to rounding. `None` where this does not apply (encoder-decoder models, models without a
+/// hand-written backward pass, more than [`SHARED_FORWARD_ROWS`] rows); callers then
+/// attribute step by step.
+pub fn sequence_gradients(
+    ctx: &MethodContext,
+    seq: &SequenceInput,
+    embeds: Tensor<3>,
+    times: usize,
+) -> Option<Result<Vec<Tensor<3>>>> {
+    let [rows, width, _] = embeds.dims();
+    if ctx.model.kind() != ModelKind::DecoderOnly
+        || seq.source_ids.is_some()
+        || rows * width > SHARED_FORWARD_ROWS
+    {
+        return None;
+    }
+    let step = seq.full();
+    let embedded = Embedded {
+        source: None,
+        target: embeds,
+    };
+    let pass = ctx
+        .model
+        .forward_shared(&repeated_input(&step, &embedded, times))?;
+    let step_gradient = |s: usize| -> Result<Tensor<3>> {
+        let position = seq.prefix_width(s) - 1;
+        let hidden = pass.final_hidden(position).autodiff().require_grad();
+        let sctx = StepContext {
+            logits: pass.logits(hidden.clone()),
+            target_ids: seq.step(s).target_ids.repeat(times),
+            contrast: None,
+            dropout_logits: vec![],
+        };
+        let scores = ctx
+            .attributed_fn
+            .function
+            .compute(&sctx, &ctx.attributed_fn.args)?;
+        let grad = hidden
+            .grad(&scores.sum().backward())
+            .ok_or_else(|| Error::Numerical("no gradient reached the final hidden state".into()))?;
+        Ok(pass.backward(position, grad))
+    };
+    Some((0..seq.steps).map(step_gradient).collect())
 }

@@ -3,7 +3,8 @@
 use inseq_core::Result;
 
 use crate::{
-    AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients,
+    AttributionMethod, MethodArgs, MethodContext, SequenceInput, StepAttribution, StepInput,
+    embed_step, gradients, sequence_gradients,
 };
 
 /// `x ⊙ ∂f/∂x` per embedding dimension, as Captum's `InputXGradient`.
@@ -36,5 +37,23 @@ impl AttributionMethod for InputXGradient {
             deltas: None,
             score_dims: None,
         })
+    }
+
+    fn attribute_sequence(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        let x = embed_step(ctx, &seq.full(), false).target;
+        let grads = sequence_gradients(ctx, seq, x.clone(), 1)?;
+        Some(grads.map(|steps| {
+            steps
+                .into_iter()
+                .map(|g| {
+                    let len = g.dims()[1];
+                    StepAttribution::granular(None, Some(g * x.clone().narrow(1, 0, len)))
+                })
+                .collect()
+        }))
     }
 }

@@ -6,8 +6,9 @@ use inseq_core::{Error, Result};
 use inseq_models::ModelKind;
 
 use crate::{
-    AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, StepAttribution, StepInput,
-    embed_step, forward_scores, gradients,
+    AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, SHARED_FORWARD_ROWS,
+    SequenceInput, StepAttribution, StepInput, embed_step, forward_scores,
+    forward_scores_all_steps, gradients, sequence_gradients,
 };
 
 /// Integrated Gradients on the input embeddings, with Captum's defaults:
@@ -98,6 +99,101 @@ pub(crate) fn weighted_sum(grads: Tensor<3>, weights: &[f64], batch: usize) -> T
         .reshape([batch, len, h])
 }
 
+impl IntegratedGradients {
+    /// Every step of a causal model at once: per chunk of interpolation points, one forward
+    /// pass over the whole sequence and a hand-written backward pass per step
+    /// ([`sequence_gradients`]), where step by step runs a forward and a backward pass per
+    /// step. `None` where the model has no hand-written backward pass.
+    fn attribute_shared(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        let full = seq.full();
+        let x = embed_step(ctx, &full, false).target;
+        let base = embed_step(ctx, &full, true).target;
+        let [batch, width, _] = x.dims();
+        let (alphas, weights) = match self.method.points(self.n_steps) {
+            Ok(points) => points,
+            Err(e) => return Some(Err(e)),
+        };
+        let per_chunk = (SHARED_FORWARD_ROWS / (batch * width).max(1))
+            .min(
+                self.internal_batch_size
+                    .map_or(usize::MAX, |ibs| ibs / batch),
+            )
+            .max(1);
+        let mut acc: Vec<Option<Tensor<3>>> = vec![None; seq.steps];
+        for (a, w) in alphas.chunks(per_chunk).zip(weights.chunks(per_chunk)) {
+            let points = interpolate(&x, &base, a);
+            let grads = match sequence_gradients(ctx, seq, points, a.len())? {
+                Ok(grads) => grads,
+                Err(e) => return Some(Err(e)),
+            };
+            for (sum, g) in acc.iter_mut().zip(grads) {
+                let g = weighted_sum(g, w, batch);
+                *sum = Some(match sum.take() {
+                    Some(s) => s + g,
+                    None => g,
+                });
+            }
+        }
+        let attributions: Vec<Tensor<3>> = acc
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let len = g.dims()[1];
+                if self.multiply_by_inputs {
+                    g * (x.clone() - base.clone()).narrow(1, 0, len)
+                } else {
+                    g
+                }
+            })
+            .collect();
+        let deltas = if self.return_convergence_delta {
+            let scores = |t: &Tensor<3>| {
+                let embedded = Embedded {
+                    source: None,
+                    target: t.clone(),
+                };
+                forward_scores_all_steps(ctx, seq, &embedded, 1)
+            };
+            match scores(&x).and_then(|fx| Ok((fx, scores(&base)?))) {
+                Ok((fx, fb)) => Some((fx, fb)),
+                Err(e) => return Some(Err(e)),
+            }
+        } else {
+            None
+        };
+        let steps = attributions.into_iter().enumerate().map(|(s, attr)| {
+            let deltas = match &deltas {
+                Some((fx, fb)) => {
+                    let sums = attr
+                        .clone()
+                        .sum_dim(2)
+                        .sum_dim(1)
+                        .reshape([batch])
+                        .try_to_vec_as::<f32>()
+                        .map_err(|e| Error::Numerical(format!("{e:?}")))?;
+                    Some(
+                        (0..batch)
+                            .map(|b| sums[b] - (fx[s][b] - fb[s][b]))
+                            .collect(),
+                    )
+                }
+                None => None,
+            };
+            Ok(StepAttribution {
+                source: None,
+                target: Some(attr),
+                deltas,
+                score_dims: None,
+            })
+        });
+        Some(steps.collect())
+    }
+}
+
 impl AttributionMethod for IntegratedGradients {
     fn id(&self) -> &str {
         "integrated_gradients"
@@ -108,6 +204,14 @@ impl AttributionMethod for IntegratedGradients {
             self.internal_batch_size
                 .map_or(self.n_steps, |rows| rows.min(self.n_steps)),
         )
+    }
+
+    fn attribute_sequence(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        self.attribute_shared(ctx, seq)
     }
 
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {

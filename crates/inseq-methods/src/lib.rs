@@ -42,8 +42,8 @@ pub use attn_lrp::AttnLrp;
 pub use deeplift::DeepLift;
 pub use discretized_integrated_gradients::{DiscretizedIntegratedGradients, PathStrategy};
 pub use gradient::{
-    AttributedFn, Embedded, PaddedIds, contrast_logits, embed_step, embed_target, forward_scores,
-    gradients, plain_forward,
+    AttributedFn, Embedded, PaddedIds, SHARED_FORWARD_ROWS, contrast_logits, embed_step,
+    embed_target, forward_scores, gradients, plain_forward, sequence_gradients,
 };
 pub use gradient_shap::GradientShap;
 pub use input_x_gradient::InputXGradient;

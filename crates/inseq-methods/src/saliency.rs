@@ -1,10 +1,12 @@
 //! Saliency (Simonyan et al., 2013): the absolute gradient of the attributed
 //! function with respect to each input embedding.
 
+use burn::tensor::Tensor;
 use inseq_core::Result;
 
 use crate::{
-    AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step, gradients,
+    AttributionMethod, MethodArgs, MethodContext, SequenceInput, StepAttribution, StepInput,
+    embed_step, gradients, sequence_gradients,
 };
 
 /// `|∂f/∂x|` per embedding dimension (`abs=false` keeps the sign), as Captum's `Saliency`.
@@ -23,6 +25,12 @@ impl Saliency {
     }
 }
 
+impl Saliency {
+    fn finish(&self, grad: Tensor<3>) -> Tensor<3> {
+        if self.abs { grad.abs() } else { grad }
+    }
+}
+
 impl AttributionMethod for Saliency {
     fn id(&self) -> &str {
         "saliency"
@@ -34,12 +42,24 @@ impl AttributionMethod for Saliency {
 
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let (s, t, _) = gradients(ctx, step, embed_step(ctx, step, false), 1)?;
-        let f = |g: burn::tensor::Tensor<3>| if self.abs { g.abs() } else { g };
-        Ok(StepAttribution {
-            source: s.map(f),
-            target: t.map(f),
-            deltas: None,
-            score_dims: None,
-        })
+        Ok(StepAttribution::granular(
+            s.map(|g| self.finish(g)),
+            t.map(|g| self.finish(g)),
+        ))
+    }
+
+    fn attribute_sequence(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<Result<Vec<StepAttribution>>> {
+        let x = embed_step(ctx, &seq.full(), false).target;
+        let grads = sequence_gradients(ctx, seq, x, 1)?;
+        Some(grads.map(|steps| {
+            steps
+                .into_iter()
+                .map(|g| StepAttribution::granular(None, Some(self.finish(g))))
+                .collect()
+        }))
     }
 }

@@ -5,7 +5,8 @@ mod common;
 
 use burn::tensor::Tensor;
 use inseq_methods::{
-    Attention, AttributionMethod, MethodArgs, Occlusion, SequenceInput, StepAttribution,
+    Attention, AttributionMethod, InputXGradient, IntegratedGradients, MethodArgs, Occlusion,
+    Saliency, SequenceInput, StepAttribution,
 };
 
 fn host(t: &Option<Tensor<3>>) -> Option<(Vec<usize>, Vec<f32>)> {
@@ -36,20 +37,51 @@ fn assert_same(what: &str, a: &StepAttribution, b: &StepAttribution) {
             _ => panic!("{what} {part}: present in one result only"),
         }
     }
+    match (&a.deltas, &b.deltas) {
+        (None, None) => {}
+        (Some(x), Some(y)) => {
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() <= 1e-4, "{what} deltas: {p} vs {q}");
+            }
+        }
+        _ => panic!("{what}: deltas in one result only"),
+    }
 }
 
-fn check(model_name: &str, seq: &SequenceInput, attribute_target: bool) {
+/// Gradient methods, which share work between steps of decoder-only models only
+/// (one forward pass, a hand-written backward pass per step).
+fn gradient_methods() -> Vec<Box<dyn AttributionMethod>> {
+    let ig = |args: &str| IntegratedGradients::from_args(MethodArgs::parse(args).unwrap()).unwrap();
+    vec![
+        Box::new(Saliency { abs: true }),
+        Box::new(Saliency { abs: false }),
+        Box::new(InputXGradient),
+        Box::new(ig("n_steps=6,return_convergence_delta=true")),
+        // Two interpolation points per pass: chunks of points accumulate.
+        Box::new(ig(
+            "n_steps=5,internal_batch_size=4,method=riemann_trapezoid",
+        )),
+    ]
+}
+
+fn check(
+    model_name: &str,
+    seq: &SequenceInput,
+    attribute_target: bool,
+    extra: Vec<Box<dyn AttributionMethod>>,
+) {
     let pretrained = common::load(model_name);
     let model = pretrained.model.as_ref();
     let f = common::step_fn("probability");
     let ctx = common::ctx(model, &f, 3, attribute_target);
-    let methods: Vec<Box<dyn AttributionMethod>> = vec![
+    let mut methods: Vec<Box<dyn AttributionMethod>> = vec![
         Box::new(Attention::from_args(MethodArgs::default()).unwrap()),
         Box::new(Occlusion::from_args(MethodArgs::default()).unwrap()),
         Box::new(
             Occlusion::from_args(MethodArgs::parse("sliding_window=2,stride=1").unwrap()).unwrap(),
         ),
     ];
+    methods.extend(extra);
     for method in methods {
         let all = method
             .attribute_sequence(&ctx, seq)
@@ -82,7 +114,7 @@ fn decoder_only_batches_with_left_padding() {
             3,
         )
         .unwrap();
-        check(model, &seq, true);
+        check(model, &seq, true, gradient_methods());
     }
 }
 
@@ -99,19 +131,46 @@ fn encoder_decoder_source_and_target() {
             steps: 3,
         };
         seq.check().unwrap();
-        check(model, &seq, false);
-        check(model, &seq, true);
+        check(model, &seq, false, vec![]);
+        check(model, &seq, true, vec![]);
     }
 }
 
 #[test]
-fn gradient_methods_attribute_step_by_step() {
-    let saliency = inseq_methods::Saliency { abs: true };
+fn gradient_methods_attribute_encoder_decoder_models_step_by_step() {
+    let pretrained = common::load("tiny-bart");
+    let start = pretrained.model.info().decoder_start_token_id.unwrap();
+    let f = common::step_fn("probability");
+    let ctx = common::ctx(pretrained.model.as_ref(), &f, 3, true);
+    let seq = SequenceInput {
+        source_ids: Some(vec![vec![31, 32, 2]]),
+        source_mask: Some(vec![vec![true; 3]]),
+        ids: vec![vec![start, 51, 52]],
+        mask: vec![vec![true; 3]],
+        steps: 2,
+    };
+    for method in gradient_methods() {
+        assert!(
+            method.attribute_sequence(&ctx, &seq).is_none(),
+            "{}",
+            method.id()
+        );
+    }
+}
+
+#[test]
+fn gradient_methods_fall_back_to_steps_beyond_the_shared_row_budget() {
     let pretrained = common::load("tiny-gpt2");
     let f = common::step_fn("probability");
     let ctx = common::ctx(pretrained.model.as_ref(), &f, 3, true);
-    let seq = SequenceInput::decoder_only(vec![vec![1, 2, 3]], vec![vec![true; 3]], 1).unwrap();
-    assert!(saliency.attribute_sequence(&ctx, &seq).is_none());
+    let width = inseq_methods::SHARED_FORWARD_ROWS + 2;
+    let ids = vec![(0..width).map(|i| 5 + i % 50).collect::<Vec<_>>()];
+    let seq = SequenceInput::decoder_only(ids, vec![vec![true; width]], 1).unwrap();
+    assert!(
+        Saliency { abs: true }
+            .attribute_sequence(&ctx, &seq)
+            .is_none()
+    );
 }
 
 #[test]

@@ -3,6 +3,10 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
+use crate::backprop::{
+    SharedForward, Span, attention_backward, gelu_tanh_grad, layer_norm_backward, layer_norm_taped,
+    linear_backward, row_at,
+};
 use crate::model::{
     AttentionKind, ForwardOptions, LanguageModel, LayerOverride, LayerRef, ModelInfo, ModelInput,
     ModelKind, ModelOutput, OverrideMode, ValueZeroing,
@@ -184,18 +188,18 @@ impl LanguageModel for Gpt2 {
         self.config.resid_pdrop.unwrap_or(0.1)
     }
 
+    fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
+        self.has_taped_backward()
+            .then(|| Box::new(self.forward_taped(input)) as Box<dyn SharedForward + '_>)
+    }
+
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [b, s, _] = input.target_embeds.dims();
         let heads = self.config.n_head;
-        let head_dim = self.config.n_embd / heads;
         let pos = crate::nn::ids_tensor(&new_positions(&input.target_mask, s), &self.device);
         let mut x = input.target_embeds + self.wpe.forward(pos);
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
-        let scale = if self.config.scale_attn_weights {
-            1.0 / (head_dim as f64).sqrt()
-        } else {
-            1.0
-        };
+        let scale = self.attention_scale();
         let mut out = empty_output(&self.device);
         if options.hidden_states {
             out.hidden_states.push(x.clone());
@@ -381,4 +385,161 @@ pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, options: &ForwardOptions) 
     x.reshape([b * s, d])
         .matmul(head.clone())
         .reshape([b, s, v])
+}
+
+/// The activations of one GPT-2 block that its backward pass reads.
+struct BlockTape {
+    /// Normalised block input and reciprocal standard deviation (`ln_1`).
+    xhat_in: Tensor<3>,
+    r_in: Tensor<3>,
+    /// Queries, keys, values `[rows, heads, len, head_dim]`, attention weights.
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    weights: Tensor<4>,
+    /// Normalised MLP input and reciprocal standard deviation (`ln_2`).
+    xhat_mid: Tensor<3>,
+    r_mid: Tensor<3>,
+    /// The activation's derivative at the MLP pre-activation.
+    dact: Tensor<3>,
+}
+
+/// A GPT-2 forward pass whose activations are kept for [`SharedForward::backward`].
+struct Gpt2Tape<'a> {
+    model: &'a Gpt2,
+    blocks: Vec<BlockTape>,
+    /// `ln_f`'s normalised input, reciprocal standard deviation and output.
+    xhat_last: Tensor<3>,
+    r_last: Tensor<3>,
+    out: Tensor<3>,
+}
+
+impl Gpt2 {
+    /// Whether the hand-written backward pass covers this configuration (tanh-approximated
+    /// GELU, GPT-2's default).
+    fn has_taped_backward(&self) -> bool {
+        matches!(
+            self.config.activation_function.as_str(),
+            "gelu_new" | "gelu_pytorch_tanh"
+        )
+    }
+
+    fn attention_scale(&self) -> f64 {
+        if self.config.scale_attn_weights {
+            1.0 / ((self.config.n_embd / self.config.n_head) as f64).sqrt()
+        } else {
+            1.0
+        }
+    }
+
+    fn forward_taped(&self, input: &ModelInput) -> Gpt2Tape<'_> {
+        let [_, s, d] = input.target_embeds.dims();
+        let heads = self.config.n_head;
+        let pos = crate::nn::ids_tensor(&new_positions(&input.target_mask, s), &self.device);
+        let mut x = input.target_embeds.clone() + self.wpe.forward(pos);
+        let bias = attention_bias(&input.target_mask, s, true, &self.device);
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (n, xhat_in, r_in) = layer_norm_taped(&block.ln_1, x.clone());
+            let h = block.c_attn.forward(n);
+            let q = split_heads(h.clone().narrow(2, 0, d), heads);
+            let k = split_heads(h.clone().narrow(2, d, d), heads);
+            let v = split_heads(h.narrow(2, 2 * d, d), heads);
+            let (ctx, weights) = attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Some(bias.clone()),
+                self.attention_scale(),
+            );
+            x = x + block.attn_proj.forward(merge_heads(ctx));
+            let (n, xhat_mid, r_mid) = layer_norm_taped(&block.ln_2, x.clone());
+            let pre = block.c_fc.forward(n);
+            x = x + block.mlp_proj.forward(self.act(pre.clone()));
+            let dact = gelu_tanh_grad(pre);
+            blocks.push(BlockTape {
+                xhat_in,
+                r_in,
+                q,
+                k,
+                v,
+                weights,
+                xhat_mid,
+                r_mid,
+                dact,
+            });
+        }
+        let (out, xhat_last, r_last) = layer_norm_taped(&self.ln_f, x);
+        Gpt2Tape {
+            model: self,
+            blocks,
+            xhat_last,
+            r_last,
+            out,
+        }
+    }
+}
+
+impl Gpt2Tape<'_> {
+    /// Backward pass through one block, from the gradient of its output at positions
+    /// `span.start..span.len` to the gradient of its input at positions `0..span.len`.
+    fn block_backward(&self, index: usize, span: Span, dout: Tensor<3>) -> Tensor<3> {
+        let (block, tape) = (&self.model.blocks[index], &self.blocks[index]);
+        let dpre = linear_backward(&block.mlp_proj, dout.clone()) * span.rows(&tape.dact);
+        let dmid = dout
+            + layer_norm_backward(
+                &block.ln_2,
+                span.rows(&tape.xhat_mid),
+                span.rows(&tape.r_mid),
+                linear_backward(&block.c_fc, dpre),
+            );
+        let (dq, dk, dv) = attention_backward(
+            span.query_heads(&tape.q),
+            span.key_heads(&tape.k),
+            span.key_heads(&tape.v),
+            span.weights(&tape.weights),
+            linear_backward(&block.attn_proj, dmid.clone()),
+            self.model.attention_scale(),
+        );
+        let dqkv = Tensor::cat(
+            vec![span.pad(merge_heads(dq)), merge_heads(dk), merge_heads(dv)],
+            2,
+        );
+        span.pad(dmid)
+            + layer_norm_backward(
+                &block.ln_1,
+                span.all(&tape.xhat_in),
+                span.all(&tape.r_in),
+                linear_backward(&block.c_attn, dqkv),
+            )
+    }
+}
+
+impl SharedForward for Gpt2Tape<'_> {
+    fn final_hidden(&self, position: usize) -> Tensor<2> {
+        row_at(&self.out, position)
+    }
+
+    fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        hidden.matmul(self.model.lm_head.clone())
+    }
+
+    fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
+        // The last block's output gradient is non-zero at `position` only.
+        let mut span = Span {
+            start: position,
+            len: position + 1,
+        };
+        let mut dx = layer_norm_backward(
+            &self.model.ln_f,
+            span.rows(&self.xhat_last),
+            span.rows(&self.r_last),
+            grad.unsqueeze_dim(1),
+        );
+        for index in (0..self.blocks.len()).rev() {
+            dx = self.block_backward(index, span, dx);
+            span.start = 0;
+        }
+        dx
+    }
 }

@@ -19,6 +19,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backprop;
 pub mod bart;
 pub mod generate;
 pub mod gguf;
@@ -33,6 +34,7 @@ pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
+pub use backprop::SharedForward;
 pub use generate::{
     GenerationOptions, RecordedAttentions, generate_greedy, generate_greedy_recording,
 };

@@ -4,6 +4,10 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
+use crate::backprop::{
+    SharedForward, Span, attention_backward, linear_backward, rms_norm_backward, rms_norm_taped,
+    row_at, silu_taped,
+};
 use crate::gpt2::{
     decoder_self_kv, empty_output, identity_rule, lm_head, lrp_attention, override_layer,
     uniform_rule,
@@ -357,16 +361,17 @@ impl LanguageModel for Llama {
         self.config.attention_dropout.unwrap_or(0.0)
     }
 
+    fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
+        self.has_taped_backward()
+            .then(|| Box::new(self.forward_taped(input)) as Box<dyn SharedForward + '_>)
+    }
+
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [_, s, _] = input.target_embeds.dims();
-        let (h, kvh, hd) = (
-            self.config.num_attention_heads,
-            self.config.kv_heads(),
-            self.config.head_dim(),
-        );
+        let (h, kvh) = (self.config.num_attention_heads, self.config.kv_heads());
         let (cos, sin) = self.rope_tables(&new_positions(&input.target_mask, s));
         let bias = attention_bias(&input.target_mask, s, true, &self.device);
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = self.attention_scale();
         let mut x = input.target_embeds;
         let mut out = empty_output(&self.device);
         if options.hidden_states {
@@ -419,5 +424,184 @@ impl LanguageModel for Llama {
         }
         out.logits = lm_head(x, &self.lm_head, &options);
         out
+    }
+}
+
+/// The activations of one Llama block that its backward pass reads.
+struct LayerTape {
+    /// Block input and its reciprocal RMS.
+    x: Tensor<3>,
+    r_in: Tensor<3>,
+    /// Rotated queries `[rows, heads, len, head_dim]`, rotated keys and values
+    /// `[rows, kv_heads, len, head_dim]`, attention weights `[rows, heads, len, len]`.
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    weights: Tensor<4>,
+    /// Input of the MLP half and its reciprocal RMS.
+    mid: Tensor<3>,
+    r_mid: Tensor<3>,
+    /// `silu(gate)` and `up ⊙ silu'(gate)`: the MLP's backward pass is then two products.
+    act: Tensor<3>,
+    up_dsilu: Tensor<3>,
+}
+
+/// A Llama forward pass whose activations are kept for [`SharedForward::backward`].
+struct LlamaTape<'a> {
+    model: &'a Llama,
+    layers: Vec<LayerTape>,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    /// Input of the final norm, its reciprocal RMS and output.
+    last: Tensor<3>,
+    r_last: Tensor<3>,
+    out: Tensor<3>,
+}
+
+/// The gradient of [`apply_rope`] with respect to its input: `dy·cos + rotate_halfᵀ(dy·sin)`,
+/// where `rotate_halfᵀ([a, b]) = [b, -a]`.
+fn rope_backward(dy: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let d = dy.dims()[3];
+    let half = d / 2;
+    let ds = dy.clone() * sin.clone();
+    let first = ds.clone().narrow(3, 0, half);
+    let second = ds.narrow(3, half, d - half);
+    dy * cos.clone() + Tensor::cat(vec![second, first.neg()], 3)
+}
+
+impl Llama {
+    fn attention_scale(&self) -> f64 {
+        1.0 / (self.config.head_dim() as f64).sqrt()
+    }
+
+    /// Whether the hand-written backward pass covers this configuration (SiLU-gated MLP).
+    fn has_taped_backward(&self) -> bool {
+        matches!(self.config.hidden_act.as_str(), "silu" | "swish")
+    }
+
+    fn forward_taped(&self, input: &ModelInput) -> LlamaTape<'_> {
+        let [_, s, _] = input.target_embeds.dims();
+        let (h, kvh) = (self.config.num_attention_heads, self.config.kv_heads());
+        let (cos, sin) = self.rope_tables(&new_positions(&input.target_mask, s));
+        let bias = attention_bias(&input.target_mask, s, true, &self.device);
+        let scale = self.attention_scale();
+        let mut x = input.target_embeds.clone();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (n, r_in) = rms_norm_taped(&layer.input_norm, x.clone());
+            let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
+            let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
+            let v = split_heads(layer.v.forward(n), kvh);
+            let (ctx, weights) = attention(
+                q.clone(),
+                repeat_kv(k.clone(), h / kvh),
+                repeat_kv(v.clone(), h / kvh),
+                Some(bias.clone()),
+                scale,
+            );
+            let mid = x.clone() + layer.o.forward(merge_heads(ctx));
+            let (n, r_mid) = rms_norm_taped(&layer.post_norm, mid.clone());
+            let gate = layer.gate.forward(n.clone());
+            let up = layer.up.forward(n);
+            let (act, dsilu) = silu_taped(gate);
+            let out = mid.clone() + layer.down.forward(act.clone() * up.clone());
+            let up_dsilu = up * dsilu;
+            layers.push(LayerTape {
+                x,
+                r_in,
+                q,
+                k,
+                v,
+                weights,
+                mid,
+                r_mid,
+                act,
+                up_dsilu,
+            });
+            x = out;
+        }
+        let (out, r_last) = rms_norm_taped(&self.norm, x.clone());
+        LlamaTape {
+            model: self,
+            layers,
+            cos,
+            sin,
+            last: x,
+            r_last,
+            out,
+        }
+    }
+}
+
+impl LlamaTape<'_> {
+    /// Backward pass through one block, from the gradient of its output at positions
+    /// `span.start..span.len` to the gradient of its input at positions `0..span.len`.
+    fn layer_backward(&self, index: usize, span: Span, dout: Tensor<3>) -> Tensor<3> {
+        let (layer, tape) = (&self.model.layers[index], &self.layers[index]);
+        let dact = linear_backward(&layer.down, dout.clone());
+        let dup = dact.clone() * span.rows(&tape.act);
+        let dgate = dact * span.rows(&tape.up_dsilu);
+        let dn = linear_backward(&layer.gate, dgate) + linear_backward(&layer.up, dup);
+        let dmid = dout
+            + rms_norm_backward(
+                &layer.post_norm,
+                span.rows(&tape.mid),
+                span.rows(&tape.r_mid),
+                dn,
+            );
+        let (dq, dk, dv) = attention_backward(
+            span.query_heads(&tape.q),
+            span.key_heads(&tape.k),
+            span.key_heads(&tape.v),
+            span.weights(&tape.weights),
+            linear_backward(&layer.o, dmid.clone()),
+            self.model.attention_scale(),
+        );
+        let dq = rope_backward(
+            dq,
+            &span.query_heads(&self.cos),
+            &span.query_heads(&self.sin),
+        );
+        let dk = rope_backward(dk, &span.key_heads(&self.cos), &span.key_heads(&self.sin));
+        let dn = span.pad(linear_backward(&layer.q, merge_heads(dq)))
+            + linear_backward(&layer.k, merge_heads(dk))
+            + linear_backward(&layer.v, merge_heads(dv));
+        span.pad(dmid)
+            + rms_norm_backward(
+                &layer.input_norm,
+                span.all(&tape.x),
+                span.all(&tape.r_in),
+                dn,
+            )
+    }
+}
+
+impl SharedForward for LlamaTape<'_> {
+    fn final_hidden(&self, position: usize) -> Tensor<2> {
+        row_at(&self.out, position)
+    }
+
+    fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        hidden.matmul(self.model.lm_head.clone())
+    }
+
+    fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
+        let len = position + 1;
+        // The last block's output gradient is non-zero at `position` only.
+        let mut span = Span {
+            start: position,
+            len,
+        };
+        let mut dx = rms_norm_backward(
+            &self.model.norm,
+            span.rows(&self.last),
+            span.rows(&self.r_last),
+            grad.unsqueeze_dim(1),
+        );
+        for index in (0..self.layers.len()).rev() {
+            dx = self.layer_backward(index, span, dx);
+            span.start = 0;
+        }
+        dx
     }
 }

@@ -2,6 +2,8 @@
 
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::backprop::SharedForward;
+
 /// Whether a model is decoder-only (GPT-2, Llama) or encoder-decoder (Marian, BART, T5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -327,6 +329,14 @@ pub trait LanguageModel: Send + Sync {
     /// ignores them).
     fn supports_internal_hooks(&self) -> bool {
         false
+    }
+    /// Runs a forward pass on `input` (decoder-only models: target embeddings and mask) that
+    /// keeps its activations, so that the gradients of functions of several positions'
+    /// outputs come from one forward pass and hand-written backward passes (see
+    /// [`SharedForward`]). `None` (the default) where the architecture has no hand-written
+    /// backward pass; callers then use autodiff through [`LanguageModel::forward`].
+    fn forward_shared(&self, _input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
+        None
     }
     /// Number of encoder blocks (0 for decoder-only models); the decoder's is
     /// [`ModelInfo::num_layers`].

@@ -1,0 +1,127 @@
+//! The hand-written backward passes ([`SharedForward`]) against burn's autodiff through
+//! the ordinary forward pass, on the tiny GPT-2 and Llama fixtures.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ids_tensor, load_pretrained};
+
+fn model(name: &str) -> Box<dyn LanguageModel> {
+    let dir = format!(
+        "{}/../../../shared/fixtures/models/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    load_pretrained(&dir, &Device::flex()).unwrap().model
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_to_vec_as::<f32>().unwrap()
+}
+
+fn assert_close(ours: &[f32], reference: &[f32], what: &str) {
+    assert_eq!(ours.len(), reference.len(), "{what}: length");
+    let max = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * max + 1e-6,
+            "{what}[{i}]: {a} vs {b} (max {max})"
+        );
+    }
+}
+
+/// Two rows, the second left-padded by two positions; for every position `p` that is real in
+/// both rows, the gradient of `Σ grad ⊙ final_hidden(p)` equals autodiff's, and later
+/// positions get none. (A padded query sees no real key, so its output is meaningless.)
+fn check(name: &str) {
+    let m = model(name);
+    let device = m.device().clone();
+    let ids = vec![vec![5, 17, 9, 33, 2, 41], vec![0, 0, 12, 7, 30, 8]];
+    let mask = vec![vec![true; 6], vec![false, false, true, true, true, true]];
+    let embeds = m.embed(ids_tensor(&ids, &device));
+    let [rows, len, hidden] = embeds.dims();
+    let input = |e: Tensor<3>| ModelInput {
+        target_embeds: e,
+        target_mask: mask.clone(),
+        source_embeds: None,
+        source_mask: None,
+    };
+    let pass = m.forward_shared(&input(embeds.clone())).unwrap();
+    let full = m.forward(
+        input(embeds.clone()),
+        ForwardOptions {
+            hidden_states: true,
+            ..Default::default()
+        },
+    );
+    let last_hidden = full.final_hidden_state.unwrap();
+    let logits = full.logits;
+    for position in 2..len {
+        let hidden_at = last_hidden
+            .clone()
+            .narrow(1, position, 1)
+            .reshape([rows, hidden]);
+        assert_close(
+            &to_vec(pass.final_hidden(position)),
+            &to_vec(hidden_at),
+            &format!("{name} final hidden at {position}"),
+        );
+        let vocab = m.info().vocab_size;
+        assert_close(
+            &to_vec(pass.logits(pass.final_hidden(position))),
+            &to_vec(logits.clone().narrow(1, position, 1).reshape([rows, vocab])),
+            &format!("{name} logits at {position}"),
+        );
+        let weights: Vec<f32> = (0..rows * hidden)
+            .map(|i| ((i * 7 + position * 3) % 11) as f32 / 11.0 - 0.5)
+            .collect();
+        let grad = Tensor::<2>::from_data(TensorData::new(weights, [rows, hidden]), &device);
+        let tracked = embeds.clone().detach().autodiff().require_grad();
+        let out = m.forward(
+            input(tracked.clone()),
+            ForwardOptions {
+                hidden_states: true,
+                last_position_only: true,
+                ..Default::default()
+            },
+        );
+        let h = out
+            .final_hidden_state
+            .unwrap()
+            .narrow(1, position, 1)
+            .reshape([rows, hidden]);
+        let grads = (h * grad.clone()).sum().backward();
+        let reference = tracked.grad(&grads).unwrap();
+        let ours = pass.backward(position, grad);
+        assert_eq!(ours.dims(), [rows, position + 1, hidden]);
+        assert_close(
+            &to_vec(ours),
+            &to_vec(reference.clone().narrow(1, 0, position + 1)),
+            &format!("{name} gradient at {position}"),
+        );
+        if position + 1 < len {
+            let later = to_vec(reference.narrow(1, position + 1, len - position - 1));
+            assert!(later.iter().all(|&v| v == 0.0), "{name}: causal");
+        }
+    }
+}
+
+#[test]
+fn gpt2_backward_equals_autodiff() {
+    check("tiny-gpt2");
+}
+
+#[test]
+fn llama_backward_equals_autodiff() {
+    check("tiny-llama");
+}
+
+#[test]
+fn encoder_decoder_models_have_no_shared_forward() {
+    let m = model("tiny-bart");
+    let embeds = m.embed(ids_tensor(&[vec![5, 6]], m.device()));
+    let input = ModelInput {
+        target_embeds: embeds,
+        target_mask: vec![vec![true; 2]],
+        source_embeds: None,
+        source_mask: None,
+    };
+    assert!(m.forward_shared(&input).is_none());
+}
