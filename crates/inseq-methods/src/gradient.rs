@@ -291,10 +291,18 @@ pub fn gradients(
     Ok((source_grad, target_grad, scores.detach().without_autodiff()))
 }
 
-/// Most token rows (batch rows × positions, interpolation points included) one shared
-/// forward pass ([`sequence_gradients`]) keeps activations for: about 1.3 GB for
-/// SmolLM2-135M, 0.7 GB for GPT-2 small.
-pub const SHARED_FORWARD_ROWS: usize = 2048;
+/// Most activations (floats) one shared forward pass ([`sequence_gradients`]) may keep: 1.5 GiB.
+pub const SHARED_FORWARD_FLOATS: usize = 384 << 20;
+
+/// How many copies (e.g. interpolation points) of a `[batch, width]` decoder-only batch one
+/// shared forward pass may hold within [`SHARED_FORWARD_FLOATS`]; 0 when not even one fits
+/// (then gradient methods attribute step by step, with `internal_batch_size` bounding memory).
+/// Counts about eight hidden-sized activations and the attention weights per position and layer.
+pub fn shared_forward_copies(model: &dyn LanguageModel, batch: usize, width: usize) -> usize {
+    let info = model.info();
+    let per_position = info.num_layers * (8 * info.hidden_size + info.num_heads * width);
+    SHARED_FORWARD_FLOATS / (batch * width * per_position).max(1)
+}
 
 /// For every step `s` of `seq`, the gradient of the attributed function at that step with
 /// respect to the target embeddings of its prefix, `[times * batch, seq.prefix_width(s), hidden]`,
@@ -305,7 +313,7 @@ pub const SHARED_FORWARD_ROWS: usize = 2048;
 /// model's hand-written backward pass ([`LanguageModel::forward_shared`]) then runs one
 /// backward pass per step over that step's prefix. Equal to [`gradients`] on `seq.step(s)`
 /// up to rounding. `None` where this does not apply (encoder-decoder models, models without a
-/// hand-written backward pass, more than [`SHARED_FORWARD_ROWS`] rows); callers then
+/// hand-written backward pass, more than [`shared_forward_copies`] copies); callers then
 /// attribute step by step.
 pub fn sequence_gradients(
     ctx: &MethodContext,
@@ -313,10 +321,10 @@ pub fn sequence_gradients(
     embeds: Tensor<3>,
     times: usize,
 ) -> Option<Result<Vec<Tensor<3>>>> {
-    let [rows, width, _] = embeds.dims();
+    let width = embeds.dims()[1];
     if ctx.model.kind() != ModelKind::DecoderOnly
         || seq.source_ids.is_some()
-        || rows * width > SHARED_FORWARD_ROWS
+        || times > shared_forward_copies(ctx.model, seq.batch(), width)
     {
         return None;
     }

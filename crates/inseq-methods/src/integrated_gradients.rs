@@ -6,9 +6,9 @@ use inseq_core::{Error, Result};
 use inseq_models::ModelKind;
 
 use crate::{
-    AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, SHARED_FORWARD_ROWS,
-    SequenceInput, StepAttribution, StepInput, embed_step, forward_scores,
-    forward_scores_all_steps, gradients, sequence_gradients,
+    AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, SequenceInput,
+    StepAttribution, StepInput, embed_step, forward_scores, forward_scores_all_steps, gradients,
+    sequence_gradients, shared_forward_copies,
 };
 
 /// Integrated Gradients on the input embeddings, with Captum's defaults:
@@ -117,7 +117,7 @@ impl IntegratedGradients {
             Ok(points) => points,
             Err(e) => return Some(Err(e)),
         };
-        let per_chunk = (SHARED_FORWARD_ROWS / (batch * width).max(1))
+        let per_chunk = shared_forward_copies(ctx.model, batch, width)
             .min(
                 self.internal_batch_size
                     .map_or(usize::MAX, |ibs| ibs / batch),

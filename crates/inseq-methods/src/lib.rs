@@ -42,8 +42,9 @@ pub use attn_lrp::AttnLrp;
 pub use deeplift::DeepLift;
 pub use discretized_integrated_gradients::{DiscretizedIntegratedGradients, PathStrategy};
 pub use gradient::{
-    AttributedFn, Embedded, PaddedIds, SHARED_FORWARD_ROWS, contrast_logits, embed_step,
+    AttributedFn, Embedded, PaddedIds, SHARED_FORWARD_FLOATS, contrast_logits, embed_step,
     embed_target, forward_scores, gradients, plain_forward, sequence_gradients,
+    shared_forward_copies,
 };
 pub use gradient_shap::GradientShap;
 pub use input_x_gradient::InputXGradient;

@@ -159,11 +159,15 @@ fn gradient_methods_attribute_encoder_decoder_models_step_by_step() {
 }
 
 #[test]
-fn gradient_methods_fall_back_to_steps_beyond_the_shared_row_budget() {
+fn gradient_methods_fall_back_to_steps_beyond_the_shared_forward_budget() {
     let pretrained = common::load("tiny-gpt2");
+    let model = pretrained.model.as_ref();
     let f = common::step_fn("probability");
-    let ctx = common::ctx(pretrained.model.as_ref(), &f, 3, true);
-    let width = inseq_methods::SHARED_FORWARD_ROWS + 2;
+    let ctx = common::ctx(model, &f, 3, true);
+    // Attention weights alone (heads × width² per layer) exceed the budget at this width.
+    let width = 16_000;
+    assert_eq!(inseq_methods::shared_forward_copies(model, 1, width), 0);
+    assert!(inseq_methods::shared_forward_copies(model, 1, 40) > 50);
     let ids = vec![(0..width).map(|i| 5 + i % 50).collect::<Vec<_>>()];
     let seq = SequenceInput::decoder_only(ids, vec![vec![true; width]], 1).unwrap();
     assert!(

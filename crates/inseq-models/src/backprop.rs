@@ -181,15 +181,6 @@ pub(crate) fn silu_taped(x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
     (act, grad)
 }
 
-/// Input gradient of the tanh-approximated GELU `½x(1 + tanh(c(x + 0.044715x³)))`.
-pub(crate) fn gelu_tanh_grad(x: Tensor<3>) -> Tensor<3> {
-    let c = (2.0 / std::f64::consts::PI).sqrt();
-    let x2 = x.clone().square();
-    let t = ((x.clone() * x2.clone() * 0.044715 + x.clone()) * c).tanh();
-    let dt = (t.clone().square().neg() + 1.0) * ((x2 * (3.0 * 0.044715) + 1.0) * c);
-    (t + 1.0) * 0.5 + x * dt * 0.5
-}
-
 /// Input gradients of scaled dot-product attention `ctx = softmax(q kᵀ·scale + bias) v` for
 /// `m` query rows: `q` `[rows, heads, m, head_dim]`, `k`, `v` `[rows, kv_heads, len, head_dim]`,
 /// `weights` (the softmax output) `[rows, heads, m, len]`, and the merged context gradient

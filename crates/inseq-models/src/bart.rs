@@ -23,8 +23,8 @@ use crate::model::{
     ModelOutput,
 };
 use crate::nn::{
-    Embedding, LayerNorm, Linear, attention, attention_bias, ids_tensor, mc_dropout, merge_heads,
-    split_heads,
+    Embedding, LayerNorm, Linear, LmHead, attention, attention_bias, ids_tensor, mc_dropout,
+    merge_heads, split_heads,
 };
 
 /// First Monte Carlo dropout slot of the encoder sublayers (the decoder's start at 0), so that
@@ -138,7 +138,7 @@ impl Act {
     pub(crate) fn apply(self, x: Tensor<3>) -> Tensor<3> {
         match self {
             Act::Gelu => activation::gelu(x),
-            Act::GeluTanh => activation::gelu_approximate(x),
+            Act::GeluTanh => crate::nn::gelu_tanh(x),
             Act::Relu => activation::relu(x),
             Act::Silu => activation::silu(x),
             Act::Tanh => x.tanh(),
@@ -353,7 +353,7 @@ pub(crate) struct Seq2Seq {
     layernorm_embedding: Option<(LayerNorm, LayerNorm)>,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
-    lm_head: Tensor<2>,
+    lm_head: LmHead,
     final_logits_bias: Tensor<1>,
     pub(crate) embed_scale: f64,
     convention: ScaleConvention,
@@ -491,11 +491,11 @@ impl Seq2Seq {
             });
         }
         // Transformers 5.x keeps a stored `lm_head.weight` even when it is declared tied.
-        let lm_head = if w.contains(names.lm_head) {
-            w.tensor2_transposed(names.lm_head, [dec_vocab, d])?
+        let lm_head = LmHead::from_table(if w.contains(names.lm_head) {
+            w.tensor2(names.lm_head, [dec_vocab, d])?
         } else {
-            decoder_embed.table.clone().transpose()
-        };
+            decoder_embed.table.clone()
+        });
         let final_logits_bias = if w.contains(names.final_logits_bias) {
             w.tensor1(names.final_logits_bias, dec_vocab)?
         } else {

@@ -4,7 +4,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
 use crate::backprop::{
-    SharedForward, Span, attention_backward, gelu_tanh_grad, layer_norm_backward, layer_norm_taped,
+    SharedForward, Span, attention_backward, layer_norm_backward, layer_norm_taped,
     linear_backward, row_at,
 };
 use crate::model::{
@@ -12,8 +12,8 @@ use crate::model::{
     ModelKind, ModelOutput, OverrideMode, ValueZeroing,
 };
 use crate::nn::{
-    Embedding, LayerNorm, Linear, attention, attention_bias, merge_heads, new_positions,
-    split_heads,
+    Embedding, LayerNorm, Linear, LmHead, attention, attention_bias, gelu_tanh_taped, merge_heads,
+    new_positions, split_heads,
 };
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
@@ -84,7 +84,7 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor<2>,
+    lm_head: LmHead,
     device: Device,
 }
 
@@ -119,11 +119,11 @@ impl Gpt2 {
             });
         }
         let ln_f = LayerNorm::load(w, "ln_f", d, eps)?;
-        let lm_head = if w.contains("lm_head.weight") {
-            w.tensor2_transposed("lm_head.weight", [config.vocab_size, d])?
+        let lm_head = LmHead::from_table(if w.contains("lm_head.weight") {
+            w.tensor2("lm_head.weight", [config.vocab_size, d])?
         } else {
-            wte.table.clone().transpose()
-        };
+            wte.table.clone()
+        });
         let info = ModelInfo {
             architecture: "gpt2".into(),
             hf_class: "GPT2LMHeadModel".into(),
@@ -154,7 +154,7 @@ impl Gpt2 {
             "gelu" => activation::gelu(x),
             "relu" => activation::relu(x),
             "silu" | "swish" => activation::silu(x),
-            _ => activation::gelu_approximate(x),
+            _ => crate::nn::gelu_tanh(x),
         }
     }
 }
@@ -370,9 +370,9 @@ pub(crate) fn empty_output(device: &Device) -> ModelOutput {
     }
 }
 
-/// Applies an `[hidden, vocab]` output projection to `[batch, seq, hidden]`,
-/// optionally at the last position only.
-pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, options: &ForwardOptions) -> Tensor<3> {
+/// Applies the output projection to `[batch, seq, hidden]`, from
+/// [`ForwardOptions::first_logit_position`] on.
+pub(crate) fn lm_head(x: Tensor<3>, head: &LmHead, options: &ForwardOptions) -> Tensor<3> {
     let [b, s, d] = x.dims();
     let first = options.first_logit_position(s);
     let x = if first > 0 {
@@ -381,10 +381,9 @@ pub(crate) fn lm_head(x: Tensor<3>, head: &Tensor<2>, options: &ForwardOptions) 
         x
     };
     let [b, s, d] = x.dims();
-    let v = head.dims()[1];
-    x.reshape([b * s, d])
-        .matmul(head.clone())
-        .reshape([b, s, v])
+    let logits = head.forward(x.reshape([b * s, d]));
+    let v = logits.dims()[1];
+    logits.reshape([b, s, v])
 }
 
 /// The activations of one GPT-2 block that its backward pass reads.
@@ -454,9 +453,8 @@ impl Gpt2 {
             );
             x = x + block.attn_proj.forward(merge_heads(ctx));
             let (n, xhat_mid, r_mid) = layer_norm_taped(&block.ln_2, x.clone());
-            let pre = block.c_fc.forward(n);
-            x = x + block.mlp_proj.forward(self.act(pre.clone()));
-            let dact = gelu_tanh_grad(pre);
+            let (act, dact) = gelu_tanh_taped(block.c_fc.forward(n));
+            x = x + block.mlp_proj.forward(act);
             blocks.push(BlockTape {
                 xhat_in,
                 r_in,
@@ -521,7 +519,7 @@ impl SharedForward for Gpt2Tape<'_> {
     }
 
     fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        hidden.matmul(self.model.lm_head.clone())
+        self.model.lm_head.forward(hidden)
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {

@@ -16,8 +16,8 @@ use crate::model::{
     ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind, ModelOutput,
 };
 use crate::nn::{
-    Embedding, Linear, RmsNorm, attention, attention_bias, merge_heads, new_positions, repeat_kv,
-    split_heads,
+    Embedding, Linear, LmHead, RmsNorm, attention, attention_bias, merge_heads, new_positions,
+    repeat_kv, split_heads,
 };
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
@@ -200,7 +200,7 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Tensor<2>,
+    lm_head: LmHead,
     device: Device,
 }
 
@@ -252,11 +252,13 @@ impl Llama {
             });
         }
         let norm = RmsNorm::load(w, "norm", d, eps)?;
-        let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
-            w.tensor2_transposed("lm_head.weight", [config.vocab_size, d])?
-        } else {
-            embed_tokens.table.clone().transpose()
-        };
+        let lm_head = LmHead::from_table(
+            if !config.tie_word_embeddings && w.contains("lm_head.weight") {
+                w.tensor2("lm_head.weight", [config.vocab_size, d])?
+            } else {
+                embed_tokens.table.clone()
+            },
+        );
         let info = ModelInfo {
             architecture: config.model_type.clone(),
             hf_class: match config.model_type.as_str() {
@@ -400,7 +402,7 @@ impl LanguageModel for Llama {
             let n = rms_norm(&layer.post_norm, x.clone(), lrp);
             let act = |t: Tensor<3>| match self.config.hidden_act.as_str() {
                 "gelu" => activation::gelu(t),
-                "gelu_pytorch_tanh" => activation::gelu_approximate(t),
+                "gelu_pytorch_tanh" => crate::nn::gelu_tanh(t),
                 _ => activation::silu(t),
             };
             let gate = layer.gate.forward(n.clone());
@@ -582,7 +584,7 @@ impl SharedForward for LlamaTape<'_> {
     }
 
     fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        hidden.matmul(self.model.lm_head.clone())
+        self.model.lm_head.forward(hidden)
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {

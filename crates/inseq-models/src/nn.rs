@@ -132,6 +132,71 @@ impl Embedding {
     }
 }
 
+/// Column blocks of [`LmHead`]: one batched product over the blocks runs on every core, where a
+/// one-row product (each token of greedy decoding) runs single-threaded.
+const LM_HEAD_BLOCKS: usize = 4;
+
+/// The output projection (LM head) `[hidden] -> [vocab]`, from a `[vocab, hidden]` table (tied
+/// token embeddings or Hugging Face's `lm_head.weight`), kept as column blocks of that table
+/// (views, no copy) plus the `vocab mod 4` remaining columns.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor, TensorData};
+/// use inseq_models::nn::LmHead;
+/// let device = Device::flex();
+/// let table = Tensor::<2>::from_data(TensorData::new((0..18).map(|v| v as f32).collect::<Vec<_>>(), [9, 2]), &device);
+/// let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -1.0], [1, 2]), &device);
+/// let logits = LmHead::from_table(table.clone()).forward(x.clone());
+/// let plain = x.matmul(table.transpose());
+/// assert_eq!(logits.try_to_vec_as::<f32>().unwrap(), plain.try_to_vec_as::<f32>().unwrap());
+/// ```
+#[derive(Debug, Clone)]
+pub struct LmHead {
+    /// `[blocks, hidden, vocab / blocks]`: block `b` holds vocabulary entries `b·n..(b+1)·n`.
+    blocks: Option<Tensor<3>>,
+    /// `[hidden, vocab mod blocks]`: the last entries.
+    rest: Option<Tensor<2>>,
+}
+
+impl LmHead {
+    /// The projection onto the rows of a `[vocab, hidden]` table.
+    pub fn from_table(table: Tensor<2>) -> Self {
+        let [vocab, hidden] = table.dims();
+        let per_block = vocab / LM_HEAD_BLOCKS;
+        let in_blocks = per_block * LM_HEAD_BLOCKS;
+        let blocks = (per_block > 0).then(|| {
+            table
+                .clone()
+                .narrow(0, 0, in_blocks)
+                .reshape([LM_HEAD_BLOCKS, per_block, hidden])
+                .swap_dims(1, 2)
+        });
+        let rest =
+            (in_blocks < vocab).then(|| table.narrow(0, in_blocks, vocab - in_blocks).transpose());
+        Self { blocks, rest }
+    }
+
+    /// `[rows, hidden]` -> `[rows, vocab]` logits.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let [rows, hidden] = x.dims();
+        let blocked = self.blocks.as_ref().map(|blocks| {
+            let [n, _, per_block] = blocks.dims();
+            x.clone()
+                .reshape([1, rows, hidden])
+                .matmul(blocks.clone())
+                .swap_dims(0, 1)
+                .reshape([rows, n * per_block])
+        });
+        let rest = self.rest.as_ref().map(|rest| x.matmul(rest.clone()));
+        match (blocked, rest) {
+            (Some(b), Some(r)) => Tensor::cat(vec![b, r], 1),
+            (Some(b), None) => b,
+            (None, Some(r)) => r,
+            (None, None) => unreachable!("a table has at least one row"),
+        }
+    }
+}
+
 /// Splits `[batch, seq, heads*head_dim]` into `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, s, d] = x.dims();
@@ -171,6 +236,39 @@ pub fn attention(
     };
     let weights = activation::softmax(scores, 3);
     (weights.clone().matmul(v), weights)
+}
+
+/// `2·sqrt(2/π)`: the tanh-approximated GELU's `tanh(u)` is `2σ(2u) - 1`.
+const GELU_TANH_SCALE: f64 = 2.0 * 0.797_884_560_802_865_4;
+
+/// The argument `2·sqrt(2/π)·(x + 0.044715·x³)` of the sigmoid in [`gelu_tanh`].
+fn gelu_tanh_inner<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    (x.clone() * x.clone() * x.clone() * 0.044715 + x) * GELU_TANH_SCALE
+}
+
+/// The tanh-approximated GELU `½x(1 + tanh(sqrt(2/π)(x + 0.044715x³)))` (GPT-2's `gelu_new`,
+/// `gelu_pytorch_tanh`), computed as the equal `x·σ(2·sqrt(2/π)(x + 0.044715x³))`: one
+/// exponential per element, where burn's `gelu_approximate` calls `powf` and `tanh`.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor, TensorData, activation};
+/// let x = Tensor::<1>::from_data(TensorData::new(vec![-3.0f32, -0.5, 0.0, 0.7, 4.0], [5]), &Device::flex());
+/// let ours = inseq_models::nn::gelu_tanh(x.clone()).try_to_vec_as::<f32>().unwrap();
+/// let burn = activation::gelu_approximate(x).try_to_vec_as::<f32>().unwrap();
+/// assert!(ours.iter().zip(&burn).all(|(a, b)| (a - b).abs() < 1e-6));
+/// ```
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * activation::sigmoid(gelu_tanh_inner(x))
+}
+
+/// [`gelu_tanh`] and its derivative `σ(v) + x·σ(v)(1 - σ(v))·v'` (`v` the sigmoid's argument,
+/// `v' = 2·sqrt(2/π)(1 + 3·0.044715x²)`), from one sigmoid.
+pub(crate) fn gelu_tanh_taped(x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    let s = activation::sigmoid(gelu_tanh_inner(x.clone()));
+    let act = x.clone() * s.clone();
+    let dv = (x.clone().square() * (3.0 * 0.044715) + 1.0) * GELU_TANH_SCALE;
+    let grad = s.clone() + act.clone() * (s.neg() + 1.0) * dv;
+    (act, grad)
 }
 
 /// Large negative value used to mask attention scores (finite, so fully

@@ -25,7 +25,8 @@ use crate::model::{
     ModelOutput,
 };
 use crate::nn::{
-    Embedding, Linear, RmsNorm, attention, attention_bias, mc_dropout, merge_heads, split_heads,
+    Embedding, Linear, LmHead, RmsNorm, attention, attention_bias, mc_dropout, merge_heads,
+    split_heads,
 };
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
@@ -281,7 +282,7 @@ pub struct T5 {
     decoder_embed: Embedding,
     encoder: Stack,
     decoder: Stack,
-    lm_head: Tensor<2>,
+    lm_head: LmHead,
     scale_decoder_outputs: bool,
     device: Device,
 }
@@ -316,11 +317,11 @@ impl T5 {
         let encoder = Self::load_stack(&config, w, "encoder", config.num_layers, gated)?;
         let decoder_layers = config.num_decoder_layers.unwrap_or(config.num_layers);
         let decoder = Self::load_stack(&config, w, "decoder", decoder_layers, gated)?;
-        let lm_head = if w.contains(T5_NAMES.lm_head) {
-            w.tensor2_transposed(T5_NAMES.lm_head, [vocab, d])?
+        let lm_head = LmHead::from_table(if w.contains(T5_NAMES.lm_head) {
+            w.tensor2(T5_NAMES.lm_head, [vocab, d])?
         } else {
-            shared.table.clone().transpose()
-        };
+            shared.table.clone()
+        });
         let info = ModelInfo {
             architecture: "t5".into(),
             hf_class: "T5ForConditionalGeneration".into(),
