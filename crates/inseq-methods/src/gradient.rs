@@ -8,7 +8,7 @@ use inseq_core::{Error, Result};
 use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ModelOutput, ids_tensor};
 use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepFunction};
 
-use crate::{MethodContext, SequenceInput, StepInput};
+use crate::{MethodContext, SequenceInput, StepAttribution, StepInput};
 
 /// The function being explained: a step function with its arguments.
 #[derive(Clone)]
@@ -304,6 +304,37 @@ pub fn shared_forward_copies(model: &dyn LanguageModel, batch: usize, width: usi
     SHARED_FORWARD_FLOATS / (batch * width * per_position).max(1)
 }
 
+/// Whether [`sequence_gradients`] can apply to `seq` at all (a decoder-only model, no source),
+/// checked before any embedding work.
+pub(crate) fn shared_forward_applies(ctx: &MethodContext, seq: &SequenceInput) -> bool {
+    ctx.model.kind() == ModelKind::DecoderOnly && seq.source_ids.is_none()
+}
+
+/// Attributions of every step of `seq` from [`sequence_gradients`] on the sequence's own
+/// embeddings (one copy): `finish(gradient, embeddings)` turns a step's gradient
+/// `[batch, prefix, hidden]` into its attribution, given the embeddings of the same prefix.
+/// `None` where [`sequence_gradients`] does not apply.
+pub(crate) fn sequence_gradient_attributions(
+    ctx: &MethodContext,
+    seq: &SequenceInput,
+    finish: impl Fn(Tensor<3>, Tensor<3>) -> Tensor<3>,
+) -> Option<Result<Vec<StepAttribution>>> {
+    if !shared_forward_applies(ctx, seq) {
+        return None;
+    }
+    let x = embed_step(ctx, &seq.full(), false).target;
+    let grads = sequence_gradients(ctx, seq, x.clone(), 1)?;
+    Some(grads.map(|steps| {
+        steps
+            .into_iter()
+            .map(|g| {
+                let prefix = x.clone().narrow(1, 0, g.dims()[1]);
+                StepAttribution::granular(None, Some(finish(g, prefix)))
+            })
+            .collect()
+    }))
+}
+
 /// For every step `s` of `seq`, the gradient of the attributed function at that step with
 /// respect to the target embeddings of its prefix, `[times * batch, seq.prefix_width(s), hidden]`,
 /// where `embeds` (`[times * batch, width, hidden]`, `width` the full prefix width) holds `times`
@@ -322,8 +353,7 @@ pub fn sequence_gradients(
     times: usize,
 ) -> Option<Result<Vec<Tensor<3>>>> {
     let width = embeds.dims()[1];
-    if ctx.model.kind() != ModelKind::DecoderOnly
-        || seq.source_ids.is_some()
+    if !shared_forward_applies(ctx, seq)
         || times > shared_forward_copies(ctx.model, seq.batch(), width)
     {
         return None;

@@ -2,9 +2,10 @@
 
 use inseq_core::Result;
 
+use crate::gradient::sequence_gradient_attributions;
 use crate::{
     AttributionMethod, MethodArgs, MethodContext, SequenceInput, StepAttribution, StepInput,
-    embed_step, gradients, sequence_gradients,
+    embed_step, gradients,
 };
 
 /// `x ⊙ ∂f/∂x` per embedding dimension, as Captum's `InputXGradient`.
@@ -44,16 +45,6 @@ impl AttributionMethod for InputXGradient {
         ctx: &MethodContext,
         seq: &SequenceInput,
     ) -> Option<Result<Vec<StepAttribution>>> {
-        let x = embed_step(ctx, &seq.full(), false).target;
-        let grads = sequence_gradients(ctx, seq, x.clone(), 1)?;
-        Some(grads.map(|steps| {
-            steps
-                .into_iter()
-                .map(|g| {
-                    let len = g.dims()[1];
-                    StepAttribution::granular(None, Some(g * x.clone().narrow(1, 0, len)))
-                })
-                .collect()
-        }))
+        sequence_gradient_attributions(ctx, seq, |g, x| g * x)
     }
 }

@@ -5,6 +5,7 @@ use burn::tensor::{Tensor, TensorData};
 use inseq_core::{Error, Result};
 use inseq_models::ModelKind;
 
+use crate::gradient::shared_forward_applies;
 use crate::{
     AttributionMethod, Embedded, MethodArgs, MethodContext, Quadrature, SequenceInput,
     StepAttribution, StepInput, embed_step, forward_scores, forward_scores_all_steps, gradients,
@@ -99,6 +100,14 @@ pub(crate) fn weighted_sum(grads: Tensor<3>, weights: &[f64], batch: usize) -> T
         .reshape([batch, len, h])
 }
 
+/// Adds `t` to a running sum (empty: `None`).
+fn accumulate(sum: &mut Option<Tensor<3>>, t: Tensor<3>) {
+    *sum = Some(match sum.take() {
+        Some(s) => s + t,
+        None => t,
+    });
+}
+
 impl IntegratedGradients {
     /// Every step of a causal model at once: per chunk of interpolation points, one forward
     /// pass over the whole sequence and a hand-written backward pass per step
@@ -109,6 +118,9 @@ impl IntegratedGradients {
         ctx: &MethodContext,
         seq: &SequenceInput,
     ) -> Option<Result<Vec<StepAttribution>>> {
+        if !shared_forward_applies(ctx, seq) {
+            return None;
+        }
         let full = seq.full();
         let x = embed_step(ctx, &full, false).target;
         let base = embed_step(ctx, &full, true).target;
@@ -131,11 +143,7 @@ impl IntegratedGradients {
                 Err(e) => return Some(Err(e)),
             };
             for (sum, g) in acc.iter_mut().zip(grads) {
-                let g = weighted_sum(g, w, batch);
-                *sum = Some(match sum.take() {
-                    Some(s) => s + g,
-                    None => g,
-                });
+                accumulate(sum, weighted_sum(g, w, batch));
             }
         }
         let attributions: Vec<Tensor<3>> = acc
@@ -225,12 +233,6 @@ impl AttributionMethod for IntegratedGradients {
             .map_or(alphas.len(), |ibs| (ibs / batch.max(1)).max(1));
         let mut acc_source: Option<Tensor<3>> = None;
         let mut acc_target: Option<Tensor<3>> = None;
-        let add = |acc: &mut Option<Tensor<3>>, t: Tensor<3>| {
-            *acc = Some(match acc.take() {
-                Some(a) => a + t,
-                None => t,
-            });
-        };
         for (a, w) in alphas.chunks(per_chunk).zip(weights.chunks(per_chunk)) {
             let k = a.len();
             let embedded = Embedded {
@@ -247,10 +249,10 @@ impl AttributionMethod for IntegratedGradients {
             };
             let (gs, gt, _) = gradients(ctx, step, embedded, k)?;
             if let Some(g) = gs {
-                add(&mut acc_source, weighted_sum(g, w, batch));
+                accumulate(&mut acc_source, weighted_sum(g, w, batch));
             }
             if let Some(g) = gt {
-                add(&mut acc_target, weighted_sum(g, w, batch));
+                accumulate(&mut acc_target, weighted_sum(g, w, batch));
             }
         }
         let scale =

@@ -4,9 +4,10 @@
 use burn::tensor::Tensor;
 use inseq_core::Result;
 
+use crate::gradient::sequence_gradient_attributions;
 use crate::{
     AttributionMethod, MethodArgs, MethodContext, SequenceInput, StepAttribution, StepInput,
-    embed_step, gradients, sequence_gradients,
+    embed_step, gradients,
 };
 
 /// `|∂f/∂x|` per embedding dimension (`abs=false` keeps the sign), as Captum's `Saliency`.
@@ -53,13 +54,6 @@ impl AttributionMethod for Saliency {
         ctx: &MethodContext,
         seq: &SequenceInput,
     ) -> Option<Result<Vec<StepAttribution>>> {
-        let x = embed_step(ctx, &seq.full(), false).target;
-        let grads = sequence_gradients(ctx, seq, x, 1)?;
-        Some(grads.map(|steps| {
-            steps
-                .into_iter()
-                .map(|g| StepAttribution::granular(None, Some(self.finish(g))))
-                .collect()
-        }))
+        sequence_gradient_attributions(ctx, seq, |g, _| self.finish(g))
     }
 }

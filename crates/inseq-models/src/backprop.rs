@@ -113,6 +113,29 @@ impl Span {
     }
 }
 
+/// A backward pass from the final hidden state at `position` through `blocks` blocks, last
+/// first: `final_norm` maps the span of the last block's output (position `position` only) to
+/// its gradient `[rows, 1, dim]`; `block(index, span, dout)` runs block `index`'s backward pass.
+/// The last block's output gradient is non-zero at `position` only, the other blocks' at every
+/// position up to it. Returns `[rows, position + 1, dim]`.
+pub(crate) fn backward_through_blocks(
+    position: usize,
+    blocks: usize,
+    final_norm: impl FnOnce(Span) -> Tensor<3>,
+    block: impl Fn(usize, Span, Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
+    let mut span = Span {
+        start: position,
+        len: position + 1,
+    };
+    let mut dx = final_norm(span);
+    for index in (0..blocks).rev() {
+        dx = block(index, span, dx);
+        span.start = 0;
+    }
+    dx
+}
+
 /// Input gradient of [`Linear::forward`]: `dy Wᵀ`.
 pub(crate) fn linear_backward(layer: &Linear, dy: Tensor<3>) -> Tensor<3> {
     let [b, s, out] = dy.dims();

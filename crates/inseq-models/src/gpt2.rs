@@ -4,8 +4,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
 use crate::backprop::{
-    SharedForward, Span, attention_backward, layer_norm_backward, layer_norm_taped,
-    linear_backward, row_at,
+    SharedForward, Span, attention_backward, backward_through_blocks, layer_norm_backward,
+    layer_norm_taped, linear_backward, row_at,
 };
 use crate::model::{
     AttentionKind, ForwardOptions, LanguageModel, LayerOverride, LayerRef, ModelInfo, ModelInput,
@@ -523,21 +523,19 @@ impl SharedForward for Gpt2Tape<'_> {
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
-        // The last block's output gradient is non-zero at `position` only.
-        let mut span = Span {
-            start: position,
-            len: position + 1,
+        let final_norm = |span: Span| {
+            layer_norm_backward(
+                &self.model.ln_f,
+                span.rows(&self.xhat_last),
+                span.rows(&self.r_last),
+                grad.unsqueeze_dim(1),
+            )
         };
-        let mut dx = layer_norm_backward(
-            &self.model.ln_f,
-            span.rows(&self.xhat_last),
-            span.rows(&self.r_last),
-            grad.unsqueeze_dim(1),
-        );
-        for index in (0..self.blocks.len()).rev() {
-            dx = self.block_backward(index, span, dx);
-            span.start = 0;
-        }
-        dx
+        backward_through_blocks(
+            position,
+            self.blocks.len(),
+            final_norm,
+            |index, span, dout| self.block_backward(index, span, dout),
+        )
     }
 }

@@ -5,8 +5,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use serde::Deserialize;
 
 use crate::backprop::{
-    SharedForward, Span, attention_backward, linear_backward, rms_norm_backward, rms_norm_taped,
-    row_at, silu_taped,
+    SharedForward, Span, attention_backward, backward_through_blocks, linear_backward,
+    rms_norm_backward, rms_norm_taped, row_at, silu_taped,
 };
 use crate::gpt2::{
     decoder_self_kv, empty_output, identity_rule, lm_head, lrp_attention, override_layer,
@@ -588,22 +588,19 @@ impl SharedForward for LlamaTape<'_> {
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
-        let len = position + 1;
-        // The last block's output gradient is non-zero at `position` only.
-        let mut span = Span {
-            start: position,
-            len,
+        let final_norm = |span: Span| {
+            rms_norm_backward(
+                &self.model.norm,
+                span.rows(&self.last),
+                span.rows(&self.r_last),
+                grad.unsqueeze_dim(1),
+            )
         };
-        let mut dx = rms_norm_backward(
-            &self.model.norm,
-            span.rows(&self.last),
-            span.rows(&self.r_last),
-            grad.unsqueeze_dim(1),
-        );
-        for index in (0..self.layers.len()).rev() {
-            dx = self.layer_backward(index, span, dx);
-            span.start = 0;
-        }
-        dx
+        backward_through_blocks(
+            position,
+            self.layers.len(),
+            final_norm,
+            |index, span, dout| self.layer_backward(index, span, dout),
+        )
     }
 }
