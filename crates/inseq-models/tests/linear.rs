@@ -1,0 +1,63 @@
+//! `Linear::forward` computes one-row products against large weights in blocks of the input
+//! dimension; these give the plain product `x W + b`, and the same input gradient under autodiff.
+
+use burn::tensor::{Device, Distribution, Tensor};
+use inseq_models::nn::Linear;
+
+/// `max |a - b| / max |b|`: blocking only changes the order of the summation.
+fn relative_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let scale = b.clone().abs().max().into_scalar::<f32>();
+    (a - b).abs().max().into_scalar::<f32>() / scale
+}
+
+fn layer(inputs: usize, outputs: usize, device: &Device) -> Linear {
+    Linear {
+        weight: Tensor::random([inputs, outputs], Distribution::Default, device),
+        bias: Some(Tensor::random([outputs], Distribution::Default, device)),
+    }
+}
+
+fn plain(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, s, i] = x.dims();
+    let out = layer.weight.dims()[1];
+    let y = x.reshape([b * s, i]).matmul(layer.weight.clone())
+        + layer.bias.clone().unwrap().unsqueeze::<2>();
+    y.reshape([b, s, out])
+}
+
+#[test]
+fn one_row_products_equal_the_plain_product() {
+    let device = Device::flex();
+    // Blocked (GPT-2's MLP shapes), below the size where blocking starts, an input dimension
+    // that 4 does not divide, and several rows (never blocked).
+    for (rows, inputs, outputs) in [
+        (1, 768, 3072),
+        (1, 3072, 768),
+        (1, 768, 2304),
+        (1, 1026, 3072),
+        (3, 768, 3072),
+    ] {
+        let l = layer(inputs, outputs, &device);
+        let x = Tensor::<3>::random([1, rows, inputs], Distribution::Default, &device);
+        let diff = relative_diff(l.forward(x.clone()), plain(&l, x));
+        assert!(
+            diff < 1e-5,
+            "[{rows}, {inputs}] x [{inputs}, {outputs}]: {diff}"
+        );
+    }
+}
+
+#[test]
+fn one_row_blocked_gradient_equals_the_plain_gradient() {
+    let device = Device::flex();
+    let l = layer(768, 3072, &device);
+    let x = Tensor::<3>::random([1, 1, 768], Distribution::Default, &device);
+    let cotangent = Tensor::<3>::random([1, 1, 3072], Distribution::Default, &device);
+    let grad = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let tracked = x.clone().detach().autodiff().require_grad();
+        let score = (f(tracked.clone()) * cotangent.clone()).sum();
+        tracked.grad(&score.backward()).unwrap()
+    };
+    let diff = relative_diff(grad(&|x| l.forward(x)), grad(&|x| plain(&l, x)));
+    assert!(diff < 1e-5, "{diff}");
+}
