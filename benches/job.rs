@@ -45,6 +45,60 @@ struct Args {
     /// Instead of a job, measure the matmul throughput of `[N, N] x [N, N]` f32 products.
     #[arg(long, value_name = "N")]
     matmul: Option<usize>,
+    /// Instead of a job, time the forward passes of greedy decoding with the key/value cache:
+    /// the prompt pass and the median one-token pass of each run (`python/generation_passes.py`
+    /// times the same with torch).
+    #[arg(long)]
+    generation_passes: bool,
+}
+
+/// Milliseconds of the prompt pass and median milliseconds of the `new_tokens - 1` one-token
+/// passes of one greedy decoding of `prompt`.
+fn time_generation_passes(
+    model: &dyn inseq::models::LanguageModel,
+    prompt: &[usize],
+    new_tokens: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use inseq::models::{ForwardOptions, KvCache, ModelInput, ids_tensor};
+    let device = model.device();
+    let cache = KvCache::default();
+    let mut ids = prompt.to_vec();
+    let mut passes = Vec::with_capacity(new_tokens);
+    for _ in 0..new_tokens {
+        let t = Instant::now();
+        let input = ModelInput {
+            target_embeds: model.embed(ids_tensor(&[ids[cache.len()..].to_vec()], device)),
+            target_mask: vec![vec![true; ids.len()]],
+            source_embeds: None,
+            source_mask: None,
+        };
+        let options = ForwardOptions {
+            last_position_only: true,
+            kv_cache: Some(cache.clone()),
+            ..Default::default()
+        };
+        let logits = model
+            .forward(input, options)
+            .last_logits()
+            .try_to_vec_as::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let next = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .context("empty logits")?;
+        ids.push(next);
+        passes.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((passes[0], median(passes[1..].to_vec())))
+}
+
+/// Median (mean of the middle two for an even count); NaN when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Median GFLOP/s of `[n, n] x [n, n]` f32 matmuls on `device` (the machine's attainable peak
@@ -101,6 +155,23 @@ fn main() -> anyhow::Result<()> {
     )
     .with_context(|| format!("loading {}", args.model))?;
     let load_s = t0.elapsed().as_secs_f64();
+    if args.generation_passes {
+        let prompt = model.tokenizer().encode(&args.input, true)?;
+        let runs = (0..args.warmup + args.repeats)
+            .map(|_| time_generation_passes(model.model(), &prompt, args.max_new_tokens.max(2)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let timed = &runs[args.warmup.min(runs.len())..];
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": "inseq-rs",
+                "prompt_tokens": prompt.len(),
+                "prompt_pass_ms": timed.iter().map(|r| r.0).collect::<Vec<_>>(),
+                "one_token_pass_median_ms": timed.iter().map(|r| r.1).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
     let opts = AttributeOptions {
         generation: GenerationOptions {
             max_new_tokens: args.max_new_tokens,
@@ -125,13 +196,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let seq = &out.context("no run")?.sequence_attributions[0];
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    };
+    let median = median(times.clone());
     let report = serde_json::json!({
         "impl": "inseq-rs",
         "device": args.device,
