@@ -7,7 +7,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use crate::weights::Weights;
 use inseq_core::Result;
 
-/// Blocks of the input dimension in a one-row [`Linear::forward`].
+/// Blocks a one-row product is split into ([`Linear::forward`], [`LmHead`]): one batched product
+/// over the blocks runs on every core, where a one-row product (each token of greedy decoding)
+/// runs single-threaded.
 pub const ONE_ROW_BLOCKS: usize = 4;
 
 /// Multiply-adds from which a one-row [`Linear::forward`] is blocked: burn-flex runs the blocks of
@@ -168,13 +170,9 @@ impl Embedding {
     }
 }
 
-/// Column blocks of [`LmHead`]: one batched product over the blocks runs on every core, where a
-/// one-row product (each token of greedy decoding) runs single-threaded.
-const LM_HEAD_BLOCKS: usize = 4;
-
 /// The output projection (LM head) `[hidden] -> [vocab]`, from a `[vocab, hidden]` table (tied
-/// token embeddings or Hugging Face's `lm_head.weight`), kept as column blocks of that table
-/// (views, no copy) plus the `vocab mod 4` remaining columns.
+/// token embeddings or Hugging Face's `lm_head.weight`), kept as [`ONE_ROW_BLOCKS`] column blocks
+/// of that table (views, no copy) plus the remaining `vocab mod ONE_ROW_BLOCKS` columns.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor, TensorData};
@@ -198,13 +196,13 @@ impl LmHead {
     /// The projection onto the rows of a `[vocab, hidden]` table.
     pub fn from_table(table: Tensor<2>) -> Self {
         let [vocab, hidden] = table.dims();
-        let per_block = vocab / LM_HEAD_BLOCKS;
-        let in_blocks = per_block * LM_HEAD_BLOCKS;
+        let per_block = vocab / ONE_ROW_BLOCKS;
+        let in_blocks = per_block * ONE_ROW_BLOCKS;
         let blocks = (per_block > 0).then(|| {
             table
                 .clone()
                 .narrow(0, 0, in_blocks)
-                .reshape([LM_HEAD_BLOCKS, per_block, hidden])
+                .reshape([ONE_ROW_BLOCKS, per_block, hidden])
                 .swap_dims(1, 2)
         });
         let rest =
