@@ -568,7 +568,13 @@ pub struct DatasetJob {
 
 /// Attributes every row of `rows` in the job's shard that is not stored yet, `batch_size` rows at
 /// a time, storing each result as soon as its batch is done; `progress` is told how many rows each
-/// batch finished.
+/// batch finished (and, first, how many were already stored).
+///
+/// Batches are formed over all valid rows of the shard, stored or not, so a row is always batched
+/// with the same neighbours: a batch that is partly stored is computed whole again and only its
+/// missing rows are written. Batching changes a row's numbers at the level of float rounding
+/// (padding and matrix shapes differ), so this is what makes a resumed run write the same bytes as
+/// an uninterrupted one with the same `batch_size`.
 pub fn attribute_dataset(
     model: &crate::AttributionModel,
     rows: &[DatasetRow],
@@ -580,17 +586,16 @@ pub fn attribute_dataset(
     let batch_size = job.batch_size.max(1);
     let done = store.open()?;
     let mut report = DatasetReport::default();
-    let mut pending = Vec::new();
+    let mut valid = Vec::new();
     for row in rows
         .iter()
         .filter(|r| shard.is_none_or(|s| s.contains(r.index)))
     {
-        if done.contains(&row.index) {
-            report.resumed += 1;
-            continue;
-        }
         match &row.content {
-            Ok((input, target)) => pending.push((row.index, input.as_str(), target.clone())),
+            Ok((input, target)) => {
+                report.resumed += usize::from(done.contains(&row.index));
+                valid.push((row.index, input.as_str(), target.clone()));
+            }
             Err(reason) => {
                 if on_error == OnError::Fail {
                     return Err(Error::InvalidInput(format!("row {}: {reason}", row.index)));
@@ -599,17 +604,27 @@ pub fn attribute_dataset(
             }
         }
     }
-    for batch in pending.chunks(batch_size) {
+    if report.resumed > 0 {
+        progress(report.resumed);
+    }
+    let is_pending = |index: &usize| !done.contains(index);
+    for batch in valid.chunks(batch_size) {
+        let pending = batch.iter().filter(|r| is_pending(&r.0)).count();
+        if pending == 0 {
+            continue;
+        }
         match attribute_batch(model, batch, opts) {
             Ok(outs) => {
                 for ((index, _, _), out) in batch.iter().zip(outs) {
-                    store.write(*index, &out)?;
-                    report.attributed += 1;
+                    if is_pending(index) {
+                        store.write(*index, &out)?;
+                        report.attributed += 1;
+                    }
                 }
             }
-            // One bad row fails its batch: retry the rows one by one to isolate it.
+            // One bad row fails its batch: retry the missing rows one by one to isolate it.
             Err(_) if batch.len() > 1 => {
-                for one in batch.chunks(1) {
+                for one in batch.chunks(1).filter(|one| is_pending(&one[0].0)) {
                     match attribute_batch(model, one, opts) {
                         Ok(mut outs) => {
                             store.write(one[0].0, &outs.remove(0))?;
@@ -627,7 +642,7 @@ pub fn attribute_dataset(
             Err(e) if on_error == OnError::Skip => report.failed.push((batch[0].0, e.to_string())),
             Err(e) => return Err(Error::InvalidInput(format!("row {}: {e}", batch[0].0))),
         }
-        progress(batch.len());
+        progress(pending);
     }
     report.failed.sort_by_key(|f| f.0);
     Ok(report)
