@@ -7,16 +7,23 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use crate::weights::Weights;
 use inseq_core::Result;
 
-/// Blocks a one-row product is split into ([`Linear::forward`], [`LmHead`]): one batched product
-/// over the blocks runs on every core, where a one-row product (each token of greedy decoding)
-/// runs single-threaded.
+/// Blocks a one-row product is split into ([`Linear::forward`], [`LmHead`]), so that it runs on
+/// every core where a one-row product (each token of greedy decoding) is a single-threaded
+/// matrix-vector product.
 pub const ONE_ROW_BLOCKS: usize = 4;
 
-/// Multiply-adds from which a one-row [`Linear::forward`] is blocked: burn-flex runs the blocks of
-/// a batched product in parallel from 128³ multiply-adds on (`BATCH_PARALLEL_THRESHOLD`); below it
-/// the blocks would run one after the other, slower than one product. Measured here, twelve
-/// `[1, 768] × [768, 3072]` products: 11.9 ms as one product each, 6.3 ms in 4 blocks.
-const ONE_ROW_BLOCKED_MIN: usize = 1 << 21;
+/// Multiply-adds from which a one-row [`Linear::forward`] is split into blocks on a CPU backend.
+/// Measured here, `[1, 576] x [576, 576]` (SmolLM2's smallest such weight): 0.105 ms as one
+/// product, 0.088 ms in 4 blocks; `[1, 768] x [768, 2304]` (GPT-2's `c_attn`): 0.582 and 0.378 ms.
+const ONE_ROW_BLOCKED_MIN: usize = 1 << 18;
+
+/// Whether tensors on `device` are computed by this process's CPU cores (burn-flex, burn-ndarray),
+/// which [`Linear::forward`] can keep busy by running independent products on rayon's threads.
+/// Other backends queue work to a device, where more, smaller products only add launches.
+fn computed_on_host_cores(device: &Device) -> bool {
+    let name = format!("{:?}", device.as_dispatch());
+    name.starts_with("Flex") || name.starts_with("NdArray")
+}
 
 /// A dense layer `y = x W + b`, with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
@@ -48,10 +55,12 @@ impl Linear {
 
     /// Applies the layer to `[batch, seq, in]`.
     ///
-    /// A single row (one token of greedy decoding) against a large weight is computed as
-    /// [`ONE_ROW_BLOCKS`] products over blocks of the input dimension (views of the weight, no
-    /// copy), summed: one batched product, whose blocks burn-flex runs on every core, where a
-    /// one-row product is a single-threaded matrix-vector product.
+    /// On a CPU backend, a single row (one token of greedy decoding) against a large weight is
+    /// computed as [`ONE_ROW_BLOCKS`] products over blocks of the input dimension (views of the
+    /// weight, no copy) run on rayon's threads, then summed in block order (so the result does
+    /// not depend on thread timing): a one-row product is a single-threaded matrix-vector product,
+    /// bound by how fast one core reads the weight. Autodiff inputs and other backends take the
+    /// plain product.
     ///
     /// ```
     /// use burn::tensor::{Device, Distribution, Tensor};
@@ -69,20 +78,43 @@ impl Linear {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, i] = x.dims();
         let out = self.weight.dims()[1];
-        let y = if b * s == 1 && i % ONE_ROW_BLOCKS == 0 && i * out >= ONE_ROW_BLOCKED_MIN {
-            let part = i / ONE_ROW_BLOCKS;
-            x.reshape([ONE_ROW_BLOCKS, 1, part])
-                .matmul(self.weight.clone().reshape([ONE_ROW_BLOCKS, part, out]))
-                .sum_dim(0)
-                .reshape([1, out])
+        let x = x.reshape([b * s, i]);
+        let y = if b * s == 1
+            && i >= ONE_ROW_BLOCKS
+            && i * out >= ONE_ROW_BLOCKED_MIN
+            && !x.device().is_autodiff()
+            && computed_on_host_cores(&x.device())
+        {
+            self.one_row_in_blocks(x)
         } else {
-            x.reshape([b * s, i]).matmul(self.weight.clone())
+            x.matmul(self.weight.clone())
         };
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
         };
         y.reshape([b, s, out])
+    }
+
+    /// `[1, in] x [in, out]` as [`ONE_ROW_BLOCKS`] products over blocks of `in`, in parallel.
+    fn one_row_in_blocks(&self, x: Tensor<2>) -> Tensor<2> {
+        use rayon::prelude::*;
+        let [_, i] = x.dims();
+        let out = self.weight.dims()[1];
+        let bounds = |block: usize| block * i / ONE_ROW_BLOCKS;
+        let partial: Vec<Tensor<2>> = (0..ONE_ROW_BLOCKS)
+            .into_par_iter()
+            .map(|block| {
+                let rows = bounds(block)..bounds(block + 1);
+                x.clone()
+                    .slice([0..1, rows.clone()])
+                    .matmul(self.weight.clone().slice([rows, 0..out]))
+            })
+            .collect();
+        partial
+            .into_iter()
+            .reduce(|sum, block| sum + block)
+            .expect("ONE_ROW_BLOCKS > 0")
     }
 }
 
@@ -395,4 +427,14 @@ pub fn mc_dropout(x: Tensor<3>, dropout: Option<&crate::model::McDropout>, slot:
         .collect();
     let device = x.device();
     x * Tensor::<3>::from_data(TensorData::new(mask, dims), &device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flex_is_computed_on_host_cores() {
+        assert!(computed_on_host_cores(&Device::flex()));
+    }
 }

@@ -1,5 +1,6 @@
 //! `Linear::forward` computes one-row products against large weights in blocks of the input
-//! dimension; these give the plain product `x W + b`, and the same input gradient under autodiff.
+//! dimension, in parallel; these give the plain product `x W + b`, and under autodiff (which
+//! takes the plain product) the same input gradient.
 
 use burn::tensor::{Device, Distribution, Tensor};
 use inseq_models::nn::Linear;
@@ -28,18 +29,22 @@ fn plain(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
 #[test]
 fn one_row_products_equal_the_plain_product() {
     let device = Device::flex();
-    // Blocked (GPT-2's MLP shapes), below the size where blocking starts, an input dimension
-    // that 4 does not divide, and several rows (never blocked).
+    // Blocked (GPT-2's and SmolLM2's shapes), below the size where blocking starts, an input
+    // dimension that 4 does not divide, and several rows (never blocked).
     for (rows, inputs, outputs) in [
         (1, 768, 3072),
         (1, 3072, 768),
         (1, 768, 2304),
+        (1, 576, 576),
+        (1, 1536, 576),
+        (1, 576, 192),
         (1, 1026, 3072),
+        (1, 1023, 257),
         (3, 768, 3072),
     ] {
         let l = layer(inputs, outputs, &device);
         let x = Tensor::<3>::random([1, rows, inputs], Distribution::Default, &device);
-        let diff = relative_diff(l.forward(x.clone()), plain(&l, x));
+        let diff = relative_diff(l.forward(x.clone()), plain(&l, x.clone()));
         assert!(
             diff < 1e-5,
             "[{rows}, {inputs}] x [{inputs}, {outputs}]: {diff}"
@@ -60,4 +65,15 @@ fn one_row_blocked_gradient_equals_the_plain_gradient() {
     };
     let diff = relative_diff(grad(&|x| l.forward(x)), grad(&|x| plain(&l, x)));
     assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn one_row_blocks_are_summed_in_a_fixed_order() {
+    let device = Device::flex();
+    let l = layer(1536, 576, &device);
+    let x = Tensor::<3>::random([1, 1, 1536], Distribution::Default, &device);
+    let first = l.forward(x.clone()).into_data();
+    for _ in 0..20 {
+        assert_eq!(l.forward(x.clone()).into_data(), first);
+    }
 }
