@@ -79,12 +79,11 @@ impl Linear {
         let [b, s, i] = x.dims();
         let out = self.weight.dims()[1];
         let x = x.reshape([b * s, i]);
-        let y = if b * s == 1
-            && i >= ONE_ROW_BLOCKS
-            && i * out >= ONE_ROW_BLOCKED_MIN
-            && !x.device().is_autodiff()
-            && computed_on_host_cores(&x.device())
-        {
+        let blocked = b * s == 1 && i >= ONE_ROW_BLOCKS && i * out >= ONE_ROW_BLOCKED_MIN && {
+            let device = x.device();
+            !device.is_autodiff() && computed_on_host_cores(&device)
+        };
+        let y = if blocked {
             self.one_row_in_blocks(x)
         } else {
             x.matmul(self.weight.clone())
