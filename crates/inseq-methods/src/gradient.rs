@@ -342,8 +342,10 @@ pub(crate) fn sequence_gradient_attributions(
 ///
 /// Causal attention makes one forward pass over the whole sequence serve every step; the
 /// model's hand-written backward pass ([`LanguageModel::forward_shared`]) then runs one
-/// backward pass per step over that step's prefix. Equal to [`gradients`] on `seq.step(s)`
-/// up to rounding. `None` where this does not apply (encoder-decoder models, models without a
+/// backward pass per step over that step's prefix, from the gradient of the attributed function
+/// at the LM head (taken with autodiff, step by step). The passes through the blocks run side by
+/// side on CPU backends ([`inseq_models::SharedForward::backward_each`]). Equal to [`gradients`]
+/// on `seq.step(s)` up to rounding. `None` where this does not apply (encoder-decoder models, models without a
 /// hand-written backward pass, more than [`shared_forward_copies`] copies); callers then
 /// attribute step by step.
 pub fn sequence_gradients(
@@ -366,7 +368,7 @@ pub fn sequence_gradients(
     let pass = ctx
         .model
         .forward_shared(&repeated_input(&step, &embedded, times))?;
-    let step_gradient = |s: usize| -> Result<Tensor<3>> {
+    let head_gradient = |s: usize| -> Result<(usize, Tensor<2>)> {
         let position = seq.prefix_width(s) - 1;
         let hidden = pass.final_hidden(position).autodiff().require_grad();
         let sctx = StepContext {
@@ -382,7 +384,12 @@ pub fn sequence_gradients(
         let grad = hidden
             .grad(&scores.sum().backward())
             .ok_or_else(|| Error::Numerical("no gradient reached the final hidden state".into()))?;
-        Ok(pass.backward(position, grad))
+        Ok((position, grad))
     };
-    Some((0..seq.steps).map(step_gradient).collect())
+    Some(
+        (0..seq.steps)
+            .map(head_gradient)
+            .collect::<Result<Vec<_>>>()
+            .map(|requests| pass.backward_each(requests)),
+    )
 }

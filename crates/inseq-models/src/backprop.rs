@@ -12,7 +12,9 @@
 
 use burn::tensor::{Tensor, activation};
 
-use crate::nn::{LayerNorm, Linear, RmsNorm, split_heads};
+use rayon::prelude::*;
+
+use crate::nn::{LayerNorm, Linear, RmsNorm, computed_on_host_cores, split_heads};
 
 /// The activations of one forward pass over input embeddings (see
 /// [`crate::LanguageModel::forward_shared`]), from which the gradient of any function
@@ -33,7 +35,7 @@ use crate::nn::{LayerNorm, Linear, RmsNorm, split_heads};
 /// let grad = pass.backward(2, h.ones_like());
 /// assert_eq!(grad.dims(), [1, 3, m.model.info().hidden_size]);
 /// ```
-pub trait SharedForward {
+pub trait SharedForward: Sync {
     /// `[rows, hidden]` final hidden state at `position` (after the stack's final norm),
     /// the input of the LM head.
     fn final_hidden(&self, position: usize) -> Tensor<2>;
@@ -47,6 +49,31 @@ pub trait SharedForward {
     /// positions do not influence `position` (causal attention), so their gradient is zero.
     /// `position` must be a real (not padding) position of every row.
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3>;
+
+    /// [`SharedForward::backward`] for each `(position, grad)` pair, results in the same order.
+    /// On CPU backends the passes run side by side on rayon's threads: each pass is a chain of
+    /// products and element-wise operations, and the element-wise ones use one core, so two
+    /// passes at once keep both cores busy where one pass alone leaves one idle between products.
+    /// Each pass computes exactly what [`SharedForward::backward`] does, so results do not
+    /// depend on how the passes were scheduled.
+    fn backward_each(&self, requests: Vec<(usize, Tensor<2>)>) -> Vec<Tensor<3>> {
+        let side_by_side = requests.len() > 1
+            && requests
+                .first()
+                .is_some_and(|(_, grad)| computed_on_host_cores(&grad.device()));
+        if side_by_side {
+            requests
+                .into_par_iter()
+                .with_max_len(1)
+                .map(|(position, grad)| self.backward(position, grad))
+                .collect()
+        } else {
+            requests
+                .into_iter()
+                .map(|(position, grad)| self.backward(position, grad))
+                .collect()
+        }
+    }
 }
 
 /// Positions `start..len` of a `[rows, positions, dim]` activation.

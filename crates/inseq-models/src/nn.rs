@@ -18,9 +18,10 @@ pub const ONE_ROW_BLOCKS: usize = 4;
 const ONE_ROW_BLOCKED_MIN: usize = 1 << 18;
 
 /// Whether tensors on `device` are computed by this process's CPU cores (burn-flex, burn-ndarray),
-/// which [`Linear::forward`] can keep busy by running independent products on rayon's threads.
+/// which [`Linear::forward`] and [`crate::SharedForward::backward_each`] can keep busy by running
+/// independent work on rayon's threads.
 /// Other backends queue work to a device, where more, smaller products only add launches.
-fn computed_on_host_cores(device: &Device) -> bool {
+pub(crate) fn computed_on_host_cores(device: &Device) -> bool {
     let name = format!("{:?}", device.as_dispatch());
     name.starts_with("Flex") || name.starts_with("NdArray")
 }

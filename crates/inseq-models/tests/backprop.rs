@@ -125,3 +125,53 @@ fn encoder_decoder_models_have_no_shared_forward() {
     };
     assert!(m.forward_shared(&input).is_none());
 }
+
+/// `backward_each` (passes side by side on rayon's threads on flex) returns, in request order,
+/// exactly what `backward` returns one request at a time, however the passes were scheduled.
+fn check_backward_each(name: &str) {
+    let m = model(name);
+    let device = m.device().clone();
+    let ids = vec![vec![5, 17, 9, 33, 2, 41, 8], vec![3, 12, 7, 30, 8, 1, 6]];
+    let embeds = m.embed(ids_tensor(&ids, &device));
+    let [rows, len, hidden] = embeds.dims();
+    let pass = m
+        .forward_shared(&ModelInput {
+            target_embeds: embeds,
+            target_mask: vec![vec![true; len]; rows],
+            source_embeds: None,
+            source_mask: None,
+        })
+        .unwrap();
+    let requests: Vec<(usize, Tensor<2>)> = (0..len)
+        .map(|position| {
+            let weights: Vec<f32> = (0..rows * hidden)
+                .map(|i| ((i * 5 + position * 7) % 13) as f32 / 13.0 - 0.5)
+                .collect();
+            let grad = Tensor::<2>::from_data(TensorData::new(weights, [rows, hidden]), &device);
+            (position, grad)
+        })
+        .collect();
+    let one_by_one: Vec<Vec<f32>> = requests
+        .iter()
+        .map(|(position, grad)| to_vec(pass.backward(*position, grad.clone())))
+        .collect();
+    for _ in 0..5 {
+        let each = pass.backward_each(requests.clone());
+        assert_eq!(each.len(), requests.len());
+        for (position, (ours, reference)) in each.into_iter().zip(&one_by_one).enumerate() {
+            assert_eq!(ours.dims(), [rows, position + 1, hidden]);
+            assert_eq!(&to_vec(ours), reference, "{name}: gradient at {position}");
+        }
+    }
+    assert!(pass.backward_each(vec![]).is_empty());
+}
+
+#[test]
+fn gpt2_backward_each_equals_backward_one_by_one() {
+    check_backward_each("tiny-gpt2");
+}
+
+#[test]
+fn llama_backward_each_equals_backward_one_by_one() {
+    check_backward_each("tiny-llama");
+}
