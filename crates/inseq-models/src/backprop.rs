@@ -34,6 +34,9 @@ use crate::nn::{LayerNorm, Linear, RmsNorm, computed_on_host_cores, split_heads}
 /// let h = pass.final_hidden(2);
 /// let grad = pass.backward(2, h.ones_like());
 /// assert_eq!(grad.dims(), [1, 3, m.model.info().hidden_size]);
+/// // Several positions at once, results in request order.
+/// let grads = pass.backward_each(vec![(1, pass.final_hidden(1).ones_like()), (2, h.ones_like())]);
+/// assert_eq!(grads[0].dims(), [1, 2, m.model.info().hidden_size]);
 /// ```
 pub trait SharedForward: Sync {
     /// `[rows, hidden]` final hidden state at `position` (after the stack's final norm),
