@@ -345,9 +345,9 @@ pub(crate) fn sequence_gradient_attributions(
 /// backward pass per step over that step's prefix, from the gradient of the attributed function
 /// at the LM head (taken with autodiff, step by step). The passes through the blocks run side by
 /// side on CPU backends ([`inseq_models::SharedForward::backward_each`]). Equal to [`gradients`]
-/// on `seq.step(s)` up to rounding. `None` where this does not apply (encoder-decoder models, models without a
-/// hand-written backward pass, more than [`shared_forward_copies`] copies); callers then
-/// attribute step by step.
+/// on `seq.step(s)` up to rounding. `None` where this does not apply (encoder-decoder models,
+/// models without a hand-written backward pass, more than [`shared_forward_copies`] copies);
+/// callers then attribute step by step.
 pub fn sequence_gradients(
     ctx: &MethodContext,
     seq: &SequenceInput,

@@ -60,10 +60,7 @@ pub trait SharedForward: Sync {
     /// Each pass computes exactly what [`SharedForward::backward`] does, so results do not
     /// depend on how the passes were scheduled.
     fn backward_each(&self, requests: Vec<(usize, Tensor<2>)>) -> Vec<Tensor<3>> {
-        let side_by_side = requests.len() > 1
-            && requests
-                .first()
-                .is_some_and(|(_, grad)| computed_on_host_cores(&grad.device()));
+        let side_by_side = requests.len() > 1 && computed_on_host_cores(&requests[0].1.device());
         if side_by_side {
             requests
                 .into_par_iter()
