@@ -60,18 +60,11 @@ pub trait SharedForward: Sync {
     /// Each pass computes exactly what [`SharedForward::backward`] does, so results do not
     /// depend on how the passes were scheduled.
     fn backward_each(&self, requests: Vec<(usize, Tensor<2>)>) -> Vec<Tensor<3>> {
-        let side_by_side = requests.len() > 1 && computed_on_host_cores(&requests[0].1.device());
-        if side_by_side {
-            requests
-                .into_par_iter()
-                .with_max_len(1)
-                .map(|(position, grad)| self.backward(position, grad))
-                .collect()
+        let one = |(position, grad): (usize, Tensor<2>)| self.backward(position, grad);
+        if requests.len() > 1 && computed_on_host_cores(&requests[0].1.device()) {
+            requests.into_par_iter().with_max_len(1).map(one).collect()
         } else {
-            requests
-                .into_iter()
-                .map(|(position, grad)| self.backward(position, grad))
-                .collect()
+            requests.into_iter().map(one).collect()
         }
     }
 }
