@@ -5,7 +5,7 @@
 //! cargo bench -p inseq-benches --bench hot_paths
 //! ```
 //!
-//! Runs on the tiny Llama fixture (`../shared/fixtures/models/tiny-llama`) and, when
+//! Runs on the tiny Llama fixture (`tests/fixtures/models/tiny-llama`) and, when
 //! `cargo xtask fetch-models` has downloaded it, on SmolLM2-135M, with a 30-token prefix.
 
 use std::sync::Arc;
@@ -22,10 +22,8 @@ use inseq::{MethodArgs, StepArgs, StepRegistry};
 const PREFIX_LEN: usize = 30;
 
 fn models(device: &Device) -> Vec<(String, Pretrained)> {
-    let tiny = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/models/tiny-llama"
-    );
+    let tiny = inseq_fixtures::model_dir("tiny-llama");
+    let tiny = tiny.to_str().expect("fixture path is UTF-8");
     ["smollm2", tiny]
         .iter()
         .filter_map(|name| {

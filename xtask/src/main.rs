@@ -18,10 +18,10 @@ enum Command {
     /// Run every supported golden case in a directory and compare with Python Inseq's outputs.
     Parity {
         /// Directory of golden `*.json` cases.
-        #[arg(long, default_value = "../shared/fixtures/golden")]
+        #[arg(long, default_value_os_t = inseq_fixtures::golden_dir())]
         golden: std::path::PathBuf,
         /// Directory holding the models named by the cases.
-        #[arg(long, default_value = "../shared/fixtures/models")]
+        #[arg(long, default_value_os_t = inseq_fixtures::models_dir())]
         models: std::path::PathBuf,
     },
     /// Download the real models used by the demo and tests (SmolLM2 GGUF) into the models cache.

@@ -1,18 +1,14 @@
 //! Loading every golden Python Inseq file and applying Inseq's default
 //! aggregation gives the aggregated arrays Python Inseq produced.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use inseq_aggregate::aggregate_output_inseq_default;
 use inseq_core::inseq_format::parse_python_json;
 use inseq_core::{Array, AttributionOutput};
 
 fn golden_dir() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/golden"
-    ))
-    .to_path_buf()
+    inseq_fixtures::golden_dir()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Python Inseq file interop: every golden `*.inseq.json` loads, our files
 //! round-trip, and random outputs survive a save/load cycle.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use inseq_core::inseq_format::{
     from_inseq_bytes, from_inseq_json, parse_python_json, to_inseq_bytes, to_inseq_json,
@@ -12,11 +12,7 @@ use inseq_core::{
 use proptest::prelude::*;
 
 fn golden_dir() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/golden"
-    ))
-    .to_path_buf()
+    inseq_fixtures::golden_dir()
 }
 
 fn golden_files() -> Vec<PathBuf> {

@@ -199,7 +199,7 @@ fn hooks_leave_the_encoder_decoder_forward_unchanged() {
 
 /// `[rows, hidden]` rows `first..first + n` of the fixture model's stored table `name`.
 fn stored_rows(model: &str, name: &str, first: usize, n: usize) -> Vec<f32> {
-    let dir = std::path::PathBuf::from(format!("{}/{model}", common::MODELS));
+    let dir = common::models_dir().join(model);
     let mut src = SafetensorsSource::open_dir(&dir).unwrap();
     let t = src.read(name).unwrap().unwrap();
     let h = t.shape[1];

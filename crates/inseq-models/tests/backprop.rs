@@ -5,11 +5,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ids_tensor, load_pretrained};
 
 fn model(name: &str) -> Box<dyn LanguageModel> {
-    let dir = format!(
-        "{}/../../../shared/fixtures/models/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    load_pretrained(&dir, &Device::flex()).unwrap().model
+    let dir = inseq_fixtures::model_dir(name);
+    load_pretrained(dir.to_str().unwrap(), &Device::flex())
+        .unwrap()
+        .model
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -7,10 +7,7 @@ use inseq_models::{
 use serde_json::Value;
 
 fn shared() -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
+    inseq_fixtures::root().to_path_buf()
 }
 
 /// One of the tiny fixture models (`tiny-gpt2`, `tiny-llama`) on `device`.

@@ -3,16 +3,31 @@
 use burn::tensor::{Device, Tensor};
 use inseq_core::Error;
 use inseq_models::{
-    ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, generate_greedy,
-    ids_tensor, load_pretrained,
+    ForwardOptions, GenerationOptions, LanguageModel, ModelInput, ModelKind, Pretrained,
+    generate_greedy, ids_tensor, load_pretrained,
 };
 use serde_json::Value;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
 const T5_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5");
 
 fn device() -> Device {
     Device::flex()
+}
+
+/// One of the shared tiny fixture models (`tiny-marian`, `tiny-bart`).
+fn load_fixture(name: &str) -> Result<Pretrained, Error> {
+    let dir = inseq_fixtures::model_dir(name);
+    load_pretrained(dir.to_str().expect("utf-8 path"), &device())
+}
+
+/// `golden/logits.json`: Hugging Face's logits and attention of each tiny model on one input.
+fn golden_logits() -> Value {
+    read_json(
+        inseq_fixtures::golden_dir()
+            .join("logits.json")
+            .to_str()
+            .expect("utf-8 path"),
+    )
 }
 
 fn read_json(path: &str) -> Value {
@@ -82,9 +97,9 @@ fn run(
 
 /// Logits and last-layer decoder self- and cross-attention match `golden/logits.json`.
 fn check_golden(name: &str, encoder_layers: usize, decoder_layers: usize) {
-    let golden = read_json(&format!("{FIXTURES}/golden/logits.json"));
+    let golden = golden_logits();
     let g = &golden[name];
-    let m = load_pretrained(&format!("{FIXTURES}/models/{name}"), &device()).expect("load");
+    let m = load_fixture(name).expect("load");
     let model = m.model.as_ref();
     assert_eq!(model.kind(), ModelKind::EncoderDecoder);
     assert_eq!(model.info().architecture, name.trim_start_matches("tiny-"));
@@ -160,11 +175,10 @@ fn bart_matches_transformers() {
 
 #[test]
 fn decoder_start_tokens_come_from_config() {
-    let marian =
-        load_pretrained(&format!("{FIXTURES}/models/tiny-marian"), &device()).expect("marian");
+    let marian = load_fixture("tiny-marian").expect("marian");
     assert_eq!(marian.model.info().decoder_start_token_id, Some(0));
     assert_eq!(marian.model.info().hf_class, "MarianMTModel");
-    let bart = load_pretrained(&format!("{FIXTURES}/models/tiny-bart"), &device()).expect("bart");
+    let bart = load_fixture("tiny-bart").expect("bart");
     assert_eq!(bart.model.info().decoder_start_token_id, Some(2));
     assert_eq!(bart.model.info().hf_class, "BartForConditionalGeneration");
 }
@@ -172,10 +186,10 @@ fn decoder_start_tokens_come_from_config() {
 /// Left padding in a batch does not change the unpadded row's logits at real positions.
 #[test]
 fn padding_masks_are_honoured() {
-    let golden = read_json(&format!("{FIXTURES}/golden/logits.json"));
+    let golden = golden_logits();
     for name in ["tiny-marian", "tiny-bart"] {
         let g = &golden[name];
-        let m = load_pretrained(&format!("{FIXTURES}/models/{name}"), &device()).expect("load");
+        let m = load_fixture(name).expect("load");
         let model = m.model.as_ref();
         let dev = model.device().clone();
         let (src, tgt) = (ids(&g["source_ids"]), ids(&g["decoder_input_ids"]));
@@ -207,7 +221,7 @@ fn padding_masks_are_honoured() {
 #[test]
 fn greedy_generation_runs() {
     for name in ["tiny-marian", "tiny-bart"] {
-        let m = load_pretrained(&format!("{FIXTURES}/models/{name}"), &device()).expect("load");
+        let m = load_fixture(name).expect("load");
         let model = m.model.as_ref();
         let src = m.tokenizer.encode("Hello world", true).expect("encode");
         let start = model.info().decoder_start_token_id.expect("decoder start");
@@ -303,7 +317,7 @@ fn unsupported_architecture_is_reported() {
     std::fs::write(dir.join("config.json"), r#"{"model_type":"whisper"}"#).expect("config");
     for file in ["tokenizer.json", "model.safetensors"] {
         std::fs::copy(
-            format!("{FIXTURES}/models/tiny-marian/{file}"),
+            inseq_fixtures::model_dir("tiny-marian").join(file),
             dir.join(file),
         )
         .expect("copy");

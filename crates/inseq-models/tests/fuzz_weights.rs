@@ -14,11 +14,7 @@ use inseq_models::{SafetensorsSource, WeightSource, load_dir, load_pretrained};
 use proptest::prelude::*;
 
 fn shared_model(name: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/models"
-    ))
-    .join(name)
+    inseq_fixtures::model_dir(name)
 }
 
 fn gguf_fixture(name: &str) -> PathBuf {

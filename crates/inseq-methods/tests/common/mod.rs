@@ -6,14 +6,13 @@ use inseq_methods::{AttributedFn, MethodContext, StepInput};
 use inseq_models::{LanguageModel, Pretrained, load_pretrained};
 use inseq_steps::{StepArgs, StepRegistry};
 
-pub const MODELS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/models"
-);
+pub fn models_dir() -> std::path::PathBuf {
+    inseq_fixtures::models_dir()
+}
 
 /// Loads a tiny fixture model on the CPU.
 pub fn load(name: &str) -> Pretrained {
-    load_pretrained(&format!("{MODELS}/{name}"), &Device::flex()).unwrap()
+    load_pretrained(models_dir().join(name).to_str().unwrap(), &Device::flex()).unwrap()
 }
 
 /// The built-in step function `id` as attributed function.

@@ -1,13 +1,10 @@
-//! Paths to the shared fixtures (`../shared` beside the repository root).
+//! Paths to the repository's test fixtures (`tests/fixtures`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 pub fn shared() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
+    inseq_fixtures::root().to_path_buf()
 }
 
 pub fn model_dir(name: &str) -> String {

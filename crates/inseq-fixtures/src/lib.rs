@@ -1,0 +1,34 @@
+//! Paths to the test fixtures committed in this repository, under `tests/fixtures/`:
+//! the tiny seeded models (`models/tiny-{gpt2,llama,marian,bart}`) and Python Inseq 0.7.1's golden
+//! outputs on them (`golden/*.json`). Every test of the workspace finds its data here, so a clone of
+//! the repository alone runs its own tests. `tests/fixtures/README.md` says where the files come
+//! from and how to make them again.
+//!
+//! ```
+//! let gpt2 = inseq_fixtures::model_dir("tiny-gpt2");
+//! assert!(gpt2.join("config.json").is_file());
+//! assert!(inseq_fixtures::golden_dir().join("logits.json").is_file());
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The repository's `tests/fixtures` folder.
+pub fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+}
+
+/// The folder of the tiny fixture models.
+pub fn models_dir() -> PathBuf {
+    root().join("models")
+}
+
+/// One tiny fixture model's `save_pretrained` folder (`tiny-gpt2`, `tiny-llama`, `tiny-marian`,
+/// `tiny-bart`).
+pub fn model_dir(name: &str) -> PathBuf {
+    models_dir().join(name)
+}
+
+/// The folder of Python Inseq 0.7.1's golden outputs.
+pub fn golden_dir() -> PathBuf {
+    root().join("golden")
+}
