@@ -115,7 +115,7 @@ pub type PaddedIds<'a> = (&'a [Vec<usize>], &'a [Vec<bool>]);
 /// ```
 /// # use inseq_methods::plain_forward;
 /// # use inseq_models::{ForwardOptions, load_pretrained};
-/// let m = load_pretrained(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/models/tiny-gpt2"), &burn::tensor::Device::flex()).unwrap();
+/// let m = load_pretrained(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-gpt2"), &burn::tensor::Device::flex()).unwrap();
 /// let ids = vec![vec![10, 11, 12]];
 /// let mask = vec![vec![true; 3]];
 /// let options = ForwardOptions { last_position_only: true, ..Default::default() };

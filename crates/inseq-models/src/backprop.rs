@@ -25,7 +25,7 @@ use crate::nn::{LayerNorm, Linear, RmsNorm, computed_on_host_cores, split_heads}
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use inseq_models::{ModelInput, load_pretrained, ids_tensor};
-/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/models/tiny-llama");
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-llama");
 /// let m = load_pretrained(dir, &Device::flex()).unwrap();
 /// let embeds = m.model.embed(ids_tensor(&[vec![5, 6, 7, 8]], m.model.device()));
 /// let input = ModelInput { target_embeds: embeds, target_mask: vec![vec![true; 4]], source_embeds: None, source_mask: None };

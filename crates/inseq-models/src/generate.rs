@@ -59,7 +59,7 @@ pub fn generate_greedy(
 ///
 /// ```
 /// # use inseq_models::{generate_greedy_recording, GenerationOptions, load_pretrained};
-/// # let dir = "../../../shared/fixtures/models/tiny-gpt2";
+/// # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-gpt2");
 /// # if !std::path::Path::new(dir).exists() { return; }
 /// let m = load_pretrained(dir, &burn::tensor::Device::default()).unwrap();
 /// let options = GenerationOptions { max_new_tokens: 3, min_new_tokens: 3, ..Default::default() };

@@ -12,7 +12,7 @@
 //! ```no_run
 //! use inseq_models::{load_pretrained, generate_greedy, GenerationOptions};
 //! let device = burn::tensor::Device::default();
-//! let m = load_pretrained("../shared/fixtures/models/tiny-gpt2", &device).unwrap();
+//! let m = load_pretrained("tests/fixtures/models/tiny-gpt2", &device).unwrap();
 //! let prompt = m.tokenizer.encode("Hello ladies and", true).unwrap();
 //! let new = generate_greedy(m.model.as_ref(), None, &prompt, GenerationOptions::default()).unwrap();
 //! println!("{}", m.tokenizer.decode(&new, true).unwrap());

@@ -87,7 +87,7 @@ pub struct AttributionModel {
 ///
 /// ```no_run
 /// let device = inseq::default_device().unwrap();
-/// let model = inseq::load_model("../shared/fixtures/models/tiny-gpt2", "saliency", Default::default(), &device).unwrap();
+/// let model = inseq::load_model("tests/fixtures/models/tiny-gpt2", "saliency", Default::default(), &device).unwrap();
 /// let out = model.attribute(&["Hello ladies and"], &Default::default()).unwrap();
 /// println!("{}", out.sequence_attributions[0].target.len());
 /// ```

@@ -6,7 +6,7 @@
 //! ```no_run
 //! use inseq::{AttributeOptions, MethodArgs, aggregate, default_device, load_model};
 //! let device = default_device().unwrap();
-//! let model = load_model("../shared/fixtures/models/tiny-gpt2", "integrated_gradients",
+//! let model = load_model("tests/fixtures/models/tiny-gpt2", "integrated_gradients",
 //!                        MethodArgs::parse("n_steps=16").unwrap(), &device).unwrap();
 //! let opts = AttributeOptions { step_scores: vec!["probability".into()], ..Default::default() };
 //! let out = model.attribute(&["Hello ladies and"], &opts).unwrap();
