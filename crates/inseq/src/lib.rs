@@ -46,3 +46,21 @@ pub use inseq_viz as viz;
 pub fn aggregate(out: &AttributionOutput) -> Result<AttributionOutput> {
     inseq_aggregate::aggregate_output_inseq_default(out)
 }
+
+/// The Rust code blocks of `docs/*.md`, compiled (and run, unless marked `no_run`) as doc tests so
+/// the guides stay true to the code.
+#[cfg(doctest)]
+mod docs {
+    #[doc = include_str!("../../../docs/adding-a-method.md")]
+    struct AddingAMethod;
+    #[doc = include_str!("../../../docs/architecture.md")]
+    struct Architecture;
+    #[doc = include_str!("../../../docs/attribute-context.md")]
+    struct AttributeContext;
+    #[doc = include_str!("../../../docs/inseq-compatibility.md")]
+    struct InseqCompatibility;
+    #[doc = include_str!("../../../docs/performance.md")]
+    struct Performance;
+    #[doc = include_str!("../../../docs/reliability.md")]
+    struct Reliability;
+}
