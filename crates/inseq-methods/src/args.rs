@@ -62,6 +62,14 @@ impl MethodArgs {
         }
     }
 
+    /// Removes and parses a size-like `name` (`n_steps`, `n_samples`...) that must lie in
+    /// `1..=max`; `max` bounds the work and memory one call may take (see `docs/reliability.md`).
+    pub fn take_size(&mut self, name: &str, default: usize, max: usize) -> Result<usize> {
+        let value = self.take(name, default)?;
+        check_size(name, value, max)?;
+        Ok(value)
+    }
+
     /// Errors if arguments remain that `method` did not use.
     pub fn finish(self, method: &str) -> Result<()> {
         if let Some(k) = self.values.keys().next() {
@@ -77,4 +85,21 @@ impl MethodArgs {
     pub fn to_json(&self) -> BTreeMap<String, String> {
         self.values.clone()
     }
+}
+
+/// Errors unless `1 <= value <= max` for the size-like argument `name`, saying how to proceed.
+pub fn check_size(name: &str, value: usize, max: usize) -> Result<()> {
+    if value == 0 {
+        return Err(Error::invalid_arg(name, "must be at least 1"));
+    }
+    if value > max {
+        return Err(Error::invalid_arg(
+            name,
+            format!(
+                "{value} is over the limit of {max}, which bounds the work and memory of one \
+                 call; use a value up to {max} (or split the inputs into several calls)"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -44,6 +44,10 @@ impl SplitMix64 {
     }
 }
 
+/// The most draws `gradient_shap` takes: all of them go through the model as one batch, so its
+/// memory grows with `n_samples × input length × hidden size × layers`.
+pub const MAX_SAMPLES: usize = 512;
+
 /// GradientSHAP on the input embeddings, with Captum's and Inseq's defaults
 /// (`n_samples=5`, `stdevs=0.0`). For each of `n_samples` draws per batch row,
 /// the input embeddings get gaussian noise of standard deviation `stdevs`, a
@@ -84,15 +88,12 @@ impl GradientShap {
     pub fn from_args(mut args: MethodArgs) -> Result<Self> {
         let d = Self::default();
         let g = Self {
-            n_samples: args.take("n_samples", d.n_samples)?,
+            n_samples: args.take_size("n_samples", d.n_samples, MAX_SAMPLES)?,
             stdevs: args.take("stdevs", d.stdevs)?,
             seed: args.take("seed", d.seed)?,
             multiply_by_inputs: args.take("multiply_by_inputs", d.multiply_by_inputs)?,
         };
         args.finish("gradient_shap")?;
-        if g.n_samples == 0 {
-            return Err(Error::invalid_arg("n_samples", "must be at least 1"));
-        }
         if !g.stdevs.is_finite() || g.stdevs < 0.0 {
             return Err(Error::invalid_arg("stdevs", "must be finite and >= 0"));
         }

@@ -52,7 +52,7 @@ impl IntegratedGradients {
     pub fn from_args(mut args: MethodArgs) -> Result<Self> {
         let d = Self::default();
         let ig = Self {
-            n_steps: args.take("n_steps", d.n_steps)?,
+            n_steps: args.take_size("n_steps", d.n_steps, crate::quadrature::MAX_STEPS)?,
             method: args.take("method", d.method)?,
             internal_batch_size: args.take_opt("internal_batch_size")?,
             multiply_by_inputs: args.take("multiply_by_inputs", d.multiply_by_inputs)?,
@@ -60,9 +60,6 @@ impl IntegratedGradients {
                 .take("return_convergence_delta", d.return_convergence_delta)?,
         };
         args.finish("integrated_gradients")?;
-        if ig.n_steps == 0 {
-            return Err(Error::invalid_arg("n_steps", "must be at least 1"));
-        }
         if ig.internal_batch_size == Some(0) {
             return Err(Error::invalid_arg(
                 "internal_batch_size",

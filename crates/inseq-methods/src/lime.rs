@@ -12,6 +12,10 @@ use crate::{
     forward_scores,
 };
 
+/// The most perturbed samples `lime` takes (they run in chunks of `internal_batch_size`; the
+/// masks and outputs of all of them are kept for the final regression).
+pub const MAX_SAMPLES: usize = 100_000;
+
 /// LIME with token masking, as Inseq's `lime` describes it: each of `n_samples`
 /// perturbations (default 50) replaces every real input token, independently
 /// with probability `mask_prob` (default 0.3), by the baseline token's
@@ -60,16 +64,13 @@ impl Lime {
     pub fn from_args(mut args: MethodArgs) -> Result<Self> {
         let d = Self::default();
         let l = Self {
-            n_samples: args.take("n_samples", d.n_samples)?,
+            n_samples: args.take_size("n_samples", d.n_samples, MAX_SAMPLES)?,
             mask_prob: args.take("mask_prob", d.mask_prob)?,
             alpha: args.take("alpha", d.alpha)?,
             seed: args.take("seed", d.seed)?,
             internal_batch_size: args.take("internal_batch_size", d.internal_batch_size)?,
         };
         args.finish("lime")?;
-        if l.n_samples == 0 {
-            return Err(Error::invalid_arg("n_samples", "must be at least 1"));
-        }
         if l.internal_batch_size == 0 {
             return Err(Error::invalid_arg(
                 "internal_batch_size",

@@ -12,7 +12,9 @@
 //!   [`LanguageModel::embed_source`] return scaled embeddings and the forward
 //!   pass uses them as they are.
 
-use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::nn::Act;
 use serde::Deserialize;
 
 use crate::gpt2::{
@@ -104,46 +106,6 @@ fn default_max_pos() -> usize {
 }
 fn yes() -> bool {
     true
-}
-
-/// Feed-forward activations of the BART family (Hugging Face `ACT2FN` names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Act {
-    /// Exact (erf) GELU: `gelu`.
-    Gelu,
-    /// Tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
-    GeluTanh,
-    /// `relu`.
-    Relu,
-    /// `swish` / `silu`.
-    Silu,
-    /// `tanh`.
-    Tanh,
-}
-
-impl Act {
-    /// Parses a Hugging Face activation name.
-    pub(crate) fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu" => Act::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
-            "relu" => Act::Relu,
-            "swish" | "silu" => Act::Silu,
-            "tanh" => Act::Tanh,
-            other => return Err(Error::Unsupported(format!("activation function `{other}`"))),
-        })
-    }
-
-    /// Applies the activation.
-    pub(crate) fn apply(self, x: Tensor<3>) -> Tensor<3> {
-        match self {
-            Act::Gelu => activation::gelu(x),
-            Act::GeluTanh => crate::nn::gelu_tanh(x),
-            Act::Relu => activation::relu(x),
-            Act::Silu => activation::silu(x),
-            Act::Tanh => x.tanh(),
-        }
-    }
 }
 
 /// Hugging Face tensor names of a BART-family checkpoint (after the `model.`

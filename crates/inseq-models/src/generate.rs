@@ -153,6 +153,13 @@ fn generate(
             .last_logits()
             .try_to_vec_as::<f32>()
             .map_err(|e| Error::Numerical(format!("{e:?}")))?;
+        if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "generation step {step}: the next-token logits are not finite (e.g. {bad}); \
+                 likely cause: the model's weights or config (NaN weights, a non-positive norm \
+                 epsilon, rope_theta)"
+            )));
+        }
         let suppress_eos = step < options.min_new_tokens;
         let next = match options.forced_eos_token_id {
             Some(eos) if step + 1 == options.max_new_tokens => eos,

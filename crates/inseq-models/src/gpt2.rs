@@ -1,6 +1,8 @@
 //! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-norm blocks, GELU MLP, tied LM head.
 
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+
+use crate::nn::Act;
 use serde::Deserialize;
 
 use crate::backprop::{
@@ -80,6 +82,7 @@ struct Block {
 pub struct Gpt2 {
     info: ModelInfo,
     config: Gpt2Config,
+    act: Act,
     wte: Embedding,
     wpe: Embedding,
     blocks: Vec<Block>,
@@ -98,6 +101,7 @@ impl Gpt2 {
                 format!("{} does not divide n_embd {d}", config.n_head),
             ));
         }
+        let act = Act::parse(&config.activation_function)?;
         let inner = config.n_inner.unwrap_or(4 * d);
         let eps = config.layer_norm_epsilon;
         let wte = Embedding {
@@ -140,6 +144,7 @@ impl Gpt2 {
         Ok(Self {
             info,
             config,
+            act,
             wte,
             wpe,
             blocks,
@@ -150,12 +155,7 @@ impl Gpt2 {
     }
 
     fn act(&self, x: Tensor<3>) -> Tensor<3> {
-        match self.config.activation_function.as_str() {
-            "gelu" => activation::gelu(x),
-            "relu" => activation::relu(x),
-            "silu" | "swish" => activation::silu(x),
-            _ => crate::nn::gelu_tanh(x),
-        }
+        self.act.apply(x)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Llama family (`LlamaForCausalLM`; also Mistral/Qwen2-style layouts): RoPE,
 //! RMSNorm, grouped-query attention and a SiLU-gated MLP.
 
-use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::nn::Act;
 use serde::Deserialize;
 
 use crate::backprop::{
@@ -196,6 +198,7 @@ struct Layer {
 pub struct Llama {
     info: ModelInfo,
     config: LlamaConfig,
+    act: Act,
     inv_freq: Vec<f64>,
     embed_tokens: Embedding,
     layers: Vec<Layer>,
@@ -278,6 +281,7 @@ impl Llama {
             decoder_start_token_id: None,
         };
         Ok(Self {
+            act: Act::parse(&config.hidden_act)?,
             inv_freq: config.inv_freq()?,
             info,
             config,
@@ -400,11 +404,7 @@ impl LanguageModel for Llama {
             let drop = options.dropout.as_ref();
             x = x + crate::nn::mc_dropout(layer.o.forward(merge_heads(ctx)), drop, 2 * i as u64);
             let n = rms_norm(&layer.post_norm, x.clone(), lrp);
-            let act = |t: Tensor<3>| match self.config.hidden_act.as_str() {
-                "gelu" => activation::gelu(t),
-                "gelu_pytorch_tanh" => crate::nn::gelu_tanh(t),
-                _ => activation::silu(t),
-            };
+            let act = |t: Tensor<3>| self.act.apply(t);
             let gate = layer.gate.forward(n.clone());
             let mlp = if lrp {
                 let gated = identity_rule(gate, act);

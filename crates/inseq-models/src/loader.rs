@@ -123,6 +123,118 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
     })
 }
 
+/// Size fields that must be at least 1 wherever a config has them.
+const POSITIVE_SIZES: [&str; 20] = [
+    "vocab_size",
+    "n_layer",
+    "num_hidden_layers",
+    "num_layers",
+    "num_decoder_layers",
+    "encoder_layers",
+    "decoder_layers",
+    "n_head",
+    "num_attention_heads",
+    "num_heads",
+    "num_key_value_heads",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "n_embd",
+    "hidden_size",
+    "d_model",
+    "d_kv",
+    "intermediate_size",
+    "n_positions",
+    "max_position_embeddings",
+];
+
+/// `(width, heads)` pairs where the width must split evenly into heads (unless `head_dim` is set).
+const HEAD_SPLITS: [(&str, &str); 4] = [
+    ("n_embd", "n_head"),
+    ("hidden_size", "num_attention_heads"),
+    ("d_model", "encoder_attention_heads"),
+    ("d_model", "decoder_attention_heads"),
+];
+
+/// Fields that must be finite and strictly positive.
+const POSITIVE_REALS: [&str; 4] = [
+    "layer_norm_epsilon",
+    "layer_norm_eps",
+    "rms_norm_eps",
+    "rope_theta",
+];
+
+/// Token-id fields that index the embedding table.
+const TOKEN_IDS: [&str; 4] = [
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+];
+
+/// Rejects impossible values in a `config.json` (zero sizes, widths that do not split into heads,
+/// non-positive epsilons or `rope_theta`, token ids outside the vocabulary) before any of them
+/// sizes a tensor or indexes a table; the error names the file and the field.
+pub fn check_config_values(config: &serde_json::Value, path: &Path) -> Result<()> {
+    let bad = |field: &str, reason: String| Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!("`{field}` {reason}"),
+    };
+    let uint = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
+    for key in POSITIVE_SIZES {
+        if uint(key) == Some(0) {
+            return Err(bad(key, "is 0; it must be at least 1".into()));
+        }
+    }
+    if config
+        .get("head_dim")
+        .is_none_or(serde_json::Value::is_null)
+    {
+        for (width, heads) in HEAD_SPLITS {
+            if let (Some(w), Some(h)) = (uint(width), uint(heads))
+                && !w.is_multiple_of(h)
+            {
+                return Err(bad(heads, format!("({h}) does not divide `{width}` ({w})")));
+            }
+        }
+    }
+    // RoPE settings may sit in `rope_parameters` / `rope_scaling` (transformers >= 4.56).
+    let scopes = [
+        Some(config),
+        config.get("rope_parameters"),
+        config.get("rope_scaling"),
+    ];
+    for (scope, key) in scopes
+        .into_iter()
+        .flatten()
+        .flat_map(|s| POSITIVE_REALS.map(|k| (s, k)))
+    {
+        if let Some(x) = scope.get(key).and_then(serde_json::Value::as_f64)
+            && !(x.is_finite() && x > 0.0)
+        {
+            return Err(bad(key, format!("is {x}; it must be finite and > 0")));
+        }
+    }
+    let Some(vocab) = uint("vocab_size") else {
+        return Ok(());
+    };
+    for key in TOKEN_IDS {
+        let ids = match config.get(key) {
+            Some(serde_json::Value::Array(a)) => a.iter().collect(),
+            Some(v) => vec![v],
+            None => vec![],
+        };
+        for id in ids.into_iter().filter_map(serde_json::Value::as_i64) {
+            if id < 0 || id as u64 >= vocab {
+                return Err(bad(
+                    key,
+                    format!("is {id}, outside the vocabulary of {vocab}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the architecture named by a Hugging Face `config.json` value from `source`.
 pub fn build_model(
     config: &serde_json::Value,
@@ -157,6 +269,7 @@ pub fn build_model(
             });
         }
     }
+    check_config_values(config, config_path)?;
     let parse_err = |e: serde_json::Error| Error::CorruptFile {
         path: config_path.to_path_buf(),
         reason: e.to_string(),

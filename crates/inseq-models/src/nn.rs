@@ -5,7 +5,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 
 use crate::weights::Weights;
-use inseq_core::Result;
+use inseq_core::{Error, Result};
 
 /// Blocks a one-row product is split into ([`Linear::forward`], [`LmHead`]), so that it runs on
 /// every core where a one-row product (each token of greedy decoding) is a single-threaded
@@ -427,6 +427,56 @@ pub fn mc_dropout(x: Tensor<3>, dropout: Option<&crate::model::McDropout>, slot:
         .collect();
     let device = x.device();
     x * Tensor::<3>::from_data(TensorData::new(mask, dims), &device)
+}
+
+/// Feed-forward activations by their Hugging Face `ACT2FN` names (the cheap ones; any other
+/// name is an error, never a silent fallback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// Exact (erf) GELU: `gelu`.
+    Gelu,
+    /// Tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `swish` / `silu`.
+    Silu,
+    /// `tanh`.
+    Tanh,
+    /// `quick_gelu`: `x·σ(1.702x)`.
+    QuickGelu,
+}
+
+impl Act {
+    /// Parses a Hugging Face activation name.
+    pub(crate) fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Act::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
+            "relu" => Act::Relu,
+            "swish" | "silu" => Act::Silu,
+            "tanh" => Act::Tanh,
+            "quick_gelu" => Act::QuickGelu,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "activation function `{other}` (supported: gelu, gelu_new, gelu_pytorch_tanh, \
+                     gelu_fast, quick_gelu, relu, silu, swish, tanh)"
+                )));
+            }
+        })
+    }
+
+    /// Applies the activation.
+    pub(crate) fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::Gelu => activation::gelu(x),
+            Act::GeluTanh => crate::nn::gelu_tanh(x),
+            Act::Relu => activation::relu(x),
+            Act::Silu => activation::silu(x),
+            Act::Tanh => x.tanh(),
+            Act::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+        }
+    }
 }
 
 #[cfg(test)]

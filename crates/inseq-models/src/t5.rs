@@ -15,7 +15,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::bart::{Act, ENCODER_DROPOUT_SLOTS, mask_or_all};
+use crate::bart::{ENCODER_DROPOUT_SLOTS, mask_or_all};
 use crate::gpt2::{
     empty_output, identity_rule, lm_head, lrp_attention, override_layer, uniform_rule, zero_values,
 };
@@ -24,6 +24,7 @@ use crate::model::{
     AttentionKind, ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind,
     ModelOutput,
 };
+use crate::nn::Act;
 use crate::nn::{
     Embedding, Linear, LmHead, RmsNorm, attention, attention_bias, mc_dropout, merge_heads,
     split_heads,

@@ -51,6 +51,9 @@ pub struct AttributeOptions {
     /// Reproduce Python Inseq 0.7.1's numerics where they are wrong (Marian's
     /// doubly scaled target embeddings, see `docs/inseq-compatibility.md`). Off by default.
     pub inseq_compat: bool,
+    /// Keep non-finite (NaN/inf) attributions and step scores instead of failing with
+    /// [`Error::Numerical`] (for debugging a model; see `docs/reliability.md`). Off by default.
+    pub allow_non_finite: bool,
 }
 
 impl Default for AttributeOptions {
@@ -70,6 +73,7 @@ impl Default for AttributeOptions {
             contrast_alignments: None,
             show_progress: false,
             inseq_compat: false,
+            allow_non_finite: false,
         }
     }
 }
@@ -366,6 +370,14 @@ impl AttributionModel {
         if ids.is_empty() {
             return Err(Error::InvalidInput(format!(
                 "{what} text produced no tokens"
+            )));
+        }
+        let vocab = self.model().info().vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "{what} text has token id {id} (`{}`) from the tokenizer (tokenizer.json), \
+                 outside the model's vocabulary of {vocab} (config.json `vocab_size`)",
+                self.pretrained.tokenizer.id_to_token(id)
             )));
         }
         let max = self.model().info().max_positions;
@@ -717,16 +729,27 @@ impl AttributionModel {
             let tgt = out.target.map(|t| split_rows(t, unit.len())).transpose()?;
             for (bi, &(ri, s)) in unit.iter().enumerate() {
                 let n_steps = rows[ri].end - rows[ri].start;
+                let finite = FiniteCheck {
+                    skip: opts.allow_non_finite,
+                    method_id,
+                    method_args,
+                    input: ri,
+                    position: rows[ri].start + s,
+                };
                 if let Some(src) = &src {
                     let slot = source_attr[ri].get_or_insert_with(|| vec![None; n_steps]);
                     let len = rows[ri].source_ids.as_ref().map_or(0, Vec::len);
-                    slot[s] = Some(take_rows(&src[bi], 0, len));
+                    let col = take_rows(&src[bi], 0, len);
+                    finite.check("source attributions", col.data())?;
+                    slot[s] = Some(col);
                 }
                 if let Some(tgt) = &tgt {
                     let slot = target_attr[ri].get_or_insert_with(|| vec![None; n_steps]);
                     let prefix_len = rows[ri].start + s;
                     let padded = step.prefix_ids[bi].len();
-                    slot[s] = Some(take_rows(&tgt[bi], padded - prefix_len, padded));
+                    let col = take_rows(&tgt[bi], padded - prefix_len, padded);
+                    finite.check("target attributions", col.data())?;
+                    slot[s] = Some(col);
                 }
                 if let Some(d) = &out.deltas {
                     scores[ri].entry("deltas".into()).or_default().push(d[bi]);
@@ -799,7 +822,7 @@ impl AttributionModel {
                 }
             }
             for (id, values) in &scores[i] {
-                if values.iter().any(|v| !v.is_finite()) {
+                if !opts.allow_non_finite && values.iter().any(|v| !v.is_finite()) {
                     return Err(Error::Numerical(format!(
                         "step score `{id}` of input {i} is not finite: {values:?}"
                     )));
@@ -1161,6 +1184,40 @@ fn build_contrast(rows: &[Row], unit: &[(usize, usize)], pad: usize) -> Option<C
             .collect(),
         same_as_original,
     })
+}
+
+/// Where one step's attributions came from, to report NaN/inf in them (the one place every
+/// method's output passes through).
+struct FiniteCheck<'a> {
+    /// `allow_non_finite`: keep them.
+    skip: bool,
+    method_id: &'a str,
+    method_args: &'a MethodArgs,
+    input: usize,
+    /// The target position attributed.
+    position: usize,
+}
+
+impl FiniteCheck<'_> {
+    /// [`Error::Numerical`] naming the input, the step and the likely causes if `values` has a
+    /// NaN or infinity.
+    fn check(&self, what: &str, values: &[f32]) -> Result<()> {
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if self.skip || bad == 0 {
+            return Ok(());
+        }
+        Err(Error::Numerical(format!(
+            "{what} of input {} at target position {} are not finite ({bad} of {} entries \
+             NaN/inf); likely causes: the model's weights or config (NaN weights, a \
+             non-positive norm epsilon, rope_theta) or the arguments of `{}` ({:?}); \
+             allow_non_finite (--allow-non-finite) keeps them",
+            self.input,
+            self.position,
+            values.len(),
+            self.method_id,
+            self.method_args.to_json(),
+        )))
+    }
 }
 
 /// Moves a `[batch, len, hidden]` tensor to the host, one `[len, hidden]` array per row.

@@ -101,6 +101,9 @@ struct RunArgs {
     /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding scale).
     #[arg(long)]
     inseq_compat: bool,
+    /// Write NaN/inf attributions and step scores instead of failing (for debugging a model).
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 impl RunArgs {
@@ -125,6 +128,7 @@ impl RunArgs {
             attribute_target: self.attribute_target,
             show_progress: std::io::stderr().is_terminal(),
             inseq_compat: self.inseq_compat,
+            allow_non_finite: self.allow_non_finite,
             ..Default::default()
         })
     }

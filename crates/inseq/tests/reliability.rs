@@ -615,3 +615,240 @@ fn progress_bar_on_a_terminal() {
     assert_ok(&out);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("attributing"));
 }
+
+// ------------------------------------------- numerical errors and hostile configs
+
+/// Overwrites every value of the F32 tensor `name` in `dir/model.safetensors` with `value`.
+fn poison_tensor(dir: &Path, name: &str, value: f32) {
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let (from, to) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
+    let data = 8 + header_len;
+    for chunk in bytes[data + from as usize..data + to as usize].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// Asserts a failed run that wrote nothing at `save`.
+fn assert_error_nothing_saved(out: &Output, needle: &str, save: &Path) {
+    assert_error(out, needle);
+    assert!(!save.exists(), "{} was written", save.display());
+}
+
+#[test]
+fn nan_weights_are_a_numerical_error_not_null_output() {
+    let s = Scratch::model("nanw", "tiny-gpt2", |c| c);
+    poison_tensor(&s.0, "transformer.ln_f.weight", f32::NAN);
+    let save = s.0.join("out.json");
+    let save_arg = save.to_str().unwrap();
+    let base = ["attribute", "--model", s.path(), "--input", "Hello"];
+    // Greedy generation reads the logits first.
+    let out = inseq(&[&base[..], &["--save", save_arg]].concat());
+    assert_error_nothing_saved(
+        &out,
+        "generation step 0: the next-token logits are not finite",
+        &save,
+    );
+    // A forced target reaches the attributions.
+    let forced = [&base[..], &["--target", "Hello ladies", "--save", save_arg]].concat();
+    let out = inseq(&forced);
+    assert_error_nothing_saved(
+        &out,
+        "target attributions of input 0 at target position 1",
+        &save,
+    );
+    assert_error(&out, "the model's weights or config");
+    // Kept on request, for debugging.
+    let out = inseq(&[&forced[..], &["--allow-non-finite"]].concat());
+    assert_ok(&out);
+    assert!(save.exists());
+}
+
+#[test]
+fn huge_gradient_shap_noise_is_a_numerical_error() {
+    let m = load_model(
+        &gpt2(),
+        "gradient_shap",
+        MethodArgs::parse("stdevs=1e38").unwrap(),
+        &device(),
+    )
+    .unwrap();
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies".into()]),
+        ..Default::default()
+    };
+    let err = m.attribute(&["Hello"], &opts).unwrap_err();
+    assert!(matches!(err, Error::Numerical(_)), "{err:?}");
+    assert!(err.to_string().contains("are not finite"), "{err}");
+    assert!(err.to_string().contains("gradient_shap"), "{err}");
+}
+
+#[test]
+fn impossible_config_values_name_config_json_and_the_field() {
+    let cases: [(&str, &str, &str, &str); 7] = [
+        (
+            "tiny-gpt2",
+            "\"layer_norm_epsilon\": 1e-05",
+            "\"layer_norm_epsilon\": -1e-05",
+            "`layer_norm_epsilon` is -0.00001",
+        ),
+        (
+            "tiny-gpt2",
+            "\"n_layer\": 2",
+            "\"n_layer\": 0",
+            "`n_layer` is 0",
+        ),
+        (
+            "tiny-gpt2",
+            "\"n_head\": 4",
+            "\"n_head\": 5",
+            "`n_head` (5) does not divide `n_embd` (32)",
+        ),
+        (
+            "tiny-gpt2",
+            "\"activation_function\": \"gelu_new\"",
+            "\"activation_function\": \"mish\"",
+            "activation function `mish`",
+        ),
+        (
+            "tiny-llama",
+            "\"rope_theta\": 10000.0",
+            "\"rope_theta\": 0.0",
+            "`rope_theta` is 0",
+        ),
+        (
+            "tiny-llama",
+            "\"hidden_act\": \"silu\"",
+            "\"hidden_act\": \"xielu\"",
+            "activation function `xielu`",
+        ),
+        (
+            "tiny-marian",
+            "\"decoder_start_token_id\": 0",
+            "\"decoder_start_token_id\": 999999",
+            "`decoder_start_token_id` is 999999, outside the vocabulary of 400",
+        ),
+    ];
+    for (model, from, to, needle) in cases {
+        let s = Scratch::model("cfg", model, |c| {
+            assert!(c.contains(from), "{model} config lacks {from}");
+            c.replace(from, to)
+        });
+        let out = inseq(&["attribute", "--model", s.path(), "--input", "Hello"]);
+        assert_error(&out, needle);
+        if !needle.starts_with("activation") {
+            assert_error(&out, "config.json");
+        }
+    }
+}
+
+/// tiny-gpt2 whose tokenizer gives `Z` the id 4000, past the model's 400 embeddings.
+fn out_of_vocabulary_tokenizer() -> Scratch {
+    let s = Scratch::model("oov", "tiny-gpt2", |c| c);
+    let path = s.0.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tok["model"]["vocab"]["Z"] = 4000.into();
+    std::fs::write(&path, tok.to_string()).unwrap();
+    s
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_an_error() {
+    let s = out_of_vocabulary_tokenizer();
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        s.path(),
+        "--input",
+        "Hello",
+        "--target",
+        "Hello Z",
+    ]);
+    assert_error(
+        &out,
+        "token id 4000 (`Z`) from the tokenizer (tokenizer.json)",
+    );
+    assert_error(&out, "outside the model's vocabulary of 400");
+    // attribute-dataset skips the row and goes on.
+    let data = s.0.join("rows.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"Hello\", \"target\": \"Hello Z\"}\n{\"text\": \"Hello\", \"target\": \"Hello you\"}\n",
+    )
+    .unwrap();
+    let save = s.0.join("out.jsonl");
+    let out = inseq(&[
+        "attribute-dataset",
+        "--model",
+        s.path(),
+        "--method",
+        "saliency",
+        "--data",
+        data.to_str().unwrap(),
+        "--target-field",
+        "target",
+        "--save",
+        save.to_str().unwrap(),
+        "--on-error",
+        "skip",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("row 0: skipped:") && stderr.contains("token id 4000"),
+        "{stderr}"
+    );
+    let rows = inseq::dataset::OutputStore::from_path(&save)
+        .read_all()
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn huge_sizes_fail_fast_with_the_limit() {
+    let cases = [
+        ("integrated_gradients", "n_steps=1000000000", "n_steps"),
+        (
+            "integrated_gradients",
+            "n_steps=1000000000,method=riemann_trapezoid",
+            "n_steps",
+        ),
+        (
+            "layer_integrated_gradients",
+            "n_steps=1000000000",
+            "n_steps",
+        ),
+        ("gradient_shap", "n_samples=1000000000", "n_samples"),
+        ("lime", "n_samples=1000000000", "n_samples"),
+    ];
+    for (method, args, name) in cases {
+        let t0 = Instant::now();
+        let out = inseq(&[
+            "attribute",
+            "--model",
+            &gpt2(),
+            "--input",
+            "Hello",
+            "--target",
+            "Hello ladies",
+            "--method",
+            method,
+            "--method-args",
+            args,
+        ]);
+        assert_error(
+            &out,
+            &format!("invalid argument `{name}`: 1000000000 is over the limit"),
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{method} took {:?}",
+            t0.elapsed()
+        );
+    }
+}
