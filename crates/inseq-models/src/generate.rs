@@ -1,4 +1,4 @@
-//! Greedy decoding.
+//! Greedy decoding and seeded sampling, with Hugging Face `generate`'s logits processors.
 
 use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
@@ -16,6 +16,24 @@ pub struct GenerationOptions {
     /// Token forced as the last one when `max_new_tokens` is reached
     /// (Hugging Face's `forced_eos_token_id`, set by BART and Marian configs).
     pub forced_eos_token_id: Option<usize>,
+    /// Token forced as the first generated one when the sequence holds a single token
+    /// (Hugging Face's `forced_bos_token_id`, the target language of mBART, M2M100 and NLLB).
+    pub forced_bos_token_id: Option<usize>,
+    /// Hugging Face's `repetition_penalty` (1.0: off): the logits of tokens already in the
+    /// sequence are divided by it when positive and multiplied by it when negative.
+    pub repetition_penalty: f32,
+    /// Hugging Face's `no_repeat_ngram_size` (0: off): no n-gram of this size occurs twice.
+    pub no_repeat_ngram_size: usize,
+    /// Sample from the processed distribution instead of taking its argmax.
+    pub do_sample: bool,
+    /// Seed of the sampler: the same seed gives the same tokens on every run.
+    pub seed: u64,
+    /// Sampling temperature (1.0: off).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens when sampling (0: off).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1.0: off).
+    pub top_p: f32,
 }
 
 impl Default for GenerationOptions {
@@ -24,6 +42,14 @@ impl Default for GenerationOptions {
             max_new_tokens: 20,
             min_new_tokens: 0,
             forced_eos_token_id: None,
+            forced_bos_token_id: None,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            do_sample: false,
+            seed: 0,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
         }
     }
 }
@@ -39,7 +65,7 @@ pub struct RecordedAttentions {
     pub weights: Vec<Tensor<4>>,
 }
 
-/// Greedily decodes. `prefix` is the prompt (or, for encoder-decoder models, the
+/// Decodes greedily, or samples with `options.do_sample`, after Hugging Face's logits processors. `prefix` is the prompt (or, for encoder-decoder models, the
 /// decoder prefix starting with the decoder start token; empty means just the
 /// decoder start token) and `source` the encoder input (encoder-decoder only).
 /// Returns only the new token ids (the end-of-sequence token included when it
@@ -107,6 +133,8 @@ fn generate(
             "encoder-decoder generation needs a non-empty source".into(),
         ));
     }
+    options.validate()?;
+    let mut sampler = options.do_sample.then_some(SplitMix64(options.seed));
     let mut ids = prefix;
     let mut new = Vec::new();
     let source_embeds = match (model.kind(), source) {
@@ -149,7 +177,7 @@ fn generate(
         if record {
             passes.push(std::mem::take(&mut out.attentions));
         }
-        let logits: Vec<f32> = out
+        let mut logits: Vec<f32> = out
             .last_logits()
             .try_to_vec_as::<f32>()
             .map_err(|e| Error::Numerical(format!("{e:?}")))?;
@@ -160,17 +188,10 @@ fn generate(
                  epsilon, rope_theta)"
             )));
         }
-        let suppress_eos = step < options.min_new_tokens;
-        let next = match options.forced_eos_token_id {
-            Some(eos) if step + 1 == options.max_new_tokens => eos,
-            _ => argmax(
-                &logits,
-                if suppress_eos {
-                    info.eos_token_id
-                } else {
-                    None
-                },
-            ),
+        process_logits(&mut logits, &ids, step, &options, info.eos_token_id);
+        let next = match sampler.as_mut() {
+            Some(rng) => sample(&logits, rng)?,
+            None => argmax(&logits),
         };
         ids.push(next);
         new.push(next);
@@ -212,14 +233,237 @@ fn assemble_rows(passes: Vec<Vec<Tensor<4>>>, total: usize) -> Vec<Tensor<4>> {
         .collect()
 }
 
-fn argmax(values: &[f32], exclude: Option<usize>) -> usize {
+fn argmax(values: &[f32]) -> usize {
     let mut best = 0;
     let mut best_v = f32::NEG_INFINITY;
     for (i, &v) in values.iter().enumerate() {
-        if Some(i) != exclude && v > best_v {
+        if v > best_v {
             best = i;
             best_v = v;
         }
     }
     best
+}
+
+impl GenerationOptions {
+    /// Sets the fields named in `args`, a JSON object with Hugging Face `generate`'s keys (as
+    /// Inseq's `generation_args`). `origin` names where `args` come from, for errors. Keys this
+    /// crate does not implement are errors; `num_beams` may only be 1 (beam search is not
+    /// implemented) and `seed` is this crate's sampler seed.
+    pub fn update_from_json(
+        &mut self,
+        args: &serde_json::Map<String, serde_json::Value>,
+        origin: &str,
+    ) -> Result<()> {
+        for (key, value) in args {
+            let bad = || Error::InvalidArgument {
+                name: format!("{origin}: {key}"),
+                reason: format!("unsupported value {value}"),
+            };
+            let uint = || value.as_u64().map(|v| v as usize).ok_or_else(bad);
+            let float = || value.as_f64().map(|v| v as f32).ok_or_else(bad);
+            let token = || match value {
+                serde_json::Value::Null => Ok(None),
+                _ => uint().map(Some),
+            };
+            match key.as_str() {
+                "max_new_tokens" => self.max_new_tokens = uint()?,
+                "min_new_tokens" => self.min_new_tokens = uint()?,
+                "do_sample" => self.do_sample = value.as_bool().ok_or_else(bad)?,
+                "seed" => self.seed = value.as_u64().ok_or_else(bad)?,
+                "temperature" => self.temperature = float()?,
+                "top_k" => self.top_k = uint()?,
+                "top_p" => self.top_p = float()?,
+                "repetition_penalty" => self.repetition_penalty = float()?,
+                "no_repeat_ngram_size" => self.no_repeat_ngram_size = uint()?,
+                "forced_bos_token_id" => self.forced_bos_token_id = token()?,
+                "forced_eos_token_id" => self.forced_eos_token_id = token()?,
+                "num_beams" if value.as_u64() == Some(1) => {}
+                _ => {
+                    return Err(Error::Unsupported(format!(
+                        "{origin}: generation argument `{key}` = {value} is not implemented"
+                    )));
+                }
+            }
+        }
+        self.validate()
+    }
+
+    /// Rejects values Hugging Face `generate` rejects.
+    fn validate(&self) -> Result<()> {
+        let check = |ok: bool, name: &str, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::invalid_arg(name, what))
+            }
+        };
+        check(
+            self.repetition_penalty > 0.0,
+            "repetition_penalty",
+            "must be a positive number",
+        )?;
+        check(
+            self.temperature > 0.0,
+            "temperature",
+            "must be a positive number",
+        )?;
+        check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p",
+            "must be in (0, 1]",
+        )
+    }
+}
+
+/// Hugging Face `generate`'s logits processors, in the order `_get_logits_processor` builds
+/// them: repetition penalty, no-repeat n-gram, min new tokens, forced BOS, forced EOS, then
+/// (sampling only) temperature, top-k and top-p. `ids` is the sequence so far (the prompt for
+/// decoder-only models, the decoder prefix for encoder-decoder ones) and `step` the number of
+/// tokens generated.
+fn process_logits(
+    logits: &mut [f32],
+    ids: &[usize],
+    step: usize,
+    options: &GenerationOptions,
+    eos: Option<usize>,
+) {
+    if options.repetition_penalty != 1.0 {
+        apply_repetition_penalty(logits, ids, options.repetition_penalty);
+    }
+    if options.no_repeat_ngram_size > 0 {
+        for banned in banned_ngram_tokens(ids, options.no_repeat_ngram_size) {
+            if let Some(l) = logits.get_mut(banned) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    if let Some(l) = eos
+        .filter(|_| step < options.min_new_tokens)
+        .and_then(|eos| logits.get_mut(eos))
+    {
+        *l = f32::NEG_INFINITY;
+    }
+    if let Some(bos) = options.forced_bos_token_id.filter(|_| ids.len() == 1) {
+        force_token(logits, bos);
+    }
+    if let Some(eos) = options
+        .forced_eos_token_id
+        .filter(|_| step + 1 == options.max_new_tokens)
+    {
+        force_token(logits, eos);
+    }
+    if options.do_sample {
+        if options.temperature != 1.0 {
+            logits.iter_mut().for_each(|l| *l /= options.temperature);
+        }
+        if options.top_k > 0 {
+            keep_top_k(logits, options.top_k);
+        }
+        if options.top_p < 1.0 {
+            keep_top_p(logits, options.top_p);
+        }
+    }
+}
+
+/// Every logit is minus infinity but `token`'s, which is zero.
+fn force_token(logits: &mut [f32], token: usize) {
+    logits.iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+    if let Some(l) = logits.get_mut(token) {
+        *l = 0.0;
+    }
+}
+
+/// `RepetitionPenaltyLogitsProcessor`: each distinct token of `ids` once.
+fn apply_repetition_penalty(logits: &mut [f32], ids: &[usize], penalty: f32) {
+    let mut seen = std::collections::HashSet::new();
+    let vocab = logits.len();
+    for &t in ids.iter().filter(|&&t| t < vocab) {
+        if seen.insert(t) {
+            let l = &mut logits[t];
+            *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
+        }
+    }
+}
+
+/// `NoRepeatNGramLogitsProcessor`: the tokens that would complete an n-gram already in `ids`.
+fn banned_ngram_tokens(ids: &[usize], n: usize) -> Vec<usize> {
+    if ids.len() + 1 < n {
+        return Vec::new();
+    }
+    let tail = &ids[ids.len() + 1 - n..];
+    ids.windows(n)
+        .filter(|w| w[..n - 1] == *tail)
+        .map(|w| w[n - 1])
+        .collect()
+}
+
+/// `TopKLogitsWarper`: logits below the k-th largest become minus infinity (ties kept).
+fn keep_top_k(logits: &mut [f32], k: usize) {
+    let k = k.min(logits.len());
+    let mut sorted = logits.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let kth = sorted[k - 1];
+    logits
+        .iter_mut()
+        .filter(|l| **l < kth)
+        .for_each(|l| *l = f32::NEG_INFINITY);
+}
+
+/// `TopPLogitsWarper`: sorted ascending, tokens whose cumulative probability stays at or below
+/// `1 - top_p` are removed; the most likely token is always kept.
+fn keep_top_p(logits: &mut [f32], top_p: f32) {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+    let probs = softmax(&order.iter().map(|&i| logits[i]).collect::<Vec<_>>());
+    let mut cumulative = 0.0;
+    for (rank, &i) in order.iter().enumerate() {
+        cumulative += probs[rank];
+        if cumulative <= 1.0 - top_p && rank + 1 < order.len() {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Draws a token from `softmax(logits)`.
+fn sample(logits: &[f32], rng: &mut SplitMix64) -> Result<usize> {
+    let probs = softmax(logits);
+    if probs.iter().any(|p| p.is_nan()) {
+        return Err(Error::Numerical(
+            "sampling: the processed logits give no valid distribution".into(),
+        ));
+    }
+    let mut u = rng.next_unit() * probs.iter().sum::<f32>();
+    for (i, &p) in probs.iter().enumerate() {
+        if u < p {
+            return Ok(i);
+        }
+        u -= p;
+    }
+    Ok(argmax(logits))
+}
+
+/// SplitMix64: a small reproducible generator (the same seed, the same draws on every platform).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
 }

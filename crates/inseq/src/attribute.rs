@@ -426,6 +426,9 @@ impl AttributionModel {
             }
         };
         let mut recorded_attentions = None;
+        // The generated ids, attributed as they are unless `inseq_compat` (then, as Inseq, the
+        // decoded text is re-tokenised, which can turn a partial byte token into U+FFFD tokens).
+        let mut generated_ids = None;
         let target_text = match target {
             Some(t) => {
                 if self.model().kind() == ModelKind::DecoderOnly && !t.starts_with(input) {
@@ -443,6 +446,8 @@ impl AttributionModel {
                     ));
                 }
                 let mut generation = opts.generation;
+                // One sampler per row, so that a row's tokens do not depend on its batch.
+                generation.seed = row_seed(generation.seed, index);
                 if generation.forced_eos_token_id.is_none() {
                     generation.forced_eos_token_id = self
                         .pretrained
@@ -467,13 +472,20 @@ impl AttributionModel {
                     ModelKind::DecoderOnly => input_ids.iter().chain(&new).copied().collect(),
                     ModelKind::EncoderDecoder => new,
                 };
-                // As Inseq: the generated text is decoded, then re-tokenised as the target.
-                tok.decode(&all, true)?
+                let text = tok.decode(&all, true)?;
+                if !opts.inseq_compat {
+                    generated_ids = Some(match self.model().kind() {
+                        ModelKind::DecoderOnly => all,
+                        ModelKind::EncoderDecoder => [prefix.clone(), all].concat(),
+                    });
+                }
+                text
             }
         };
-        let target_ids = match self.model().kind() {
-            ModelKind::DecoderOnly => self.encode(&target_text, "target")?,
-            ModelKind::EncoderDecoder => {
+        let target_ids = match (generated_ids, self.model().kind()) {
+            (Some(ids), _) => ids,
+            (None, ModelKind::DecoderOnly) => self.encode(&target_text, "target")?,
+            (None, ModelKind::EncoderDecoder) => {
                 let mut ids = prefix.clone();
                 if !target_text.is_empty() {
                     ids.extend(tok.encode(&target_text, true)?);
@@ -1277,6 +1289,14 @@ fn stack_steps(
 
 /// Shared handle for custom methods registered at run time.
 pub type SharedMethod = Arc<dyn AttributionMethod>;
+
+/// The sampler seed of row `index`: SplitMix64's mixing of `(seed, index)`.
+fn row_seed(seed: u64, index: usize) -> u64 {
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 #[cfg(test)]
 mod tests {

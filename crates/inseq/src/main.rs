@@ -98,22 +98,58 @@ struct RunArgs {
     /// One past the last target position to attribute.
     #[arg(long)]
     attr_pos_end: Option<usize>,
-    /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding scale).
+    /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding
+    /// scale; a generated continuation decoded and re-tokenised before it is attributed).
     #[arg(long)]
     inseq_compat: bool,
     /// Write NaN/inf attributions and step scores instead of failing (for debugging a model).
     #[arg(long)]
     allow_non_finite: bool,
+    /// Hugging Face `generate` arguments as JSON, as Inseq's `generation_args`, e.g.
+    /// '{"do_sample": true, "top_k": 5, "max_new_tokens": 10}'; they override the flags.
+    #[arg(long)]
+    generation_args: Option<String>,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    do_sample: bool,
+    /// Sampler seed (each input row draws from its own generator seeded from it and its index).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Sample among the `top_k` most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample within the smallest set of tokens of probability `top_p`.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
 }
 
 impl RunArgs {
+    /// Generation options from the flags, then `--generation-args`.
+    fn generation(&self) -> Result<GenerationOptions> {
+        let mut generation = GenerationOptions {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            do_sample: self.do_sample,
+            seed: self.seed,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            ..Default::default()
+        };
+        if let Some(json) = &self.generation_args {
+            let args: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(json).context("--generation-args must be a JSON object")?;
+            generation.update_from_json(&args, "--generation-args")?;
+        }
+        Ok(generation)
+    }
+
     fn options(&self) -> Result<AttributeOptions> {
         Ok(AttributeOptions {
-            generation: GenerationOptions {
-                max_new_tokens: self.max_new_tokens,
-                min_new_tokens: self.min_new_tokens,
-                forced_eos_token_id: None,
-            },
+            generation: self.generation()?,
             attr_pos_start: self.attr_pos_start,
             attr_pos_end: self.attr_pos_end,
             step_scores: self

@@ -110,7 +110,7 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
         generation: GenerationOptions {
             max_new_tokens: gen_usize("max_new_tokens", 20),
             min_new_tokens: gen_usize("min_new_tokens", 0),
-            forced_eos_token_id: None,
+            ..Default::default()
         },
         step_scores: step_ids.clone(),
         attributed_fn: s("attributed_fn").unwrap_or("probability").to_string(),

@@ -68,3 +68,35 @@ fn generated_equals_forced_target() {
         }
     }
 }
+
+/// The generated ids are attributed as they are: `max_new_tokens` N gives N steps even when the
+/// continuation holds partial UTF-8 byte tokens (decoding and re-tokenising, as Inseq does, turns
+/// each into `U+FFFD` tokens the model never produced; `inseq_compat` keeps that).
+#[test]
+fn smollm2_attributes_exactly_the_generated_steps() {
+    let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert!(
+            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
+            "SmolLM2 missing: run cargo xtask fetch-models"
+        );
+        eprintln!("skipping: SmolLM2 not downloaded (cargo xtask fetch-models)");
+        return;
+    }
+    let device = inseq::default_device().unwrap();
+    let model = load_model("smollm2", "attention", MethodArgs::default(), &device).unwrap();
+    for n in [3, 30] {
+        let opts = AttributeOptions {
+            generation: GenerationOptions {
+                max_new_tokens: n,
+                min_new_tokens: n,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let out = model
+            .attribute(&["Écris en japonais : bonjour, ça va ? 日本語で"], &opts)
+            .unwrap();
+        assert_eq!(out.sequence_attributions[0].n_steps(), n);
+    }
+}
