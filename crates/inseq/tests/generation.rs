@@ -49,17 +49,43 @@ fn generated_equals_forced_target() {
                 &generated.sequence_attributions[0],
                 &forced.sequence_attributions[0],
             );
-            assert_eq!(g.target, f.target, "{what}: tokens");
+            // The generated ids are attributed as generated; the forced target is their decoded
+            // text tokenised again, which differs from the first partial byte token on (it
+            // decodes to U+FFFD). Causal attribution of a step depends only on the tokens before
+            // it, so both agree on the steps (columns) and tokens (rows) of their common prefix.
+            let prompt_len = g.target.len() - g.n_steps();
+            let common = g
+                .target
+                .iter()
+                .zip(&f.target)
+                .take_while(|(a, b)| a == b)
+                .count();
+            assert!(common >= prompt_len + 2, "{what}: {:?}", g.target);
             let (g, f) = (
                 g.target_attributions.as_ref().unwrap(),
                 f.target_attributions.as_ref().unwrap(),
             );
-            assert_eq!(g.shape(), f.shape(), "{what}: shape");
-            let scale = f.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = g
-                .data()
+            let common_block = |a: &inseq::Array| {
+                let s = a.shape();
+                let rest: usize = s[2..].iter().product();
+                let mut out = Vec::new();
+                for i in 0..common {
+                    for j in 0..common - prompt_len {
+                        let at = (i * s[1] + j) * rest;
+                        out.extend_from_slice(&a.data()[at..at + rest]);
+                    }
+                }
+                out
+            };
+            let (g, f) = (common_block(g), common_block(f));
+            let scale = f
                 .iter()
-                .zip(f.data())
+                .filter(|v| v.is_finite())
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let worst = g
+                .iter()
+                .zip(&f)
+                .filter(|(a, b)| a.is_finite() || b.is_finite())
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
                 worst <= 1e-4 * scale + 1e-6,
