@@ -30,6 +30,7 @@ pub mod loader;
 pub mod marian;
 pub mod model;
 pub mod nn;
+pub mod special_tokens;
 pub mod t5;
 pub mod tokenizer;
 pub mod weights;
@@ -44,5 +45,6 @@ pub use model::{
     ModelInfo, ModelInput, ModelKind, ModelOutput, OverrideMode, ValueZeroing,
 };
 pub use nn::ids_tensor;
+pub use special_tokens::SpecialTokens;
 pub use tokenizer::TextTokenizer;
 pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights};

@@ -11,6 +11,7 @@ use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::llama::{Llama, LlamaConfig};
 use crate::marian::Marian;
 use crate::model::LanguageModel;
+use crate::special_tokens::SpecialTokens;
 use crate::t5::{T5, T5Config};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorsSource, WeightSource, Weights};
@@ -25,6 +26,8 @@ pub struct Pretrained {
     pub name: String,
     /// The Hugging Face `config.json` (for GGUF files, its equivalent built from the metadata).
     pub config: serde_json::Value,
+    /// Its special tokens, resolved as transformers does.
+    pub special_tokens: SpecialTokens,
 }
 
 /// Short names for real models fetched by `cargo xtask fetch-models`.
@@ -88,12 +91,14 @@ fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained
     let gguf = crate::gguf::GgufModelFile::open(path)?;
     let config = gguf.hf_config()?;
     let tokenizer = TextTokenizer::new(gguf.tokenizer()?);
+    let special_tokens = gguf.special_tokens()?;
     let model = build_model(&config, Box::new(gguf), path, device)?;
     Ok(Pretrained {
         model,
         tokenizer,
         name: name.to_string(),
         config,
+        special_tokens,
     })
 }
 
@@ -113,6 +118,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
             reason: e.to_string(),
         })?;
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let source = SafetensorsSource::open_dir(dir)?;
     let model = build_model(&config, Box::new(source), &config_path, device)?;
     Ok(Pretrained {
@@ -120,6 +126,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
         tokenizer,
         name: name.to_string(),
         config,
+        special_tokens,
     })
 }
 

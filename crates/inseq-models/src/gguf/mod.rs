@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 pub use file::{GgufFile, GgufTensorInfo, GgufValue};
 pub use quants::{GgmlType, dequantize};
 
+use crate::special_tokens::SpecialTokens;
 use crate::weights::{RawTensor, WeightSource};
 
 /// How a tensor is changed on its way from llama.cpp's layout to Hugging Face's.
@@ -307,6 +308,32 @@ impl GgufModelFile {
             }
         }
         Ok(config)
+    }
+
+    /// The special tokens as transformers' GGUF loader resolves them: the tokenizer's
+    /// unk/pad/bos/eos are the tokens at the `tokenizer.ggml.{unknown,padding,bos,eos}_token_id`
+    /// metadata ids, the config ids those of [`Self::hf_config`]. An id outside the
+    /// vocabulary is an error.
+    pub fn special_tokens(&self) -> Result<SpecialTokens> {
+        let vocab = match self.file.get("tokenizer.ggml.tokens") {
+            Some(GgufValue::Array(tokens)) => tokens.len(),
+            _ => return Err(self.corrupt("no `tokenizer.ggml.tokens` metadata".into())),
+        };
+        let id = |which: &str| -> Result<Option<usize>> {
+            match self.token_id(which) {
+                Some(i) if i as usize >= vocab => Err(self.corrupt(format!(
+                    "`tokenizer.ggml.{which}_token_id` is {i}, outside the vocabulary of {vocab}"
+                ))),
+                i => Ok(i.map(|i| i as usize)),
+            }
+        };
+        Ok(SpecialTokens {
+            unk: id("unknown")?,
+            pad: id("padding")?,
+            bos: id("bos")?,
+            eos: id("eos")?,
+            ..SpecialTokens::from_config(&self.hf_config()?, self.file.path())?
+        })
     }
 
     /// The tokenizer described by the `tokenizer.ggml.*` metadata.
