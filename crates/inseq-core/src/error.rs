@@ -79,12 +79,15 @@ pub enum Error {
     #[error("hub error: {0}")]
     Hub(String),
     /// I/O failure, with the path involved.
-    #[error("i/o error on {}: {source}", path.display())]
+    ///
+    /// The OS error is part of the message and deliberately not a `source()`, so that
+    /// error-chain printers (`anyhow`'s `{:#}`) do not print it twice.
+    #[error("i/o error on {}: {error}", path.display())]
     Io {
         /// The path being read or written.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// JSON (de)serialization failure.
     #[error("json error: {0}")]
@@ -104,7 +107,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

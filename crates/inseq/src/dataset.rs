@@ -114,10 +114,11 @@ pub fn read_rows(
         || source.starts_with('/')
         || source.contains('.') && !source.contains('/')
     {
-        return Err(Error::MissingFile {
-            path: path.to_path_buf(),
-            hint: "a dataset file (.jsonl, .csv or .parquet)".into(),
-        });
+        return Err(Error::InvalidInput(format!(
+            "no dataset file or directory {} (expected a .jsonl, .csv or .parquet file, a \
+             directory of them, or a Hugging Face dataset id)",
+            path.display()
+        )));
     } else {
         data_files_in(
             &inseq_models::hub::dataset_dir(source, &split.name)?,
@@ -126,7 +127,11 @@ pub fn read_rows(
     };
     let mut records = Vec::new();
     for f in &files {
-        records.extend(read_records(f)?);
+        let file_records = read_records(f)?;
+        for field in std::iter::once(input_field).chain(target_field) {
+            check_field_exists(f, &file_records, field)?;
+        }
+        records.extend(file_records);
     }
     let end = split.end.unwrap_or(records.len()).min(records.len());
     let start = split.start.min(end);
@@ -138,6 +143,24 @@ pub fn read_rows(
             content: row_content(rec, input_field, target_field),
         })
         .collect())
+}
+
+/// Fails when no readable record of file `path` has `field` (a misspelt `--input-field`),
+/// naming the fields the file has; a field missing from some rows only skips those rows.
+fn check_field_exists(path: &Path, records: &[Record], field: &str) -> Result<()> {
+    let mut readable = records.iter().flatten().peekable();
+    let Some(first) = readable.peek().copied() else {
+        return Ok(());
+    };
+    if readable.any(|rec| rec.iter().any(|(k, _)| k == field)) {
+        return Ok(());
+    }
+    let fields: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+    Err(Error::InvalidInput(format!(
+        "no row of {} has the field `{field}`; its fields are: {}",
+        path.display(),
+        fields.join(", ")
+    )))
 }
 
 /// A record: field name -> text (non-text values rendered as JSON), or a reason it could not be read.
@@ -209,10 +232,10 @@ fn data_files_in(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
         .collect();
     let files = if for_split.is_empty() { all } else { for_split };
     if files.is_empty() {
-        return Err(Error::MissingFile {
-            path: dir.to_path_buf(),
-            hint: "no .jsonl, .csv or .parquet files".into(),
-        });
+        return Err(Error::InvalidInput(format!(
+            "no .jsonl, .csv or .parquet dataset file in {}",
+            dir.display()
+        )));
     }
     Ok(files)
 }
@@ -261,16 +284,10 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .from_path(path)
-        .map_err(|e| Error::CorruptFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| not_a_dataset("CSV", path, e))?;
     let headers: Vec<String> = reader
         .headers()
-        .map_err(|e| Error::CorruptFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| not_a_dataset("CSV", path, e))?
         .iter()
         .map(String::from)
         .collect();
@@ -290,12 +307,17 @@ fn read_csv(path: &Path) -> Result<Vec<Record>> {
         .collect())
 }
 
+/// `not a FORMAT dataset file: PATH (reason)`.
+fn not_a_dataset(format: &str, path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!(
+        "not a {format} dataset file: {} ({reason})",
+        path.display()
+    ))
+}
+
 fn read_parquet(path: &Path) -> Result<Vec<Record>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let corrupt = |e: parquet::errors::ParquetError| Error::CorruptFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let corrupt = |e: parquet::errors::ParquetError| not_a_dataset("Parquet", path, e);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(corrupt)?;
     let rows = reader.get_row_iter(None).map_err(corrupt)?;
@@ -365,8 +387,11 @@ impl std::str::FromStr for OnError {
 
 /// Where per-row results go: a directory with one `row-NNNNNN.json` per row,
 /// or one JSONL file with a `{"row": N, "output": {...}}` line per row.
-/// Both are resumable: rows already stored are skipped, and a JSONL line cut
-/// short by an interruption is dropped when the file is reopened.
+///
+/// Both are resumable: rows already stored are skipped. A JSONL line cut short by an
+/// interruption (the last line, with no newline) is dropped when the store is reopened; any
+/// other row that cannot be read is an error naming its file and line, and nothing is deleted.
+/// One process writes a store at a time (see [`OutputStore::lock`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputStore {
     /// One JSON file per row.
@@ -374,6 +399,21 @@ pub enum OutputStore {
     /// One JSONL file.
     Jsonl(PathBuf),
 }
+
+/// What reading a store found: its rows, the rows it could not read, and for JSONL the
+/// byte offset of a trailing line cut short by an interrupted write.
+#[derive(Default)]
+struct StoreScan {
+    rows: Vec<(usize, inseq_core::AttributionOutput)>,
+    /// `file: line N: reason` (JSONL) or `file: reason` (directory), one per unreadable row.
+    unreadable: Vec<String>,
+    /// Where an unterminated, unparseable last line starts (1-based line number, byte offset).
+    partial_tail: Option<(usize, usize)>,
+}
+
+/// Held while a process writes a store; the OS releases it when the process exits or is killed.
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] std::fs::File);
 
 impl OutputStore {
     /// A `.jsonl` path is a JSONL store; anything else a directory.
@@ -385,72 +425,90 @@ impl OutputStore {
         }
     }
 
+    fn path(&self) -> &Path {
+        match self {
+            Self::Dir(p) | Self::Jsonl(p) => p,
+        }
+    }
+
     fn row_file(dir: &Path, index: usize) -> PathBuf {
         dir.join(format!("row-{index:06}.json"))
     }
 
-    /// Every stored row, sorted by row number.
-    pub fn read_all(&self) -> Result<Vec<(usize, inseq_core::AttributionOutput)>> {
-        let mut rows = Vec::new();
-        match self {
-            Self::Dir(dir) => {
-                if !dir.exists() {
-                    return Ok(rows);
-                }
-                for e in std::fs::read_dir(dir)
-                    .map_err(|e| Error::io(dir, e))?
-                    .flatten()
-                {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if let Some(n) = name
-                        .strip_prefix("row-")
-                        .and_then(|n| n.strip_suffix(".json"))
-                    {
-                        let index = n.parse().map_err(|_| {
-                            Error::invalid_arg(
-                                "output directory",
-                                format!("unexpected file {name}"),
-                            )
-                        })?;
-                        rows.push((index, inseq_core::AttributionOutput::load(e.path())?));
-                    }
-                }
-            }
-            Self::Jsonl(path) => {
-                if !path.exists() {
-                    return Ok(rows);
-                }
-                let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    if let Some(row) = parse_line(line) {
-                        rows.push(row);
-                    }
-                }
-            }
-        }
-        rows.sort_by_key(|r| r.0);
-        Ok(rows)
+    /// The lock file beside the store: `out.jsonl.lock` or `out.lock` for a directory `out`.
+    pub fn lock_path(&self) -> PathBuf {
+        let path = self.path();
+        let name = path
+            .file_name()
+            .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+        path.with_file_name(format!("{name}.lock"))
     }
 
-    /// Row numbers already stored; for JSONL, also drops a trailing partial line.
+    /// Takes the store's write lock (an advisory `flock` on [`Self::lock_path`]), failing at once
+    /// when another process holds it. The lock file is left in place; it is the held lock, not
+    /// the file, that excludes a second writer, so a killed process leaves no stale lock.
+    pub fn lock(&self) -> Result<StoreLock> {
+        let lock_path = self.lock_path();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::InvalidInput(format!(
+                "{} is being written by another inseq process (it holds {}): wait for it to \
+                 finish, or save to another path",
+                self.path().display(),
+                lock_path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&lock_path, e)),
+        }
+    }
+
+    /// Every stored row, sorted by row number; an error listing every row that cannot be read
+    /// (a trailing JSONL line cut short by an interruption is not a row yet and is ignored).
+    pub fn read_all(&self) -> Result<Vec<(usize, inseq_core::AttributionOutput)>> {
+        let scan = self.scan()?;
+        unreadable_error(self.path(), &scan.unreadable)?;
+        Ok(scan.rows)
+    }
+
+    fn scan(&self) -> Result<StoreScan> {
+        let mut scan = match self {
+            Self::Dir(dir) if dir.exists() => scan_dir(dir)?,
+            Self::Jsonl(path) if path.exists() => {
+                scan_jsonl(path, &std::fs::read(path).map_err(|e| Error::io(path, e))?)
+            }
+            _ => StoreScan::default(),
+        };
+        scan.rows.sort_by_key(|r| r.0);
+        Ok(scan)
+    }
+
+    /// Row numbers already stored. Refuses a store with an unreadable row; for JSONL, drops a
+    /// trailing line cut short by an interrupted write (after checking every other line); for a
+    /// directory, removes the temporary files of a killed writer. Call it holding the lock.
     pub fn open(&self) -> Result<std::collections::BTreeSet<usize>> {
-        if let Self::Jsonl(path) = self
-            && path.exists()
-        {
-            let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let keep = complete_prefix_len(&text);
-            if keep < text.len() {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| Error::io(path, e))?;
-                f.set_len(keep as u64).map_err(|e| Error::io(path, e))?;
+        let scan = self.scan()?;
+        unreadable_error(self.path(), &scan.unreadable)?;
+        match self {
+            Self::Jsonl(path) => {
+                if let Some((_, offset)) = scan.partial_tail {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| Error::io(path, e))?;
+                    f.set_len(offset as u64).map_err(|e| Error::io(path, e))?;
+                }
+            }
+            Self::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                remove_stale_temp_files(dir)?;
             }
         }
-        if let Self::Dir(dir) = self {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        Ok(self.read_all()?.into_iter().map(|r| r.0).collect())
+        Ok(scan.rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Stores one row (atomically for directories; one flushed, synced line for JSONL).
@@ -459,14 +517,13 @@ impl OutputStore {
             Self::Dir(dir) => out.save(Self::row_file(dir, index)),
             Self::Jsonl(path) => {
                 use std::io::Write;
-                let line =
-                    serde_json::to_string(&serde_json::json!({ "row": index, "output": out }))?;
+                let line = jsonl_line(index, out)?;
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .map_err(|e| Error::io(path, e))?;
-                f.write_all(format!("{line}\n").as_bytes())
+                f.write_all(line.as_bytes())
                     .map_err(|e| Error::io(path, e))?;
                 f.sync_data().map_err(|e| Error::io(path, e))
             }
@@ -482,62 +539,172 @@ impl OutputStore {
                     .try_for_each(|(i, out)| out.save(Self::row_file(dir, *i)))
             }
             Self::Jsonl(path) => {
-                let mut text = String::new();
-                for (i, out) in rows {
-                    text.push_str(&serde_json::to_string(
-                        &serde_json::json!({ "row": i, "output": out }),
-                    )?);
-                    text.push('\n');
-                }
+                let text = rows
+                    .iter()
+                    .map(|(i, out)| jsonl_line(*i, out))
+                    .collect::<Result<String>>()?;
                 inseq_core::write_atomic(path, text.as_bytes())
             }
         }
     }
 }
 
-fn parse_line(line: &str) -> Option<(usize, inseq_core::AttributionOutput)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let index = v.get("row")?.as_u64()? as usize;
-    let out = serde_json::from_value(v.get("output")?.clone()).ok()?;
-    Some((index, out))
+/// One JSONL store line, newline included.
+fn jsonl_line(index: usize, out: &inseq_core::AttributionOutput) -> Result<String> {
+    let line = serde_json::to_string(&serde_json::json!({ "row": index, "output": out }))?;
+    Ok(format!("{line}\n"))
 }
 
-/// Length of the longest prefix of `text` made of complete, valid JSONL rows.
-fn complete_prefix_len(text: &[u8]) -> usize {
-    let mut keep = 0;
-    let mut start = 0;
-    for (i, &b) in text.iter().enumerate() {
-        if b == b'\n' {
-            let line = String::from_utf8_lossy(&text[start..i]);
-            if line.trim().is_empty() || parse_line(&line).is_some() {
-                keep = i + 1;
-                start = i + 1;
-            } else {
-                break;
-            }
+/// An error naming `store` and listing `unreadable`, or `Ok` when it is empty.
+fn unreadable_error(store: &Path, unreadable: &[String]) -> Result<()> {
+    if unreadable.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "{} stored row(s) of {} cannot be read:\n  {}\nNo row was changed. Repair or delete the \
+         listed lines or files (the other rows are kept) and run again.",
+        unreadable.len(),
+        store.display(),
+        unreadable.join("\n  ")
+    )))
+}
+
+/// Removes the `.row-N.json.PID.tmp` files a killed writer left (the caller holds the lock).
+fn remove_stale_temp_files(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".row-") && name.ends_with(".tmp") {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
         }
     }
-    keep
+    Ok(())
+}
+
+fn scan_dir(dir: &Path) -> Result<StoreScan> {
+    let mut scan = StoreScan::default();
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(n) = name
+            .strip_prefix("row-")
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let path = e.path();
+        let row = n
+            .parse::<usize>()
+            .map_err(|_| "not named row-NUMBER.json".to_string())
+            .and_then(|index| {
+                let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+                inseq_core::AttributionOutput::from_json(&text)
+                    .map(|out| (index, out))
+                    .map_err(|e| {
+                        if text.trim().is_empty() {
+                            "empty file".into()
+                        } else {
+                            e.to_string()
+                        }
+                    })
+            });
+        match row {
+            Ok(row) => scan.rows.push(row),
+            Err(reason) => scan
+                .unreadable
+                .push(format!("{}: {reason}", path.display())),
+        }
+    }
+    scan.unreadable.sort();
+    Ok(scan)
+}
+
+fn scan_jsonl(path: &Path, bytes: &[u8]) -> StoreScan {
+    let mut scan = StoreScan::default();
+    let mut offset = 0;
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let terminated = offset + line.len() < bytes.len();
+        let blank = line.iter().all(u8::is_ascii_whitespace);
+        if !blank {
+            match parse_line(line) {
+                Ok(row) => scan.rows.push(row),
+                Err(_) if !terminated => scan.partial_tail = Some((i + 1, offset)),
+                Err(reason) => {
+                    scan.unreadable
+                        .push(format!("{}: line {}: {reason}", path.display(), i + 1))
+                }
+            }
+        }
+        offset += line.len() + 1;
+    }
+    scan
+}
+
+fn parse_line(line: &[u8]) -> std::result::Result<(usize, inseq_core::AttributionOutput), String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let index = v
+        .get("row")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or("no `row` number")? as usize;
+    let output = v.get_mut("output").ok_or("no `output`")?.take();
+    let out = serde_json::from_value(output).map_err(|e| format!("invalid `output`: {e}"))?;
+    Ok((index, out))
 }
 
 /// Merges the stores `inputs` (e.g. one per shard) into `output`, sorted by row.
-/// The same row stored twice must hold the same result.
+///
+/// Every input must exist and be fully readable (a trailing line cut short counts as
+/// unreadable here), and the same row stored twice must hold the same result (`NaN` cells,
+/// the not-yet-generated positions, compare equal). All problems are reported together.
 pub fn merge(inputs: &[OutputStore], output: &OutputStore) -> Result<usize> {
-    let mut all: std::collections::BTreeMap<usize, inseq_core::AttributionOutput> =
-        Default::default();
+    let mut all: std::collections::BTreeMap<
+        usize,
+        (serde_json::Value, inseq_core::AttributionOutput),
+    > = Default::default();
+    let mut problems = Vec::new();
     for store in inputs {
-        for (i, out) in store.read_all()? {
-            if let Some(prev) = all.get(&i)
-                && prev != &out
-            {
-                return Err(Error::InvalidInput(format!(
-                    "row {i} is stored twice with different results"
-                )));
+        if !store.path().exists() {
+            problems.push(format!(
+                "{}: no such file or directory",
+                store.path().display()
+            ));
+            continue;
+        }
+        let mut scan = store.scan()?;
+        if let Some((line, _)) = scan.partial_tail {
+            let path = store.path().display();
+            scan.unreadable.push(format!(
+                "{path}: line {line}: cut short (an interrupted write)"
+            ));
+        }
+        problems.append(&mut scan.unreadable);
+        for (i, out) in scan.rows {
+            // Serialized, NaN cells are equal (a NaN never equals itself as a float).
+            let value = serde_json::to_value(&out)?;
+            match all.get(&i) {
+                Some((prev, _)) if prev != &value => {
+                    problems.push(format!("row {i} is stored twice with different results"))
+                }
+                _ => {
+                    all.insert(i, (value, out));
+                }
             }
-            all.insert(i, out);
         }
     }
-    let rows: Vec<_> = all.into_iter().collect();
+    if !problems.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "cannot merge, nothing was written:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    let rows: Vec<_> = all.into_iter().map(|(i, (_, out))| (i, out)).collect();
+    let _lock = output.lock()?;
     output.write_all(&rows)?;
     Ok(rows.len())
 }
@@ -575,6 +742,8 @@ pub struct DatasetJob {
 /// missing rows are written. Batching changes a row's numbers at the level of float rounding
 /// (padding and matrix shapes differ), so this is what makes a resumed run write the same bytes as
 /// an uninterrupted one with the same `batch_size`.
+///
+/// Holds the store's lock ([`OutputStore::lock`]) throughout: a second process is refused.
 pub fn attribute_dataset(
     model: &crate::AttributionModel,
     rows: &[DatasetRow],
@@ -584,6 +753,7 @@ pub fn attribute_dataset(
 ) -> Result<DatasetReport> {
     let (store, shard, on_error) = (&job.store, job.shard, job.on_error);
     let batch_size = job.batch_size.max(1);
+    let _lock = store.lock()?;
     let done = store.open()?;
     let mut report = DatasetReport::default();
     let mut valid = Vec::new();

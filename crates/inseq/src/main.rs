@@ -382,6 +382,22 @@ fn attribute(a: AttributeArgs) -> Result<()> {
             a.input.len()
         );
     }
+    let viz = a
+        .viz
+        .iter()
+        .map(|spec| VizOutput::parse(spec))
+        .collect::<Result<Vec<_>>>()?;
+    let pipeline = a
+        .aggregation
+        .as_deref()
+        .map(inseq::aggregation::Pipeline::parse)
+        .transpose()?;
+    for (flag, path) in [("--save", &a.save), ("--save-inseq", &a.save_inseq)] {
+        if let Some(path) = path {
+            check_output_file(flag, path)?;
+        }
+    }
+    let run_opts = a.run.options()?;
     let model = a.model.load()?;
     let opts = AttributeOptions {
         targets: (!a.target.is_empty()).then(|| a.target.clone()),
@@ -397,10 +413,15 @@ fn attribute(a: AttributeArgs) -> Result<()> {
                     .collect::<Result<Vec<_>, _>>()?,
             )
         },
-        ..a.run.options()?
+        ..run_opts
     };
     let inputs: Vec<&str> = a.input.iter().map(String::as_str).collect();
     let out = model.attribute(&inputs, &opts)?;
+    // Outputs are written only once everything they depend on has succeeded.
+    let shown = match &pipeline {
+        Some(p) => model.aggregate_with(&out, p)?,
+        None => inseq::aggregate(&out)?,
+    };
     if let Some(path) = &a.save {
         out.save(path)?;
         eprintln!("saved {}", path.display());
@@ -409,29 +430,9 @@ fn attribute(a: AttributeArgs) -> Result<()> {
         out.save_inseq(path, &Default::default())?;
         eprintln!("saved {} (Python Inseq format)", path.display());
     }
-    let shown = match &a.aggregation {
-        Some(p) => model.aggregate_with(&out, &inseq::aggregation::Pipeline::parse(p)?)?,
-        None => inseq::aggregate(&out)?,
-    };
-    for spec in &a.viz {
-        let (kind, path) = spec
-            .split_once(':')
-            .with_context(|| format!("--viz `{spec}`: expected html:PATH or svg:PATH"))?;
-        match kind {
-            "html" => inseq::viz::save_html(path, &shown.sequence_attributions)?,
-            "svg" => {
-                for (i, seq) in shown.sequence_attributions.iter().enumerate() {
-                    let p = if shown.sequence_attributions.len() == 1 {
-                        path.to_string()
-                    } else {
-                        numbered(path, i)
-                    };
-                    inseq::viz::save_svg(&p, seq)?;
-                }
-            }
-            other => bail!("--viz `{other}`: unknown kind (expected html or svg)"),
-        }
-        eprintln!("wrote {path}");
+    for v in &viz {
+        v.write(&shown.sequence_attributions)?;
+        eprintln!("wrote {}", v.path);
     }
     if !a.quiet {
         let color = !a.no_color
@@ -453,8 +454,81 @@ fn attribute(a: AttributeArgs) -> Result<()> {
     Ok(())
 }
 
+/// A `--viz KIND:PATH` output, checked before any model work.
+struct VizOutput {
+    /// `html` or `svg`.
+    kind: &'static str,
+    path: String,
+}
+
+impl VizOutput {
+    fn parse(spec: &str) -> Result<Self> {
+        let (kind, path) = spec
+            .split_once(':')
+            .with_context(|| format!("--viz `{spec}`: expected html:PATH or svg:PATH"))?;
+        let kind = match kind {
+            "html" => "html",
+            "svg" => "svg",
+            other => bail!("--viz `{spec}`: unknown kind `{other}` (expected html or svg)"),
+        };
+        check_output_file("--viz", std::path::Path::new(path))?;
+        Ok(Self {
+            kind,
+            path: path.to_string(),
+        })
+    }
+
+    fn write(&self, seqs: &[inseq::SequenceAttribution]) -> Result<()> {
+        if self.kind == "html" {
+            return Ok(inseq::viz::save_html(&self.path, seqs)?);
+        }
+        for (i, seq) in seqs.iter().enumerate() {
+            let p = if seqs.len() == 1 {
+                self.path.clone()
+            } else {
+                numbered(&self.path, i)
+            };
+            inseq::viz::save_svg(&p, seq)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless the folder `path` goes in exists.
+fn check_output_folder(flag: &str, path: &std::path::Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless `path` can be written as a file: its folder exists and it is not a folder.
+fn check_output_file(flag: &str, path: &std::path::Path) -> Result<()> {
+    check_output_folder(flag, path)?;
+    if path.is_dir() {
+        bail!(
+            "{flag} {}: is a folder, expected a file path",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn attribute_dataset(a: DatasetArgs) -> Result<()> {
     let split: SplitSpec = a.split.parse()?;
+    check_output_folder("--save", &a.save)?;
+    if let Some(path) = &a.viz_path {
+        check_output_file("--viz-path", path)?;
+    }
+    let run_opts = a.run.options()?;
     let job = DatasetJob {
         store: OutputStore::from_path(&a.save),
         shard: a.shard.as_deref().map(str::parse::<Shard>).transpose()?,
@@ -466,7 +540,7 @@ fn attribute_dataset(a: DatasetArgs) -> Result<()> {
     let model = a.model.load()?;
     let opts = AttributeOptions {
         show_progress: false,
-        ..a.run.options()?
+        ..run_opts
     };
     let total = rows
         .iter()

@@ -356,3 +356,38 @@ fn source_longer_than_context_for_encoder_decoder() {
     ]);
     assert_error(&out, "longer than the model's context");
 }
+
+/// Options are checked before any model work: a bad `--aggregation` or `--viz`, or a `--viz`
+/// folder that does not exist, fails without writing the `--save` file.
+#[test]
+fn bad_output_options_fail_before_saving() {
+    let dir = std::env::temp_dir().join(format!("inseq-cli-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let save = dir.join("out.json");
+    let cases = [
+        (["--aggregation", "words"], "words"),
+        (["--viz", "bogus:x"], "unknown kind `bogus`"),
+        (
+            ["--viz", "html:/missing/dir/x.html"],
+            "the folder /missing/dir does not exist",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec![
+            "attribute",
+            "--model",
+            "/nonexistent/model",
+            "--input",
+            "Hello",
+            "--save",
+            save.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = inseq(&args);
+        assert_error(&out, needle);
+        // checked before the model is loaded (its path does not exist)
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("missing model file"));
+        assert!(!save.exists(), "{extra:?} wrote --save");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -447,3 +447,243 @@ fn malformed_rows_are_reported_with_their_number() {
     assert!(stderr.contains("row 1: skipped: invalid UTF-8"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A finished reference store of `data` at `save`, returned as its bytes (JSONL).
+fn reference_store(data: &Path, save: &Path) -> Vec<u8> {
+    let out = run_dataset(data, save, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(save).unwrap()
+}
+
+fn stderr_of(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// A corrupt line in the middle of a JSONL store stops the resume with its path and line
+/// number; the file is left as it was (no valid row after it is deleted).
+#[test]
+fn corrupt_store_line_is_refused_and_no_row_is_lost() {
+    let dir = tmp("corrupt-store");
+    let data = dir.join("data.jsonl");
+    write_jsonl(&data);
+    let save = dir.join("out.jsonl");
+    let text = String::from_utf8(reference_store(&data, &save)).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[4] = "{\"row\": 4, \"output\": garbage";
+    let corrupt = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(&save, &corrupt).unwrap();
+    let out = run_dataset(&data, &save, &[]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: line 5: invalid JSON", save.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No row was changed"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&save).unwrap(), corrupt);
+    // an empty row file in a directory store is named
+    let store = dir.join("rows");
+    assert!(run_dataset(&data, &store, &[]).status.success());
+    std::fs::write(store.join("row-000003.json"), "").unwrap();
+    let out = run_dataset(&data, &store, &[]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}: empty file",
+            store.join("row-000003.json").display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(dir_files(&store).len(), 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// While one process holds a store, a second one is refused with a clear error and writes
+/// nothing; once the lock is released (here: dropped, as on exit or kill) the run goes ahead.
+#[test]
+fn second_writer_of_a_store_gets_a_lock_error() {
+    let dir = tmp("lock");
+    let data = dir.join("data.jsonl");
+    write_jsonl(&data);
+    let save = dir.join("out.jsonl");
+    let store = inseq::dataset::OutputStore::from_path(&save);
+    let lock = store.lock().unwrap();
+    let out = run_dataset(&data, &save, &[]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is being written by another inseq process")
+            && stderr.contains("out.jsonl.lock"),
+        "{stderr}"
+    );
+    assert!(!save.exists());
+    drop(lock);
+    // two processes at once: one wins, the other is refused; no row is stored twice
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_inseq"))
+            .args([
+                "attribute-dataset",
+                "--model",
+                &common::model_dir("tiny-gpt2"),
+                "--data",
+                data.to_str().unwrap(),
+                "--target-field",
+                "target",
+                "--save",
+                save.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert!(ok >= 1, "{} {}", stderr_of(&a), stderr_of(&b));
+    let lines = std::fs::read_to_string(&save).unwrap();
+    assert_eq!(lines.lines().count(), 20, "rows stored twice: {lines}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `merge`: the same store twice is fine (NaN cells compare equal); a missing input or an
+/// unreadable row fails, naming every problem, and writes nothing.
+#[test]
+fn merge_checks_its_inputs() {
+    let dir = tmp("merge-checks");
+    let data = dir.join("data.jsonl");
+    write_jsonl(&data);
+    let save = dir.join("out.jsonl");
+    let bytes = reference_store(&data, &save);
+    let merged = dir.join("merged.jsonl");
+    let merge = |inputs: &[&Path]| {
+        let mut args = vec!["merge".to_string()];
+        args.extend(inputs.iter().map(|p| p.to_string_lossy().into_owned()));
+        args.extend(["--output".into(), merged.to_string_lossy().into_owned()]);
+        Command::new(env!("CARGO_BIN_EXE_inseq"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let out = merge(&[save.as_path(), save.as_path()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(std::fs::read(&merged).unwrap(), bytes);
+    std::fs::remove_file(&merged).unwrap();
+    let missing = dir.join("missing.jsonl");
+    let out = merge(&[save.as_path(), missing.as_path()]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}: no such file", missing.display())),
+        "{stderr}"
+    );
+    let text = String::from_utf8(bytes).unwrap();
+    let mut lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
+    lines[2] = "not json\n".into();
+    lines[7] = "{\"row\": 7}\n".into();
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, lines.concat()).unwrap();
+    let out = merge(&[bad.as_path()]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("line 3: invalid JSON"), "{stderr}");
+    assert!(stderr.contains("line 8: no `output`"), "{stderr}");
+    assert!(!merged.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Wrong words: a misspelt `--input-field` names the field, the file and its fields; a garbage
+/// Parquet file is "not a Parquet dataset file"; an OS error is printed once.
+#[test]
+fn dataset_errors_say_what_is_wrong() {
+    let dir = tmp("words");
+    let data = dir.join("data.jsonl");
+    write_jsonl(&data);
+    let out = run_dataset(&data, &dir.join("o.jsonl"), &["--input-field", "txt"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("no row of {} has the field `txt`", data.display()))
+            && stderr.contains("id, target, text"),
+        "{stderr}"
+    );
+    let parquet = dir.join("garbage.parquet");
+    std::fs::write(&parquet, b"this is not parquet").unwrap();
+    let out = run_dataset(&parquet, &dir.join("o.jsonl"), &[]);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&format!(
+            "not a Parquet dataset file: {}",
+            parquet.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("model file"), "{stderr}");
+    let folder = dir.join("folder.jsonl");
+    std::fs::create_dir_all(&folder).unwrap();
+    let out = inseq(&[
+        "merge",
+        folder.to_str().unwrap(),
+        "--output",
+        dir.join("m.jsonl").to_str().unwrap(),
+    ]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Killed at ten seeded random moments (each run resuming the last), then finished: the JSONL
+/// and directory stores are byte-identical to an uninterrupted run.
+#[test]
+fn killed_ten_times_resumes_to_the_same_bytes() {
+    let dir = tmp("kill-ten");
+    let data = dir.join("data.jsonl");
+    write_jsonl(&data);
+    let model = common::model_dir("tiny-gpt2");
+    let command = |save: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_inseq"));
+        c.args(["attribute-dataset", "--model", &model, "--data"])
+            .arg(&data)
+            .args(["--target-field", "target", "--batch-size", "2", "--save"])
+            .arg(save)
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let mut seed: u64 = 19;
+    for (reference, resumed) in [("ref.jsonl", "run.jsonl"), ("ref", "run")] {
+        let (reference, resumed) = (dir.join(reference), dir.join(resumed));
+        let started = std::time::Instant::now();
+        assert!(command(&reference).status().unwrap().success());
+        let full_ms = started.elapsed().as_millis() as u64;
+        for _ in 0..10 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let delay = (seed >> 33) % full_ms.max(1);
+            let mut child = command(&resumed).spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        let out = command(&resumed).status().unwrap();
+        assert!(out.success());
+        if reference.is_dir() {
+            assert_eq!(dir_files(&reference), dir_files(&resumed));
+        } else {
+            assert_eq!(
+                std::fs::read(&reference).unwrap(),
+                std::fs::read(&resumed).unwrap()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
