@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod tolerance;
+
 /// The repository's `tests/fixtures` folder.
 pub fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))

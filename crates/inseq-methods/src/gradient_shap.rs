@@ -44,9 +44,10 @@ impl SplitMix64 {
     }
 }
 
-/// The most draws `gradient_shap` takes: all of them go through the model as one batch, so its
-/// memory grows with `n_samples × input length × hidden size × layers`.
-pub const MAX_SAMPLES: usize = 512;
+/// The most draws `gradient_shap` takes, the same bound on the work of one call as
+/// integrated gradients' `n_steps`. Its memory grows with `n_samples × input length × hidden size
+/// × layers` (no estimate is checked before work starts yet).
+pub const MAX_SAMPLES: usize = 10_000;
 
 /// GradientSHAP on the input embeddings, with Captum's and Inseq's defaults
 /// (`n_samples=5`, `stdevs=0.0`). For each of `n_samples` draws per batch row,
