@@ -390,14 +390,11 @@ impl AttributionModel {
         Ok(ids)
     }
 
+    /// The baseline token: Inseq's rule over the special tokens the tokenizer and config declare
+    /// ([`inseq_models::SpecialTokens::baseline`]: unk, else pad, else config pad, else the
+    /// first config eos); id 0 for a model that declares none of them.
     fn unk_id(&self) -> usize {
-        let t = &self.pretrained.tokenizer;
-        let info = self.model().info();
-        t.token_to_id("<unk>")
-            .or_else(|| t.token_to_id("[UNK]"))
-            .or(info.pad_token_id)
-            .or(info.eos_token_id)
-            .unwrap_or(0)
+        self.pretrained.special_tokens.baseline().unwrap_or(0)
     }
 
     /// Builds the sequence to attribute for one input; `record_attentions`: keep the
