@@ -84,8 +84,8 @@ pub struct BartConfig {
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<usize>,
-    /// End-of-sequence id.
-    #[serde(default)]
+    /// End-of-sequence id (the first, where the config lists several).
+    #[serde(default, deserialize_with = "crate::special_tokens::first_token_id")]
     pub eos_token_id: Option<usize>,
     /// Padding id.
     #[serde(default)]

@@ -7,7 +7,7 @@ use crate::model::{ForwardOptions, KvCache, LanguageModel, ModelInput, ModelKind
 use crate::nn::ids_tensor;
 
 /// Options for [`generate_greedy`], named as in Hugging Face `generate`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GenerationOptions {
     /// Upper bound on new tokens.
     pub max_new_tokens: usize,
@@ -19,6 +19,9 @@ pub struct GenerationOptions {
     /// Token forced as the first generated one when the sequence holds a single token
     /// (Hugging Face's `forced_bos_token_id`, the target language of mBART, M2M100 and NLLB).
     pub forced_bos_token_id: Option<usize>,
+    /// Tokens that end generation, any of them (Hugging Face's `eos_token_id`, one id or a list
+    /// as Llama 3 declares). Empty: the model's `eos_token_id`.
+    pub eos_token_ids: Vec<usize>,
     /// Hugging Face's `repetition_penalty` (1.0: off): the logits of tokens already in the
     /// sequence are divided by it when positive and multiplied by it when negative.
     pub repetition_penalty: f32,
@@ -43,6 +46,7 @@ impl Default for GenerationOptions {
             min_new_tokens: 0,
             forced_eos_token_id: None,
             forced_bos_token_id: None,
+            eos_token_ids: Vec::new(),
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
             do_sample: false,
@@ -135,6 +139,10 @@ fn generate(
     }
     options.validate()?;
     let mut sampler = options.do_sample.then_some(SplitMix64(options.seed));
+    let eos: Vec<usize> = match options.eos_token_ids.as_slice() {
+        [] => info.eos_token_id.into_iter().collect(),
+        list => list.to_vec(),
+    };
     let mut ids = prefix;
     let mut new = Vec::new();
     let source_embeds = match (model.kind(), source) {
@@ -188,14 +196,14 @@ fn generate(
                  epsilon, rope_theta)"
             )));
         }
-        process_logits(&mut logits, &ids, step, &options, info.eos_token_id);
+        process_logits(&mut logits, &ids, step, &options, &eos);
         let next = match sampler.as_mut() {
             Some(rng) => sample(&logits, rng)?,
             None => argmax(&logits),
         };
         ids.push(next);
         new.push(next);
-        if Some(next) == info.eos_token_id {
+        if eos.contains(&next) {
             break;
         }
     }
@@ -278,6 +286,16 @@ impl GenerationOptions {
                 "no_repeat_ngram_size" => self.no_repeat_ngram_size = uint()?,
                 "forced_bos_token_id" => self.forced_bos_token_id = token()?,
                 "forced_eos_token_id" => self.forced_eos_token_id = token()?,
+                "eos_token_id" => {
+                    self.eos_token_ids = match value {
+                        serde_json::Value::Null => Vec::new(),
+                        serde_json::Value::Array(items) => items
+                            .iter()
+                            .map(|v| v.as_u64().map(|v| v as usize).ok_or_else(bad))
+                            .collect::<Result<_>>()?,
+                        _ => vec![uint()?],
+                    }
+                }
                 "num_beams" if value.as_u64() == Some(1) => {}
                 _ => {
                     return Err(Error::Unsupported(format!(
@@ -326,7 +344,7 @@ fn process_logits(
     ids: &[usize],
     step: usize,
     options: &GenerationOptions,
-    eos: Option<usize>,
+    eos: &[usize],
 ) {
     if options.repetition_penalty != 1.0 {
         apply_repetition_penalty(logits, ids, options.repetition_penalty);
@@ -338,11 +356,12 @@ fn process_logits(
             }
         }
     }
-    if let Some(l) = eos
-        .filter(|_| step < options.min_new_tokens)
-        .and_then(|eos| logits.get_mut(eos))
-    {
-        *l = f32::NEG_INFINITY;
+    if step < options.min_new_tokens {
+        for &id in eos {
+            if let Some(l) = logits.get_mut(id) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
     }
     if let Some(bos) = options.forced_bos_token_id.filter(|_| ids.len() == 1) {
         force_token(logits, bos);

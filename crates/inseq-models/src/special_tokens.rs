@@ -167,3 +167,23 @@ fn corrupt(path: &Path, reason: String) -> Error {
         reason,
     }
 }
+
+/// Deserialises a config's `eos_token_id` given as one id or a list (Llama 3 lists several) into
+/// its first id: the model's end token; generation stops at any of the list
+/// ([`SpecialTokens::config_eos`], [`crate::GenerationOptions::eos_token_ids`]).
+pub(crate) fn first_token_id<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<usize>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(usize),
+        Many(Vec<usize>),
+    }
+    let value: Option<OneOrMany> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(match value {
+        None => None,
+        Some(OneOrMany::One(id)) => Some(id),
+        Some(OneOrMany::Many(ids)) => ids.first().copied(),
+    })
+}

@@ -78,8 +78,11 @@ pub struct T5Config {
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<usize>,
-    /// End-of-sequence id.
-    #[serde(default = "default_eos")]
+    /// End-of-sequence id (the first, where the config lists several).
+    #[serde(
+        default = "default_eos",
+        deserialize_with = "crate::special_tokens::first_token_id"
+    )]
     pub eos_token_id: Option<usize>,
     /// Padding id.
     #[serde(default = "default_pad")]

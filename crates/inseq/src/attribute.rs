@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
+use crate::AttributedSpan;
 use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{
     AttributedFn, AttributionMethod, ContrastInput, MethodArgs, MethodContext, MethodRegistry,
@@ -25,10 +26,16 @@ pub struct AttributeOptions {
     pub targets: Option<Vec<String>>,
     /// Greedy generation settings when no target is given.
     pub generation: GenerationOptions,
-    /// First target position to attribute (default: the first generated token).
-    pub attr_pos_start: Option<usize>,
-    /// One past the last target position to attribute (default: the end).
-    pub attr_pos_end: Option<usize>,
+    /// First target position to attribute (default: the first generated token; negative: counted
+    /// from the end). Inseq's rules, see [`AttributedSpan`]: for decoder-only models a start
+    /// inside the prompt is raised to the prompt length unless [`Self::attribute_prompt`].
+    pub attr_pos_start: Option<isize>,
+    /// One past the last target position to attribute (default: the end; negative: counted from
+    /// the end).
+    pub attr_pos_end: Option<isize>,
+    /// Decoder-only models: attribute the positions of the prompt from `attr_pos_start` on, as
+    /// if the model had generated them (Inseq always starts after the prompt). Off by default.
+    pub attribute_prompt: bool,
     /// Step functions to record at every step.
     pub step_scores: Vec<String>,
     /// Arguments of the step scores.
@@ -63,6 +70,7 @@ impl Default for AttributeOptions {
             generation: GenerationOptions::default(),
             attr_pos_start: None,
             attr_pos_end: None,
+            attribute_prompt: false,
             step_scores: vec![],
             step_scores_args: StepArgs::default(),
             attributed_fn: "probability".into(),
@@ -397,6 +405,17 @@ impl AttributionModel {
         self.pretrained.special_tokens.baseline().unwrap_or(0)
     }
 
+    /// The tokens that end generation, as `transformers` takes them: `generation_config.json`'s
+    /// `eos_token_id` (one id or a list), else `config.json`'s (GGUF: the metadata's eos id).
+    pub fn end_token_ids(&self) -> Vec<usize> {
+        let special = &self.pretrained.special_tokens;
+        match (&special.generation_eos, &special.config_eos) {
+            (generation, _) if !generation.is_empty() => generation.clone(),
+            (_, config) if !config.is_empty() => config.clone(),
+            _ => self.model().info().eos_token_id.into_iter().collect(),
+        }
+    }
+
     /// Builds the sequence to attribute for one input; `record_attentions`: keep the
     /// self-attention weights of generation (see [`generate_greedy_recording`]).
     fn prepare_row(
@@ -442,9 +461,12 @@ impl AttributionModel {
                         "must be at least 1 when no target is given",
                     ));
                 }
-                let mut generation = opts.generation;
+                let mut generation = opts.generation.clone();
                 // One sampler per row, so that a row's tokens do not depend on its batch.
                 generation.seed = row_seed(generation.seed, index);
+                if generation.eos_token_ids.is_empty() {
+                    generation.eos_token_ids = self.end_token_ids();
+                }
                 if generation.forced_eos_token_id.is_none() {
                     generation.forced_eos_token_id = self
                         .pretrained
@@ -496,18 +518,15 @@ impl AttributionModel {
                 max: info.max_positions,
             });
         }
-        let default_start = prefix.len();
-        let start = opts.attr_pos_start.unwrap_or(default_start).max(1);
-        let end = opts
-            .attr_pos_end
-            .unwrap_or(target_ids.len())
-            .min(target_ids.len());
-        if start >= end {
-            return Err(Error::InvalidInput(format!(
-                "nothing to attribute: attr_pos_start {start} >= attr_pos_end {end} (target has {} tokens)",
-                target_ids.len()
-            )));
+        let (start, end) = AttributedSpan {
+            len: target_ids.len(),
+            prefix_len: prefix.len(),
+            decoder_only: self.model().kind() == ModelKind::DecoderOnly,
+            start: opts.attr_pos_start,
+            end: opts.attr_pos_end,
+            prompt_positions: opts.attribute_prompt,
         }
+        .resolve()?;
         let contrast = self.prepare_contrast(index, &target_ids, start, end, opts)?;
         Ok(Row {
             source_ids,

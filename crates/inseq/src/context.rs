@@ -626,9 +626,12 @@ fn generate_text(
     model: &AttributionModel,
     source: Option<&[usize]>,
     prefix: &[usize],
-    generation: GenerationOptions,
+    mut generation: GenerationOptions,
     specials: &Specials,
 ) -> Result<String> {
+    if generation.eos_token_ids.is_empty() {
+        generation.eos_token_ids = model.end_token_ids();
+    }
     let new = generate_greedy(model.model(), source, prefix, generation)?;
     let kept: Vec<usize> = new.into_iter().filter(|&t| !specials.dropped(t)).collect();
     model.tokenizer().decode(&kept, false)
@@ -681,7 +684,7 @@ fn prepare_outputs(
             let ctx_prefix = before_current.trim().replace("{context}", ctx);
             let (prompt, _) = concat_with_sep(input_full, &ctx_prefix, sep);
             let ids = tok.encode(prompt.trim_end_matches(' '), true)?;
-            generate_text(model, None, &ids, args.generation, specials)?
+            generate_text(model, None, &ids, args.generation.clone(), specials)?
         }
         (Some(ctx), ModelKind::EncoderDecoder) => {
             let ctx_prefix = before_current.trim().replace("{context}", ctx);
@@ -691,17 +694,17 @@ fn prepare_outputs(
                 model,
                 source_ids.as_deref(),
                 &dec,
-                args.generation,
+                args.generation.clone(),
                 specials,
             )?
         }
         (None, ModelKind::DecoderOnly) => {
             let (prompt, _) = concat_with_sep(input_full, "", sep);
             let ids = tok.encode(prompt.trim_end_matches(' '), true)?;
-            generate_text(model, None, &ids, args.generation, specials)?
+            generate_text(model, None, &ids, args.generation.clone(), specials)?
         }
         (None, ModelKind::EncoderDecoder) => {
-            generate_text(model, source_ids.as_deref(), &[], args.generation, specials)?
+            generate_text(model, source_ids.as_deref(), &[], args.generation.clone(), specials)?
         }
     };
     let mut generated = generated.trim_start().to_string();
@@ -942,8 +945,8 @@ pub fn attribute_context_with(
         &[cti_input.as_str()],
         &AttributeOptions {
             targets: Some(vec![ctxless_target_text.clone()]),
-            attr_pos_start: Some(start),
-            attr_pos_end: Some(end),
+            attr_pos_start: Some(start as isize),
+            attr_pos_end: Some(end as isize),
             step_scores: vec![args.context_sensitivity_metric.clone()],
             contrast_targets: Some(vec![ctx_target_text.clone()]),
             contrast_sources: enc_dec.then(|| vec![input_full.text.clone()]),
@@ -988,8 +991,8 @@ pub fn attribute_context_with(
         let mut opts = AttributeOptions {
             targets: Some(vec![ctx_target_text.clone()]),
             attributed_fn: args.attributed_fn.clone(),
-            attr_pos_start: Some(ctx_pos),
-            attr_pos_end: Some(ctx_pos + 1),
+            attr_pos_start: Some(ctx_pos as isize),
+            attr_pos_end: Some(ctx_pos as isize + 1),
             attribute_target: enc_dec && r.has_output_context,
             ..Default::default()
         };

@@ -23,11 +23,13 @@ pub mod context;
 pub mod dataset;
 mod device;
 pub mod parity;
+mod positions;
 
 pub use attribute::{
     AttributeOptions, AttributionModel, ContrastAlignment, SharedMethod, load_model,
 };
 pub use device::{DEVICE_NAMES, default_device, parse_device};
+pub use positions::AttributedSpan;
 pub use inseq_aggregate as aggregation;
 pub use inseq_core as core;
 pub use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};

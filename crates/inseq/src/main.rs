@@ -92,12 +92,17 @@ struct RunArgs {
     /// Encoder-decoder models: also attribute the target prefix.
     #[arg(long)]
     attribute_target: bool,
-    /// First target position to attribute.
+    /// First target position to attribute (negative: from the end). Decoder-only models start
+    /// after the prompt at the earliest, as in Inseq, unless --attribute-prompt.
+    #[arg(long, allow_negative_numbers = true)]
+    attr_pos_start: Option<isize>,
+    /// One past the last target position to attribute (negative: from the end).
+    #[arg(long, allow_negative_numbers = true)]
+    attr_pos_end: Option<isize>,
+    /// Decoder-only models: attribute prompt positions from --attr-pos-start on, as if
+    /// generated (Inseq always starts after the prompt).
     #[arg(long)]
-    attr_pos_start: Option<usize>,
-    /// One past the last target position to attribute.
-    #[arg(long)]
-    attr_pos_end: Option<usize>,
+    attribute_prompt: bool,
     /// Reproduce Python Inseq 0.7.1's numbers where they are wrong (Marian's double embedding
     /// scale; a generated continuation decoded and re-tokenised before it is attributed).
     #[arg(long)]
@@ -152,6 +157,7 @@ impl RunArgs {
             generation: self.generation()?,
             attr_pos_start: self.attr_pos_start,
             attr_pos_end: self.attr_pos_end,
+            attribute_prompt: self.attribute_prompt,
             step_scores: self
                 .step_scores
                 .iter()

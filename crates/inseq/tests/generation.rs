@@ -126,3 +126,62 @@ fn smollm2_attributes_exactly_the_generated_steps() {
         assert_eq!(out.sequence_attributions[0].n_steps(), n);
     }
 }
+
+/// The generated token ids of `input` on the model in `dir` (greedy, at most 8 new tokens).
+fn generated_ids(dir: &std::path::Path, input: &str) -> Vec<i64> {
+    let device = burn::tensor::Device::flex();
+    let model = load_model(dir.to_str().unwrap(), "dummy", MethodArgs::default(), &device).unwrap();
+    let opts = AttributeOptions {
+        generation: GenerationOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let out = model.attribute(&[input], &opts).unwrap();
+    let seq = &out.sequence_attributions[0];
+    seq.target[seq.attr_pos_start..].iter().map(|t| t.id).collect()
+}
+
+/// A copy of tiny-llama whose `config.json` (and, if given, `generation_config.json`) declare
+/// `eos_token_id` as a list, as Llama 3 does.
+fn llama_with_eos(name: &str, config_eos: &[i64], generation_eos: Option<&[i64]>) -> std::path::PathBuf {
+    let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
+    let dir = std::env::temp_dir().join(format!("inseq-eos-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let set = |file: &str, ids: &[i64]| {
+        let path = dir.join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["eos_token_id"] = serde_json::json!(ids);
+        std::fs::write(&path, v.to_string()).unwrap();
+    };
+    set("config.json", config_eos);
+    if let Some(ids) = generation_eos {
+        set("generation_config.json", ids);
+    } else {
+        std::fs::remove_file(dir.join("generation_config.json")).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn generation_stops_at_any_of_several_end_tokens() {
+    let input = "Hello ladies and";
+    let free = generated_ids(&llama_with_eos("free", &[2], None), input);
+    assert!(free.len() >= 4, "{free:?}");
+    // The third generated token declared an end token (second in the list): generation stops
+    // after it, whatever its position in the list.
+    let until = |t: i64| &free[..=free.iter().position(|&x| x == t).unwrap()];
+    let third = free[2];
+    let dir = llama_with_eos("config", &[2, third], None);
+    assert_eq!(generated_ids(&dir, input), until(third));
+    // generation_config.json's list takes precedence over config.json's, as in transformers.
+    let second = free[1];
+    let dir = llama_with_eos("generation", &[2, third], Some(&[second, 2]));
+    assert_eq!(generated_ids(&dir, input), until(second));
+}
