@@ -217,7 +217,8 @@ fn recorded_generation_attentions_match_full_forward() {
             min_new_tokens: 4,
             ..Default::default()
         };
-        let (new, recorded) = generate_greedy_recording(model, None, &prompt, options.clone()).unwrap();
+        let (new, recorded) =
+            generate_greedy_recording(model, None, &prompt, options.clone()).unwrap();
         assert_eq!(new, generate_greedy(model, None, &prompt, options).unwrap());
         let recorded = recorded.expect("decoder-only models with a cache record attentions");
         assert_eq!(recorded.ids, [&prompt[..], &new[..3]].concat());

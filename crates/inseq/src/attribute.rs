@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor};
 use crate::AttributedSpan;
+use burn::tensor::{Device, Tensor};
 use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{
     AttributedFn, AttributionMethod, ContrastInput, MethodArgs, MethodContext, MethodRegistry,

@@ -703,9 +703,13 @@ fn prepare_outputs(
             let ids = tok.encode(prompt.trim_end_matches(' '), true)?;
             generate_text(model, None, &ids, args.generation.clone(), specials)?
         }
-        (None, ModelKind::EncoderDecoder) => {
-            generate_text(model, source_ids.as_deref(), &[], args.generation.clone(), specials)?
-        }
+        (None, ModelKind::EncoderDecoder) => generate_text(
+            model,
+            source_ids.as_deref(),
+            &[],
+            args.generation.clone(),
+            specials,
+        )?,
     };
     let mut generated = generated.trim_start().to_string();
     let prefix = prefix.trim_start();

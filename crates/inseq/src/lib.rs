@@ -29,7 +29,6 @@ pub use attribute::{
     AttributeOptions, AttributionModel, ContrastAlignment, SharedMethod, load_model,
 };
 pub use device::{DEVICE_NAMES, default_device, parse_device};
-pub use positions::AttributedSpan;
 pub use inseq_aggregate as aggregation;
 pub use inseq_core as core;
 pub use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
@@ -40,6 +39,7 @@ pub use inseq_models::GenerationOptions;
 pub use inseq_steps as steps;
 pub use inseq_steps::{StepArgs, StepRegistry};
 pub use inseq_viz as viz;
+pub use positions::AttributedSpan;
 
 /// Applies Inseq's default aggregation to every sequence of `out`: for
 /// gradient methods the L2 norm over the hidden dimension, then normalisation

@@ -49,7 +49,10 @@ impl AttributedSpan {
             match p {
                 p if p < -len => Err(Error::invalid_arg(
                     name,
-                    format!("{p} is before the start of the target ({} tokens)", self.len),
+                    format!(
+                        "{p} is before the start of the target ({} tokens)",
+                        self.len
+                    ),
                 )),
                 p if p < 0 => Ok(len + p),
                 p => Ok(p),
@@ -99,7 +102,8 @@ mod tests {
     /// Each case against what Inseq 0.7.1's code gives for the same arguments.
     #[test]
     fn matches_inseq_rules() {
-        let cases: [(bool, Option<isize>, Option<isize>, Option<(usize, usize)>); 14] = [
+        type Case = (bool, Option<isize>, Option<isize>, Option<(usize, usize)>);
+        let cases: [Case; 14] = [
             (true, None, None, Some((4, 10))),
             (true, Some(2), None, Some((4, 10))),
             (true, Some(-3), None, Some((4, 10))), // Inseq clamps before resolving negatives
@@ -117,7 +121,10 @@ mod tests {
         ];
         for (decoder_only, start, end, want) in cases {
             let got = span(decoder_only, start, end).resolve().ok();
-            assert_eq!(got, want, "decoder_only {decoder_only}, start {start:?}, end {end:?}");
+            assert_eq!(
+                got, want,
+                "decoder_only {decoder_only}, start {start:?}, end {end:?}"
+            );
         }
     }
 

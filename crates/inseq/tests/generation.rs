@@ -130,7 +130,13 @@ fn smollm2_attributes_exactly_the_generated_steps() {
 /// The generated token ids of `input` on the model in `dir` (greedy, at most 8 new tokens).
 fn generated_ids(dir: &std::path::Path, input: &str) -> Vec<i64> {
     let device = burn::tensor::Device::flex();
-    let model = load_model(dir.to_str().unwrap(), "dummy", MethodArgs::default(), &device).unwrap();
+    let model = load_model(
+        dir.to_str().unwrap(),
+        "dummy",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
     let opts = AttributeOptions {
         generation: GenerationOptions {
             max_new_tokens: 8,
@@ -140,12 +146,19 @@ fn generated_ids(dir: &std::path::Path, input: &str) -> Vec<i64> {
     };
     let out = model.attribute(&[input], &opts).unwrap();
     let seq = &out.sequence_attributions[0];
-    seq.target[seq.attr_pos_start..].iter().map(|t| t.id).collect()
+    seq.target[seq.attr_pos_start..]
+        .iter()
+        .map(|t| t.id)
+        .collect()
 }
 
 /// A copy of tiny-llama whose `config.json` (and, if given, `generation_config.json`) declare
 /// `eos_token_id` as a list, as Llama 3 does.
-fn llama_with_eos(name: &str, config_eos: &[i64], generation_eos: Option<&[i64]>) -> std::path::PathBuf {
+fn llama_with_eos(
+    name: &str,
+    config_eos: &[i64],
+    generation_eos: Option<&[i64]>,
+) -> std::path::PathBuf {
     let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
     let dir = std::env::temp_dir().join(format!("inseq-eos-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

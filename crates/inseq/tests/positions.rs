@@ -11,8 +11,17 @@ const TARGET: &str = "Hello ladies and gentlemen, welcome to the show";
 
 fn attribute(model: &str, opts: AttributeOptions) -> inseq::Result<AttributionOutput> {
     let device = burn::tensor::Device::flex();
-    let m = load_model(&common::model_dir(model), "saliency", MethodArgs::default(), &device)?;
-    let target = if model == "tiny-marian" { "gentlemen, welcome" } else { TARGET };
+    let m = load_model(
+        &common::model_dir(model),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )?;
+    let target = if model == "tiny-marian" {
+        "gentlemen, welcome"
+    } else {
+        TARGET
+    };
     m.attribute(
         &[INPUT],
         &AttributeOptions {
@@ -92,8 +101,14 @@ fn prompt_positions_only_on_request() {
     assert_eq!(span(&out), (1, len));
     // The steps after the prompt are those of the default run.
     let (all, generated) = (
-        out.sequence_attributions[0].target_attributions.as_ref().unwrap(),
-        default.sequence_attributions[0].target_attributions.as_ref().unwrap(),
+        out.sequence_attributions[0]
+            .target_attributions
+            .as_ref()
+            .unwrap(),
+        default.sequence_attributions[0]
+            .target_attributions
+            .as_ref()
+            .unwrap(),
     );
     // Raw layout [position, step, hidden...].
     let (steps, gen_steps) = (all.shape()[1], generated.shape()[1]);
@@ -102,7 +117,11 @@ fn prompt_positions_only_on_request() {
     // The steps run in other batches (other padding, so other summation orders): they agree to
     // the relative error of a reordered forward and backward pass, far below 1e-4 of the scale.
     let rest: usize = generated.shape()[2..].iter().product();
-    let scale = generated.data().iter().filter(|x| !x.is_nan()).fold(0f32, |m, x| m.max(x.abs()));
+    let scale = generated
+        .data()
+        .iter()
+        .filter(|x| !x.is_nan())
+        .fold(0f32, |m, x| m.max(x.abs()));
     for (i, x) in generated.data().iter().enumerate() {
         let (row, col, k) = (i / rest / gen_steps, i / rest % gen_steps, i % rest);
         let y = all.data()[(row * steps + col + prompt - 1) * rest + k];
