@@ -3,6 +3,7 @@
 use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
 
+use crate::beam::{BeamHypothesis, BeamModel, EarlyStopping};
 use crate::model::{ForwardOptions, KvCache, LanguageModel, ModelInput, ModelKind};
 use crate::nn::ids_tensor;
 
@@ -13,6 +14,14 @@ pub struct GenerationOptions {
     pub max_new_tokens: usize,
     /// End-of-sequence is suppressed until this many tokens were generated.
     pub min_new_tokens: usize,
+    /// End-of-sequence is suppressed while the sequence (the prompt of a decoder-only model
+    /// included, the decoder start token of an encoder-decoder one) is shorter than this
+    /// (Hugging Face's `min_length`; 0: off).
+    pub min_length: usize,
+    /// Token sequences never generated (Hugging Face's `bad_words_ids`; Marian bans its pad
+    /// token this way): a one-token entry bans that token, a longer one bans its last token
+    /// after the others. Entries that are an end token alone are ignored, as in `transformers`.
+    pub bad_words_ids: Vec<Vec<usize>>,
     /// Token forced as the last one when `max_new_tokens` is reached
     /// (Hugging Face's `forced_eos_token_id`, set by BART and Marian configs).
     pub forced_eos_token_id: Option<usize>,
@@ -37,6 +46,14 @@ pub struct GenerationOptions {
     pub top_k: usize,
     /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1.0: off).
     pub top_p: f32,
+    /// Beams of beam search (1: greedy decoding or sampling).
+    pub num_beams: usize,
+    /// Beam search: finished hypotheses score `sum_logprobs / generated_len^length_penalty`.
+    pub length_penalty: f32,
+    /// Beam search: when to stop once `num_beams` hypotheses are finished.
+    pub early_stopping: EarlyStopping,
+    /// Beam search: how many of the best hypotheses [`beam_search`] returns.
+    pub num_return_sequences: usize,
 }
 
 impl Default for GenerationOptions {
@@ -44,6 +61,8 @@ impl Default for GenerationOptions {
         Self {
             max_new_tokens: 20,
             min_new_tokens: 0,
+            min_length: 0,
+            bad_words_ids: Vec::new(),
             forced_eos_token_id: None,
             forced_bos_token_id: None,
             eos_token_ids: Vec::new(),
@@ -54,6 +73,10 @@ impl Default for GenerationOptions {
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+            num_return_sequences: 1,
         }
     }
 }
@@ -69,7 +92,8 @@ pub struct RecordedAttentions {
     pub weights: Vec<Tensor<4>>,
 }
 
-/// Decodes greedily, or samples with `options.do_sample`, after Hugging Face's logits processors. `prefix` is the prompt (or, for encoder-decoder models, the
+/// Decodes greedily, samples with `options.do_sample`, or runs beam search with
+/// `options.num_beams > 1` (see [`beam_search`]), after Hugging Face's logits processors. `prefix` is the prompt (or, for encoder-decoder models, the
 /// decoder prefix starting with the decoder start token; empty means just the
 /// decoder start token) and `source` the encoder input (encoder-decoder only).
 /// Returns only the new token ids (the end-of-sequence token included when it
@@ -107,6 +131,109 @@ pub fn generate_greedy_recording(
     generate(model, source, prefix, options, true)
 }
 
+/// [`generate_greedy`] with `options.num_beams > 1`, returning the
+/// `options.num_return_sequences` best hypotheses, best first (Hugging Face's beam search).
+///
+/// ```
+/// # use inseq_models::{beam_search, GenerationOptions, load_pretrained};
+/// # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-gpt2");
+/// # if !std::path::Path::new(dir).exists() { return; }
+/// let m = load_pretrained(dir, &burn::tensor::Device::default()).unwrap();
+/// let options = GenerationOptions {
+///     max_new_tokens: 4,
+///     num_beams: 3,
+///     num_return_sequences: 2,
+///     ..Default::default()
+/// };
+/// let best = beam_search(m.model.as_ref(), None, &[1, 2], options).unwrap();
+/// assert_eq!(best.len(), 2);
+/// assert!(best[0].score >= best[1].score);
+/// ```
+pub fn beam_search(
+    model: &dyn LanguageModel,
+    source: Option<&[usize]>,
+    prefix: &[usize],
+    options: GenerationOptions,
+) -> Result<Vec<BeamHypothesis>> {
+    let start = Start::new(model, source, prefix, &options)?;
+    // As greedy decoding: no pass over more than `max_positions` tokens.
+    let room = (model.info().max_positions + 1).saturating_sub(start.prefix.len());
+    let options = GenerationOptions {
+        max_new_tokens: options.max_new_tokens.min(room),
+        ..options
+    };
+    let stepper = BeamModel {
+        model,
+        source: start
+            .source_embeds
+            .map(|e| (e, source.map_or(0, <[usize]>::len))),
+        cache: model.supports_kv_cache().then(KvCache::default),
+    };
+    crate::beam::beam_search(&stepper, start.prefix, &options, &start.eos)
+}
+
+/// What every decoding strategy starts from: the checked prefix, the end tokens and the
+/// encoder input.
+struct Start {
+    prefix: Vec<usize>,
+    eos: Vec<usize>,
+    source_embeds: Option<Tensor<3>>,
+}
+
+impl Start {
+    fn new(
+        model: &dyn LanguageModel,
+        source: Option<&[usize]>,
+        prefix: &[usize],
+        options: &GenerationOptions,
+    ) -> Result<Self> {
+        let info = model.info();
+        // Encoder-decoder models start from the decoder start token when no prefix is given.
+        let prefix: Vec<usize> =
+            match (prefix.is_empty(), model.kind(), info.decoder_start_token_id) {
+                (true, ModelKind::EncoderDecoder, Some(start)) => vec![start],
+                _ => prefix.to_vec(),
+            };
+        if prefix.is_empty() {
+            return Err(Error::InvalidInput(
+                "generation needs at least one prefix token".into(),
+            ));
+        }
+        if let Some(&bad) = prefix.iter().find(|&&t| t >= info.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                info.vocab_size
+            )));
+        }
+        options.validate()?;
+        let eos: Vec<usize> = match options.eos_token_ids.as_slice() {
+            [] => info.eos_token_id.into_iter().collect(),
+            list => list.to_vec(),
+        };
+        let source_embeds = match (model.kind(), source) {
+            (ModelKind::EncoderDecoder, Some([])) => {
+                return Err(Error::InvalidInput(
+                    "encoder-decoder generation needs a non-empty source".into(),
+                ));
+            }
+            (ModelKind::EncoderDecoder, Some(src)) => {
+                Some(model.embed_source(ids_tensor(&[src.to_vec()], model.device())))
+            }
+            (ModelKind::EncoderDecoder, None) => {
+                return Err(Error::InvalidInput(
+                    "encoder-decoder generation needs a source".into(),
+                ));
+            }
+            _ => None,
+        };
+        Ok(Self {
+            prefix,
+            eos,
+            source_embeds,
+        })
+    }
+}
+
 fn generate(
     model: &dyn LanguageModel,
     source: Option<&[usize]>,
@@ -114,48 +241,23 @@ fn generate(
     options: GenerationOptions,
     record: bool,
 ) -> Result<(Vec<usize>, Option<RecordedAttentions>)> {
+    if options.num_beams > 1 {
+        let best = beam_search(model, source, prefix, options)?;
+        return Ok((
+            best.into_iter().next().map(|h| h.ids).unwrap_or_default(),
+            None,
+        ));
+    }
     let info = model.info();
     let device = model.device();
-    // Encoder-decoder models start from the decoder start token when no prefix is given.
-    let prefix: Vec<usize> = match (prefix.is_empty(), model.kind(), info.decoder_start_token_id) {
-        (true, ModelKind::EncoderDecoder, Some(start)) => vec![start],
-        _ => prefix.to_vec(),
-    };
-    if prefix.is_empty() {
-        return Err(Error::InvalidInput(
-            "generation needs at least one prefix token".into(),
-        ));
-    }
-    if let Some(&bad) = prefix.iter().find(|&&t| t >= info.vocab_size) {
-        return Err(Error::InvalidInput(format!(
-            "token id {bad} is outside the vocabulary of {} tokens",
-            info.vocab_size
-        )));
-    }
-    if model.kind() == ModelKind::EncoderDecoder && source.is_some_and(<[usize]>::is_empty) {
-        return Err(Error::InvalidInput(
-            "encoder-decoder generation needs a non-empty source".into(),
-        ));
-    }
-    options.validate()?;
+    let Start {
+        prefix,
+        eos,
+        source_embeds,
+    } = Start::new(model, source, prefix, &options)?;
     let mut sampler = options.do_sample.then_some(SplitMix64(options.seed));
-    let eos: Vec<usize> = match options.eos_token_ids.as_slice() {
-        [] => info.eos_token_id.into_iter().collect(),
-        list => list.to_vec(),
-    };
     let mut ids = prefix;
     let mut new = Vec::new();
-    let source_embeds = match (model.kind(), source) {
-        (ModelKind::EncoderDecoder, Some(src)) => {
-            Some(model.embed_source(ids_tensor(&[src.to_vec()], device)))
-        }
-        (ModelKind::EncoderDecoder, None) => {
-            return Err(Error::InvalidInput(
-                "encoder-decoder generation needs a source".into(),
-            ));
-        }
-        _ => None,
-    };
     // Incremental decoding where the model supports it: each step feeds only the new tokens.
     let cache = model.supports_kv_cache().then(KvCache::default);
     let record = record && cache.is_some() && model.kind() == ModelKind::DecoderOnly;
@@ -256,8 +358,7 @@ fn argmax(values: &[f32]) -> usize {
 impl GenerationOptions {
     /// Sets the fields named in `args`, a JSON object with Hugging Face `generate`'s keys (as
     /// Inseq's `generation_args`). `origin` names where `args` come from, for errors. Keys this
-    /// crate does not implement are errors; `num_beams` may only be 1 (beam search is not
-    /// implemented) and `seed` is this crate's sampler seed.
+    /// crate does not implement are errors; `seed` is this crate's sampler seed.
     pub fn update_from_json(
         &mut self,
         args: &serde_json::Map<String, serde_json::Value>,
@@ -277,6 +378,24 @@ impl GenerationOptions {
             match key.as_str() {
                 "max_new_tokens" => self.max_new_tokens = uint()?,
                 "min_new_tokens" => self.min_new_tokens = uint()?,
+                "min_length" => self.min_length = uint()?,
+                "bad_words_ids" => {
+                    self.bad_words_ids = match value {
+                        serde_json::Value::Null => Vec::new(),
+                        serde_json::Value::Array(seqs) => seqs
+                            .iter()
+                            .map(|seq| {
+                                seq.as_array()
+                                    .filter(|ids| !ids.is_empty())
+                                    .ok_or_else(bad)?
+                                    .iter()
+                                    .map(|v| v.as_u64().map(|v| v as usize).ok_or_else(bad))
+                                    .collect::<Result<Vec<_>>>()
+                            })
+                            .collect::<Result<_>>()?,
+                        _ => return Err(bad()),
+                    }
+                }
                 "do_sample" => self.do_sample = value.as_bool().ok_or_else(bad)?,
                 "seed" => self.seed = value.as_u64().ok_or_else(bad)?,
                 "temperature" => self.temperature = float()?,
@@ -296,7 +415,17 @@ impl GenerationOptions {
                         _ => vec![uint()?],
                     }
                 }
-                "num_beams" if value.as_u64() == Some(1) => {}
+                "num_beams" => self.num_beams = uint()?,
+                "length_penalty" => self.length_penalty = float()?,
+                "num_return_sequences" => self.num_return_sequences = uint()?,
+                "early_stopping" => {
+                    self.early_stopping = match value {
+                        serde_json::Value::Bool(false) => EarlyStopping::Heuristic,
+                        serde_json::Value::Bool(true) => EarlyStopping::Done,
+                        serde_json::Value::String(s) if s == "never" => EarlyStopping::Never,
+                        _ => return Err(bad()),
+                    }
+                }
                 _ => {
                     return Err(Error::Unsupported(format!(
                         "{origin}: generation argument `{key}` = {value} is not implemented"
@@ -330,16 +459,29 @@ impl GenerationOptions {
             self.top_p > 0.0 && self.top_p <= 1.0,
             "top_p",
             "must be in (0, 1]",
-        )
+        )?;
+        check(self.num_beams >= 1, "num_beams", "must be at least 1")?;
+        check(
+            self.num_return_sequences >= 1 && self.num_return_sequences <= self.num_beams,
+            "num_return_sequences",
+            "must be between 1 and num_beams (several sequences come from beam search only)",
+        )?;
+        if self.do_sample && self.num_beams > 1 {
+            return Err(Error::Unsupported(
+                "beam sampling (do_sample with num_beams > 1) is not implemented".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
 /// Hugging Face `generate`'s logits processors, in the order `_get_logits_processor` builds
-/// them: repetition penalty, no-repeat n-gram, min new tokens, forced BOS, forced EOS, then
+/// them: repetition penalty, no-repeat n-gram, bad words, min length, min new tokens, forced BOS,
+/// forced EOS, then
 /// (sampling only) temperature, top-k and top-p. `ids` is the sequence so far (the prompt for
 /// decoder-only models, the decoder prefix for encoder-decoder ones) and `step` the number of
 /// tokens generated.
-fn process_logits(
+pub(crate) fn process_logits(
     logits: &mut [f32],
     ids: &[usize],
     step: usize,
@@ -356,7 +498,12 @@ fn process_logits(
             }
         }
     }
-    if step < options.min_new_tokens {
+    for banned in banned_words(ids, &options.bad_words_ids, eos) {
+        if let Some(l) = logits.get_mut(banned) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    if step < options.min_new_tokens || ids.len() < options.min_length {
         for &id in eos {
             if let Some(l) = logits.get_mut(id) {
                 *l = f32::NEG_INFINITY;
@@ -414,6 +561,19 @@ fn banned_ngram_tokens(ids: &[usize], n: usize) -> Vec<usize> {
     ids.windows(n)
         .filter(|w| w[..n - 1] == *tail)
         .map(|w| w[n - 1])
+        .collect()
+}
+
+/// `NoBadWordsLogitsProcessor`: the last token of every banned sequence whose other tokens end
+/// `ids` (end tokens banned alone are skipped).
+fn banned_words(ids: &[usize], bad_words: &[Vec<usize>], eos: &[usize]) -> Vec<usize> {
+    bad_words
+        .iter()
+        .filter(|seq| !(seq.len() == 1 && eos.contains(&seq[0])))
+        .filter_map(|seq| {
+            let (last, before) = seq.split_last()?;
+            ids.ends_with(before).then_some(*last)
+        })
         .collect()
 }
 

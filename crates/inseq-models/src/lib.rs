@@ -21,7 +21,9 @@
 
 pub mod backprop;
 pub mod bart;
+pub mod beam;
 pub mod generate;
+pub mod generation_config;
 pub mod gguf;
 pub mod gpt2;
 pub mod hub;
@@ -36,9 +38,11 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backprop::SharedForward;
+pub use beam::{BeamHypothesis, EarlyStopping};
 pub use generate::{
-    GenerationOptions, RecordedAttentions, generate_greedy, generate_greedy_recording,
+    GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,
 };
+pub use generation_config::GenerationConfig;
 pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,

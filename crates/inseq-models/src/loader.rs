@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use inseq_core::{Error, Result};
 
 use crate::bart::{Bart, BartConfig};
+use crate::generation_config::GenerationConfig;
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::llama::{Llama, LlamaConfig};
 use crate::marian::Marian;
@@ -28,6 +29,8 @@ pub struct Pretrained {
     pub config: serde_json::Value,
     /// Its special tokens, resolved as transformers does.
     pub special_tokens: SpecialTokens,
+    /// Its decoding defaults (`generation_config.json`; empty for GGUF files).
+    pub generation_config: GenerationConfig,
 }
 
 /// Short names for real models fetched by `cargo xtask fetch-models`.
@@ -99,6 +102,7 @@ fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained
         name: name.to_string(),
         config,
         special_tokens,
+        generation_config: GenerationConfig::default(),
     })
 }
 
@@ -119,6 +123,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
         })?;
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
+    let generation_config = GenerationConfig::read(dir, &config)?;
     let source = SafetensorsSource::open_dir(dir)?;
     let model = build_model(&config, Box::new(source), &config_path, device)?;
     Ok(Pretrained {
@@ -127,6 +132,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
         name: name.to_string(),
         config,
         special_tokens,
+        generation_config,
     })
 }
 

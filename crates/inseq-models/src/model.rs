@@ -178,6 +178,15 @@ impl KvCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Keeps the batch rows `rows` of every layer's keys and values, in that order (beam search
+    /// reorders its beams this way).
+    pub fn select_rows(&self, rows: Tensor<1, Int>) {
+        for (k, v) in self.lock().iter_mut() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+
     /// Appends layer `layer`'s `[batch, heads, new, head_dim]` keys and values and returns
     /// the keys and values of every position so far.
     pub fn append(&self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {

@@ -1,9 +1,13 @@
 //! Generation with Hugging Face's logits processors: the tokens `transformers` `generate` gives
 //! on the tiny fixture models (`fixtures/generation_reference.json`, written by
-//! `fixtures/generation_reference.py`), and seeded sampling.
+//! `fixtures/generation_reference.py`), beam search against the same (`fixtures/beam_reference.json`,
+//! `fixtures/beam_reference.py`), and seeded sampling.
 
 use burn::tensor::Device;
-use inseq_models::{GenerationOptions, ModelKind, Pretrained, generate_greedy, load_pretrained};
+use inseq_models::{
+    BeamHypothesis, GenerationOptions, ModelKind, Pretrained, beam_search, generate_greedy,
+    load_pretrained,
+};
 use serde_json::Value;
 
 fn load(name: &str) -> Pretrained {
@@ -13,16 +17,14 @@ fn load(name: &str) -> Pretrained {
 
 /// The options of one reference case (its `settings`, named as in `generate`).
 fn options(settings: &Value) -> GenerationOptions {
-    let get = |k: &str| settings.get(k).and_then(Value::as_f64);
-    let defaults = GenerationOptions::default();
-    GenerationOptions {
+    let mut options = GenerationOptions {
         max_new_tokens: 12,
-        min_new_tokens: get("min_new_tokens").map_or(0, |v| v as usize),
-        repetition_penalty: get("repetition_penalty").map_or(1.0, |v| v as f32),
-        no_repeat_ngram_size: get("no_repeat_ngram_size").map_or(0, |v| v as usize),
-        forced_bos_token_id: get("forced_bos_token_id").map(|v| v as usize),
-        ..defaults
-    }
+        ..Default::default()
+    };
+    options
+        .update_from_json(settings.as_object().unwrap(), "settings")
+        .unwrap();
+    options
 }
 
 fn ids(v: &Value) -> Vec<usize> {
@@ -129,5 +131,72 @@ fn invalid_processor_values_are_errors() {
     ] {
         let err = generate_greedy(m.model.as_ref(), None, &[1, 2], bad).unwrap_err();
         assert!(err.to_string().contains("must be"), "{err}");
+    }
+}
+
+/// Beam search: the hypotheses and scores `transformers` gives, in its order.
+#[test]
+fn beam_search_matches_transformers() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/beam_reference.json"
+    );
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut loaded: Vec<(String, Pretrained)> = Vec::new();
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["model"].as_str().unwrap();
+        if !loaded.iter().any(|(n, _)| n == name) {
+            loaded.push((name.to_string(), load(name)));
+        }
+        let m = &loaded.iter().find(|(n, _)| n == name).unwrap().1;
+        let mut options = GenerationOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        };
+        options
+            .update_from_json(case["settings"].as_object().unwrap(), "case")
+            .unwrap();
+        let model = m.model.as_ref();
+        let prompt = ids(&case["prompt"]);
+        let got: Vec<BeamHypothesis> = match model.kind() {
+            ModelKind::DecoderOnly => beam_search(model, None, &prompt, options.clone()),
+            ModelKind::EncoderDecoder => beam_search(model, Some(&prompt), &[], options.clone()),
+        }
+        .unwrap();
+        let expected = case["hypotheses"].as_array().unwrap();
+        assert_eq!(got.len(), expected.len(), "{name} {case}");
+        for (ours, theirs) in got.iter().zip(expected) {
+            assert_eq!(ours.ids, ids(&theirs["new"]), "{name} {case}: {got:?}");
+            // Sums of up to 8 log-probabilities of magnitude ~6, each rounded in f32 (relative
+            // 6e-8) by two implementations that sum in different orders: 1e-4 covers it 100 times.
+            let score = theirs["score"].as_f64().unwrap() as f32;
+            assert!(
+                (ours.score - score).abs() < 1e-4,
+                "{name} {case}: score {}",
+                ours.score
+            );
+        }
+        // The best hypothesis is what `generate_greedy` returns with these options.
+        let best = run(m, &prompt, options);
+        assert_eq!(best, got[0].ids, "{name} {case}");
+    }
+}
+
+#[test]
+fn beam_search_options_are_checked() {
+    let m = load("tiny-gpt2");
+    for bad in [
+        r#"{"num_beams": 0}"#,
+        r#"{"num_beams": 2, "num_return_sequences": 3}"#,
+        r#"{"num_beams": 2, "do_sample": true}"#,
+        r#"{"early_stopping": "sometimes"}"#,
+    ] {
+        let mut options = GenerationOptions::default();
+        let args: serde_json::Map<String, Value> = serde_json::from_str(bad).unwrap();
+        let err = options
+            .update_from_json(&args, "args")
+            .and_then(|()| generate_greedy(m.model.as_ref(), None, &[1, 2], options).map(|_| ()))
+            .unwrap_err();
+        assert!(!err.to_string().is_empty(), "{bad}");
     }
 }

@@ -148,3 +148,80 @@ fn smollm2_tokenizer_matches_transformers() {
         );
     }
 }
+
+/// Beam search (and greedy decoding) give `transformers`' tokens and scores on SmolLM2:
+/// `tests/fixtures/smollm2/beam_search.json` (written by `tests/fixtures/smollm2/make_golden.py`),
+/// with several beams, returned sequences, length penalties and early stopping.
+#[test]
+fn beam_search_matches_transformers_on_smollm2() {
+    let Some(path) = model_path() else { return };
+    let m = load_pretrained(path.to_str().unwrap(), &Device::default()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(inseq_fixtures::root().join("smollm2/beam_search.json")).unwrap(),
+    )
+    .unwrap();
+    // Stored as Python literals: `[1, 2]`, `{'num_beams': 4, 'early_stopping': True}`.
+    let parse = |v: &serde_json::Value| -> serde_json::Value {
+        match v {
+            serde_json::Value::String(s) => serde_json::from_str(
+                &s.replace('\'', "\"")
+                    .replace("True", "true")
+                    .replace("False", "false")
+                    .replace("None", "null"),
+            )
+            .unwrap(),
+            other => other.clone(),
+        }
+    };
+    let ids = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let eos = m.special_tokens.eos.unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["prompt_name"].as_str().unwrap();
+        let prompt = ids(&parse(&case["input_ids"]));
+        let mut options = GenerationOptions::default();
+        let mut kwargs = parse(&case["generate_kwargs"]);
+        kwargs.as_object_mut().unwrap().remove("attention_mask");
+        options
+            .update_from_json(kwargs.as_object().unwrap(), name)
+            .unwrap();
+        let expected: Vec<Vec<usize>> = parse(&case["output_ids"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let new = &ids(row)[prompt.len()..];
+                // Rows are padded with the pad id, which is SmolLM2's eos: cut after the first.
+                match new.iter().position(|&t| t == eos) {
+                    Some(end) => new[..=end].to_vec(),
+                    None => new.to_vec(),
+                }
+            })
+            .collect();
+        let model = m.model.as_ref();
+        if options.num_beams == 1 {
+            let got = generate_greedy(model, None, &prompt, options).unwrap();
+            assert_eq!(vec![got], expected, "{name} {kwargs}");
+            continue;
+        }
+        let got = inseq_models::beam_search(model, None, &prompt, options).unwrap();
+        let got_ids: Vec<Vec<usize>> = got.iter().map(|h| h.ids.clone()).collect();
+        assert_eq!(got_ids, expected, "{name} {kwargs}");
+        let scores: Vec<f64> = serde_json::from_value(parse(&case["sequences_scores"])).unwrap();
+        for (h, s) in got.iter().zip(&scores) {
+            // Each log-probability agrees to ~2e-4 (the project's 1e-4 logit parity, plus as much
+            // from the log-sum-exp); a score sums n <= 12 of them over n^length_penalty with
+            // length_penalty >= 0.5: at most 2e-4 * 12 / sqrt(12) = 7e-4 < 1e-3.
+            assert!(
+                (h.score as f64 - s).abs() < 1e-3,
+                "{name} {kwargs}: {} vs {s}",
+                h.score
+            );
+        }
+    }
+}

@@ -88,7 +88,7 @@ impl Default for AttributeOptions {
 
 /// A model ready to attribute with one method: Inseq's `AttributionModel`.
 pub struct AttributionModel {
-    pretrained: Pretrained,
+    pub(crate) pretrained: Pretrained,
     method: Box<dyn AttributionMethod>,
     method_id: String,
     method_args: MethodArgs,
@@ -278,6 +278,24 @@ impl AttributionModel {
         }
     }
 
+    /// Switches to another built-in attribution method, keeping the loaded model (as Inseq's
+    /// `model.attribute(method=...)` overrides the method it was loaded with).
+    ///
+    /// ```
+    /// # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-gpt2");
+    /// let device = inseq::default_device().unwrap();
+    /// let mut model = inseq::load_model(dir, "saliency", Default::default(), &device).unwrap();
+    /// model.set_method("occlusion", Default::default()).unwrap();
+    /// assert_eq!(model.method_id(), "occlusion");
+    /// assert!(model.set_method("no_such_method", Default::default()).is_err());
+    /// ```
+    pub fn set_method(&mut self, method_id: &str, method_args: MethodArgs) -> Result<()> {
+        self.method = MethodRegistry::with_defaults().create(method_id, method_args.clone())?;
+        self.method_id = method_id.to_string();
+        self.method_args = method_args;
+        Ok(())
+    }
+
     /// The underlying model.
     pub fn model(&self) -> &dyn LanguageModel {
         self.pretrained.model.as_ref()
@@ -405,6 +423,14 @@ impl AttributionModel {
         self.pretrained.special_tokens.baseline().unwrap_or(0)
     }
 
+    /// The model's decoding defaults: its `generation_config.json` (else the decoding keys of
+    /// its `config.json`) over [`GenerationOptions::default`], as Hugging Face `generate` (and so
+    /// Inseq) starts from them; an error names a key this crate does not implement. The CLI uses
+    /// them; [`AttributeOptions::default`] does not (start from these to match Inseq).
+    pub fn generation_defaults(&self) -> Result<GenerationOptions> {
+        self.pretrained.generation_config.options()
+    }
+
     /// The tokens that end generation, as `transformers` takes them: `generation_config.json`'s
     /// `eos_token_id` (one id or a list), else `config.json`'s (GGUF: the metadata's eos id).
     pub fn end_token_ids(&self) -> Vec<usize> {
@@ -417,7 +443,8 @@ impl AttributionModel {
     }
 
     /// Builds the sequence to attribute for one input; `record_attentions`: keep the
-    /// self-attention weights of generation (see [`generate_greedy_recording`]).
+    /// self-attention weights of generation (see [`generate_greedy_recording`]); `n_inputs`:
+    /// how many inputs the call attributes.
     fn prepare_row(
         &self,
         index: usize,
@@ -425,6 +452,7 @@ impl AttributionModel {
         target: Option<&str>,
         opts: &AttributeOptions,
         record_attentions: bool,
+        n_inputs: usize,
     ) -> Result<Row> {
         let info = self.model().info().clone();
         let tok = &self.pretrained.tokenizer;
@@ -463,7 +491,7 @@ impl AttributionModel {
                 }
                 let mut generation = opts.generation.clone();
                 // One sampler per row, so that a row's tokens do not depend on its batch.
-                generation.seed = row_seed(generation.seed, index);
+                generation.seed = row_seed(generation.seed, &input_ids);
                 if generation.eos_token_ids.is_empty() {
                     generation.eos_token_ids = self.end_token_ids();
                 }
@@ -491,7 +519,12 @@ impl AttributionModel {
                     ModelKind::DecoderOnly => input_ids.iter().chain(&new).copied().collect(),
                     ModelKind::EncoderDecoder => new,
                 };
-                let text = tok.decode(&all, true)?;
+                // Inseq decodes a lone decoder-only generation with its special tokens
+                // (`HuggingfaceModel.generate`), any other without.
+                let keep_special = opts.inseq_compat
+                    && n_inputs == 1
+                    && self.model().kind() == ModelKind::DecoderOnly;
+                let text = tok.decode(&all, !keep_special)?;
                 if !opts.inseq_compat {
                     generated_ids = Some(match self.model().kind() {
                         ModelKind::DecoderOnly => all,
@@ -667,6 +700,13 @@ impl AttributionModel {
                 });
             }
         }
+        if opts.targets.is_none() && opts.generation.num_return_sequences > 1 {
+            return Err(Error::Unsupported(
+                "num_return_sequences > 1: attribute one generated sequence per input (use \
+                 inseq_models::beam_search for the others)"
+                    .into(),
+            ));
+        }
         let attributed = AttributedFn {
             function: self.steps.get(&opts.attributed_fn)?,
             args: opts.attributed_fn_args.clone(),
@@ -683,7 +723,7 @@ impl AttributionModel {
             .enumerate()
             .map(|(i, input)| {
                 let target = opts.targets.as_ref().map(|t| t[i].as_str());
-                self.prepare_row(i, input, target, opts, record_attentions)
+                self.prepare_row(i, input, target, opts, record_attentions, inputs.len())
             })
             .collect::<Result<Vec<_>>>()?;
         let kind = self.model().kind();
@@ -1306,12 +1346,20 @@ fn stack_steps(
 /// Shared handle for custom methods registered at run time.
 pub type SharedMethod = Arc<dyn AttributionMethod>;
 
-/// The sampler seed of row `index`: SplitMix64's mixing of `(seed, index)`.
-fn row_seed(seed: u64, index: usize) -> u64 {
-    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// The sampler seed of a row whose input is `input_ids`: SplitMix64's mixing of `seed` and
+/// each id, so that a row draws the same tokens alone, at any position of any batch, and in
+/// `attribute-dataset` with any `--batch-size` (identical inputs draw identical tokens: give them
+/// different seeds for different samples).
+fn row_seed(seed: u64, input_ids: &[usize]) -> u64 {
+    let mix = |z: u64| {
+        let z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    input_ids
+        .iter()
+        .fold(mix(seed), |h, &id| mix(h ^ id as u64))
 }
 
 #[cfg(test)]

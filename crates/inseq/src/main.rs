@@ -117,33 +117,56 @@ struct RunArgs {
     /// Sample instead of greedy decoding.
     #[arg(long)]
     do_sample: bool,
-    /// Sampler seed (each input row draws from its own generator seeded from it and its index).
+    /// Sampler seed (each input row draws from its own generator seeded from it and the row's
+    /// tokens: the same tokens in any batch).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f32,
-    /// Sample among the `top_k` most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Sample within the smallest set of tokens of probability `top_p`.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
+    /// Sampling temperature (default: the model's generation_config.json, else 1).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample among the `top_k` most likely tokens (0: all; default: the model's
+    /// generation_config.json, else 0).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample within the smallest set of tokens of probability `top_p` (default: the model's
+    /// generation_config.json, else 1).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Beam search with this many beams (1: greedy decoding or sampling; default: the model's
+    /// generation_config.json, else 1).
+    #[arg(long)]
+    num_beams: Option<usize>,
 }
 
 impl RunArgs {
-    /// Generation options from the flags, then `--generation-args`.
-    fn generation(&self) -> Result<GenerationOptions> {
-        let mut generation = GenerationOptions {
-            max_new_tokens: self.max_new_tokens,
-            min_new_tokens: self.min_new_tokens,
-            do_sample: self.do_sample,
-            seed: self.seed,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            ..Default::default()
-        };
+    /// Generation options: `defaults` (the model's generation_config.json, as Hugging Face
+    /// `generate` starts from it), then the flags given, then `--generation-args`.
+    fn generation(&self, defaults: GenerationOptions) -> Result<GenerationOptions> {
+        let mut generation = defaults;
+        let mut flags = serde_json::json!({
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "seed": self.seed,
+        });
+        let given = [
+            (
+                "do_sample",
+                self.do_sample.then_some(serde_json::json!(true)),
+            ),
+            (
+                "temperature",
+                self.temperature.map(|v| serde_json::json!(v)),
+            ),
+            ("top_k", self.top_k.map(|v| serde_json::json!(v))),
+            ("top_p", self.top_p.map(|v| serde_json::json!(v))),
+            ("num_beams", self.num_beams.map(|v| serde_json::json!(v))),
+        ];
+        for (key, value) in given {
+            if let Some(value) = value {
+                flags[key] = value;
+            }
+        }
+        generation.update_from_json(flags.as_object().expect("an object"), "the flags")?;
         if let Some(json) = &self.generation_args {
             let args: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(json).context("--generation-args must be a JSON object")?;
@@ -152,9 +175,19 @@ impl RunArgs {
         Ok(generation)
     }
 
+    /// [`Self::generation`] from the model's defaults. `forced`: every row has a target, so
+    /// nothing is generated and defaults this crate cannot apply do not matter.
+    fn generation_for(&self, model: &AttributionModel, forced: bool) -> Result<GenerationOptions> {
+        match model.generation_defaults() {
+            Ok(defaults) => self.generation(defaults),
+            Err(_) if forced => self.generation(GenerationOptions::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn options(&self) -> Result<AttributeOptions> {
         Ok(AttributeOptions {
-            generation: self.generation()?,
+            generation: self.generation(GenerationOptions::default())?,
             attr_pos_start: self.attr_pos_start,
             attr_pos_end: self.attr_pos_end,
             attribute_prompt: self.attribute_prompt,
@@ -403,8 +436,9 @@ fn attribute(a: AttributeArgs) -> Result<()> {
             check_output_file(flag, path)?;
         }
     }
-    let run_opts = a.run.options()?;
+    let mut run_opts = a.run.options()?;
     let model = a.model.load()?;
+    run_opts.generation = a.run.generation_for(&model, !a.target.is_empty())?;
     let opts = AttributeOptions {
         targets: (!a.target.is_empty()).then(|| a.target.clone()),
         contrast_targets: (!a.contrast_target.is_empty()).then(|| a.contrast_target.clone()),
@@ -544,8 +578,12 @@ fn attribute_dataset(a: DatasetArgs) -> Result<()> {
     let rows =
         inseq::dataset::read_rows(&a.data, &split, &a.input_field, a.target_field.as_deref())?;
     let model = a.model.load()?;
+    let forced = rows
+        .iter()
+        .all(|r| matches!(&r.content, Ok((_, Some(_))) | Err(_)));
     let opts = AttributeOptions {
         show_progress: false,
+        generation: a.run.generation_for(&model, forced)?,
         ..run_opts
     };
     let total = rows

@@ -14,7 +14,10 @@ use burn::tensor::Device;
 use inseq_core::{Array, Error, Result};
 use serde_json::Value;
 
-use crate::{AttributeOptions, GenerationOptions, MethodArgs, StepArgs, aggregate, load_model};
+use crate::{
+    AttributeOptions, AttributionModel, GenerationOptions, MethodArgs, StepArgs, aggregate,
+    load_model,
+};
 
 /// Outcome of one golden case.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,10 +60,39 @@ fn method_args(v: &Value) -> MethodArgs {
 
 /// Runs one golden case, resolving its `model` under `models_dir`.
 pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<CaseOutcome> {
+    let case = read_case(case_path)?;
+    let model_name = case
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid_arg("case", "no `model` field"))?;
+    // A model folder under `models_dir`, else a name `load_model` resolves (e.g. `smollm2`).
+    let model_dir = models_dir.join(model_name);
+    let model_ref = match model_dir.exists() {
+        true => model_dir.to_str().unwrap_or_default(),
+        false => model_name,
+    };
+    let mut model = match load_model(model_ref, "dummy", MethodArgs::default(), device) {
+        Ok(m) => m,
+        Err(Error::UnsupportedArchitecture(a)) => {
+            return Ok(CaseOutcome::Skipped(format!(
+                "architecture {a} is not supported yet"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    run_loaded_case(case_path, &mut model)
+}
+
+fn read_case(case_path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(case_path).map_err(|e| Error::io(case_path, e))?;
-    let case: Value = inseq_core::inseq_format::parse_python_json(&text)?;
+    inseq_core::inseq_format::parse_python_json(&text)
+}
+
+/// Runs one golden case on `model`, already loaded (its `model` field is not read): the case's
+/// method replaces the model's, so that one model serves many cases.
+pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result<CaseOutcome> {
+    let case = read_case(case_path)?;
     let s = |k: &str| case.get(k).and_then(Value::as_str);
-    let model_name = s("model").ok_or_else(|| Error::invalid_arg("case", "no `model` field"))?;
     let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
     let registry = crate::MethodRegistry::with_defaults();
     if !registry.ids().iter().any(|m| m == method) {
@@ -83,36 +115,38 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             "step function `{missing}` is not implemented yet"
         )));
     }
-    let model_dir = models_dir.join(model_name);
-    let model = match load_model(
-        model_dir.to_str().unwrap_or_default(),
+    model.set_method(
         method,
         method_args(case.get("method_args").unwrap_or(&Value::Null)),
-        device,
-    ) {
-        Ok(m) => m,
-        Err(Error::UnsupportedArchitecture(a)) => {
-            return Ok(CaseOutcome::Skipped(format!(
-                "architecture {a} is not supported yet"
-            )));
-        }
-        Err(e) => return Err(e),
+    )?;
+    let mut generation = GenerationOptions::default();
+    if let Some(args) = case.get("generation_args").and_then(Value::as_object) {
+        generation.update_from_json(args, "generation_args")?;
+    }
+    // Positions requested from Inseq (`attr_pos_start`/`attr_pos_end` hold what it returned).
+    let request = |k: &str| {
+        case.get("attr_pos_request")
+            .and_then(|r| r.get(k))
+            .and_then(Value::as_i64)
+            .map(|v| v as isize)
     };
-    let gen_args = case.get("generation_args");
-    let gen_usize = |k: &str, d: usize| {
-        gen_args
-            .and_then(|g| g.get(k))
-            .and_then(Value::as_u64)
-            .map_or(d, |v| v as usize)
+    let step_scores_args = match case.get("step_scores_args").and_then(Value::as_object) {
+        Some(args) => StepArgs::parse(
+            &args
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )?,
+        None => StepArgs::default(),
     };
     let opts = AttributeOptions {
         targets: s("target").map(|t| vec![t.to_string()]),
-        generation: GenerationOptions {
-            max_new_tokens: gen_usize("max_new_tokens", 20),
-            min_new_tokens: gen_usize("min_new_tokens", 0),
-            ..Default::default()
-        },
+        generation,
+        attr_pos_start: request("start"),
+        attr_pos_end: request("end"),
         step_scores: step_ids.clone(),
+        step_scores_args,
         attributed_fn: s("attributed_fn").unwrap_or("probability").to_string(),
         attributed_fn_args: StepArgs::default(),
         attribute_target: case
@@ -138,10 +172,42 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             .map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>())
     };
     let golden_target_ids = ids("target_token_ids");
-    if golden_target_ids.as_ref() != our_ids(&Some(ours_raw.target.clone())).as_ref() {
+    let mut ours_target: Vec<i64> = ours_raw.target.iter().map(|t| t.id).collect();
+    // Python Inseq 0.7.1 drops pad tokens (SmolLM2's pad is its eos `<|im_end|>`, which chat
+    // prompts hold) from its token lists but cuts its tensors by length, so its labels shift
+    // (docs/inseq-compatibility.md). Where the golden ids are ours without the pad tokens, ours
+    // are compared as Inseq shows them: the same cut, positions counted without the pads.
+    let pad = model.pretrained.special_tokens.pad.map(|p| p as i64);
+    let (mut ours_raw, mut ours_agg) = (ours_raw.clone(), ours_agg.clone());
+    if let (Some(pad), Some(golden)) = (pad, &golden_target_ids) {
+        let kept: Vec<i64> = ours_target.iter().copied().filter(|&i| i != pad).collect();
+        if kept.len() < ours_target.len() && kept == *golden {
+            let pads_before = |pos: usize| ours_target[..pos].iter().filter(|&&i| i == pad).count();
+            ours_raw.attr_pos_start -= pads_before(ours_raw.attr_pos_start);
+            ours_raw.attr_pos_end -= pads_before(ours_raw.attr_pos_end);
+            for a in [
+                &mut ours_raw.target_attributions,
+                &mut ours_agg.target_attributions,
+            ] {
+                *a = a.as_ref().map(|a| first_rows(a, kept.len()));
+            }
+            ours_target = kept;
+        }
+    }
+    // With an explicit end, Inseq's target tensors stop at `attr_pos_end` rows (the target
+    // tokens no attributed step sees are cut); ours keep one row per target token, NaN there.
+    if request("end").is_some() {
+        let end = ours_raw.attr_pos_end;
+        for a in [
+            &mut ours_raw.target_attributions,
+            &mut ours_agg.target_attributions,
+        ] {
+            *a = a.as_ref().map(|a| first_rows(a, end));
+        }
+    }
+    if golden_target_ids.as_ref() != Some(&ours_target) {
         problems.push(format!(
-            "target ids differ: golden {golden_target_ids:?}, ours {:?}",
-            our_ids(&Some(ours_raw.target.clone()))
+            "target ids differ: golden {golden_target_ids:?}, ours {ours_target:?}"
         ));
     }
     // Inseq records a placeholder source for methods without attributions (`dummy`): compare only real ones.
@@ -180,6 +246,11 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
             vec![]
         };
         for (key, ours) in pairs {
+            // A raw tensor too large to store is kept as its shape and per-vector L2 norms.
+            if let Some(summary) = case.get("raw_omitted").and_then(|r| r.get(key)) {
+                problems.extend(compare_l2_summary(key, summary, ours.as_ref())?);
+                continue;
+            }
             let golden = case
                 .get(key)
                 .filter(|v| !v.is_null())
@@ -228,6 +299,50 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
     } else {
         CaseOutcome::Failed(problems)
     })
+}
+
+/// Compares `ours` with a golden `{"shape": [...], "l2_last_dim": [...]}` summary (JSON texts or
+/// values): the same shape, and the L2 norms over the last dimension within tolerance.
+fn compare_l2_summary(what: &str, summary: &Value, ours: Option<&Array>) -> Result<Option<String>> {
+    let field = |k: &str| -> Result<Value> {
+        match summary.get(k) {
+            Some(Value::String(text)) => inseq_core::inseq_format::parse_python_json(text),
+            Some(v) => Ok(v.clone()),
+            None => Err(Error::invalid_arg("raw_omitted", format!("no `{k}`"))),
+        }
+    };
+    let Some(ours) = ours else {
+        return Ok(Some(format!("{what}: missing in ours")));
+    };
+    let shape: Vec<usize> = serde_json::from_value(field("shape")?)
+        .map_err(|e| Error::invalid_arg("raw_omitted shape", e.to_string()))?;
+    if ours.shape() != shape {
+        return Ok(Some(format!(
+            "{what}: shape golden {shape:?}, ours {:?}",
+            ours.shape()
+        )));
+    }
+    let golden = Array::from_nested_json(&field("l2_last_dim")?)?;
+    let inner = *shape.last().unwrap_or(&1);
+    let norms: Vec<f32> = ours
+        .data()
+        .chunks(inner.max(1))
+        .map(|v| v.iter().map(|x| x * x).sum::<f32>().sqrt())
+        .collect();
+    let ours_l2 = Array::new(golden.shape().to_vec(), norms)?;
+    Ok(compare_arrays(
+        &format!("{what} (L2 over the last dimension)"),
+        Some(&golden),
+        Some(&ours_l2),
+    ))
+}
+
+/// The first `n` entries of `a`'s first dimension.
+fn first_rows(a: &Array, n: usize) -> Array {
+    let inner: usize = a.shape()[1..].iter().product();
+    let mut shape = a.shape().to_vec();
+    shape[0] = n.min(shape[0]);
+    Array::new(shape.clone(), a.data()[..shape[0] * inner].to_vec()).expect("consistent shape")
 }
 
 /// Steps (dimension 1) whose scores are all zero (NaN ignored).

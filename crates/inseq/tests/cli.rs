@@ -391,3 +391,109 @@ fn bad_output_options_fail_before_saving() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A copy of tiny-llama whose `generation_config.json` also holds `extra`.
+fn llama_with_generation_config(name: &str, extra: serde_json::Value) -> std::path::PathBuf {
+    let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
+    let dir = std::env::temp_dir().join(format!("inseq-gencfg-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join("generation_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+/// The generated token ids `inseq attribute` saves for `args`.
+fn generated_by_cli(model: &std::path::Path, args: &[&str]) -> Vec<i64> {
+    let save = model.join(format!(
+        "out-{}.json",
+        args.join("_").replace(['{', '}', '"', ':', ' '], "")
+    ));
+    let mut all = vec![
+        "attribute",
+        "--model",
+        model.to_str().unwrap(),
+        "--method",
+        "dummy",
+    ];
+    all.extend([
+        "--input",
+        "Hello ladies and",
+        "--max-new-tokens",
+        "5",
+        "--save",
+    ]);
+    all.push(save.to_str().unwrap());
+    all.extend(args);
+    let out = inseq(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    let seq = &saved["sequence_attributions"][0];
+    let start = seq["attr_pos_start"].as_u64().unwrap() as usize;
+    seq["target"].as_array().unwrap()[start..]
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// The CLI decodes as `generate` does: from the model's generation_config.json, overridden by the
+/// flags given and `--generation-args`; an unimplemented key that matters is a clear error.
+#[test]
+fn generation_config_defaults_apply_and_flags_override_them() {
+    let plain = llama_with_generation_config("plain", serde_json::json!({}));
+    let beams = llama_with_generation_config("beams", serde_json::json!({"num_beams": 3}));
+    let greedy = generated_by_cli(&plain, &[]);
+    let beam = generated_by_cli(&plain, &["--num-beams", "3"]);
+    assert_eq!(
+        generated_by_cli(&beams, &[]),
+        beam,
+        "num_beams from the file"
+    );
+    assert_eq!(generated_by_cli(&beams, &["--num-beams", "1"]), greedy);
+    let json = r#"{"num_beams": 1}"#;
+    assert_eq!(
+        generated_by_cli(&beams, &["--generation-args", json]),
+        greedy
+    );
+    let bad = llama_with_generation_config("bad", serde_json::json!({"suppress_tokens": [5]}));
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        bad.to_str().unwrap(),
+        "--method",
+        "dummy",
+        "--input",
+        "Hello",
+    ]);
+    assert_error(&out, "suppress_tokens");
+    assert_error(&out, "generation_config.json");
+    let forced = inseq(&[
+        "attribute",
+        "--model",
+        bad.to_str().unwrap(),
+        "--method",
+        "dummy",
+        "--input",
+        "Hello",
+        "--target",
+        "Hello there",
+    ]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+}

@@ -198,3 +198,82 @@ fn generation_stops_at_any_of_several_end_tokens() {
     let dir = llama_with_eos("generation", &[2, third], Some(&[second, 2]));
     assert_eq!(generated_ids(&dir, input), until(second));
 }
+
+/// `num_beams` > 1: the attributed continuation is beam search's best hypothesis, and
+/// `num_return_sequences` > 1 (which Inseq attributes one by one) is a clear error.
+#[test]
+fn beam_search_continuation_is_attributed() {
+    let device = burn::tensor::Device::flex();
+    let dir = common::model_dir("tiny-gpt2");
+    let model = load_model(&dir, "saliency", MethodArgs::default(), &device).unwrap();
+    let generation = GenerationOptions {
+        max_new_tokens: 5,
+        num_beams: 3,
+        ..Default::default()
+    };
+    let opts = AttributeOptions {
+        generation: generation.clone(),
+        ..Default::default()
+    };
+    let out = model.attribute(&["Hello ladies and"], &opts).unwrap();
+    let seq = &out.sequence_attributions[0];
+    let prompt: Vec<usize> = seq.target[..seq.attr_pos_start]
+        .iter()
+        .map(|t| t.id as usize)
+        .collect();
+    let best = inseq::models::beam_search(model.model(), None, &prompt, generation.clone())
+        .unwrap()
+        .remove(0);
+    let attributed: Vec<usize> = seq.target[seq.attr_pos_start..]
+        .iter()
+        .map(|t| t.id as usize)
+        .collect();
+    assert_eq!(attributed, best.ids);
+    let several = AttributeOptions {
+        generation: GenerationOptions {
+            num_return_sequences: 2,
+            ..generation
+        },
+        ..Default::default()
+    };
+    let err = model
+        .attribute(&["Hello ladies and"], &several)
+        .unwrap_err();
+    assert!(err.to_string().contains("num_return_sequences"), "{err}");
+}
+
+/// Seeded sampling: a row draws the same tokens on every run, alone or at any position of a batch.
+#[test]
+fn seeded_sampling_is_the_same_in_any_batch() {
+    let device = burn::tensor::Device::flex();
+    let dir = common::model_dir("tiny-llama");
+    let model = load_model(&dir, "dummy", MethodArgs::default(), &device).unwrap();
+    let opts = |seed| AttributeOptions {
+        generation: GenerationOptions {
+            max_new_tokens: 6,
+            min_new_tokens: 6,
+            do_sample: true,
+            temperature: 2.0,
+            seed,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let generated = |inputs: &[&str], seed| -> Vec<Vec<i64>> {
+        let out = model.attribute(inputs, &opts(seed)).unwrap();
+        out.sequence_attributions
+            .iter()
+            .map(|s| s.target[s.attr_pos_start..].iter().map(|t| t.id).collect())
+            .collect()
+    };
+    let (a, b) = ("Hello ladies and", "The weather is");
+    let alone = generated(&[a], 11);
+    assert_eq!(alone, generated(&[a], 11), "the same on every run");
+    assert_eq!(generated(&[b, a], 11)[1], alone[0], "second in a batch");
+    assert_eq!(generated(&[a, b, b], 11)[0], alone[0], "first in a batch");
+    let others: Vec<_> = (0..4).map(|s| generated(&[a], s)[0].clone()).collect();
+    assert!(
+        others.iter().any(|o| *o != alone[0]),
+        "seeds give other draws"
+    );
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use inseq::parity::{CaseOutcome, golden_cases, run_case};
+use inseq::parity::{CaseOutcome, golden_cases, run_case, run_loaded_case};
 
 fn run_model(prefix: &str) {
     let device = burn::tensor::Device::flex();
@@ -53,4 +53,43 @@ fn tiny_bart_matches_python_inseq() {
 #[test]
 fn tiny_marian_matches_python_inseq() {
     run_model("tiny-marian__");
+}
+
+/// Python Inseq 0.7.1 on the real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised by transformers):
+/// 38 cases over eight prompts of different shapes, written by tests/fixtures/smollm2/make_golden.py.
+#[test]
+fn smollm2_matches_python_inseq() {
+    let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert!(
+            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
+            "SmolLM2 missing: run cargo xtask fetch-models"
+        );
+        eprintln!("skipping: SmolLM2 not downloaded (cargo xtask fetch-models)");
+        return;
+    }
+    let dir = common::shared().join("smollm2").join("golden");
+    let device = burn::tensor::Device::flex();
+    // One load for every case (each sets its own method).
+    let mut model = inseq::load_model("smollm2", "dummy", Default::default(), &device).unwrap();
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    for case in golden_cases(&dir).unwrap() {
+        let name = case.file_stem().unwrap().to_string_lossy().into_owned();
+        let start = std::time::Instant::now();
+        let outcome = run_loaded_case(&case, &mut model);
+        println!("{name}: {:.1} s", start.elapsed().as_secs_f32());
+        match outcome {
+            Ok(CaseOutcome::Passed) => passed += 1,
+            Ok(CaseOutcome::Skipped(why)) => failures.push(format!("{name}: skipped: {why}")),
+            Ok(CaseOutcome::Failed(p)) => failures.push(format!("{name}: {}", p.join("; "))),
+            Err(e) => failures.push(format!("{name}: error {e}")),
+        }
+    }
+    println!("smollm2: {passed} passed, {} failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }
