@@ -173,8 +173,12 @@ impl Reagent {
             stopping_condition_top_k: args
                 .take("stopping_condition_top_k", d.stopping_condition_top_k)?,
             replacing_ratio: args.take("replacing_ratio", d.replacing_ratio)?,
-            max_probe_steps: args.take("max_probe_steps", d.max_probe_steps)?,
-            num_probes: args.take("num_probes", d.num_probes)?,
+            max_probe_steps: args.take_size(
+                "max_probe_steps",
+                d.max_probe_steps,
+                MAX_PROBE_STEPS,
+            )?,
+            num_probes: args.take_size("num_probes", d.num_probes, MAX_PROBES)?,
             seed: args.take("seed", d.seed)?,
             internal_batch_size: args.take("internal_batch_size", d.internal_batch_size)?,
             sampler: d.sampler,
@@ -237,6 +241,12 @@ struct Request {
 }
 
 /// One probe's state.
+/// The most probes (`num_probes`) a step runs: each holds a perturbed copy of the input.
+pub const MAX_PROBES: usize = 10_000;
+
+/// The most rounds (`max_probe_steps`) a probe runs before it stops without meeting its condition.
+pub const MAX_PROBE_STEPS: usize = 1_000_000;
+
 struct Probe {
     row: usize,
     rng: SplitMix64,

@@ -75,11 +75,10 @@ fn render_sequence(h: &mut String, index: usize, seq: &SequenceAttribution) {
     let hm = heatmap(seq);
     let _ = writeln!(h, "<section class=\"sequence\" id=\"sequence-{index}\">");
     let _ = writeln!(h, "<h2>Sequence {}</h2>", index + 1);
-    let text: String = seq
-        .generated()
-        .iter()
-        .map(|t| crate::display_token(&t.token))
-        .collect::<Vec<_>>()
+    let shown = crate::display_tokens(&seq.target);
+    let text = shown
+        .get(seq.attr_pos_start..seq.attr_pos_end)
+        .unwrap_or_default()
         .join(" ");
     let _ = writeln!(
         h,

@@ -34,6 +34,9 @@ use std::path::Path;
 
 use inseq_core::{Array, Result, SequenceAttribution, write_atomic};
 
+pub use byte_level::display_tokens;
+
+mod byte_level;
 mod html;
 mod svg;
 
@@ -134,19 +137,22 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
         seq
     };
     let n_steps = seq.attr_pos_end.saturating_sub(seq.attr_pos_start);
+    let shown_target = display_tokens(&seq.target);
+    let shown_source = seq
+        .source
+        .as_deref()
+        .map(display_tokens)
+        .unwrap_or_default();
     let columns: Vec<String> = (0..n_steps)
         .map(|i| {
-            seq.target
+            shown_target
                 .get(seq.attr_pos_start + i)
-                .map_or_else(|| format!("#{i}"), |t| display_token(&t.token))
+                .map_or_else(|| format!("#{i}"), Clone::clone)
         })
         .collect();
     let mut sections = Vec::new();
     let mut scale = 0f32;
-    let mut add = |title: &str,
-                   a: &Option<Array>,
-                   labels: &[inseq_core::TokenWithId],
-                   notes: &mut Vec<String>| {
+    let mut add = |title: &str, a: &Option<Array>, labels: &[String], notes: &mut Vec<String>| {
         let Some(a) = a else { return };
         let Some((rows, cols, data)) = to_2d(a) else {
             notes.push(format!(
@@ -158,9 +164,7 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
         scale = scale.max(a.max_abs());
         let rows = (0..rows)
             .map(|r| {
-                let label = labels
-                    .get(r)
-                    .map_or_else(|| format!("#{r}"), |t| display_token(&t.token));
+                let label = labels.get(r).map_or_else(|| format!("#{r}"), Clone::clone);
                 let mut vals = data[r * cols..(r + 1) * cols].to_vec();
                 vals.resize(n_steps, f32::NAN);
                 (label, vals)
@@ -175,10 +179,15 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
     add(
         "Source",
         &seq.source_attributions,
-        seq.source.as_deref().unwrap_or(&[]),
+        &shown_source,
         &mut notes,
     );
-    add("Target", &seq.target_attributions, &seq.target, &mut notes);
+    add(
+        "Target",
+        &seq.target_attributions,
+        &shown_target,
+        &mut notes,
+    );
     if !seq.step_scores.is_empty() {
         sections.push(Section {
             title: "Step scores".into(),

@@ -392,7 +392,13 @@ impl AttributionModel {
         if text.trim().is_empty() {
             return Err(Error::InvalidInput(format!("{what} text is empty")));
         }
-        let ids = self.pretrained.tokenizer.encode(text, true)?;
+        let mut ids = self.pretrained.tokenizer.encode(text, true)?;
+        // As Inseq: a text that starts with the BOS token its tokenizer also adds (a chat
+        // template, Llama 2's `<s>[INST]`) keeps one of the two.
+        let bos = self.pretrained.special_tokens.bos;
+        if ids.len() >= 2 && bos.is_some_and(|b| ids[0] == b && ids[1] == b) {
+            ids.remove(0);
+        }
         if ids.is_empty() {
             return Err(Error::InvalidInput(format!(
                 "{what} text produced no tokens"

@@ -277,3 +277,50 @@ fn seeded_sampling_is_the_same_in_any_batch() {
         "seeds give other draws"
     );
 }
+
+/// A text that starts with the BOS token its tokenizer also adds (a chat template) gets one BOS,
+/// as in Inseq, not two.
+#[test]
+fn duplicate_bos_is_removed() {
+    let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
+    let dir = std::env::temp_dir().join(format!("inseq-bos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    // Llama 2's layout: the tokenizer adds `<s>` (id 1) before every text.
+    let path = dir.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tok["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}
+    });
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let device = burn::tensor::Device::flex();
+    let model = load_model(
+        dir.to_str().unwrap(),
+        "dummy",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
+    let ids = |input: &str| -> Vec<i64> {
+        let opts = AttributeOptions {
+            targets: Some(vec![format!("{input} ladies")]),
+            ..Default::default()
+        };
+        let out = model.attribute(&[input], &opts).unwrap();
+        out.sequence_attributions[0]
+            .target
+            .iter()
+            .map(|t| t.id)
+            .collect()
+    };
+    let plain = ids("Hello");
+    assert_eq!(plain[0], 1, "the tokenizer adds <s>: {plain:?}");
+    assert_eq!(ids("<s>Hello"), plain, "one <s>, not two");
+}

@@ -825,6 +825,8 @@ fn huge_sizes_fail_fast_with_the_limit() {
         ),
         ("gradient_shap", "n_samples=1000000000", "n_samples"),
         ("lime", "n_samples=1000000000", "n_samples"),
+        ("reagent", "num_probes=1000000000", "num_probes"),
+        ("reagent", "max_probe_steps=1000000000", "max_probe_steps"),
     ];
     for (method, args, name) in cases {
         let t0 = Instant::now();
