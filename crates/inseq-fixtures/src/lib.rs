@@ -4,6 +4,13 @@
 //! the repository alone runs its own tests. `tests/fixtures/README.md` says where the files come
 //! from and how to make them again.
 //!
+//!
+//! The tests compute on `burn::tensor::Device::default()`: the `flex` CPU backend, or the backend
+//! `BURN_DEVICE` names. This crate brings burn's `ndarray` backend into every test build, so that
+//! `BURN_DEVICE=ndarray cargo test` runs the numeric tests with other matrix-product kernels and
+//! summation orders (as another CPU's vector width would): a tolerance that only holds for one
+//! summation order fails there. CI runs the numeric tests both ways.
+//!
 //! ```
 //! let gpt2 = inseq_fixtures::model_dir("tiny-gpt2");
 //! assert!(gpt2.join("config.json").is_file());

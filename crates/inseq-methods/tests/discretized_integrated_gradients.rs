@@ -191,7 +191,7 @@ fn linear_weights(len: usize, hidden: usize) -> Tensor<3> {
     let w: Vec<f32> = (0..len * hidden)
         .map(|i| ((i / hidden) as f32 * 1.3 + (i % hidden) as f32 * 0.7).sin())
         .collect();
-    Tensor::from_data(TensorData::new(w, [1, len, hidden]), &Device::flex())
+    Tensor::from_data(TensorData::new(w, [1, len, hidden]), &Device::default())
 }
 
 impl LanguageModel for LinearHead {

@@ -117,7 +117,7 @@ impl LinearModel {
                 decoder_start_token_id: None,
             },
             weights,
-            device: Device::flex(),
+            device: Device::default(),
         }
     }
 }

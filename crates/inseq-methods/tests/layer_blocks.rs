@@ -21,7 +21,7 @@ fn load(name: &str) -> inseq_models::Pretrained {
             env!("CARGO_MANIFEST_DIR"),
             "/../inseq-models/tests/fixtures/t5"
         );
-        inseq_models::load_pretrained(&format!("{dir}/{name}"), &burn::tensor::Device::flex())
+        inseq_models::load_pretrained(&format!("{dir}/{name}"), &burn::tensor::Device::default())
             .unwrap()
     } else {
         common::load(name)

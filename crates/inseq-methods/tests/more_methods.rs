@@ -83,7 +83,7 @@ fn sig_is_complete_per_position() {
         mask[i] = 1.0;
         let m = Tensor::<3>::from_data(
             burn::tensor::TensorData::new(mask, [1, len, 1]),
-            &Device::flex(),
+            &Device::default(),
         );
         let moved = x.target.clone() * (m.clone().neg() + 1.0) + base.target.clone() * m;
         let fi = forward_scores(

@@ -6,7 +6,7 @@ use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ids_tensor, load_p
 
 fn model(name: &str) -> Box<dyn LanguageModel> {
     let dir = inseq_fixtures::model_dir(name);
-    load_pretrained(dir.to_str().unwrap(), &Device::flex())
+    load_pretrained(dir.to_str().unwrap(), &Device::default())
         .unwrap()
         .model
 }

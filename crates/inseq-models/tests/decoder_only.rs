@@ -35,7 +35,7 @@ fn check(name: &str) {
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
-    let device = Device::flex();
+    let device = Device::default();
     let m = tiny_model(name, &device);
     let model: &dyn LanguageModel = m.model.as_ref();
     let out = model.forward(
@@ -92,7 +92,7 @@ fn llama_logits_and_attention_match_transformers() {
 
 #[test]
 fn left_padding_does_not_change_logits() {
-    let device = Device::flex();
+    let device = Device::default();
     for name in ["tiny-gpt2", "tiny-llama"] {
         let m = tiny_model(name, &device);
         let model = m.model.as_ref();
@@ -149,9 +149,9 @@ fn hub_cache_offline_resolves_local_snapshot() {
         std::env::set_var("HF_HUB_CACHE", &cache);
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
-    let m = load_pretrained("tiny/gpt2", &Device::flex()).unwrap();
+    let m = load_pretrained("tiny/gpt2", &Device::default()).unwrap();
     assert_eq!(m.model.info().architecture, "gpt2");
-    let err = load_pretrained("tiny/absent", &Device::flex())
+    let err = load_pretrained("tiny/absent", &Device::default())
         .err()
         .unwrap()
         .to_string();
@@ -164,7 +164,7 @@ fn hub_cache_offline_resolves_local_snapshot() {
 fn kv_cache_matches_full_forward() {
     use inseq_models::KvCache;
     for name in ["tiny-gpt2", "tiny-llama"] {
-        let device = Device::flex();
+        let device = Device::default();
         let m = tiny_model(name, &device);
         let model: &dyn LanguageModel = m.model.as_ref();
         assert!(model.supports_kv_cache());
@@ -208,7 +208,7 @@ fn kv_cache_matches_full_forward() {
 fn recorded_generation_attentions_match_full_forward() {
     use inseq_models::{GenerationOptions, generate_greedy, generate_greedy_recording};
     for name in ["tiny-gpt2", "tiny-llama"] {
-        let device = Device::flex();
+        let device = Device::default();
         let m = tiny_model(name, &device);
         let model: &dyn LanguageModel = m.model.as_ref();
         let prompt = vec![5, 17, 42, 8];

@@ -11,7 +11,7 @@ use serde_json::Value;
 const T5_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5");
 
 fn device() -> Device {
-    Device::flex()
+    Device::default()
 }
 
 /// One of the shared tiny fixture models (`tiny-marian`, `tiny-bart`).

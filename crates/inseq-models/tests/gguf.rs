@@ -208,7 +208,7 @@ fn tiny_tokenizer_byte_level_bpe() {
 /// Logits of a model loaded from GGUF equal those of the same model built from
 /// the Hugging Face-layout safetensors copy.
 fn assert_same_logits(gguf: &str, safetensors: &str) {
-    let device = Device::flex();
+    let device = Device::default();
     let path = fixture(gguf);
     let loaded = load_pretrained(path.to_str().unwrap(), &device).unwrap();
     let config = GgufModelFile::open(&path).unwrap().hf_config().unwrap();

@@ -28,7 +28,7 @@ fn plain(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
 
 #[test]
 fn one_row_products_equal_the_plain_product() {
-    let device = Device::flex();
+    let device = Device::default();
     // Blocked (GPT-2's and SmolLM2's shapes), below the size where blocking starts, an input
     // dimension that 4 does not divide, and several rows (never blocked).
     for (rows, inputs, outputs) in [
@@ -54,7 +54,7 @@ fn one_row_products_equal_the_plain_product() {
 
 #[test]
 fn one_row_gradient_under_autodiff_equals_the_plain_gradient() {
-    let device = Device::flex();
+    let device = Device::default();
     let l = layer(768, 3072, &device);
     let x = Tensor::<3>::random([1, 1, 768], Distribution::Default, &device);
     let cotangent = Tensor::<3>::random([1, 1, 3072], Distribution::Default, &device);
@@ -69,7 +69,7 @@ fn one_row_gradient_under_autodiff_equals_the_plain_gradient() {
 
 #[test]
 fn one_row_blocks_are_summed_in_a_fixed_order() {
-    let device = Device::flex();
+    let device = Device::default();
     let l = layer(1536, 576, &device);
     let x = Tensor::<3>::random([1, 1, 1536], Distribution::Default, &device);
     let first = l.forward(x.clone()).into_data();

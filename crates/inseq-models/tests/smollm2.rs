@@ -55,7 +55,7 @@ fn smollm2_greedy_paris() {
     if model_path().is_none() {
         return;
     }
-    let device = Device::flex();
+    let device = Device::default();
     let m = load_pretrained("smollm2", &device).unwrap();
     let info = m.model.info();
     assert_eq!(info.architecture, "llama");

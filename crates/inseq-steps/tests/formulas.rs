@@ -5,7 +5,7 @@ use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepRegistry};
 
 fn logits(rows: &[[f32; 4]]) -> Tensor<2> {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    Tensor::<1>::from_floats(flat.as_slice(), &Device::flex()).reshape([rows.len(), 4])
+    Tensor::<1>::from_floats(flat.as_slice(), &Device::default()).reshape([rows.len(), 4])
 }
 
 fn softmax(row: &[f32; 4]) -> [f64; 4] {

@@ -53,6 +53,9 @@ pub struct AttributeOptions {
     pub contrast_sources: Option<Vec<String>>,
     /// How target positions map to contrastive target positions, one list per input.
     pub contrast_alignments: Option<Vec<ContrastAlignment>>,
+    /// Replace end-of-sequence tokens by the baseline token too in the baselines of path and
+    /// perturbation methods (Inseq's `include_eos_baseline`; off: they keep their own embedding).
+    pub include_eos_baseline: bool,
     /// Show a progress bar on stderr.
     pub show_progress: bool,
     /// Reproduce Python Inseq 0.7.1's numerics where they are wrong (Marian's
@@ -79,6 +82,7 @@ impl Default for AttributeOptions {
             contrast_targets: None,
             contrast_sources: None,
             contrast_alignments: None,
+            include_eos_baseline: false,
             show_progress: false,
             inseq_compat: false,
             allow_non_finite: false,
@@ -739,7 +743,11 @@ impl AttributionModel {
             attributed_fn: &attributed,
             attribute_target,
             baseline_token_id: self.unk_id(),
-            eos_token_id: self.model().info().eos_token_id,
+            // Inseq keeps end-of-sequence tokens in the baseline unless `include_eos_baseline`.
+            eos_token_id: match opts.include_eos_baseline {
+                true => None,
+                false => self.model().info().eos_token_id,
+            },
             inseq_compat: opts.inseq_compat,
             recorded_attentions: match rows.as_slice() {
                 [row] => row.recorded_attentions.as_ref(),

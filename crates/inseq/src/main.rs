@@ -107,6 +107,10 @@ struct RunArgs {
     /// scale; a generated continuation decoded and re-tokenised before it is attributed).
     #[arg(long)]
     inseq_compat: bool,
+    /// Baselines of path and perturbation methods replace end-of-sequence tokens too (Inseq's
+    /// `include_eos_baseline`; by default they keep their own embedding).
+    #[arg(long)]
+    include_eos_baseline: bool,
     /// Write NaN/inf attributions and step scores instead of failing (for debugging a model).
     #[arg(long)]
     allow_non_finite: bool,
@@ -203,6 +207,7 @@ impl RunArgs {
             attribute_target: self.attribute_target,
             show_progress: std::io::stderr().is_terminal(),
             inseq_compat: self.inseq_compat,
+            include_eos_baseline: self.include_eos_baseline,
             allow_non_finite: self.allow_non_finite,
             ..Default::default()
         })

@@ -6,7 +6,7 @@ use inseq::{AttributeOptions, MethodArgs, load_model};
 
 #[test]
 fn subwords_use_tokenizer_word_ids() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     for model in ["tiny-gpt2", "tiny-marian"] {
         let m = load_model(
             &common::model_dir(model),

@@ -394,13 +394,7 @@ fn bad_output_options_fail_before_saving() {
 
 /// A copy of tiny-llama whose `generation_config.json` also holds `extra`.
 fn llama_with_generation_config(name: &str, extra: serde_json::Value) -> std::path::PathBuf {
-    let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
-    let dir = std::env::temp_dir().join(format!("inseq-gencfg-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = common::copy_model("tiny-llama", &format!("gencfg-{name}"));
     let path = dir.join("generation_config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -25,7 +25,13 @@ fn load(name: &str) -> AttributionModel {
     } else {
         common::model_dir(name)
     };
-    load_model(&model, "saliency", MethodArgs::default(), &Device::flex()).unwrap()
+    load_model(
+        &model,
+        "saliency",
+        MethodArgs::default(),
+        &Device::default(),
+    )
+    .unwrap()
 }
 
 fn base_args() -> ContextArgs {
@@ -748,22 +754,9 @@ fn thresholds_follow_inseq() {
     assert_eq!(rank_above(&[0.1, -0.5, 0.3], 0.2, Some(1)), vec![1]);
 }
 
-fn smollm2_present() -> bool {
-    let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
-            "SmolLM2 missing: run cargo xtask fetch-models"
-        );
-        eprintln!("skipping: SmolLM2 not downloaded");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn pecore_on_smollm2() {
-    if !smollm2_present() {
+    if !common::smollm2_present() {
         return;
     }
     let args = ContextArgs {
@@ -781,7 +774,7 @@ fn pecore_on_smollm2() {
 /// output generated.
 #[test]
 fn pecore_on_smollm2_with_output_context() {
-    if !smollm2_present() {
+    if !common::smollm2_present() {
         return;
     }
     let args = ContextArgs {

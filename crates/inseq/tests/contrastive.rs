@@ -6,7 +6,7 @@ use inseq::{AttributeOptions, ContrastAlignment, MethodArgs, StepArgs, load_mode
 
 #[test]
 fn contrastive_source_changes_the_contrast_scores() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let m = load_model(
         &common::model_dir("tiny-marian"),
         "saliency",
@@ -39,7 +39,7 @@ fn contrastive_source_changes_the_contrast_scores() {
 
 #[test]
 fn contrast_targets_of_different_length_with_alignments() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let m = load_model(
         &common::model_dir("tiny-gpt2"),
         "input_x_gradient",
@@ -89,7 +89,7 @@ fn contrast_targets_of_different_length_with_alignments() {
 
 #[test]
 fn contrast_sources_need_an_encoder_decoder() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let m = load_model(
         &common::model_dir("tiny-gpt2"),
         "saliency",
@@ -112,7 +112,7 @@ fn contrast_sources_need_an_encoder_decoder() {
 
 #[test]
 fn mc_dropout_step_score_is_seeded_and_finite() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     for model in ["tiny-gpt2", "tiny-llama"] {
         let m = load_model(
             &common::model_dir(model),

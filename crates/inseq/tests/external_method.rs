@@ -66,7 +66,7 @@ fn a_method_defined_outside_the_workspace_runs_through_the_facade() {
     );
     assert!(methods.ids().contains(&"gradient_norm".to_string()));
 
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let args = MethodArgs::parse("times_input_norm=true").unwrap();
     let method = methods.create("gradient_norm", args.clone()).unwrap();
     let pretrained =

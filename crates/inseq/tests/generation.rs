@@ -7,7 +7,7 @@ use inseq::{AttributeOptions, GenerationOptions, MethodArgs, load_model};
 
 #[test]
 fn generated_equals_forced_target() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     for model_name in ["tiny-gpt2", "tiny-llama"] {
         for method in ["attention", "saliency"] {
             let what = format!("{model_name} {method}");
@@ -100,16 +100,10 @@ fn generated_equals_forced_target() {
 /// each into `U+FFFD` tokens the model never produced; `inseq_compat` keeps that).
 #[test]
 fn smollm2_attributes_exactly_the_generated_steps() {
-    let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
-            "SmolLM2 missing: run cargo xtask fetch-models"
-        );
-        eprintln!("skipping: SmolLM2 not downloaded (cargo xtask fetch-models)");
+    if !common::smollm2_present() {
         return;
     }
-    let device = inseq::default_device().unwrap();
+    let device = burn::tensor::Device::default();
     let model = load_model("smollm2", "attention", MethodArgs::default(), &device).unwrap();
     for n in [3, 30] {
         let opts = AttributeOptions {
@@ -129,7 +123,7 @@ fn smollm2_attributes_exactly_the_generated_steps() {
 
 /// The generated token ids of `input` on the model in `dir` (greedy, at most 8 new tokens).
 fn generated_ids(dir: &std::path::Path, input: &str) -> Vec<i64> {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let model = load_model(
         dir.to_str().unwrap(),
         "dummy",
@@ -159,13 +153,7 @@ fn llama_with_eos(
     config_eos: &[i64],
     generation_eos: Option<&[i64]>,
 ) -> std::path::PathBuf {
-    let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
-    let dir = std::env::temp_dir().join(format!("inseq-eos-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = common::copy_model("tiny-llama", &format!("eos-{name}"));
     let set = |file: &str, ids: &[i64]| {
         let path = dir.join(file);
         let mut v: serde_json::Value =
@@ -203,7 +191,7 @@ fn generation_stops_at_any_of_several_end_tokens() {
 /// `num_return_sequences` > 1 (which Inseq attributes one by one) is a clear error.
 #[test]
 fn beam_search_continuation_is_attributed() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let dir = common::model_dir("tiny-gpt2");
     let model = load_model(&dir, "saliency", MethodArgs::default(), &device).unwrap();
     let generation = GenerationOptions {
@@ -245,7 +233,7 @@ fn beam_search_continuation_is_attributed() {
 /// Seeded sampling: a row draws the same tokens on every run, alone or at any position of a batch.
 #[test]
 fn seeded_sampling_is_the_same_in_any_batch() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let dir = common::model_dir("tiny-llama");
     let model = load_model(&dir, "dummy", MethodArgs::default(), &device).unwrap();
     let opts = |seed| AttributeOptions {
@@ -282,13 +270,7 @@ fn seeded_sampling_is_the_same_in_any_batch() {
 /// as in Inseq, not two.
 #[test]
 fn duplicate_bos_is_removed() {
-    let src = std::path::PathBuf::from(common::model_dir("tiny-llama"));
-    let dir = std::env::temp_dir().join(format!("inseq-bos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = common::copy_model("tiny-llama", "bos");
     // Llama 2's layout: the tokenizer adds `<s>` (id 1) before every text.
     let path = dir.join("tokenizer.json");
     let mut tok: serde_json::Value =
@@ -300,7 +282,7 @@ fn duplicate_bos_is_removed() {
         "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}
     });
     std::fs::write(&path, tok.to_string()).unwrap();
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let model = load_model(
         dir.to_str().unwrap(),
         "dummy",

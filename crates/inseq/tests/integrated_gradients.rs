@@ -6,7 +6,7 @@ mod common;
 use inseq::{AttributeOptions, MethodArgs, load_model};
 
 fn max_abs_delta(n_steps: usize, model: &str) -> (f32, f32) {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let args =
         MethodArgs::parse(&format!("n_steps={n_steps},return_convergence_delta=true")).unwrap();
     let m = load_model(
@@ -50,7 +50,7 @@ fn completeness_improves_with_more_steps() {
 
 #[test]
 fn batched_attribution_equals_one_by_one() {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let m = load_model(
         &common::model_dir("tiny-llama"),
         "saliency",
@@ -96,4 +96,47 @@ fn batched_attribution_equals_one_by_one() {
             }
         }
     }
+}
+
+/// End-of-sequence tokens keep their own embedding in the baseline (occluding one changes
+/// nothing: score exactly 0), unless `include_eos_baseline` (Inseq's option) replaces them too.
+#[test]
+fn include_eos_baseline_replaces_end_tokens_too() {
+    let device = burn::tensor::Device::default();
+    let m = load_model(
+        &common::model_dir("tiny-gpt2"),
+        "occlusion",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
+    let input = "Hello</s> ladies";
+    let eos_score = |include_eos_baseline| {
+        let opts = AttributeOptions {
+            targets: Some(vec![format!("{input} and")]),
+            include_eos_baseline,
+            ..Default::default()
+        };
+        let out = m.attribute(&[input], &opts).unwrap();
+        let seq = &out.sequence_attributions[0];
+        let eos = seq
+            .target
+            .iter()
+            .position(|t| t.id == 2)
+            .expect("</s> in the input");
+        let a = seq.target_attributions.as_ref().unwrap();
+        // Occlusion: one score per token and step, `[target_len, steps]`.
+        let steps = a.shape()[1];
+        a.data()[eos * steps..(eos + 1) * steps].to_vec()
+    };
+    assert!(
+        eos_score(false).iter().all(|&v| v == 0.0),
+        "{:?}",
+        eos_score(false)
+    );
+    assert!(
+        eos_score(true).iter().any(|&v| v != 0.0),
+        "{:?}",
+        eos_score(true)
+    );
 }

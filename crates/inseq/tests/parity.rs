@@ -5,7 +5,7 @@ mod common;
 use inseq::parity::{CaseOutcome, golden_cases, run_case, run_loaded_case};
 
 fn run_model(prefix: &str) {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let mut failures = Vec::new();
     let (mut passed, mut skipped) = (0, 0);
     for case in golden_cases(&common::golden_dir()).unwrap() {
@@ -59,17 +59,11 @@ fn tiny_marian_matches_python_inseq() {
 /// 39 cases over eight prompts of different shapes, written by tests/fixtures/smollm2/make_golden.py.
 #[test]
 fn smollm2_matches_python_inseq() {
-    let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
-            "SmolLM2 missing: run cargo xtask fetch-models"
-        );
-        eprintln!("skipping: SmolLM2 not downloaded (cargo xtask fetch-models)");
+    if !common::smollm2_present() {
         return;
     }
     let dir = common::shared().join("smollm2").join("golden");
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     // One load for every case (each sets its own method).
     let mut model = inseq::load_model("smollm2", "dummy", Default::default(), &device).unwrap();
     let mut failures = Vec::new();

@@ -10,7 +10,7 @@ const INPUT: &str = "Hello ladies and";
 const TARGET: &str = "Hello ladies and gentlemen, welcome to the show";
 
 fn attribute(model: &str, opts: AttributeOptions) -> inseq::Result<AttributionOutput> {
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let m = load_model(
         &common::model_dir(model),
         "saliency",

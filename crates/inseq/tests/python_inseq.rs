@@ -46,7 +46,7 @@ fn python_inseq_loads_our_files() {
         eprintln!("skipping: Python Inseq is not installed");
         return;
     }
-    let device = burn::tensor::Device::flex();
+    let device = burn::tensor::Device::default();
     let m = load_model(
         &common::model_dir("tiny-gpt2"),
         "saliency",

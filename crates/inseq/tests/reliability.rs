@@ -84,7 +84,7 @@ fn gpt2() -> String {
 }
 
 fn device() -> burn::tensor::Device {
-    burn::tensor::Device::flex()
+    burn::tensor::Device::default()
 }
 
 // ------------------------------------------------------------- unknown ids

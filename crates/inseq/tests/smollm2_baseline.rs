@@ -1,6 +1,8 @@
 //! SmolLM2's baseline token is the tokenizer's declared unk token, `<|endoftext|>` (id 0), as in
 //! Hugging Face and so Inseq, not the first token named like an unk or pad token.
 
+mod common;
+
 use inseq::{AttributeOptions, MethodArgs, load_model};
 
 /// Occluding a token by the baseline changes nothing when the token is the baseline itself, so
@@ -10,16 +12,10 @@ use inseq::{AttributeOptions, MethodArgs, load_model};
 /// rule (baseline id 2) occluding `<|endoftext|>` changed the prediction.
 #[test]
 fn occluding_the_declared_unk_token_scores_zero_on_smollm2() {
-    let path = inseq::models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
-            "SmolLM2 missing: run cargo xtask fetch-models"
-        );
-        eprintln!("skipping: SmolLM2 not downloaded (cargo xtask fetch-models)");
+    if !common::smollm2_present() {
         return;
     }
-    let device = inseq::default_device().unwrap();
+    let device = burn::tensor::Device::default();
     let model = load_model("smollm2", "occlusion", MethodArgs::default(), &device).unwrap();
     let input = "Paris<|endoftext|> is<|im_end|> the";
     let opts = AttributeOptions {

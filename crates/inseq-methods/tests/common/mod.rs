@@ -12,7 +12,11 @@ pub fn models_dir() -> std::path::PathBuf {
 
 /// Loads a tiny fixture model on the CPU.
 pub fn load(name: &str) -> Pretrained {
-    load_pretrained(models_dir().join(name).to_str().unwrap(), &Device::flex()).unwrap()
+    load_pretrained(
+        models_dir().join(name).to_str().unwrap(),
+        &Device::default(),
+    )
+    .unwrap()
 }
 
 /// The built-in step function `id` as attributed function.
