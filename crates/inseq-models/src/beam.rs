@@ -100,99 +100,146 @@ struct Candidate {
     score: f32,
 }
 
-/// Runs beam search from `prefix` and returns `options.num_return_sequences` hypotheses, best
-/// first. `eos` are the end tokens.
-pub(crate) fn beam_search(
-    stepper: &BeamModel<'_>,
-    prefix: Vec<usize>,
-    options: &GenerationOptions,
-    eos: &[usize],
-) -> Result<Vec<BeamHypothesis>> {
-    let beams = options.num_beams;
-    let prompt_len = prefix.len();
-    let max_length = prompt_len + options.max_new_tokens;
-    let keep = 2.max(1 + eos.len()) * beams;
-    let mut running: Vec<Vec<usize>> = vec![prefix; beams];
-    let mut running_scores: Vec<f32> = (0..beams)
-        .map(|b| if b == 0 { 0.0 } else { EXCLUDED })
-        .collect();
-    // Finished hypotheses: (sequence, score, finished), `beams` slots, best first.
-    let mut finished: Vec<(Vec<usize>, f32, bool)> = vec![(Vec::new(), EXCLUDED, false); beams];
-    let mut improvable = true;
-    let mut cur_len = prompt_len;
-    while cur_len < max_length {
-        let logits = stepper.logits(&running)?;
-        let mut all = Vec::with_capacity(beams * logits[0].len());
+/// Beam search's state between steps, as `_beam_search` keeps it.
+struct Beams<'o> {
+    options: &'o GenerationOptions,
+    eos: &'o [usize],
+    prompt_len: usize,
+    max_length: usize,
+    /// Running sequences (prompt included) and their accumulated log-probabilities, best first.
+    running: Vec<Vec<usize>>,
+    running_scores: Vec<f32>,
+    /// Finished hypotheses: (sequence, score, finished), `num_beams` slots, best first.
+    finished: Vec<(Vec<usize>, f32, bool)>,
+    /// Whether a running beam can still beat the worst finished hypothesis.
+    improvable: bool,
+}
+
+impl Beams<'_> {
+    /// The `max(2, 1 + #eos) × num_beams` best continuations of all beams, best first.
+    fn candidates(&self, logits: Vec<Vec<f32>>, cur_len: usize) -> Result<Vec<Candidate>> {
+        let step = cur_len - self.prompt_len;
+        let mut all = Vec::with_capacity(logits.len() * logits[0].len());
         for (b, mut row) in logits.into_iter().enumerate() {
-            check_finite(&row, cur_len - prompt_len)?;
+            check_finite(&row, step)?;
             log_softmax(&mut row);
-            process_logits(&mut row, &running[b], cur_len - prompt_len, options, eos);
-            all.extend(row.into_iter().map(|l| l + running_scores[b]));
+            process_logits(&mut row, &self.running[b], step, self.options, self.eos);
+            all.extend(row.into_iter().map(|l| l + self.running_scores[b]));
         }
-        let vocab = all.len() / beams;
-        let top: Vec<Candidate> = top_k(&all, keep)
+        let vocab = all.len() / self.options.num_beams;
+        let keep = 2.max(1 + self.eos.len()) * self.options.num_beams;
+        Ok(top_k(&all, keep)
             .into_iter()
             .map(|i| Candidate {
                 beam: i / vocab,
                 token: i % vocab,
                 score: all[i],
             })
-            .collect();
-        let hits: Vec<bool> = top
-            .iter()
-            .map(|c| eos.contains(&c.token) || cur_len + 1 >= max_length)
-            .collect();
-        let extend = |c: &Candidate| [&running[c.beam][..], &[c.token]].concat();
-        // Finished hypotheses: the best `beams` of the old ones and the top-`beams` candidates
-        // that just hit a stopping criterion.
-        let all_done = finished.iter().all(|f| f.2);
-        let penalty = ((cur_len + 1 - prompt_len) as f32).powf(options.length_penalty);
-        let mut merged = finished.clone();
+            .collect())
+    }
+
+    fn extend(&self, c: &Candidate) -> Vec<usize> {
+        [&self.running[c.beam][..], &[c.token]].concat()
+    }
+
+    fn all_done(&self) -> bool {
+        self.finished.iter().all(|f| f.2) && self.options.early_stopping == EarlyStopping::Done
+    }
+
+    /// `_update_finished_beams`: the best `num_beams` of the finished hypotheses and of the
+    /// top-`num_beams` candidates that just hit a stopping criterion (`hits`).
+    fn finish(&mut self, top: &[Candidate], hits: &[bool], cur_len: usize) {
+        let beams = self.options.num_beams;
+        let penalty = ((cur_len + 1 - self.prompt_len) as f32).powf(self.options.length_penalty);
+        let (all_done, improvable) = (self.all_done(), self.improvable);
+        let mut merged = self.finished.clone();
         for (i, c) in top.iter().enumerate() {
             let just_finished = hits[i] && i < beams;
-            let mut s = c.score / penalty;
-            if all_done && options.early_stopping == EarlyStopping::Done {
-                s += EXCLUDED;
-            }
-            if !improvable {
-                s += EXCLUDED;
-            }
-            if !just_finished {
-                s += EXCLUDED;
-            }
-            merged.push((extend(c), s, just_finished));
+            // Each reason adds its own -1e9, as in `transformers`.
+            let excluded = [all_done, !improvable, !just_finished]
+                .iter()
+                .filter(|&&x| x)
+                .count();
+            let score = c.score / penalty + excluded as f32 * EXCLUDED;
+            merged.push((self.extend(c), score, just_finished));
         }
-        finished = best_of(merged, beams, |f| f.1);
-        // Running beams: the best `beams` candidates that did not stop.
+        self.finished = best_of(merged, beams, |f| f.1);
+    }
+
+    /// `_get_running_beams_for_next_iteration`: the best `num_beams` candidates that did not
+    /// stop; the cached keys and values follow their beams.
+    fn advance(&mut self, model: &BeamModel<'_>, top: &[Candidate], hits: &[bool], cur_len: usize) {
+        let scored = top.iter().enumerate();
         let next: Vec<(usize, f32)> = best_of(
-            top.iter()
-                .enumerate()
+            scored
                 .map(|(i, c)| (i, c.score + if hits[i] { EXCLUDED } else { 0.0 }))
                 .collect(),
-            beams,
+            self.options.num_beams,
             |r| r.1,
         );
-        let next_running: Vec<Vec<usize>> = next.iter().map(|&(i, _)| extend(&top[i])).collect();
-        stepper.reorder(&next.iter().map(|&(i, _)| top[i].beam).collect::<Vec<_>>());
-        running = next_running;
-        running_scores = next.iter().map(|&(_, s)| s).collect();
-        cur_len += 1;
-        improvable = improvable
-            && can_improve(
-                &running_scores,
-                &finished,
-                cur_len,
-                prompt_len,
-                max_length,
-                options,
-            );
-        let all_done = finished.iter().all(|f| f.2);
-        let stop_done = all_done && options.early_stopping == EarlyStopping::Done;
-        if !improvable || stop_done || hits.iter().all(|&h| h) {
+        let running = next.iter().map(|&(i, _)| self.extend(&top[i])).collect();
+        model.reorder(&next.iter().map(|&(i, _)| top[i].beam).collect::<Vec<_>>());
+        self.running = running;
+        self.running_scores = next.iter().map(|&(_, s)| s).collect();
+        self.improvable = self.improvable && self.can_improve(cur_len + 1);
+    }
+
+    /// `_check_early_stop_heuristic` at sequence length `cur_len`: whether the best running beam
+    /// could still beat the worst finished hypothesis (always, while some slot is unfinished).
+    fn can_improve(&self, cur_len: usize) -> bool {
+        let lp = self.options.length_penalty;
+        let best_len = match self.options.early_stopping == EarlyStopping::Never && lp > 0.0 {
+            true => self.max_length - self.prompt_len,
+            false => cur_len - self.prompt_len,
+        };
+        let best_possible = self.running_scores[0] / (best_len as f32).powf(lp);
+        let worst = self
+            .finished
+            .iter()
+            .map(|f| f.1)
+            .fold(f32::INFINITY, f32::min);
+        self.finished
+            .iter()
+            .any(|f| best_possible > if f.2 { worst } else { EXCLUDED })
+    }
+}
+
+/// Runs beam search from `prefix` and returns `options.num_return_sequences` hypotheses, best
+/// first. `eos` are the end tokens.
+pub(crate) fn beam_search(
+    model: &BeamModel<'_>,
+    prefix: Vec<usize>,
+    options: &GenerationOptions,
+    eos: &[usize],
+) -> Result<Vec<BeamHypothesis>> {
+    let beams = options.num_beams;
+    let prompt_len = prefix.len();
+    let mut state = Beams {
+        options,
+        eos,
+        prompt_len,
+        max_length: prompt_len + options.max_new_tokens,
+        running: vec![prefix; beams],
+        running_scores: (0..beams)
+            .map(|b| if b == 0 { 0.0 } else { EXCLUDED })
+            .collect(),
+        finished: vec![(Vec::new(), EXCLUDED, false); beams],
+        improvable: true,
+    };
+    for cur_len in prompt_len..state.max_length {
+        let top = state.candidates(model.logits(&state.running)?, cur_len)?;
+        let hits: Vec<bool> = top
+            .iter()
+            .map(|c| eos.contains(&c.token) || cur_len + 1 >= state.max_length)
+            .collect();
+        state.finish(&top, &hits, cur_len);
+        state.advance(model, &top, &hits, cur_len);
+        if !state.improvable || state.all_done() || hits.iter().all(|&h| h) {
             break;
         }
     }
-    Ok(finished
+    Ok(state
+        .finished
         .into_iter()
         .take(options.num_return_sequences.max(1))
         .map(|(seq, score, _)| BeamHypothesis {
@@ -200,29 +247,6 @@ pub(crate) fn beam_search(
             score,
         })
         .collect())
-}
-
-/// `_check_early_stop_heuristic`: whether the best running beam could still beat the worst
-/// finished hypothesis (always, while some slot is unfinished).
-fn can_improve(
-    running_scores: &[f32],
-    finished: &[(Vec<usize>, f32, bool)],
-    cur_len: usize,
-    prompt_len: usize,
-    max_length: usize,
-    options: &GenerationOptions,
-) -> bool {
-    let best_len = if options.early_stopping == EarlyStopping::Never && options.length_penalty > 0.0
-    {
-        max_length - prompt_len
-    } else {
-        cur_len - prompt_len
-    };
-    let best_possible = running_scores[0] / (best_len as f32).powf(options.length_penalty);
-    let worst = finished.iter().map(|f| f.1).fold(f32::INFINITY, f32::min);
-    finished
-        .iter()
-        .any(|f| best_possible > if f.2 { worst } else { EXCLUDED })
 }
 
 /// The `k` items with the largest `key`, largest first; equal keys keep their order (as

@@ -93,9 +93,10 @@ pub struct RecordedAttentions {
 }
 
 /// Decodes greedily, samples with `options.do_sample`, or runs beam search with
-/// `options.num_beams > 1` (see [`beam_search`]), after Hugging Face's logits processors. `prefix` is the prompt (or, for encoder-decoder models, the
-/// decoder prefix starting with the decoder start token; empty means just the
-/// decoder start token) and `source` the encoder input (encoder-decoder only).
+/// `options.num_beams > 1` (see [`beam_search`]), after Hugging Face's logits processors.
+/// `prefix` is the prompt (or, for encoder-decoder models, the decoder prefix starting with the
+/// decoder start token; empty means just the decoder start token) and `source` the encoder input
+/// (encoder-decoder only).
 /// Returns only the new token ids (the end-of-sequence token included when it
 /// is produced).
 pub fn generate_greedy(

@@ -54,6 +54,20 @@ impl TextTokenizer {
         Ok(enc.get_ids().iter().map(|&i| i as usize).collect())
     }
 
+    /// The strings of the tokenizer's special tokens (its added tokens marked special, as
+    /// `transformers`' `all_special_tokens`), longest first.
+    pub fn special_token_strings(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special)
+            .map(|t| t.content)
+            .collect();
+        tokens.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        tokens
+    }
+
     /// Decodes ids to text, optionally skipping special tokens.
     pub fn decode(&self, ids: &[usize], skip_special: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();

@@ -56,6 +56,12 @@ pub struct AttributeOptions {
     /// Replace end-of-sequence tokens by the baseline token too in the baselines of path and
     /// perturbation methods (Inseq's `include_eos_baseline`; off: they keep their own embedding).
     pub include_eos_baseline: bool,
+    /// Token strings in the output as the text each token decodes to alone (`Ġcaf` → ` caf`),
+    /// as Inseq's `clean_special_chars`; off: the vocabulary's strings.
+    pub clean_special_chars: bool,
+    /// Remove the tokenizer's special tokens from the texts and add none when tokenising
+    /// (Inseq's `skip_special_tokens`).
+    pub skip_special_tokens: bool,
     /// Show a progress bar on stderr.
     pub show_progress: bool,
     /// Reproduce Python Inseq 0.7.1's numerics where they are wrong (Marian's
@@ -83,6 +89,8 @@ impl Default for AttributeOptions {
             contrast_sources: None,
             contrast_alignments: None,
             include_eos_baseline: false,
+            clean_special_chars: false,
+            skip_special_tokens: false,
             show_progress: false,
             inseq_compat: false,
             allow_non_finite: false,
@@ -392,11 +400,25 @@ impl AttributionModel {
         &mut self.steps
     }
 
-    fn encode(&self, text: &str, what: &str) -> Result<Vec<usize>> {
+    /// Token ids of `text`; with `skip_special_tokens` (Inseq's option) the special tokens'
+    /// strings are removed from it first and none is added.
+    fn encode(&self, text: &str, what: &str, skip_special_tokens: bool) -> Result<Vec<usize>> {
         if text.trim().is_empty() {
             return Err(Error::InvalidInput(format!("{what} text is empty")));
         }
-        let mut ids = self.pretrained.tokenizer.encode(text, true)?;
+        let tokenizer = &self.pretrained.tokenizer;
+        let mut ids = match skip_special_tokens {
+            false => tokenizer.encode(text, true)?,
+            true => {
+                let text = tokenizer
+                    .special_token_strings()
+                    .iter()
+                    .fold(text.to_string(), |t, special| {
+                        t.replace(special.as_str(), "")
+                    });
+                tokenizer.encode(&text, false)?
+            }
+        };
         // As Inseq: a text that starts with the BOS token its tokenizer also adds (a chat
         // template, Llama 2's `<s>[INST]`) keeps one of the two.
         let bos = self.pretrained.special_tokens.bos;
@@ -466,7 +488,7 @@ impl AttributionModel {
     ) -> Result<Row> {
         let info = self.model().info().clone();
         let tok = &self.pretrained.tokenizer;
-        let input_ids = self.encode(input, "input")?;
+        let input_ids = self.encode(input, "input", opts.skip_special_tokens)?;
         let (source_ids, prefix) = match self.model().kind() {
             ModelKind::DecoderOnly => (None, input_ids.clone()),
             ModelKind::EncoderDecoder => {
@@ -546,11 +568,13 @@ impl AttributionModel {
         };
         let target_ids = match (generated_ids, self.model().kind()) {
             (Some(ids), _) => ids,
-            (None, ModelKind::DecoderOnly) => self.encode(&target_text, "target")?,
+            (None, ModelKind::DecoderOnly) => {
+                self.encode(&target_text, "target", opts.skip_special_tokens)?
+            }
             (None, ModelKind::EncoderDecoder) => {
                 let mut ids = prefix.clone();
                 if !target_text.is_empty() {
-                    ids.extend(tok.encode(&target_text, true)?);
+                    ids.extend(self.encode(&target_text, "target", opts.skip_special_tokens)?);
                 }
                 ids
             }
@@ -601,13 +625,15 @@ impl AttributionModel {
                 ));
             }
             (Some(c), ModelKind::EncoderDecoder) => {
-                Some(self.encode(&c[index], "contrastive source")?)
+                Some(self.encode(&c[index], "contrastive source", opts.skip_special_tokens)?)
             }
         };
         let c_target = match &opts.contrast_targets {
             None => None,
             Some(c) => Some(match kind {
-                ModelKind::DecoderOnly => self.encode(&c[index], "contrastive target")?,
+                ModelKind::DecoderOnly => {
+                    self.encode(&c[index], "contrastive target", opts.skip_special_tokens)?
+                }
                 ModelKind::EncoderDecoder => {
                     let mut ids = vec![target_ids[0]];
                     ids.extend(self.pretrained.tokenizer.encode(&c[index], true)?);
@@ -882,9 +908,22 @@ impl AttributionModel {
             p.finish_and_clear();
         }
         let tok = &self.pretrained.tokenizer;
+        // A token's string: the vocabulary's, or with `clean_special_chars` the text it decodes
+        // to alone (`Ġcaf` → ` caf`), as Inseq's `clean_tokens` (kept where that is empty).
+        let show = |id: usize| -> String {
+            let raw = tok.id_to_token(id);
+            match opts.clean_special_chars {
+                true => tok
+                    .decode(&[id], false)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or(raw),
+                false => raw,
+            }
+        };
         let tokens = |ids: &[usize]| -> Vec<TokenWithId> {
             ids.iter()
-                .map(|&i| TokenWithId::new(tok.id_to_token(i), i as i64))
+                .map(|&i| TokenWithId::new(show(i), i as i64))
                 .collect()
         };
         let mut sequences = Vec::with_capacity(rows.len());
@@ -894,11 +933,8 @@ impl AttributionModel {
                 for (k, &ci) in c.aligned.iter().enumerate() {
                     let t = row.start + k;
                     if c.target_ids[ci] != row.target_ids[t] {
-                        let shown = format!(
-                            "{} → {}",
-                            tok.id_to_token(c.target_ids[ci]),
-                            target_tokens[t].token
-                        );
+                        let shown =
+                            format!("{} → {}", show(c.target_ids[ci]), target_tokens[t].token);
                         target_tokens[t] = TokenWithId::new(shown, -1);
                     }
                 }

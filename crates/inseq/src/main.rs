@@ -111,6 +111,14 @@ struct RunArgs {
     /// `include_eos_baseline`; by default they keep their own embedding).
     #[arg(long)]
     include_eos_baseline: bool,
+    /// Token strings in the output as the text each token decodes to (`Ġcaf` → ` caf`), as
+    /// Inseq's `clean_special_chars`.
+    #[arg(long)]
+    clean_special_chars: bool,
+    /// Remove the tokenizer's special tokens from the texts and add none (Inseq's
+    /// `skip_special_tokens`).
+    #[arg(long)]
+    skip_special_tokens: bool,
     /// Write NaN/inf attributions and step scores instead of failing (for debugging a model).
     #[arg(long)]
     allow_non_finite: bool,
@@ -208,6 +216,8 @@ impl RunArgs {
             show_progress: std::io::stderr().is_terminal(),
             inseq_compat: self.inseq_compat,
             include_eos_baseline: self.include_eos_baseline,
+            clean_special_chars: self.clean_special_chars,
+            skip_special_tokens: self.skip_special_tokens,
             allow_non_finite: self.allow_non_finite,
             ..Default::default()
         })

@@ -140,7 +140,30 @@ pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result
         )?,
         None => StepArgs::default(),
     };
+    // Options of Inseq's `model.attribute` beyond the usual ones.
+    let attribute_args = case.get("attribute_args").and_then(Value::as_object);
+    let flag = |k: &str| {
+        attribute_args
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    if let Some(unknown) = attribute_args.into_iter().flat_map(|a| a.keys()).find(|k| {
+        ![
+            "clean_special_chars",
+            "include_eos_baseline",
+            "skip_special_tokens",
+        ]
+        .contains(&k.as_str())
+    }) {
+        return Ok(CaseOutcome::Skipped(format!(
+            "attribute argument `{unknown}` is not implemented"
+        )));
+    }
     let opts = AttributeOptions {
+        clean_special_chars: flag("clean_special_chars"),
+        include_eos_baseline: flag("include_eos_baseline"),
+        skip_special_tokens: flag("skip_special_tokens"),
         targets: s("target").map(|t| vec![t.to_string()]),
         generation,
         attr_pos_start: request("start"),
@@ -203,6 +226,20 @@ pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result
             &mut ours_agg.target_attributions,
         ] {
             *a = a.as_ref().map(|a| first_rows(a, end));
+        }
+    }
+    // Token strings are Inseq's own only where it changes them (`clean_special_chars`).
+    if opts.clean_special_chars {
+        let golden: Vec<&str> = case
+            .get("target_tokens")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let ours: Vec<&str> = ours_raw.target.iter().map(|t| t.token.as_str()).collect();
+        if golden != ours {
+            problems.push(format!(
+                "target tokens differ: golden {golden:?}, ours {ours:?}"
+            ));
         }
     }
     if golden_target_ids.as_ref() != Some(&ours_target) {

@@ -463,28 +463,22 @@ fn generation_config_defaults_apply_and_flags_override_them() {
         greedy
     );
     let bad = llama_with_generation_config("bad", serde_json::json!({"suppress_tokens": [5]}));
-    let out = inseq(&[
-        "attribute",
-        "--model",
-        bad.to_str().unwrap(),
-        "--method",
-        "dummy",
-        "--input",
-        "Hello",
-    ]);
+    let attribute_bad = |extra: &[&str]| {
+        let mut args = vec![
+            "attribute",
+            "--model",
+            bad.to_str().unwrap(),
+            "--method",
+            "dummy",
+        ];
+        args.extend(["--input", "Hello"]);
+        args.extend(extra);
+        inseq(&args)
+    };
+    let out = attribute_bad(&[]);
     assert_error(&out, "suppress_tokens");
     assert_error(&out, "generation_config.json");
-    let forced = inseq(&[
-        "attribute",
-        "--model",
-        bad.to_str().unwrap(),
-        "--method",
-        "dummy",
-        "--input",
-        "Hello",
-        "--target",
-        "Hello there",
-    ]);
+    let forced = attribute_bad(&["--target", "Hello there"]);
     assert!(
         forced.status.success(),
         "{}",

@@ -123,14 +123,7 @@ fn smollm2_attributes_exactly_the_generated_steps() {
 
 /// The generated token ids of `input` on the model in `dir` (greedy, at most 8 new tokens).
 fn generated_ids(dir: &std::path::Path, input: &str) -> Vec<i64> {
-    let device = burn::tensor::Device::default();
-    let model = load_model(
-        dir.to_str().unwrap(),
-        "dummy",
-        MethodArgs::default(),
-        &device,
-    )
-    .unwrap();
+    let model = dummy_model(dir);
     let opts = AttributeOptions {
         generation: GenerationOptions {
             max_new_tokens: 8,
@@ -282,14 +275,7 @@ fn duplicate_bos_is_removed() {
         "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}
     });
     std::fs::write(&path, tok.to_string()).unwrap();
-    let device = burn::tensor::Device::default();
-    let model = load_model(
-        dir.to_str().unwrap(),
-        "dummy",
-        MethodArgs::default(),
-        &device,
-    )
-    .unwrap();
+    let model = dummy_model(&dir);
     let ids = |input: &str| -> Vec<i64> {
         let opts = AttributeOptions {
             targets: Some(vec![format!("{input} ladies")]),
@@ -305,4 +291,16 @@ fn duplicate_bos_is_removed() {
     let plain = ids("Hello");
     assert_eq!(plain[0], 1, "the tokenizer adds <s>: {plain:?}");
     assert_eq!(ids("<s>Hello"), plain, "one <s>, not two");
+}
+
+/// The model in `dir` with the `dummy` method (token ids and step scores only).
+fn dummy_model(dir: &std::path::Path) -> inseq::AttributionModel {
+    let device = burn::tensor::Device::default();
+    load_model(
+        dir.to_str().unwrap(),
+        "dummy",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap()
 }

@@ -56,7 +56,7 @@ fn tiny_marian_matches_python_inseq() {
 }
 
 /// Python Inseq 0.7.1 on the real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised by transformers):
-/// 39 cases over eight prompts of different shapes, written by tests/fixtures/smollm2/make_golden.py.
+/// 42 cases over eight prompts of different shapes, written by tests/fixtures/smollm2/make_golden.py.
 #[test]
 fn smollm2_matches_python_inseq() {
     if !common::smollm2_present() {
