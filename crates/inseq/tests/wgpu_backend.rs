@@ -1,6 +1,6 @@
 //! The `wgpu` backend gives the same attributions and step scores as the CPU (`flex`) backend.
 //!
-//! Runs with `cargo test -p inseq --features wgpu --test wgpu_backend`; on machines without a GPU,
+//! Runs with `cargo test --workspace --features inseq/wgpu --test wgpu_backend`; without a GPU,
 //! Mesa's software Vulkan driver (llvmpipe, Debian package `mesa-vulkan-drivers`) serves. Where no
 //! Vulkan adapter exists at all the test says so and passes, unless `INSEQ_REQUIRE_WGPU=1` (set by
 //! `.ci/run`), which makes it fail instead.
