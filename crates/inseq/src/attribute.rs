@@ -62,14 +62,46 @@ pub struct AttributeOptions {
     /// Remove the tokenizer's special tokens from the texts and add none when tokenising
     /// (Inseq's `skip_special_tokens`).
     pub skip_special_tokens: bool,
-    /// Show a progress bar on stderr.
-    pub show_progress: bool,
+    /// Told of the attribution's progress (steps done, steps in all) after each batch of
+    /// steps; the CLI draws its progress bar from it. `None`: nothing is reported.
+    pub progress: Option<Progress>,
     /// Reproduce Python Inseq 0.7.1's numerics where they are wrong (Marian's
     /// doubly scaled target embeddings, see `docs/inseq-compatibility.md`). Off by default.
     pub inseq_compat: bool,
     /// Keep non-finite (NaN/inf) attributions and step scores instead of failing with
     /// [`Error::Numerical`] (for debugging a model; see `docs/reliability.md`). Off by default.
     pub allow_non_finite: bool,
+}
+
+/// A progress callback: called with (steps done, steps in all).
+///
+/// ```
+/// use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+/// let seen = Arc::new(AtomicUsize::new(0));
+/// let s = seen.clone();
+/// let progress = inseq::Progress::new(move |done, _total| s.store(done, Ordering::Relaxed));
+/// progress.report(3, 4);
+/// assert_eq!(seen.load(Ordering::Relaxed), 3);
+/// ```
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl Progress {
+    /// Wraps a callback.
+    pub fn new(f: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Reports `done` of `total` steps.
+    pub fn report(&self, done: usize, total: usize) {
+        (self.0)(done, total)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 impl Default for AttributeOptions {
@@ -91,7 +123,7 @@ impl Default for AttributeOptions {
             include_eos_baseline: false,
             clean_special_chars: false,
             skip_special_tokens: false,
-            show_progress: false,
+            progress: None,
             inseq_compat: false,
             allow_non_finite: false,
         }
@@ -786,10 +818,8 @@ impl AttributionModel {
             rows.iter().map(|_| BTreeMap::new()).collect();
         let max_steps = rows.iter().map(|r| r.end - r.start).max().unwrap_or(0);
         let mut score_dims: Option<Vec<usize>> = None;
-        let progress = progress_bar(
-            opts.show_progress,
-            rows.iter().map(|r| r.end - r.start).sum(),
-        );
+        let total_steps: usize = rows.iter().map(|r| r.end - r.start).sum();
+        let mut steps_done = 0;
         let pad = self.model().info().pad_token_id.unwrap_or(0);
         // Causal models: one forward pass over the whole sequences can serve every step.
         let seq = sequence_input(&rows, kind, pad);
@@ -900,12 +930,10 @@ impl AttributionModel {
                     }
                 }
             }
-            if let Some(p) = &progress {
-                p.inc(unit.len() as u64);
+            steps_done += unit.len();
+            if let Some(p) = &opts.progress {
+                p.report(steps_done, total_steps);
             }
-        }
-        if let Some(p) = progress {
-            p.finish_and_clear();
         }
         let tok = &self.pretrained.tokenizer;
         // A token's string: the vocabulary's, or with `clean_special_chars` the text it decodes
@@ -1087,21 +1115,6 @@ fn padded_target(step: &StepInput) -> PaddedIds<'_> {
 /// A step's source ids and mask (encoder-decoder models).
 fn padded_source(step: &StepInput) -> Option<PaddedIds<'_>> {
     step.source_ids.as_deref().zip(step.source_mask.as_deref())
-}
-
-fn progress_bar(show: bool, total: usize) -> Option<indicatif::ProgressBar> {
-    if !show {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} attributing [{bar:30}] {pos}/{len} steps ({elapsed}, eta {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    Some(bar)
 }
 
 /// One attribution call: `(row, step)` pairs attributed in one batch.

@@ -213,7 +213,7 @@ impl RunArgs {
             attributed_fn: self.attributed_fn.clone(),
             attributed_fn_args: StepArgs::parse(&self.attributed_fn_args)?,
             attribute_target: self.attribute_target,
-            show_progress: std::io::stderr().is_terminal(),
+            progress: std::io::stderr().is_terminal().then(step_progress_bar),
             inseq_compat: self.inseq_compat,
             include_eos_baseline: self.include_eos_baseline,
             clean_special_chars: self.clean_special_chars,
@@ -597,7 +597,7 @@ fn attribute_dataset(a: DatasetArgs) -> Result<()> {
         .iter()
         .all(|r| matches!(&r.content, Ok((_, Some(_))) | Err(_)));
     let opts = AttributeOptions {
-        show_progress: false,
+        progress: None,
         generation: a.run.generation_for(&model, forced)?,
         ..run_opts
     };
@@ -784,4 +784,23 @@ fn attribute_context(a: ContextCliArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// A progress bar on stderr over the attributed steps, cleared when they are all done.
+fn step_progress_bar() -> inseq::Progress {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} attributing [{bar:30}] {pos}/{len} steps ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    inseq::Progress::new(move |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        if done >= total {
+            bar.finish_and_clear();
+        }
+    })
 }
