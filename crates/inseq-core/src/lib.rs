@@ -24,11 +24,13 @@
 #![warn(missing_docs)]
 
 mod array;
+pub mod context_output;
 mod error;
 pub mod inseq_format;
 mod output;
 
 pub use array::Array;
+pub use context_output::{CciCues, CciOutput, ContextInfo, ContextOutput, Cue};
 pub use error::{Error, Result};
 pub use inseq_format::{InseqSaveOptions, ScorePrecision};
 pub use output::{AttributionOutput, SequenceAttribution, TokenWithId, write_atomic};

@@ -61,7 +61,14 @@ fn check_top_p(top_p: f64) -> Result<()> {
 }
 
 macro_rules! step_fn {
-    ($name:ident, $id:literal, $desc:literal, |$ctx:ident, $args:ident| $body:expr) => {
+    (
+        $name:ident,
+        $id:literal,
+        $desc:literal,
+        contrastive: $contrastive:literal,
+        span_aggregation: $span:literal,
+        |$ctx:ident, $args:ident| $body:expr
+    ) => {
         #[doc = $desc]
         #[derive(Debug, Clone, Copy, Default)]
         pub struct $name;
@@ -75,6 +82,12 @@ macro_rules! step_fn {
             }
             fn compute(&self, $ctx: &StepContext, $args: &StepArgs) -> Result<Tensor<1>> {
                 $body
+            }
+            fn is_contrastive(&self) -> bool {
+                $contrastive
+            }
+            fn span_aggregation(&self) -> &str {
+                $span
             }
         }
     };
@@ -101,6 +114,8 @@ step_fn!(
     Logit,
     "logit",
     "Logit of the target token.",
+    contrastive: false,
+    span_aggregation: "absmax",
     |ctx, _args| gather_ids(ctx.logits.clone(), &ctx.target_ids)
 );
 
@@ -108,6 +123,8 @@ step_fn!(
     Probability,
     "probability",
     "Probability of the target token (log-probability with `logprob=true`).",
+    contrastive: false,
+    span_aggregation: "prod",
     |ctx, args| probability(
         ctx.logits.clone(),
         &ctx.target_ids,
@@ -119,6 +136,8 @@ step_fn!(
     Entropy,
     "entropy",
     "Entropy (nats) of the output distribution.",
+    contrastive: false,
+    span_aggregation: "sum",
     |ctx, _args| {
         let logp = activation::log_softmax(ctx.logits.clone(), 1);
         let [b, _] = logp.dims();
@@ -130,6 +149,8 @@ step_fn!(
     CrossEntropy,
     "crossentropy",
     "Cross-entropy (nats) of the target token; works at any batch size (Inseq 0.7.1 fails at batch size 1).",
+    contrastive: false,
+    span_aggregation: "sum",
     |ctx, _args| crossentropy(ctx)
 );
 
@@ -137,6 +158,8 @@ step_fn!(
     Perplexity,
     "perplexity",
     "Perplexity of the target token, exp(crossentropy). Inseq 0.7.1 computes 2**crossentropy with a natural-log cross-entropy, which is not a perplexity; this is the correct value.",
+    contrastive: false,
+    span_aggregation: "prod",
     |ctx, _args| Ok(crossentropy(ctx)?.exp())
 );
 
@@ -144,6 +167,8 @@ step_fn!(
     TopPSize,
     "top_p_size",
     "Number of tokens in the nucleus of cumulative probability `top_p` (default 0.9 when not given; Inseq 0.7.1 fails without it).",
+    contrastive: false,
+    span_aggregation: "absmax",
     |ctx, args| {
         let top_p = args.f64_or("top_p", 0.9);
         check_top_p(top_p)?;
@@ -163,6 +188,8 @@ step_fn!(
     ContrastLogits,
     "contrast_logits",
     "Logit of the contrastive target token given the contrastive input.",
+    contrastive: true,
+    span_aggregation: "absmax",
     |ctx, _args| {
         let c = ctx.contrast("contrast_logits")?;
         gather_ids(c.logits.clone(), &c.target_ids)
@@ -173,6 +200,8 @@ step_fn!(
     ContrastProb,
     "contrast_prob",
     "Probability of the contrastive target token given the contrastive input (`logprob` supported).",
+    contrastive: true,
+    span_aggregation: "prod",
     |ctx, args| {
         let c = ctx.contrast("contrast_prob")?;
         probability(
@@ -187,6 +216,8 @@ step_fn!(
     ContrastProbDiff,
     "contrast_prob_diff",
     "Probability of the target minus probability of the contrastive target (Yin and Neubig, 2022).",
+    contrastive: true,
+    span_aggregation: "prod",
     |ctx, args| {
         let logprob = args.bool_or("logprob", false);
         let c = ctx.contrast("contrast_prob_diff")?;
@@ -199,6 +230,8 @@ step_fn!(
     ContrastLogitsDiff,
     "contrast_logits_diff",
     "Logit of the target minus logit of the contrastive target (Yin and Neubig, 2022).",
+    contrastive: true,
+    span_aggregation: "absmax",
     |ctx, _args| {
         let c = ctx.contrast("contrast_logits_diff")?;
         Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)?
@@ -210,6 +243,8 @@ step_fn!(
     Pcxmi,
     "pcxmi",
     "Pointwise contextual cross-mutual information: -log2(p(target) / p_contrast(target)).",
+    contrastive: true,
+    span_aggregation: "sum",
     |ctx, _args| {
         let c = ctx.contrast("pcxmi")?;
         let orig = probability(ctx.logits.clone(), &ctx.target_ids, true)?;
@@ -222,6 +257,8 @@ step_fn!(
     InContextPvi,
     "in_context_pvi",
     "In-context pointwise V-usable information: -log p(target) + log p_contrast(target).",
+    contrastive: true,
+    span_aggregation: "absmax",
     |ctx, _args| {
         let c = ctx.contrast("in_context_pvi")?;
         Ok(probability(c.logits.clone(), &c.target_ids, true)?
@@ -233,6 +270,8 @@ step_fn!(
     KlDivergence,
     "kl_divergence",
     "KL divergence KL(P || P_contrast) of the output distributions, optionally restricted by `top_k` / `top_p` (finite where Inseq 0.7.1 gives NaN).",
+    contrastive: true,
+    span_aggregation: "sum",
     |ctx, args| {
         let c = ctx.contrast("kl_divergence")?;
         let top_k = args.f64_or("top_k", 0.0);
@@ -295,6 +334,10 @@ impl StepFunction for McDropoutProbAvg {
 
     fn description(&self) -> &str {
         "(p - mean of p under MC dropout) / their std, over `n_mcd_steps` (default 5) dropout samples."
+    }
+
+    fn span_aggregation(&self) -> &str {
+        "prod"
     }
 
     fn dropout_samples(&self, args: &StepArgs) -> usize {

@@ -134,6 +134,17 @@ pub trait StepFunction: Send + Sync {
         let _ = args;
         0
     }
+    /// Whether it needs contrastive inputs ([`StepContext::contrast`]); PECoRe's CTI phase
+    /// compares the outputs with and without context through such a function.
+    fn is_contrastive(&self) -> bool {
+        false
+    }
+    /// The id of the aggregation function that merges its scores over a span of generated
+    /// tokens (Inseq's `DEFAULT_ATTRIBUTION_AGGREGATE_DICT`: `prod` for probabilities, `sum`
+    /// for entropies and divergences, `absmax` by default).
+    fn span_aggregation(&self) -> &str {
+        "absmax"
+    }
 }
 
 /// Gathers `logits[i, ids[i]]` as a `[batch]` tensor.

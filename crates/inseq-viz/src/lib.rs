@@ -37,9 +37,11 @@ use inseq_core::{Array, Result, SequenceAttribution, write_atomic};
 pub use byte_level::display_tokens;
 
 mod byte_level;
+mod context;
 mod html;
 mod svg;
 
+pub use context::{render_context_html, render_context_terminal, render_context_text};
 pub use html::render_html;
 pub use svg::render_svg;
 

@@ -427,6 +427,11 @@ impl AttributionModel {
         })
     }
 
+    /// The step functions this model can record and attribute, by id.
+    pub fn step_registry(&self) -> &StepRegistry {
+        &self.steps
+    }
+
     /// The step-function registry (add custom step functions here).
     pub fn step_registry_mut(&mut self) -> &mut StepRegistry {
         &mut self.steps

@@ -774,13 +774,13 @@ fn attribute_context(a: ContextCliArgs) -> Result<()> {
     if let Some(info) = &mut out.info {
         info.model_name_or_path = Some(a.model.model.clone());
     }
-    println!("{}", out.render_terminal(color));
+    println!("{}", inseq::viz::render_context_terminal(&out, color));
     if let Some(path) = &a.save_path {
         out.save(path)?;
         eprintln!("saved {}", path.display());
     }
     if let Some(path) = &a.viz_path {
-        inseq::core::write_atomic(path, out.render_html().as_bytes())?;
+        inseq::core::write_atomic(path, inseq::viz::render_context_html(&out).as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -206,9 +206,9 @@ fn pecore_runs_on_tiny_models_of_both_kinds() {
                 assert_eq!(c.contrast_token.is_some(), f == "contrast_prob_diff");
                 assert_eq!(c.contextless_output.is_some(), f == "contrast_prob_diff");
             }
-            let text = out.render_text();
+            let text = inseq::viz::render_context_text(&out);
             assert!(text.contains("Input context"), "{text}");
-            assert!(out.render_html().contains("<html"));
+            assert!(inseq::viz::render_context_html(&out).contains("<html"));
         }
     }
 }
@@ -222,12 +222,12 @@ fn output_context_pre_on_decoder_only_and_encoder_decoder() {
             check_structure(&out, true, true);
             assert_eq!(out.output_context.as_deref(), Some(OUTPUT_CONTEXT));
             assert_eq!(out.output_current, OUTPUT_CURRENT);
-            let text = out.render_text();
+            let text = inseq::viz::render_context_text(&out);
             assert!(
                 text.contains("Output context") && text.contains(OUTPUT_CONTEXT),
                 "{name}: {text}"
             );
-            let html = out.render_html();
+            let html = inseq::viz::render_context_html(&out);
             assert!(html.contains("Output context cues"), "{name}");
         }
         // Output context alone (no input context).
@@ -765,7 +765,7 @@ fn pecore_on_smollm2() {
         ..base_args()
     };
     let out = attribute_context(&load("smollm2"), &args).unwrap();
-    println!("{}", out.render_text());
+    println!("{}", inseq::viz::render_context_text(&out));
     assert!(!out.output_current.is_empty());
     assert!(!out.cci_scores.is_empty());
 }
@@ -791,7 +791,7 @@ fn pecore_on_smollm2_with_output_context() {
         ..Default::default()
     };
     let out = attribute_context(&load("smollm2"), &args).unwrap();
-    println!("{}", out.render_text());
+    println!("{}", inseq::viz::render_context_text(&out));
     check_structure(&out, true, true);
     assert!(
         out.output_current.starts_with("Tom"),
