@@ -72,6 +72,12 @@ fn is_contrastive(model: &AttributionModel, attributed_fn: &str) -> Result<bool>
     Ok(model.step_registry().get(attributed_fn)?.is_contrastive())
 }
 
+/// (contextless position, contextual position) pairs.
+type Pairs = Vec<(usize, usize)>;
+
+/// The CCI scores of the input context and of the output context tokens.
+type ContextScores = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// A context's token positions (in the source for an encoder-decoder input context, else in the
 /// contextual target) and their strings.
 #[derive(Default)]
@@ -99,7 +105,7 @@ struct Layout {
     cur_ctxless: Vec<usize>,
     span: Range<usize>,
     /// (contextless position, contextual position) of each current output token.
-    pairs: Vec<(usize, usize)>,
+    pairs: Pairs,
     input_context: ContextTokens,
     output_context: ContextTokens,
     /// Whether the output template has a `{context}` slot.
@@ -258,7 +264,7 @@ fn align_current(
     cur_ctxless: &[usize],
     cur_ctx: &[usize],
     output_current: &str,
-) -> Result<(Range<usize>, Vec<(usize, usize)>)> {
+) -> Result<(Range<usize>, Pairs)> {
     let (Some(&start), Some(&last), Some(&ctx_first), Some(&ctx_last)) = (
         cur_ctxless.first(),
         cur_ctxless.last(),
@@ -460,7 +466,7 @@ fn contextless_prediction(
 fn context_scores(
     seq: &SequenceAttribution,
     l: &Layout,
-) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+) -> Result<ContextScores> {
     let input_array = match l.enc_dec {
         true => seq.source_attributions.as_ref(),
         false => seq.target_attributions.as_ref(),
