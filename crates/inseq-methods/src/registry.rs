@@ -15,6 +15,7 @@ use crate::{
 pub type MethodFactory =
     Arc<dyn Fn(MethodArgs) -> Result<Box<dyn AttributionMethod>> + Send + Sync>;
 
+#[derive(Clone)]
 struct Entry {
     description: String,
     factory: MethodFactory,
@@ -31,7 +32,7 @@ struct Entry {
 /// assert!(reg.create("signed_saliency", MethodArgs::default()).is_ok());
 /// assert!(reg.create("nope", MethodArgs::default()).is_err());
 /// ```
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct MethodRegistry {
     entries: BTreeMap<String, Entry>,
 }

@@ -463,10 +463,7 @@ fn contextless_prediction(
 }
 
 /// The aggregated CCI scores of the input and output context tokens.
-fn context_scores(
-    seq: &SequenceAttribution,
-    l: &Layout,
-) -> Result<ContextScores> {
+fn context_scores(seq: &SequenceAttribution, l: &Layout) -> Result<ContextScores> {
     let input_array = match l.enc_dec {
         true => seq.source_attributions.as_ref(),
         false => seq.target_attributions.as_ref(),

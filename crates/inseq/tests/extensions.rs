@@ -1,0 +1,201 @@
+//! A researcher's own attribution method and step functions, defined outside the workspace and
+//! used by id through the facade (`AttributionModel`) and PECoRe (`attribute_context`), exactly
+//! where the built-in ones are.
+
+mod common;
+
+use burn::tensor::Tensor;
+use inseq::context::{ContextArgs, attribute_context};
+use inseq::methods::{AttributionMethod, MethodContext, StepAttribution, StepInput};
+use inseq::steps::{StepContext, StepFunction, gather_ids};
+use inseq::{AttributeOptions, AttributionModel, MethodArgs, StepArgs};
+
+/// Twice the target logit; merged over spans by `sum`.
+struct DoubleLogit;
+
+impl StepFunction for DoubleLogit {
+    fn id(&self) -> &str {
+        "double_logit"
+    }
+    fn description(&self) -> &str {
+        "Twice the logit of the target token."
+    }
+    fn compute(&self, ctx: &StepContext, _: &StepArgs) -> inseq::Result<Tensor<1>> {
+        Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)? * 2.0)
+    }
+    fn span_aggregation(&self) -> &str {
+        "sum"
+    }
+}
+
+/// The target logit minus the contrastive target's: a contrastive function of the user's own
+/// (the built-in `contrast_logits_diff` under another id).
+struct LogitGap;
+
+impl StepFunction for LogitGap {
+    fn id(&self) -> &str {
+        "logit_gap"
+    }
+    fn description(&self) -> &str {
+        "Target logit minus contrastive target logit."
+    }
+    fn compute(&self, ctx: &StepContext, _: &StepArgs) -> inseq::Result<Tensor<1>> {
+        let c = ctx.contrast("logit_gap")?;
+        Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)?
+            - gather_ids(c.logits.clone(), &c.target_ids)?)
+    }
+    fn is_contrastive(&self) -> bool {
+        true
+    }
+}
+
+/// Saliency with its scores negated: the default aggregation (absolute-value norms, then
+/// normalisation) shows exactly saliency's view.
+struct NegatedSaliency(Box<dyn AttributionMethod>);
+
+impl AttributionMethod for NegatedSaliency {
+    fn id(&self) -> &str {
+        "negated_saliency"
+    }
+    fn attribute_step(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+    ) -> inseq::Result<StepAttribution> {
+        let out = self.0.attribute_step(ctx, step)?;
+        Ok(StepAttribution {
+            source: out.source.map(Tensor::neg),
+            target: out.target.map(Tensor::neg),
+            ..out
+        })
+    }
+}
+
+/// tiny-gpt2 with the three extensions registered.
+fn extended_model() -> AttributionModel {
+    let device = burn::tensor::Device::default();
+    let dir = common::model_dir("tiny-gpt2");
+    let mut model = inseq::load_model(&dir, "saliency", MethodArgs::default(), &device).unwrap();
+    model.step_registry_mut().register(DoubleLogit);
+    model.step_registry_mut().register(LogitGap);
+    model.method_registry_mut().register(
+        "negated_saliency",
+        "Saliency, negated.",
+        |args| {
+            let inner = inseq::MethodRegistry::with_defaults().create("saliency", args)?;
+            Ok(Box::new(NegatedSaliency(inner)))
+        },
+    );
+    model
+}
+
+fn forced(step_scores: &[&str], attributed_fn: &str) -> AttributeOptions {
+    AttributeOptions {
+        targets: Some(vec!["Hello ladies and gentlemen".into()]),
+        step_scores: step_scores.iter().map(|s| s.to_string()).collect(),
+        attributed_fn: attributed_fn.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_user_step_function_is_a_step_score_and_an_attributed_function_by_id() {
+    let model = extended_model();
+    let out = model
+        .attribute(&["Hello ladies and"], &forced(&["double_logit", "logit"], "probability"))
+        .unwrap();
+    let scores = &out.sequence_attributions[0].step_scores;
+    for (double, logit) in scores["double_logit"].iter().zip(&scores["logit"]) {
+        // Both values come from the same f32 logit; doubling is exact in binary floating point.
+        assert_eq!(*double, 2.0 * logit);
+    }
+    // As the attributed function: saliency of 2·logit is twice saliency of the logit.
+    let of = |f: &str| {
+        let out = model.attribute(&["Hello ladies and"], &forced(&[], f)).unwrap();
+        out.sequence_attributions[0].target_attributions.clone().unwrap()
+    };
+    let (double, logit) = (of("double_logit"), of("logit"));
+    for (d, l) in double.data().iter().zip(logit.data()) {
+        // |∂(2x)| = 2|∂x| exactly: the backward pass scales the seed gradient by 2, a power of two.
+        assert!((d.is_nan() && l.is_nan()) || *d == 2.0 * l, "{d} vs 2·{l}");
+    }
+}
+
+#[test]
+fn a_user_step_function_says_how_its_scores_merge_over_spans() {
+    let model = extended_model();
+    let registry = model.step_registry();
+    assert_eq!(registry.get("double_logit").unwrap().span_aggregation(), "sum");
+    assert_eq!(registry.get("logit_gap").unwrap().span_aggregation(), "absmax");
+    assert!(registry.get("logit_gap").unwrap().is_contrastive());
+    // The built-ins state Inseq's defaults (DEFAULT_ATTRIBUTION_AGGREGATE_DICT).
+    for id in registry.ids() {
+        let f = registry.get(&id).unwrap();
+        if ["double_logit", "logit_gap"].contains(&id.as_str()) {
+            continue;
+        }
+        let inseq_default = inseq::aggregation::default_step_score_function(&id);
+        assert_eq!(f.span_aggregation(), inseq_default.id(), "{id}");
+    }
+}
+
+#[test]
+fn a_user_method_is_selected_by_id() {
+    let mut model = extended_model();
+    model.set_method("negated_saliency", MethodArgs::default()).unwrap();
+    let opts = forced(&[], "probability");
+    let negated = model.attribute(&["Hello ladies and"], &opts).unwrap();
+    assert_eq!(negated.info["attribution_method"], "negated_saliency");
+    let saliency = model.attribute_with("saliency", &["Hello ladies and"], &opts).unwrap();
+    let (n, s) = (
+        negated.sequence_attributions[0].target_attributions.as_ref().unwrap(),
+        saliency.sequence_attributions[0].target_attributions.as_ref().unwrap(),
+    );
+    for (a, b) in n.data().iter().zip(s.data()) {
+        // Negation is exact.
+        assert!((a.is_nan() && b.is_nan()) || *a == -b, "{a} vs -{b}");
+    }
+    assert!(model.set_method("no_such_method", MethodArgs::default()).is_err());
+}
+
+#[test]
+fn pecore_uses_user_step_functions_and_methods_by_id() {
+    let base = ContextArgs {
+        input_context_text: Some("George was sick yesterday.".into()),
+        input_current_text: "His colleagues asked him".into(),
+        output_current_text: Some("to take the day off".into()),
+        context_sensitivity_std_threshold: 0.0,
+        ..Default::default()
+    };
+    let mut model = extended_model();
+    let builtin = attribute_context(
+        &model,
+        &ContextArgs {
+            context_sensitivity_metric: "contrast_logits_diff".into(),
+            attributed_fn: "contrast_logits_diff".into(),
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    model.set_method("negated_saliency", MethodArgs::default()).unwrap();
+    let user = attribute_context(
+        &model,
+        &ContextArgs {
+            context_sensitivity_metric: "logit_gap".into(),
+            attributed_fn: "logit_gap".into(),
+            ..base
+        },
+    )
+    .unwrap();
+    // The same computation under other ids: identical CTI scores, and (a contrastive function,
+    // so) a contrast token for every CCI entry, and CCI scores equal after aggregation.
+    assert_eq!(user.cti_scores, builtin.cti_scores);
+    assert_eq!(user.cci_scores.len(), builtin.cci_scores.len());
+    for (u, b) in user.cci_scores.iter().zip(&builtin.cci_scores) {
+        assert!(u.contrast_token.is_some());
+        assert_eq!(u.contrast_token, b.contrast_token);
+        assert_eq!(u.input_context_scores, b.input_context_scores);
+    }
+    let info = user.info.unwrap();
+    assert_eq!(info.attribution_method.as_deref(), Some("negated_saliency"));
+}
