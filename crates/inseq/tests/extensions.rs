@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::Tensor;
 use inseq::context::{ContextArgs, attribute_context};
-use inseq::methods::{AttributionMethod, MethodContext, StepAttribution, StepInput};
+use inseq::methods::{AttributionMethod, MethodContext, SequenceInput, StepAttribution, StepInput};
 use inseq::steps::{StepContext, StepFunction, gather_ids};
 use inseq::{AttributeOptions, AttributionModel, MethodArgs, StepArgs};
 
@@ -62,12 +62,24 @@ impl AttributionMethod for NegatedSaliency {
         ctx: &MethodContext,
         step: &StepInput,
     ) -> inseq::Result<StepAttribution> {
-        let out = self.0.attribute_step(ctx, step)?;
-        Ok(StepAttribution {
-            source: out.source.map(Tensor::neg),
-            target: out.target.map(Tensor::neg),
-            ..out
-        })
+        Ok(negate(self.0.attribute_step(ctx, step)?))
+    }
+    // Forwarded so that both run saliency's one-pass sequence path (same summation order).
+    fn attribute_sequence(
+        &self,
+        ctx: &MethodContext,
+        seq: &SequenceInput,
+    ) -> Option<inseq::Result<Vec<StepAttribution>>> {
+        let steps = self.0.attribute_sequence(ctx, seq)?;
+        Some(steps.map(|s| s.into_iter().map(negate).collect()))
+    }
+}
+
+fn negate(out: StepAttribution) -> StepAttribution {
+    StepAttribution {
+        source: out.source.map(Tensor::neg),
+        target: out.target.map(Tensor::neg),
+        ..out
     }
 }
 
@@ -78,14 +90,12 @@ fn extended_model() -> AttributionModel {
     let mut model = inseq::load_model(&dir, "saliency", MethodArgs::default(), &device).unwrap();
     model.step_registry_mut().register(DoubleLogit);
     model.step_registry_mut().register(LogitGap);
-    model.method_registry_mut().register(
-        "negated_saliency",
-        "Saliency, negated.",
-        |args| {
+    model
+        .method_registry_mut()
+        .register("negated_saliency", "Saliency, negated.", |args| {
             let inner = inseq::MethodRegistry::with_defaults().create("saliency", args)?;
             Ok(Box::new(NegatedSaliency(inner)))
-        },
-    );
+        });
     model
 }
 
@@ -102,7 +112,10 @@ fn forced(step_scores: &[&str], attributed_fn: &str) -> AttributeOptions {
 fn a_user_step_function_is_a_step_score_and_an_attributed_function_by_id() {
     let model = extended_model();
     let out = model
-        .attribute(&["Hello ladies and"], &forced(&["double_logit", "logit"], "probability"))
+        .attribute(
+            &["Hello ladies and"],
+            &forced(&["double_logit", "logit"], "probability"),
+        )
         .unwrap();
     let scores = &out.sequence_attributions[0].step_scores;
     for (double, logit) in scores["double_logit"].iter().zip(&scores["logit"]) {
@@ -111,8 +124,13 @@ fn a_user_step_function_is_a_step_score_and_an_attributed_function_by_id() {
     }
     // As the attributed function: saliency of 2·logit is twice saliency of the logit.
     let of = |f: &str| {
-        let out = model.attribute(&["Hello ladies and"], &forced(&[], f)).unwrap();
-        out.sequence_attributions[0].target_attributions.clone().unwrap()
+        let out = model
+            .attribute(&["Hello ladies and"], &forced(&[], f))
+            .unwrap();
+        out.sequence_attributions[0]
+            .target_attributions
+            .clone()
+            .unwrap()
     };
     let (double, logit) = (of("double_logit"), of("logit"));
     for (d, l) in double.data().iter().zip(logit.data()) {
@@ -125,8 +143,14 @@ fn a_user_step_function_is_a_step_score_and_an_attributed_function_by_id() {
 fn a_user_step_function_says_how_its_scores_merge_over_spans() {
     let model = extended_model();
     let registry = model.step_registry();
-    assert_eq!(registry.get("double_logit").unwrap().span_aggregation(), "sum");
-    assert_eq!(registry.get("logit_gap").unwrap().span_aggregation(), "absmax");
+    assert_eq!(
+        registry.get("double_logit").unwrap().span_aggregation(),
+        "sum"
+    );
+    assert_eq!(
+        registry.get("logit_gap").unwrap().span_aggregation(),
+        "absmax"
+    );
     assert!(registry.get("logit_gap").unwrap().is_contrastive());
     // The built-ins state Inseq's defaults (DEFAULT_ATTRIBUTION_AGGREGATE_DICT).
     for id in registry.ids() {
@@ -142,20 +166,34 @@ fn a_user_step_function_says_how_its_scores_merge_over_spans() {
 #[test]
 fn a_user_method_is_selected_by_id() {
     let mut model = extended_model();
-    model.set_method("negated_saliency", MethodArgs::default()).unwrap();
+    model
+        .set_method("negated_saliency", MethodArgs::default())
+        .unwrap();
     let opts = forced(&[], "probability");
     let negated = model.attribute(&["Hello ladies and"], &opts).unwrap();
     assert_eq!(negated.info["attribution_method"], "negated_saliency");
-    let saliency = model.attribute_with("saliency", &["Hello ladies and"], &opts).unwrap();
+    let saliency = model
+        .attribute_with("saliency", &["Hello ladies and"], &opts)
+        .unwrap();
     let (n, s) = (
-        negated.sequence_attributions[0].target_attributions.as_ref().unwrap(),
-        saliency.sequence_attributions[0].target_attributions.as_ref().unwrap(),
+        negated.sequence_attributions[0]
+            .target_attributions
+            .as_ref()
+            .unwrap(),
+        saliency.sequence_attributions[0]
+            .target_attributions
+            .as_ref()
+            .unwrap(),
     );
     for (a, b) in n.data().iter().zip(s.data()) {
         // Negation is exact.
         assert!((a.is_nan() && b.is_nan()) || *a == -b, "{a} vs -{b}");
     }
-    assert!(model.set_method("no_such_method", MethodArgs::default()).is_err());
+    assert!(
+        model
+            .set_method("no_such_method", MethodArgs::default())
+            .is_err()
+    );
 }
 
 #[test]
@@ -177,7 +215,9 @@ fn pecore_uses_user_step_functions_and_methods_by_id() {
         },
     )
     .unwrap();
-    model.set_method("negated_saliency", MethodArgs::default()).unwrap();
+    model
+        .set_method("negated_saliency", MethodArgs::default())
+        .unwrap();
     let user = attribute_context(
         &model,
         &ContextArgs {
