@@ -75,6 +75,22 @@ pub enum Error {
     /// The requested operation is not supported in this configuration.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Work that would need more memory than it may use, found before it starts.
+    #[error(
+        "not enough memory: {what} needs at least about {:.1} GB, more than the {:.1} GB it may use; {hint}",
+        *needed as f64 / 1e9,
+        *budget as f64 / 1e9
+    )]
+    OutOfMemory {
+        /// The work.
+        what: String,
+        /// Its estimated need in bytes (a lower bound).
+        needed: u64,
+        /// The bytes it may use (free memory, or the budget given).
+        budget: u64,
+        /// How to proceed.
+        hint: String,
+    },
     /// Model hub access failure.
     #[error("hub error: {0}")]
     Hub(String),

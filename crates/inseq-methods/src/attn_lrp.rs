@@ -55,6 +55,10 @@ impl AttnLrp {
 }
 
 impl AttributionMethod for AttnLrp {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "attnlrp"
     }

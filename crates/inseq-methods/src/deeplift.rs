@@ -70,6 +70,10 @@ impl DeepLift {
 }
 
 impl AttributionMethod for DeepLift {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         self.id
     }

@@ -519,6 +519,10 @@ struct InputPaths {
 }
 
 impl AttributionMethod for DiscretizedIntegratedGradients {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "discretized_integrated_gradients"
     }

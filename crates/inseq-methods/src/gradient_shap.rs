@@ -128,6 +128,10 @@ fn mean_draws(t: Tensor<3>, n: usize) -> Tensor<3> {
 }
 
 impl AttributionMethod for GradientShap {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "gradient_shap"
     }

@@ -21,6 +21,10 @@ impl InputXGradient {
 }
 
 impl AttributionMethod for InputXGradient {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "input_x_gradient"
     }

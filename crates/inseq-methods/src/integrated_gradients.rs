@@ -200,6 +200,10 @@ impl IntegratedGradients {
 }
 
 impl AttributionMethod for IntegratedGradients {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "integrated_gradients"
     }

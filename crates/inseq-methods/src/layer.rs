@@ -402,6 +402,10 @@ impl LayerIntegratedGradients {
 }
 
 impl AttributionMethod for LayerIntegratedGradients {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "layer_integrated_gradients"
     }
@@ -443,6 +447,10 @@ impl LayerGradientXActivation {
 }
 
 impl AttributionMethod for LayerGradientXActivation {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "layer_gradient_x_activation"
     }

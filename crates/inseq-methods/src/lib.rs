@@ -188,6 +188,12 @@ pub trait AttributionMethod: Send + Sync {
     fn step_batch_rows(&self) -> Option<usize> {
         None
     }
+    /// Whether the method back-propagates through the model, which then keeps every layer's
+    /// activations (attention weights included) until the backward pass; the facade's memory
+    /// check before work counts them. `false` (the default): forward passes only.
+    fn needs_gradients(&self) -> bool {
+        false
+    }
     /// Attributes every step of `seq` at once, for methods that can share work between the
     /// steps of a causal model (one forward pass serves every step, see [`SequenceInput`]).
     /// Element `s` of the result equals [`AttributionMethod::attribute_step`] on

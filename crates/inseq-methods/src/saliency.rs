@@ -33,6 +33,10 @@ impl Saliency {
 }
 
 impl AttributionMethod for Saliency {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "saliency"
     }

@@ -77,6 +77,10 @@ fn interpolate_at(x: &Tensor<3>, b: &Tensor<3>, alphas: &[f64], m: &Tensor<3>) -
 }
 
 impl AttributionMethod for SequentialIntegratedGradients {
+    fn needs_gradients(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &str {
         "sequential_integrated_gradients"
     }

@@ -14,7 +14,7 @@ pub enum ModelKind {
 }
 
 /// Facts about a loaded model that attribution needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModelInfo {
     /// Architecture id (`gpt2`, `llama`, ...).
     pub architecture: String,

@@ -26,7 +26,8 @@ pub mod parity;
 mod positions;
 
 pub use attribute::{
-    AttributeOptions, AttributionModel, ContrastAlignment, Progress, SharedMethod, load_model,
+    AttributeOptions, AttributionModel, ContrastAlignment, Progress, SharedMethod,
+    activation_bytes, load_model,
 };
 pub use device::{DEVICE_NAMES, default_device, parse_device};
 pub use inseq_aggregate as aggregation;

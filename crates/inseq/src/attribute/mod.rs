@@ -15,9 +15,11 @@ use inseq_steps::{StepArgs, StepRegistry};
 
 mod batching;
 mod collect;
+mod memory;
 mod rows;
 mod run;
 
+pub use memory::activation_bytes;
 use run::Job;
 
 /// What to attribute and how; the defaults match `inseq.AttributionModel.attribute`.
@@ -73,6 +75,10 @@ pub struct AttributeOptions {
     /// Keep non-finite (NaN/inf) attributions and step scores instead of failing with
     /// [`Error::Numerical`] (for debugging a model; see `docs/reliability.md`). Off by default.
     pub allow_non_finite: bool,
+    /// Bytes the attribution may use: it fails before starting ([`Error::OutOfMemory`]) when
+    /// its activations need more by [`activation_bytes`]. `None`: the free memory
+    /// (`MemAvailable`; no check where it is unknown).
+    pub memory_budget: Option<u64>,
 }
 
 /// A progress callback: called with (steps done, steps in all).
@@ -128,6 +134,7 @@ impl Default for AttributeOptions {
             progress: None,
             inseq_compat: false,
             allow_non_finite: false,
+            memory_budget: None,
         }
     }
 }

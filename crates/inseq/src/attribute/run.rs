@@ -18,6 +18,7 @@ use super::batching::{
     StepUnit, build_step, padded_source, padded_target, sequence_input, step_units,
 };
 use super::collect::{Collected, FiniteCheck};
+use super::memory::check_memory;
 use super::rows::Row;
 use super::{AttributeOptions, AttributionModel};
 
@@ -93,6 +94,7 @@ impl AttributionModel {
         // Recorded attention weights only serve a single unpadded sequence.
         let record_attentions = job.method.uses_recorded_attentions() && inputs.len() == 1;
         let rows = self.prepare_rows(inputs, opts, record_attentions)?;
+        check_memory(self.model().info(), job.method, &rows, opts.memory_budget)?;
         let ctx = self.method_context(&attributed, &rows, opts);
         let mut collected = Collected::new(&rows);
         self.attribute_steps(job, &ctx, &rows, &step_fns, &mut collected)?;

@@ -1,0 +1,84 @@
+//! The memory check before attribution starts: a lower bound of the activation memory the
+//! method's passes keep, against free memory or the caller's budget.
+
+use inseq_core::{Error, Result};
+use inseq_methods::AttributionMethod;
+use inseq_models::ModelInfo;
+
+use super::rows::Row;
+
+/// Bytes of activations that `rows` model rows keep at the peak of a forward pass over `len`
+/// tokens: per layer the attention scores and weights (`2·heads·len²` floats) and a dozen
+/// hidden-size vectors per token; with `gradients` every layer's, kept for the backward pass,
+/// else one layer's at a time. A lower bound: weights, logits and framework copies come on top
+/// (SmolLM2 `saliency` on 2,300 tokens: 13.3 GB estimated, 15.8 GB measured peak).
+///
+/// ```
+/// let info = inseq::models::ModelInfo { num_layers: 30, num_heads: 9, hidden_size: 576, ..Default::default() };
+/// let bytes = inseq::activation_bytes(&info, 2300, 1, true);
+/// assert!((13.0e9..14.0e9).contains(&(bytes as f64)));
+/// assert!(inseq::activation_bytes(&info, 2300, 1, false) < bytes / 29);
+/// ```
+pub fn activation_bytes(info: &ModelInfo, len: usize, rows: usize, gradients: bool) -> u64 {
+    let (len, heads, hidden) = (len as u64, info.num_heads as u64, info.hidden_size as u64);
+    let per_layer = (2 * heads * len).saturating_mul(len) + 12 * hidden * len;
+    let layers = if gradients { info.num_layers as u64 } else { 1 };
+    per_layer
+        .saturating_mul(layers)
+        .saturating_mul(rows as u64)
+        .saturating_mul(4)
+}
+
+/// Free memory (Linux `MemAvailable`), if known.
+pub(super) fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Fails with [`Error::OutOfMemory`] when attributing `rows` with `method` needs more than
+/// `budget` (default: free memory) by [`activation_bytes`]: the batch holds every row, each as
+/// many times as the method runs copies of it at once.
+pub(super) fn check_memory(
+    info: &ModelInfo,
+    method: &dyn AttributionMethod,
+    rows: &[Row],
+    budget: Option<u64>,
+) -> Result<()> {
+    let Some(budget) = budget.or_else(available_memory) else {
+        return Ok(());
+    };
+    let len = (rows.iter())
+        .map(|r| r.target_ids.len() + r.source_ids.as_ref().map_or(0, Vec::len))
+        .max()
+        .unwrap_or(0);
+    let copies = method.step_batch_rows().unwrap_or(1).max(1);
+    let gradients = method.needs_gradients();
+    let needed = activation_bytes(info, len, rows.len() * copies, gradients);
+    if needed <= budget {
+        return Ok(());
+    }
+    let mut ways = vec![format!("shorten the texts (now up to {len} tokens)")];
+    if rows.len() > 1 {
+        ways.push(format!(
+            "attribute fewer inputs at once (now {})",
+            rows.len()
+        ));
+    }
+    if copies > 1 {
+        ways.push(format!(
+            "lower internal_batch_size (now {copies} rows per input)"
+        ));
+    }
+    if gradients {
+        ways.push("use a method without gradients (attention, occlusion)".into());
+    }
+    ways.push("or raise the memory budget (--memory-budget) if more memory will be free".into());
+    Err(Error::OutOfMemory {
+        what: format!("`{}` on {} model layers", method.id(), info.num_layers),
+        needed,
+        budget,
+        hint: ways.join(", "),
+    })
+}
