@@ -229,3 +229,17 @@ impl AggregationRegistry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AGGREGATION_FUNCTION_IDS, AGGREGATOR_IDS};
+
+    #[test]
+    fn defaults_match_the_listed_ids() {
+        let reg = AggregationRegistry::with_defaults();
+        assert_eq!(reg.aggregator_ids(), AGGREGATOR_IDS);
+        assert_eq!(reg.function_ids(), AGGREGATION_FUNCTION_IDS);
+        assert_eq!(reg.describe_aggregators().len(), AGGREGATOR_IDS.len());
+    }
+}

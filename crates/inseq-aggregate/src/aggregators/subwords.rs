@@ -12,9 +12,10 @@ use crate::{marker_spans, merge_tokens, word_spans};
 /// Which tokens belong to one word, for the `subwords` aggregator.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum WordBoundaries {
-    /// Infer words from the markers of byte-level BPE (`Ġ`), SentencePiece
-    /// (`▁`) or WordPiece (`##`) tokens ([`crate::infer_word_ids`]); special
-    /// tokens stay alone.
+    /// The word ids of the [`AggregationContext`] when it has some (a
+    /// tokenizer's); otherwise infer words from the markers of byte-level BPE
+    /// (`Ġ`), SentencePiece (`▁`) or WordPiece (`##`) tokens
+    /// ([`crate::infer_word_ids`]), special tokens staying alone.
     #[default]
     Auto,
     /// Python Inseq's exact rule ([`crate::marker_spans`]): Inseq's defaults are
