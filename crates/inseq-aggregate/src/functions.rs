@@ -1,13 +1,58 @@
-//! Aggregation functions (`mean`, `max`, `min`, `sum`, `prod`, `absmax`,
-//! `vnorm`) and the `normalize` / `rescale` post-processing of Python Inseq.
+//! Aggregation functions: the [`Reduce`] trait every function implements and
+//! Python Inseq's built-ins (`mean`, `max`, `min`, `sum`, `prod`, `absmax`,
+//! `vnorm`) as [`AggregationFunction`].
+
+use std::fmt::Debug;
 
 use inseq_core::{Array, Error, Result};
 
 use crate::nd;
 
-/// A reduction over one dimension, as Python Inseq's `AggregationFunction`
-/// classes. NaN propagates as in PyTorch (any NaN in the reduced values gives
-/// NaN), except for `absmax`, which picks the value of largest magnitude
+/// An aggregation function: reduces the scores of several positions (tokens
+/// of a span, units of a hidden dimension...) to one, as Python Inseq's
+/// `AggregationFunction` classes. Implement it and register it in an
+/// [`AggregationRegistry`](crate::AggregationRegistry) to use your own
+/// function by id (`"subwords:<id>"`, or a bare `"<id>"` for `scores`).
+///
+/// ```
+/// use inseq_aggregate::Reduce;
+/// use inseq_core::Array;
+///
+/// /// The median (upper median for an even count).
+/// #[derive(Debug)]
+/// struct Median;
+/// impl Reduce for Median {
+///     fn id(&self) -> &str { "median" }
+///     fn reduce(&self, values: &[f32]) -> f32 {
+///         let mut v = values.to_vec();
+///         v.sort_by(f32::total_cmp);
+///         v.get(v.len() / 2).copied().unwrap_or(f32::NAN)
+///     }
+/// }
+/// let a = Array::new(vec![2, 3], vec![1.0, 9.0, 2.0, 4.0, 0.0, 5.0]).unwrap();
+/// assert_eq!(Median.apply_last(&a).unwrap().data(), &[2.0, 4.0]);
+/// assert_eq!(Median.apply_axis(&a, 0).unwrap().data(), &[4.0, 9.0, 5.0]);
+/// ```
+pub trait Reduce: Send + Sync + Debug {
+    /// The id used in pipeline specs and recorded in `aggregations`.
+    fn id(&self) -> &str;
+
+    /// Reduces `values` to one number.
+    fn reduce(&self, values: &[f32]) -> f32;
+
+    /// Reduces dimension `axis` of `a` (rank `n` → `n - 1`).
+    fn apply_axis(&self, a: &Array, axis: usize) -> Result<Array> {
+        nd::reduce_axis(a, axis, &|v| self.reduce(v))
+    }
+
+    /// Reduces the last dimension of `a`.
+    fn apply_last(&self, a: &Array) -> Result<Array> {
+        self.apply_axis(a, a.ndim().saturating_sub(1))
+    }
+}
+
+/// Python Inseq's built-in aggregation functions (each a [`Reduce`]). NaN
+/// propagates as in PyTorch (any NaN in the reduced values gives NaN), except for `absmax`, which picks the value of largest magnitude
 /// treating NaN as 0 (`torch.nan_to_num(x).abs().argmax()`).
 ///
 /// ```
@@ -56,7 +101,9 @@ impl AggregationFunction {
     /// The L2 norm (`vnorm` with its default order).
     pub const L2: AggregationFunction = AggregationFunction::VNorm { ord: 2.0 };
 
-    /// Looks a function up by its Inseq id; unknown ids give [`Error::UnknownId`].
+    /// Looks a built-in function up by its Inseq id; unknown ids give
+    /// [`Error::UnknownId`] ([`crate::AggregationRegistry::function`] also
+    /// finds registered functions).
     pub fn from_id(id: &str) -> Result<Self> {
         Ok(match id {
             "mean" => Self::Mean,
@@ -115,142 +162,58 @@ impl AggregationFunction {
                     values.iter().copied().fold(f32::INFINITY, f32::min)
                 }
             }
-            Self::AbsMax => {
-                let mut best: Option<(usize, f32)> = None;
-                for (i, v) in values.iter().enumerate() {
-                    let m = if v.is_nan() {
-                        0.0
-                    } else {
-                        v.abs().min(f32::MAX)
-                    };
-                    if best.is_none_or(|(_, b)| m > b) {
-                        best = Some((i, m));
-                    }
-                }
-                best.map_or(f32::NAN, |(i, _)| values[i])
-            }
-            Self::VNorm { ord } => {
-                if has_nan {
-                    return f32::NAN;
-                }
-                let ord = *ord;
-                if ord == f32::INFINITY {
-                    values.iter().fold(0.0f32, |m, v| m.max(v.abs()))
-                } else if ord == f32::NEG_INFINITY {
-                    values.iter().fold(f32::INFINITY, |m, v| m.min(v.abs()))
-                } else if ord == 0.0 {
-                    values.iter().filter(|v| **v != 0.0).count() as f32
-                } else if ord == 2.0 {
-                    values.iter().map(|v| v * v).sum::<f32>().sqrt()
-                } else if ord == 1.0 {
-                    values.iter().map(|v| v.abs()).sum()
-                } else {
-                    values
-                        .iter()
-                        .map(|v| v.abs().powf(ord))
-                        .sum::<f32>()
-                        .powf(1.0 / ord)
-                }
-            }
+            Self::AbsMax => abs_max(values),
+            Self::VNorm { .. } if has_nan => f32::NAN,
+            Self::VNorm { ord } => vector_norm(values, *ord),
         }
-    }
-
-    /// Reduces the last dimension of `a` (rank `n` → `n - 1`).
-    ///
-    /// ```
-    /// use inseq_aggregate::AggregationFunction;
-    /// use inseq_core::Array;
-    /// let a = Array::new(vec![2, 2], vec![1.0, 3.0, 2.0, 6.0]).unwrap();
-    /// assert_eq!(AggregationFunction::Mean.apply_last(&a).unwrap().data(), &[2.0, 4.0]);
-    /// ```
-    pub fn apply_last(&self, a: &Array) -> Result<Array> {
-        self.apply_axis(a, a.ndim().saturating_sub(1))
-    }
-
-    /// Reduces dimension `axis` of `a`.
-    pub fn apply_axis(&self, a: &Array, axis: usize) -> Result<Array> {
-        nd::reduce_axis(a, axis, &|v| self.reduce(v))
     }
 }
 
-fn joint_trailing(arrays: &[&mut Array]) -> Result<usize> {
-    let mut trailing: Option<&[usize]> = None;
-    for a in arrays {
-        if a.ndim() == 0 {
-            return Err(Error::invalid_arg(
-                "attributions",
-                "cannot normalize a scalar",
-            ));
-        }
-        match trailing {
-            None => trailing = Some(&a.shape()[1..]),
-            Some(t) if t != &a.shape()[1..] => {
-                return Err(Error::ShapeMismatch {
-                    what: "source and target attributions (all but the first dimension)".into(),
-                    expected: t.to_vec(),
-                    found: a.shape()[1..].to_vec(),
-                });
-            }
-            _ => {}
-        }
+impl Reduce for AggregationFunction {
+    fn id(&self) -> &str {
+        AggregationFunction::id(self)
     }
-    Ok(trailing.map_or(0, |t| t.iter().product()))
+
+    fn reduce(&self, values: &[f32]) -> f32 {
+        AggregationFunction::reduce(self, values)
+    }
 }
 
-/// Python Inseq's `normalize`: source and target scores are joined along the
-/// token dimension (0) and divided by their L1 norm along it
-/// (`torch.nn.functional.normalize(p=1, dim=0)`, NaN counted as 0 and kept as
-/// NaN), so for every generated step the absolute scores sum to 1.
-///
-/// ```
-/// use inseq_aggregate::normalize;
-/// use inseq_core::Array;
-/// let mut src = Array::new(vec![1, 2], vec![1.0, -2.0]).unwrap();
-/// let mut tgt = Array::new(vec![2, 2], vec![3.0, 2.0, f32::NAN, 0.0]).unwrap();
-/// normalize(Some(&mut src), Some(&mut tgt)).unwrap();
-/// assert_eq!(src.data(), &[0.25, -0.5]);
-/// assert_eq!(tgt.get(&[0, 0]), 0.75);
-/// assert!(tgt.get(&[1, 0]).is_nan());
-/// ```
-pub fn normalize(source: Option<&mut Array>, target: Option<&mut Array>) -> Result<()> {
-    let mut arrays: Vec<&mut Array> = source.into_iter().chain(target).collect();
-    let inner = joint_trailing(&arrays)?;
-    let mut norms = vec![0f32; inner];
-    for a in arrays.iter() {
-        for (i, v) in a.data().iter().enumerate() {
-            if !v.is_nan() {
-                norms[i % inner.max(1)] += v.abs();
-            }
+/// The value of largest magnitude (NaN counted as 0), sign kept.
+fn abs_max(values: &[f32]) -> f32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, v) in values.iter().enumerate() {
+        let m = if v.is_nan() {
+            0.0
+        } else {
+            v.abs().min(f32::MAX)
+        };
+        if best.is_none_or(|(_, b)| m > b) {
+            best = Some((i, m));
         }
     }
-    for a in arrays.iter_mut() {
-        for (i, v) in a.data_mut().iter_mut().enumerate() {
-            *v /= norms[i % inner.max(1)].max(1e-12);
-        }
-    }
-    Ok(())
+    best.map_or(f32::NAN, |(i, _)| values[i])
 }
 
-/// Python Inseq's `rescale`: divides source and target scores by their largest
-/// absolute value (NaN ignored), mapping them to `[-1, 1]`. All-zero scores are
-/// left unchanged (Inseq would produce NaN).
-///
-/// ```
-/// use inseq_aggregate::rescale;
-/// use inseq_core::Array;
-/// let mut tgt = Array::new(vec![2, 1], vec![2.0, -4.0]).unwrap();
-/// rescale(None, Some(&mut tgt)).unwrap();
-/// assert_eq!(tgt.data(), &[0.5, -1.0]);
-/// ```
-pub fn rescale(source: Option<&mut Array>, target: Option<&mut Array>) -> Result<()> {
-    let mut arrays: Vec<&mut Array> = source.into_iter().chain(target).collect();
-    let max = arrays.iter().map(|a| a.max_abs()).fold(0.0f32, f32::max);
-    if max > 0.0 {
-        for a in arrays.iter_mut() {
-            a.data_mut().iter_mut().for_each(|v| *v /= max);
-        }
+/// `torch.linalg.vector_norm(values, ord)` of NaN-free values.
+fn vector_norm(values: &[f32], ord: f32) -> f32 {
+    if ord == f32::INFINITY {
+        values.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    } else if ord == f32::NEG_INFINITY {
+        values.iter().fold(f32::INFINITY, |m, v| m.min(v.abs()))
+    } else if ord == 0.0 {
+        values.iter().filter(|v| **v != 0.0).count() as f32
+    } else if ord == 2.0 {
+        values.iter().map(|v| v * v).sum::<f32>().sqrt()
+    } else if ord == 1.0 {
+        values.iter().map(|v| v.abs()).sum()
+    } else {
+        values
+            .iter()
+            .map(|v| v.abs().powf(ord))
+            .sum::<f32>()
+            .powf(1.0 / ord)
     }
-    Ok(())
 }
 
 /// The function Python Inseq uses by default to merge the step scores named

@@ -1,10 +1,15 @@
 //! Aggregation of attribution results, as Python Inseq 0.7.1 does it.
 //!
-//! * [`AggregationFunction`]: `mean`, `max`, `min`, `sum`, `prod`, `absmax`,
-//!   `vnorm`, looked up by Inseq's ids with [`AggregationFunction::from_id`];
+//! * Aggregation functions implement [`Reduce`]; Inseq's `mean`, `max`, `min`,
+//!   `sum`, `prod`, `absmax`, `vnorm` are the [`AggregationFunction`]s;
 //!   [`normalize`] and [`rescale`] post-process scores.
-//! * [`Aggregator`]: Inseq's aggregators `scores`, `spans`, `subwords`, `split`,
-//!   `pair` and `slices`, chained in a [`Pipeline`] (`Pipeline::parse("subwords,vnorm")`).
+//! * Aggregators implement [`Aggregate`]; Inseq's `scores`, `spans`,
+//!   `subwords`, `split`, `pair` and `slices` are [`ScoresAggregator`],
+//!   [`SpansAggregator`], [`SubwordsAggregator`], [`SplitAggregator`],
+//!   [`PairAggregator`] and [`SlicesAggregator`]. [`Aggregator`] handles are
+//!   chained in a [`Pipeline`] (`Pipeline::parse("subwords,vnorm")`).
+//! * An [`AggregationRegistry`] maps ids to aggregators and functions; register
+//!   your own there and name them in specs with [`Pipeline::parse_with`].
 //! * Word-level aggregation works from explicit word ids
 //!   ([`Aggregator::words`], as a tokenizer's `word_ids()` gives them) or infers
 //!   them from byte-level BPE (`Ġ`), SentencePiece (`▁`) and WordPiece (`##`)
@@ -43,21 +48,26 @@ mod aggregators;
 mod functions;
 mod method_defaults;
 mod nd;
+mod normalize;
+mod registry;
 mod words;
 
 pub use aggregators::{
-    AGGREGATOR_IDS, Aggregator, IndexSelection, Pipeline, PostProcess, ScoresAggregator,
-    WordBoundaries, aggregate_inseq_default, aggregate_output_inseq_default,
-    inseq_default_pipeline, list_aggregators,
+    AGGREGATOR_IDS, Aggregate, AggregationContext, Aggregator, IndexSelection, PairAggregator,
+    Pipeline, PostProcess, ScoresAggregator, SlicesAggregator, SpansAggregator, SplitAggregator,
+    SubwordsAggregator, WordBoundaries, aggregate_inseq_default, aggregate_output_inseq_default,
+    check_sequence, inseq_default_pipeline, list_aggregators,
 };
 pub use functions::{
-    AGGREGATION_FUNCTION_IDS, AggregationFunction, default_step_score_function,
-    list_aggregation_functions, normalize, rescale,
+    AGGREGATION_FUNCTION_IDS, AggregationFunction, Reduce, default_step_score_function,
+    list_aggregation_functions,
 };
 pub use method_defaults::{
     MethodOutputKind, default_aggregate_for, method_output_kind, reshape_scores,
 };
 pub use nd::{Span, aggregate_contiguous};
+pub use normalize::{normalize, rescale};
+pub use registry::{AggregationRegistry, AggregatorArgs, AggregatorFactory};
 pub use words::{
     SplitMode, SubwordScheme, detect_subword_scheme, infer_word_ids, is_special_token,
     marker_spans, merge_tokens, split_spans, word_spans,

@@ -3,7 +3,7 @@
 
 use inseq_core::{Array, Error, Result};
 
-use crate::AggregationFunction;
+use crate::Reduce;
 
 /// A half-open `[start, end)` range of token positions.
 pub type Span = (usize, usize);
@@ -83,7 +83,7 @@ pub(crate) fn squeeze_axis(a: Array, axis: usize) -> Result<Array> {
 pub fn aggregate_contiguous(
     a: &Array,
     spans: &[Span],
-    f: AggregationFunction,
+    f: &dyn Reduce,
     axis: usize,
 ) -> Result<Array> {
     if spans.is_empty() {

@@ -220,6 +220,19 @@ impl SplitMode {
 pub fn split_spans(tokens: &[TokenWithId], pattern: &str, mode: SplitMode) -> Result<Vec<Span>> {
     let re = regex::Regex::new(pattern)
         .map_err(|e| Error::invalid_arg("split_pattern", e.to_string()))?;
+    let matches = without_overlaps(&matched_token_spans(tokens, &re));
+    if matches.is_empty() {
+        return Ok(vec![]);
+    }
+    let spans = with_gaps(&matches, tokens.len());
+    Ok(match mode {
+        SplitMode::Single => spans.into_iter().map(|(s, _)| s).collect(),
+        SplitMode::Start | SplitMode::End => joined_to_matches(&spans, mode),
+    })
+}
+
+/// The distinct token spans covering the matches of `re` in the joined tokens.
+fn matched_token_spans(tokens: &[TokenWithId], re: &regex::Regex) -> Vec<Span> {
     let mut full = String::new();
     let mut token_spans = Vec::with_capacity(tokens.len());
     for t in tokens {
@@ -240,10 +253,11 @@ pub fn split_spans(tokens: &[TokenWithId], pattern: &str, mode: SplitMode) -> Re
             }
         }
     }
-    if matches.is_empty() {
-        return Ok(vec![]);
-    }
-    // Split overlapping token spans (tokens shared by two matches).
+    matches
+}
+
+/// Splits overlapping token spans (tokens shared by two matches); empty spans are dropped.
+fn without_overlaps(matches: &[Span]) -> Vec<Span> {
     let mut non_overlapping: Vec<Span> = Vec::new();
     for (i, &(start, end)) in matches.iter().enumerate() {
         let (mut cs, mut ce) = (start, end);
@@ -260,11 +274,12 @@ pub fn split_spans(tokens: &[TokenWithId], pattern: &str, mode: SplitMode) -> Re
             non_overlapping.push((ce, end));
         }
     }
-    let matches: Vec<Span> = non_overlapping.into_iter().filter(|(s, e)| e > s).collect();
-    if matches.is_empty() {
-        return Ok(vec![]);
-    }
-    // Fill the gaps between matches.
+    non_overlapping.into_iter().filter(|(s, e)| e > s).collect()
+}
+
+/// The (non-empty) `matches` and the spans between them up to `len`, each
+/// flagged as a match or not.
+fn with_gaps(matches: &[Span], len: usize) -> Vec<(Span, bool)> {
     let mut spans: Vec<(Span, bool)> = Vec::new();
     if matches[0].0 != 0 {
         spans.push(((0, matches[0].0), false));
@@ -277,34 +292,33 @@ pub fn split_spans(tokens: &[TokenWithId], pattern: &str, mode: SplitMode) -> Re
     }
     let last = *matches.last().unwrap_or(&(0, 0));
     spans.push((last, true));
-    if last.1 < tokens.len() {
-        spans.push(((last.1, tokens.len()), false));
+    if last.1 < len {
+        spans.push(((last.1, len), false));
     }
-    let out = match mode {
-        SplitMode::Single => spans.into_iter().map(|(s, _)| s).collect(),
-        SplitMode::Start | SplitMode::End => {
-            let mut merged = Vec::new();
-            let mut cur = 0;
-            for &((start, end), is_match) in &spans {
-                if !is_match {
-                    continue;
-                }
-                if mode == SplitMode::Start && start != cur {
-                    merged.push((cur, start));
-                    cur = start;
-                } else if mode == SplitMode::End {
-                    merged.push((cur, end));
-                    cur = end;
-                }
-            }
-            let total = spans.last().map_or(0, |(s, _)| s.1);
-            if cur != total {
-                merged.push((cur, total));
-            }
-            merged
+    spans
+}
+
+/// Joins matches to the tokens that follow (`Start`) or precede (`End`) them.
+fn joined_to_matches(spans: &[(Span, bool)], mode: SplitMode) -> Vec<Span> {
+    let mut merged = Vec::new();
+    let mut cur = 0;
+    for &((start, end), is_match) in spans {
+        if !is_match {
+            continue;
         }
-    };
-    Ok(out)
+        if mode == SplitMode::Start && start != cur {
+            merged.push((cur, start));
+            cur = start;
+        } else if mode == SplitMode::End {
+            merged.push((cur, end));
+            cur = end;
+        }
+    }
+    let total = spans.last().map_or(0, |(s, _)| s.1);
+    if cur != total {
+        merged.push((cur, total));
+    }
+    merged
 }
 
 /// Python Inseq's `aggregate_token_sequence`: each span becomes one token, the

@@ -75,11 +75,9 @@ fn spans_on_known_input() {
 #[test]
 fn explicit_function_override() {
     let seq = dec_only();
-    let out = Aggregator::Spans {
-        source_spans: vec![],
-        target_spans: vec![(0, 2)],
-        function: Some(AggregationFunction::Sum),
-    }
+    let out = Aggregator::new(
+        SpansAggregator::new(vec![], vec![(0, 2)]).with_function(AggregationFunction::Sum),
+    )
     .apply(&seq)
     .unwrap();
     assert_eq!(out.target_attributions.unwrap().get(&[0, 0]), 1.0 + 4.0);
@@ -129,7 +127,7 @@ fn subwords_for_three_tokenizer_families() {
     assert_eq!(names(&out.target), ["Hello", ",", "Ġworld"]);
     assert!(Aggregator::words(None, vec![Some(0)]).apply(&seq).is_err());
     // Inseq's exact marker rule.
-    let m = Aggregator::Subwords {
+    let m = Aggregator::new(SubwordsAggregator {
         boundaries: WordBoundaries::Markers {
             special_chars: vec!["▁".into()],
             is_suffix_symbol: false,
@@ -137,7 +135,7 @@ fn subwords_for_three_tokenizer_families() {
         aggregate_source: true,
         aggregate_target: true,
         function: None,
-    };
+    });
     let out = m
         .apply(&mk(&["▁phen", "omen", "al", "▁day", "▁x"], 1))
         .unwrap();
@@ -193,7 +191,7 @@ fn scores_pair_slices() {
     // 2-D input cannot be aggregated by `scores` again.
     assert!(Pipeline::parse("sum").unwrap().apply(&out).is_err());
     // Rescale / select.
-    let r = Aggregator::Scores(ScoresAggregator {
+    let r = Aggregator::new(ScoresAggregator {
         function: None,
         post: PostProcess::Rescale,
         select: Some(IndexSelection::One(1)),
@@ -214,19 +212,17 @@ fn scores_pair_slices() {
         .data_mut()
         .iter_mut()
         .for_each(|v| *v *= 2.0);
-    let p = Aggregator::Pair {
-        other: Box::new(other),
-    }
-    .apply(&base)
-    .unwrap();
+    let p = Aggregator::new(PairAggregator { other })
+        .apply(&base)
+        .unwrap();
     assert_eq!(p.target[4], TokenWithId::new("! → ?", -1));
     assert_eq!(p.target_attributions.as_ref().unwrap().get(&[0, 0]), 1.0);
     assert_eq!(p.step_scores["probability"], vec![0.0, 0.0, 0.0]);
     // Slices: keep the first prompt token only (generated tokens always kept).
-    let s = Aggregator::Slices {
+    let s = Aggregator::new(SlicesAggregator {
         source_spans: None,
         target_spans: Some(vec![(0, 1)]),
-    }
+    })
     .apply(&base)
     .unwrap();
     assert_eq!(names(&s.target), ["Hel", "Ġla", "dies", "!"]);
@@ -306,7 +302,7 @@ proptest! {
         let b = (a.1 + gap, a.1 + gap + lb);
         let src_len = b.1 + tail;
         let seq = seq_2d(src_len, steps, vals.iter().cycle().take(src_len * steps).copied().collect(), vec![1.0; (steps + 1) * steps]);
-        let agg = |s: &SequenceAttribution, spans: Vec<(usize, usize)>| Aggregator::Spans { source_spans: spans, target_spans: vec![], function: Some(AggregationFunction::Sum) }.apply(s).unwrap();
+        let agg = |s: &SequenceAttribution, spans: Vec<(usize, usize)>| Aggregator::new(SpansAggregator::new(spans, vec![]).with_function(AggregationFunction::Sum)).apply(s).unwrap();
         let once = agg(&seq, vec![a, b]);
         let first = agg(&seq, vec![a]);
         let shift = a.1 - a.0 - 1;

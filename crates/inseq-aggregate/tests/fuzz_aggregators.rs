@@ -210,10 +210,10 @@ proptest! {
         let aggs = [
             Aggregator::spans(src.clone(), tgt.clone()),
             Aggregator::split(pattern),
-            Aggregator::Slices { source_spans: Some(src), target_spans: Some(tgt) },
-            Aggregator::Pair { other: Box::new(other) },
-            Aggregator::Pair { other: Box::new(seq.clone()) },
-            Aggregator::Scores(ScoresAggregator { function: None, post: PostProcess::Rescale, select }),
+            Aggregator::new(SlicesAggregator { source_spans: Some(src), target_spans: Some(tgt) }),
+            Aggregator::new(PairAggregator { other }),
+            Aggregator::new(PairAggregator { other: seq.clone() }),
+            Aggregator::new(ScoresAggregator { function: None, post: PostProcess::Rescale, select }),
         ];
         for a in aggs {
             if let Ok(out) = a.apply(&seq) {

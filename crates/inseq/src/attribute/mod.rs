@@ -328,8 +328,9 @@ impl AttributionModel {
         Some((source, target))
     }
 
-    /// Applies an aggregation `pipeline` to `out`, giving `subwords` steps the tokenizer's word
-    /// boundaries (see [`AttributionModel::word_ids`]) instead of the `Ġ`/`▁`/`##` markers.
+    /// Applies an aggregation `pipeline` to `out`, giving its steps the tokenizer's word
+    /// boundaries (see [`AttributionModel::word_ids`]) in their `AggregationContext`, which
+    /// `subwords` uses instead of the `Ġ`/`▁`/`##` markers.
     pub fn aggregate_with(
         &self,
         out: &AttributionOutput,
@@ -337,20 +338,14 @@ impl AttributionModel {
     ) -> Result<AttributionOutput> {
         let mut sequences = Vec::with_capacity(out.sequence_attributions.len());
         for seq in &out.sequence_attributions {
-            let mut p = pipeline.clone();
-            if let Some((source, target)) = self.word_ids(seq) {
-                for step in &mut p.steps {
-                    if let inseq_aggregate::Aggregator::Subwords { boundaries, .. } = step
-                        && matches!(boundaries, inseq_aggregate::WordBoundaries::Auto)
-                    {
-                        *boundaries = inseq_aggregate::WordBoundaries::WordIds {
-                            source: source.clone(),
-                            target: target.clone(),
-                        };
-                    }
-                }
-            }
-            sequences.push(p.apply(seq)?);
+            let ctx = match self.word_ids(seq) {
+                Some((source, target)) => inseq_aggregate::AggregationContext {
+                    source_word_ids: source,
+                    target_word_ids: Some(target),
+                },
+                None => Default::default(),
+            };
+            sequences.push(pipeline.apply_with(seq, &ctx)?);
         }
         Ok(AttributionOutput {
             sequence_attributions: sequences,
