@@ -173,8 +173,8 @@ fn context_word_ids_replace_markers() {
     let by_markers = words.apply(&seq).unwrap();
     assert_eq!(by_markers.target.len(), 2);
     let ctx = AggregationContext {
-        source_word_ids: None,
         target_word_ids: Some(vec![Some(0), Some(1), Some(1), Some(1)]),
+        ..Default::default()
     };
     let by_ids = words.apply_with(&seq, &ctx).unwrap();
     let tokens: Vec<&str> = by_ids.target.iter().map(|t| t.token.as_str()).collect();

@@ -24,10 +24,11 @@ pub mod dataset;
 mod device;
 pub mod parity;
 mod positions;
+mod registries;
 
 pub use attribute::{
     AttributeOptions, AttributionModel, ContrastAlignment, Progress, SharedMethod,
-    activation_bytes, load_model,
+    activation_bytes, load_model, load_model_with,
 };
 pub use device::{DEVICE_NAMES, default_device, parse_device};
 pub use inseq_aggregate as aggregation;
@@ -41,6 +42,7 @@ pub use inseq_steps as steps;
 pub use inseq_steps::{StepArgs, StepRegistry};
 pub use inseq_viz as viz;
 pub use positions::AttributedSpan;
+pub use registries::Registries;
 
 /// Applies Inseq's default aggregation to every sequence of `out`: for
 /// gradient methods the L2 norm over the hidden dimension, then normalisation

@@ -239,3 +239,107 @@ fn pecore_uses_user_step_functions_and_methods_by_id() {
     let info = user.info.unwrap();
     assert_eq!(info.attribution_method.as_deref(), Some("negated_saliency"));
 }
+
+/// Largest minus smallest value: an aggregation function of the user's own.
+#[derive(Debug)]
+struct Range;
+
+impl inseq::aggregation::Reduce for Range {
+    fn id(&self) -> &str {
+        "range"
+    }
+    fn reduce(&self, values: &[f32]) -> f32 {
+        if values.iter().any(|v| v.is_nan()) {
+            return f32::NAN; // positions not generated yet stay NaN
+        }
+        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let min = values.iter().copied().fold(f32::INFINITY, f32::min);
+        max - min
+    }
+}
+
+#[test]
+fn a_user_aggregation_function_works_by_id_through_the_facade() {
+    let mut model = extended_model();
+    model.registries_mut().aggregations.register_function(Range);
+    let raw = model
+        .attribute(&["Hello ladies and"], &forced(&[], "probability"))
+        .unwrap();
+    let out = model.aggregate_spec(&raw, "range").unwrap();
+    let (raw_seq, seq) = (&raw.sequence_attributions[0], &out.sequence_attributions[0]);
+    let (r, a) = (
+        raw_seq.target_attributions.as_ref().unwrap(),
+        seq.target_attributions.as_ref().unwrap(),
+    );
+    let [len, steps, hidden] = r.shape()[..] else {
+        panic!("granular saliency expected, got {:?}", r.shape())
+    };
+    for s in 0..steps {
+        let range = |i: usize| {
+            let v: Vec<f32> = (0..hidden).map(|k| r.get(&[i, s, k])).collect();
+            inseq::aggregation::Reduce::reduce(&Range, &v)
+        };
+        let column: Vec<f32> = (0..len).map(range).collect();
+        // `scores` normalises each step's column to unit L1 norm (NaN rows: not generated yet).
+        let total: f32 = column
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|v| v.abs())
+            .sum();
+        for (i, expected) in column.iter().enumerate() {
+            let got = a.get(&[i, s]);
+            if expected.is_nan() {
+                assert!(got.is_nan());
+                continue;
+            }
+            // Same f32 operations in another order over `len` terms: relative error ~ len·2^-23.
+            let tol = 1e-6 + 4.0 * len as f32 * f32::EPSILON * expected.abs() / total;
+            assert!(
+                (got - expected / total).abs() <= tol,
+                "[{i}, {s}] {got} vs {}",
+                expected / total
+            );
+        }
+    }
+    assert!(model.aggregate_spec(&raw, "no_such_aggregator").is_err());
+}
+
+#[test]
+fn step_scores_merge_over_words_as_their_functions_say() {
+    let model = extended_model();
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies and gentlemen of the jury".into()]),
+        step_scores: vec!["double_logit".into(), "probability".into()],
+        ..Default::default()
+    };
+    let raw = model.attribute(&["Hello"], &opts).unwrap();
+    let merged = model.aggregate_spec(&raw, "subwords").unwrap();
+    let (v, m) = (
+        &raw.sequence_attributions[0].step_scores,
+        &merged.sequence_attributions[0].step_scores,
+    );
+    assert!(
+        m["double_logit"].len() < v["double_logit"].len(),
+        "no word was merged"
+    );
+    // `double_logit` states `sum`, `probability` Inseq's `prod`: both keep the total over the
+    // partition into words. f32 sums of n terms: error <= n·2^-23·Σ|v|; products likewise.
+    let n = v["double_logit"].len() as f32;
+    let (sv, sm): (f32, f32) = (
+        v["double_logit"].iter().sum(),
+        m["double_logit"].iter().sum(),
+    );
+    let scale: f32 = v["double_logit"].iter().map(|x| x.abs()).sum();
+    assert!(
+        (sv - sm).abs() <= 2.0 * n * f32::EPSILON * scale,
+        "{sv} vs {sm}"
+    );
+    let (pv, pm): (f32, f32) = (
+        v["probability"].iter().product(),
+        m["probability"].iter().product(),
+    );
+    assert!(
+        (pv - pm).abs() <= 2.0 * n * f32::EPSILON * pv.abs(),
+        "{pv} vs {pm}"
+    );
+}

@@ -2,6 +2,7 @@
 //! in, and the [`Aggregator`] handle that pipelines hold. Python Inseq's
 //! built-ins each live in their own module.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -47,12 +48,17 @@ pub fn list_aggregators() -> Vec<&'static str> {
 /// `subwords` with [`WordBoundaries::Auto`] uses the word ids given here (from
 /// the tokenizer, as `inseq::AttributionModel::aggregate_with` passes them)
 /// instead of inferring words from token markers.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Span aggregators merge a step score over generated tokens with the function given here for
+/// its id (each step function states its own, `inseq_steps::StepFunction::span_aggregation`),
+/// else with [`crate::default_step_score_function`].
+#[derive(Debug, Clone, Default)]
 pub struct AggregationContext {
     /// Word id of each source token (`None` for special tokens).
     pub source_word_ids: Option<Vec<Option<usize>>>,
     /// Word id of each target token (`None` for special tokens).
     pub target_word_ids: Option<Vec<Option<usize>>>,
+    /// The span aggregation of each step score, by step score id.
+    pub step_score_functions: BTreeMap<String, Arc<dyn Reduce>>,
 }
 
 /// An aggregator: one step of a [`Pipeline`], as Python Inseq's `Aggregator`

@@ -58,17 +58,12 @@ impl Aggregate for SpansAggregator {
     fn apply(
         &self,
         seq: &SequenceAttribution,
-        _ctx: &AggregationContext,
+        ctx: &AggregationContext,
     ) -> Result<SequenceAttribution> {
         check_sequence(seq)?;
         let function = self.function.as_deref();
-        merge_spans(
-            seq,
-            &self.source_spans,
-            &self.target_spans,
-            function,
-            "spans",
-        )
+        let spans = (&self.source_spans[..], &self.target_spans[..]);
+        merge_spans(seq, spans, function, ctx, "spans")
     }
 }
 
@@ -76,9 +71,9 @@ impl Aggregate for SpansAggregator {
 /// records `name` in its aggregations.
 pub(crate) fn merge_spans(
     seq: &SequenceAttribution,
-    source_spans: &[Span],
-    target_spans: &[Span],
+    (source_spans, target_spans): (&[Span], &[Span]),
     function: Option<&dyn Reduce>,
+    ctx: &AggregationContext,
     name: &str,
 ) -> Result<SequenceAttribution> {
     if seq.source.is_none() && !source_spans.is_empty() {
@@ -117,7 +112,7 @@ pub(crate) fn merge_spans(
             sequential(a, &spans, &gen_spans, attr_fn)
         })
         .transpose()?;
-    out.step_scores = merge_step_scores(seq, &gen_spans, function)?;
+    out.step_scores = merge_step_scores(seq, &gen_spans, function, ctx)?;
     out.sequence_scores = merge_sequence_scores(seq, source_spans, &gen_spans, attr_fn)?;
     if !target_spans.is_empty() {
         (out.attr_pos_start, out.attr_pos_end) = merged_positions(seq, target_spans, &gen_spans);
@@ -152,12 +147,14 @@ fn merge_step_scores(
     seq: &SequenceAttribution,
     gen_spans: &[Span],
     function: Option<&dyn Reduce>,
+    ctx: &AggregationContext,
 ) -> Result<BTreeMap<String, Vec<f32>>> {
     seq.step_scores
         .iter()
         .map(|(k, v)| {
             let default = default_step_score_function(k);
-            let f = function.unwrap_or(&default);
+            let stated = ctx.step_score_functions.get(k).map(|f| f.as_ref());
+            let f = function.or(stated).unwrap_or(&default);
             let a = Array::new(vec![v.len()], v.clone())?;
             let merged = aggregate_contiguous(&a, gen_spans, f, 0)?.into_data();
             Ok((k.clone(), merged))

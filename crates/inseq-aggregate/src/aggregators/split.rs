@@ -59,7 +59,7 @@ impl Aggregate for SplitAggregator {
     fn apply(
         &self,
         seq: &SequenceAttribution,
-        _ctx: &AggregationContext,
+        ctx: &AggregationContext,
     ) -> Result<SequenceAttribution> {
         check_sequence(seq)?;
         let src = match (&seq.source, self.aggregate_source) {
@@ -71,6 +71,6 @@ impl Aggregate for SplitAggregator {
         } else {
             vec![]
         };
-        merge_spans(seq, &src, &tgt, self.function.as_deref(), "split")
+        merge_spans(seq, (&src, &tgt), self.function.as_deref(), ctx, "split")
     }
 }

@@ -134,7 +134,7 @@ impl Aggregate for SubwordsAggregator {
         let (src, tgt) = self.spans(seq, ctx)?;
         let src = if self.aggregate_source { src } else { vec![] };
         let tgt = if self.aggregate_target { tgt } else { vec![] };
-        let mut out = merge_spans(seq, &src, &tgt, self.function.as_deref(), "subwords")?;
+        let mut out = merge_spans(seq, (&src, &tgt), self.function.as_deref(), ctx, "subwords")?;
         let inferred =
             matches!(self.boundaries, WordBoundaries::Auto) && ctx.target_word_ids.is_none();
         if inferred {

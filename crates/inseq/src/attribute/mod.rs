@@ -22,6 +22,8 @@ mod run;
 pub use memory::activation_bytes;
 use run::Job;
 
+use crate::Registries;
+
 /// What to attribute and how; the defaults match `inseq.AttributionModel.attribute`.
 #[derive(Debug, Clone)]
 pub struct AttributeOptions {
@@ -145,8 +147,7 @@ pub struct AttributionModel {
     method: Box<dyn AttributionMethod>,
     method_id: String,
     method_args: MethodArgs,
-    methods: MethodRegistry,
-    steps: StepRegistry,
+    registries: Registries,
 }
 
 /// Loads a model (directory, GGUF, alias or hub id) with an attribution method, like `inseq.load_model`.
@@ -163,16 +164,23 @@ pub fn load_model(
     method_args: MethodArgs,
     device: &Device,
 ) -> Result<AttributionModel> {
-    let methods = MethodRegistry::with_defaults();
-    let method_impl = methods.create(method, method_args.clone())?;
+    load_model_with(model, method, method_args, device, Registries::default())
+}
+
+/// [`load_model`] with `registries` for every id (a researcher's own methods, step functions
+/// and aggregators next to the built-ins); the method is looked up before the model loads.
+pub fn load_model_with(
+    model: &str,
+    method: &str,
+    method_args: MethodArgs,
+    device: &Device,
+    registries: Registries,
+) -> Result<AttributionModel> {
+    let method_impl = registries.methods.create(method, method_args.clone())?;
     let pretrained = load_pretrained(model, device)?;
-    Ok(AttributionModel::new(
-        pretrained,
-        method_impl,
-        method,
-        method_args,
-        StepRegistry::with_defaults(),
-    ))
+    let steps = registries.steps.clone();
+    let model = AttributionModel::new(pretrained, method_impl, method, method_args, steps);
+    Ok(model.with_registries(registries))
 }
 
 /// How target positions are matched with contrastive target positions.
@@ -231,26 +239,38 @@ impl AttributionModel {
             method,
             method_id: method_id.to_string(),
             method_args,
-            methods: MethodRegistry::with_defaults(),
-            steps,
+            registries: Registries {
+                steps,
+                ..Registries::default()
+            },
         }
     }
 
-    /// Uses `methods` for [`Self::set_method`] and [`Self::attribute_with`] (built-ins plus a
-    /// researcher's own methods, by id).
-    pub fn with_method_registry(mut self, methods: MethodRegistry) -> Self {
-        self.methods = methods;
+    /// Uses `registries` for every id: [`Self::set_method`], [`Self::attribute_with`], step
+    /// scores and attributed functions, and [`Self::aggregate_spec`].
+    pub fn with_registries(mut self, registries: Registries) -> Self {
+        self.registries = registries;
         self
+    }
+
+    /// The registries this model looks ids up in.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
+    }
+
+    /// The registries (register custom methods, step functions and aggregators here).
+    pub fn registries_mut(&mut self) -> &mut Registries {
+        &mut self.registries
     }
 
     /// The attribution methods this model can switch to by id.
     pub fn method_registry(&self) -> &MethodRegistry {
-        &self.methods
+        &self.registries.methods
     }
 
     /// The method registry (register custom methods here, then [`Self::set_method`]).
     pub fn method_registry_mut(&mut self) -> &mut MethodRegistry {
-        &mut self.methods
+        &mut self.registries.methods
     }
 
     /// Switches to another registered attribution method, keeping the loaded model (as Inseq's
@@ -265,7 +285,10 @@ impl AttributionModel {
     /// assert!(model.set_method("no_such_method", Default::default()).is_err());
     /// ```
     pub fn set_method(&mut self, method_id: &str, method_args: MethodArgs) -> Result<()> {
-        self.method = self.methods.create(method_id, method_args.clone())?;
+        self.method = self
+            .registries
+            .methods
+            .create(method_id, method_args.clone())?;
         self.method_id = method_id.to_string();
         self.method_args = method_args;
         Ok(())
@@ -338,13 +361,11 @@ impl AttributionModel {
     ) -> Result<AttributionOutput> {
         let mut sequences = Vec::with_capacity(out.sequence_attributions.len());
         for seq in &out.sequence_attributions {
-            let ctx = match self.word_ids(seq) {
-                Some((source, target)) => inseq_aggregate::AggregationContext {
-                    source_word_ids: source,
-                    target_word_ids: Some(target),
-                },
-                None => Default::default(),
-            };
+            let mut ctx = self.registries.aggregation_context(seq);
+            if let Some((source, target)) = self.word_ids(seq) {
+                ctx.source_word_ids = source;
+                ctx.target_word_ids = Some(target);
+            }
             sequences.push(pipeline.apply_with(seq, &ctx)?);
         }
         Ok(AttributionOutput {
@@ -353,14 +374,20 @@ impl AttributionModel {
         })
     }
 
+    /// Parses `spec` against this model's aggregators ([`Registries::pipeline`]) and applies it
+    /// as [`Self::aggregate_with`] does.
+    pub fn aggregate_spec(&self, out: &AttributionOutput, spec: &str) -> Result<AttributionOutput> {
+        self.aggregate_with(out, &self.registries.pipeline(spec)?)
+    }
+
     /// The step functions this model can record and attribute, by id.
     pub fn step_registry(&self) -> &StepRegistry {
-        &self.steps
+        &self.registries.steps
     }
 
     /// The step-function registry (add custom step functions here).
     pub fn step_registry_mut(&mut self) -> &mut StepRegistry {
-        &mut self.steps
+        &mut self.registries.steps
     }
 
     /// Token ids of `text`; with `skip_special_tokens` (Inseq's option) the special tokens'
@@ -445,7 +472,7 @@ impl AttributionModel {
         opts: &AttributeOptions,
     ) -> Result<AttributionOutput> {
         let args = MethodArgs::default();
-        let m = self.methods.create(method, args.clone())?;
+        let m = self.registries.methods.create(method, args.clone())?;
         let job = Job {
             method: m.as_ref(),
             method_id: method,

@@ -85,11 +85,11 @@ impl AttributionModel {
         let opts = job.opts;
         check_request(inputs, opts)?;
         let attributed = AttributedFn {
-            function: self.steps.get(&opts.attributed_fn)?,
+            function: self.registries.steps.get(&opts.attributed_fn)?,
             args: opts.attributed_fn_args.clone(),
         };
         let step_fns = (opts.step_scores.iter())
-            .map(|id| self.steps.get(id))
+            .map(|id| self.registries.steps.get(id))
             .collect::<Result<Vec<_>>>()?;
         // Recorded attention weights only serve a single unpadded sequence.
         let record_attentions = job.method.uses_recorded_attentions() && inputs.len() == 1;
