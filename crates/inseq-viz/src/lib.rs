@@ -140,76 +140,75 @@ pub(crate) fn heatmap(seq: &SequenceAttribution) -> Heatmap {
     };
     let n_steps = seq.attr_pos_end.saturating_sub(seq.attr_pos_start);
     let shown_target = display_tokens(&seq.target);
-    let shown_source = seq
-        .source
-        .as_deref()
+    let shown_source = (seq.source.as_deref())
         .map(display_tokens)
         .unwrap_or_default();
     let columns: Vec<String> = (0..n_steps)
         .map(|i| {
-            shown_target
-                .get(seq.attr_pos_start + i)
-                .map_or_else(|| format!("#{i}"), Clone::clone)
+            (shown_target.get(seq.attr_pos_start + i)).map_or_else(|| format!("#{i}"), Clone::clone)
         })
         .collect();
     let mut sections = Vec::new();
     let mut scale = 0f32;
-    let mut add = |title: &str, a: &Option<Array>, labels: &[String], notes: &mut Vec<String>| {
-        let Some(a) = a else { return };
-        let Some((rows, cols, data)) = to_2d(a) else {
-            notes.push(format!(
+    let arrays = [
+        ("Source", &seq.source_attributions, &shown_source),
+        ("Target", &seq.target_attributions, &shown_target),
+    ];
+    for (title, a, labels) in arrays {
+        let Some(a) = a else { continue };
+        match array_section(title, a, labels, n_steps) {
+            Some(section) => {
+                scale = scale.max(a.max_abs());
+                sections.push(section);
+            }
+            None => notes.push(format!(
                 "{title}: cannot show an array of shape {:?}",
                 a.shape()
-            ));
-            return;
-        };
-        scale = scale.max(a.max_abs());
-        let rows = (0..rows)
-            .map(|r| {
-                let label = labels.get(r).map_or_else(|| format!("#{r}"), Clone::clone);
-                let mut vals = data[r * cols..(r + 1) * cols].to_vec();
-                vals.resize(n_steps, f32::NAN);
-                (label, vals)
-            })
-            .collect();
-        sections.push(Section {
-            title: title.to_string(),
-            rows,
-            per_row_scale: false,
-        });
-    };
-    add(
-        "Source",
-        &seq.source_attributions,
-        &shown_source,
-        &mut notes,
-    );
-    add(
-        "Target",
-        &seq.target_attributions,
-        &shown_target,
-        &mut notes,
-    );
+            )),
+        }
+    }
     if !seq.step_scores.is_empty() {
-        sections.push(Section {
-            title: "Step scores".into(),
-            rows: seq
-                .step_scores
-                .iter()
-                .map(|(k, v)| {
-                    let mut v = v.clone();
-                    v.resize(n_steps, f32::NAN);
-                    (k.clone(), v)
-                })
-                .collect(),
-            per_row_scale: true,
-        });
+        sections.push(step_score_section(seq, n_steps));
     }
     Heatmap {
         columns,
         sections,
         scale,
         notes,
+    }
+}
+
+/// The rows of a 2-D (or squeezable) attribution array, one per token, `n_steps` columns.
+fn array_section(title: &str, a: &Array, labels: &[String], n_steps: usize) -> Option<Section> {
+    let (rows, cols, data) = to_2d(a)?;
+    let rows = (0..rows)
+        .map(|r| {
+            let label = labels.get(r).map_or_else(|| format!("#{r}"), Clone::clone);
+            let mut vals = data[r * cols..(r + 1) * cols].to_vec();
+            vals.resize(n_steps, f32::NAN);
+            (label, vals)
+        })
+        .collect();
+    Some(Section {
+        title: title.to_string(),
+        rows,
+        per_row_scale: false,
+    })
+}
+
+/// One row per step score, each on its own colour scale.
+fn step_score_section(seq: &SequenceAttribution, n_steps: usize) -> Section {
+    let rows = (seq.step_scores.iter())
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            v.resize(n_steps, f32::NAN);
+            (k.clone(), v)
+        })
+        .collect();
+    Section {
+        title: "Step scores".into(),
+        rows,
+        per_row_scale: true,
     }
 }
 
