@@ -82,3 +82,43 @@ pub(super) fn check_memory(
         hint: ways.join(", "),
     })
 }
+
+/// Parses a memory size: bytes, or a number with a `K`/`M`/`G`/`T` suffix (powers of 1000,
+/// `KiB`/`MiB`/`GiB`/`TiB` for powers of 1024), as `--memory-budget` takes it.
+///
+/// ```
+/// assert_eq!(inseq::parse_memory_size("8G").unwrap(), 8_000_000_000);
+/// assert_eq!(inseq::parse_memory_size("1.5GiB").unwrap(), 1_610_612_736);
+/// assert_eq!(inseq::parse_memory_size("4096").unwrap(), 4096);
+/// assert!(inseq::parse_memory_size("lots").is_err());
+/// assert!(inseq::parse_memory_size("-1G").is_err());
+/// ```
+pub fn parse_memory_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        _ => return Err(bad_size(text)),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad_size(text))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(bad_size(text));
+    }
+    Ok((value * factor).round() as u64)
+}
+
+fn bad_size(text: &str) -> Error {
+    Error::invalid_arg(
+        "memory budget",
+        format!("`{text}` is not a positive size such as 8G, 512M or 1.5GiB"),
+    )
+}
