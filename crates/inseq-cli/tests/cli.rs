@@ -2,26 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn inseq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inseq"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run inseq")
-}
-
-fn assert_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(
-        stderr.to_lowercase().contains(&needle.to_lowercase()),
-        "stderr does not mention `{needle}`: {stderr}"
-    );
-}
+use common::{assert_error, inseq};
 
 #[test]
 fn attribute_prints_heatmap_and_saves_json() {
