@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use inseq::parity::{CaseOutcome, golden_cases, run_case};
+use inseq_parity::{CaseOutcome, golden_cases, run_case};
 
 /// Runs all cases; prints one line per case and `N passed, M failed, K skipped`. Returns `true` when none failed.
 pub fn run(golden: &Path, models: &Path) -> anyhow::Result<bool> {

@@ -20,9 +20,7 @@
 
 mod attribute;
 pub mod context;
-pub mod dataset;
 mod device;
-pub mod parity;
 mod positions;
 mod registries;
 

@@ -6,13 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn inseq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inseq"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run inseq")
-}
+use common::inseq;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("inseq-dataset-{}-{name}", std::process::id()));
@@ -109,7 +103,7 @@ fn run_dataset(data: &Path, save: &Path, extra: &[&str]) -> Output {
 }
 
 fn stored(save: &Path) -> Vec<(usize, inseq::AttributionOutput)> {
-    inseq::dataset::OutputStore::from_path(save)
+    inseq_cli::dataset::OutputStore::from_path(save)
         .read_all()
         .unwrap()
 }
@@ -513,7 +507,7 @@ fn second_writer_of_a_store_gets_a_lock_error() {
     let data = dir.join("data.jsonl");
     write_jsonl(&data);
     let save = dir.join("out.jsonl");
-    let store = inseq::dataset::OutputStore::from_path(&save);
+    let store = inseq_cli::dataset::OutputStore::from_path(&save);
     let lock = store.lock().unwrap();
     let out = run_dataset(&data, &save, &[]);
     let stderr = stderr_of(&out);

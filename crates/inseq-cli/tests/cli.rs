@@ -2,26 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn inseq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inseq"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run inseq")
-}
-
-fn assert_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(
-        stderr.to_lowercase().contains(&needle.to_lowercase()),
-        "stderr does not mention `{needle}`: {stderr}"
-    );
-}
+use common::{assert_error, inseq};
 
 #[test]
 fn attribute_prints_heatmap_and_saves_json() {
@@ -484,4 +465,32 @@ fn generation_config_defaults_apply_and_flags_override_them() {
         "{}",
         String::from_utf8_lossy(&forced.stderr)
     );
+}
+
+#[test]
+fn memory_budget_too_small_fails_before_attributing_and_writes_nothing() {
+    let dir = std::env::temp_dir().join(format!("inseq-cli-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let save = dir.join("out.json");
+    let model = common::model_dir("tiny-gpt2");
+    let run = |budget: &str| {
+        common::inseq(&[
+            "attribute",
+            "--model",
+            &model,
+            "--input",
+            "Hello ladies and",
+            "--max-new-tokens",
+            "2",
+            "--memory-budget",
+            budget,
+            "--save",
+            save.to_str().unwrap(),
+        ])
+    };
+    common::assert_error(&run("1K"), "not enough memory");
+    assert!(!save.exists(), "nothing is written");
+    common::assert_error(&run("lots"), "not a positive size");
+    common::assert_ok(&run("1G"));
+    assert!(save.exists());
 }

@@ -1,19 +1,17 @@
 //! Every golden case of Python Inseq 0.7.1 that this project supports must match within tolerance.
 
-mod common;
-
-use inseq::parity::{CaseOutcome, golden_cases, run_case, run_loaded_case};
+use inseq_parity::{CaseModel, CaseOutcome, golden_cases, run_case, run_loaded_case};
 
 fn run_model(prefix: &str) {
     let device = burn::tensor::Device::default();
     let mut failures = Vec::new();
     let (mut passed, mut skipped) = (0, 0);
-    for case in golden_cases(&common::golden_dir()).unwrap() {
+    for case in golden_cases(&inseq_fixtures::golden_dir()).unwrap() {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         if !name.starts_with(prefix) {
             continue;
         }
-        match run_case(&case, &common::shared().join("models"), &device) {
+        match run_case(&case, &inseq_fixtures::models_dir(), &device) {
             Ok(CaseOutcome::Passed) => passed += 1,
             Ok(CaseOutcome::Skipped(why)) => {
                 skipped += 1;
@@ -59,13 +57,13 @@ fn tiny_marian_matches_python_inseq() {
 /// 42 cases over eight prompts of different shapes, written by tests/fixtures/smollm2/make_golden.py.
 #[test]
 fn smollm2_matches_python_inseq() {
-    if !common::smollm2_present() {
+    if !inseq_fixtures::smollm2_present(&inseq::models::models_dir()) {
         return;
     }
-    let dir = common::shared().join("smollm2").join("golden");
+    let dir = inseq_fixtures::root().join("smollm2").join("golden");
     let device = burn::tensor::Device::default();
     // One load for every case (each sets its own method).
-    let mut model = inseq::load_model("smollm2", "dummy", Default::default(), &device).unwrap();
+    let mut model = CaseModel::load("smollm2", &device).unwrap();
     let mut failures = Vec::new();
     let mut passed = 0;
     for case in golden_cases(&dir).unwrap() {

@@ -1,23 +1,33 @@
-//! Comparing this project's results with Python Inseq's on golden cases.
+//! Comparing this project's results with Python Inseq's on golden cases: the harness of
+//! `cargo xtask parity` and of this crate's tests (test support, not published).
 //!
 //! A golden case is a JSON file with the model, method, arguments, input,
 //! target and the tokens, raw and aggregated attributions and step scores
 //! Python Inseq 0.7.1 produced. [`run_case`] runs the same attribution
-//! through [`crate::load_model`] / [`crate::AttributionModel::attribute`]
-//! (the code the CLI uses) and reports every difference beyond tolerance:
+//! through [`inseq::AttributionModel::attribute`] on a model loaded as
+//! [`inseq::load_model`] loads it (the code the CLI uses) and reports every difference beyond tolerance:
 //! `|ours - golden| <= 1e-3 * max|golden| + 1e-6` on attributions and
 //! `1e-4` absolute (plus `1e-4` relative) on step scores.
+//!
+//! ```
+//! use inseq_parity::{CaseOutcome, golden_cases, run_case};
+//! let cases = golden_cases(&inseq_fixtures::golden_dir()).unwrap();
+//! let case = cases.iter().find(|c| c.ends_with("tiny-gpt2__saliency.json")).unwrap();
+//! let device = burn::tensor::Device::default();
+//! let outcome = run_case(case, &inseq_fixtures::models_dir(), &device).unwrap();
+//! assert_eq!(outcome, CaseOutcome::Passed);
+//! ```
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use inseq_core::{Array, Error, Result};
-use serde_json::Value;
-
-use crate::{
-    AttributeOptions, AttributionModel, GenerationOptions, MethodArgs, StepArgs, aggregate,
-    load_model,
+use inseq::{Array, core::TokenWithId};
+use inseq::{
+    AttributeOptions, AttributionModel, Error, GenerationOptions, MethodArgs, MethodRegistry,
+    Result, StepArgs, StepRegistry, aggregate,
 };
+use serde_json::Value;
 
 /// Outcome of one golden case.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +81,7 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
         true => model_dir.to_str().unwrap_or_default(),
         false => model_name,
     };
-    let mut model = match load_model(model_ref, "dummy", MethodArgs::default(), device) {
+    let mut model = match CaseModel::load(model_ref, device) {
         Ok(m) => m,
         Err(Error::UnsupportedArchitecture(a)) => {
             return Ok(CaseOutcome::Skipped(format!(
@@ -85,16 +95,44 @@ pub fn run_case(case_path: &Path, models_dir: &Path, device: &Device) -> Result<
 
 fn read_case(case_path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(case_path).map_err(|e| Error::io(case_path, e))?;
-    inseq_core::inseq_format::parse_python_json(&text)
+    inseq::core::inseq_format::parse_python_json(&text)
+}
+
+/// A model loaded for golden cases: an [`AttributionModel`] and its tokenizer's pad token (Python
+/// Inseq drops pad tokens from its token lists; see [`run_loaded_case`]).
+pub struct CaseModel {
+    /// The model, with the method of the last case run on it.
+    pub model: AttributionModel,
+    /// The tokenizer's pad token id.
+    pub pad: Option<usize>,
+}
+
+impl CaseModel {
+    /// Loads `model` (a directory, GGUF file, alias or hub id, as [`inseq::load_model`] takes)
+    /// with the `dummy` method; each case sets its own.
+    pub fn load(model: &str, device: &Device) -> Result<Self> {
+        let pretrained = inseq::models::load_pretrained(model, device)?;
+        let pad = pretrained.special_tokens.pad;
+        let method = MethodRegistry::with_defaults().create("dummy", MethodArgs::default())?;
+        let model = AttributionModel::new(
+            pretrained,
+            method,
+            "dummy",
+            MethodArgs::default(),
+            StepRegistry::with_defaults(),
+        );
+        Ok(Self { model, pad })
+    }
 }
 
 /// Runs one golden case on `model`, already loaded (its `model` field is not read): the case's
 /// method replaces the model's, so that one model serves many cases.
-pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result<CaseOutcome> {
+pub fn run_loaded_case(case_path: &Path, case_model: &mut CaseModel) -> Result<CaseOutcome> {
+    let (model, pad) = (&mut case_model.model, case_model.pad.map(|p| p as i64));
     let case = read_case(case_path)?;
     let s = |k: &str| case.get(k).and_then(Value::as_str);
     let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
-    let registry = crate::MethodRegistry::with_defaults();
+    let registry = MethodRegistry::with_defaults();
     if !registry.ids().iter().any(|m| m == method) {
         return Ok(CaseOutcome::Skipped(format!(
             "method `{method}` is not implemented yet"
@@ -109,7 +147,7 @@ pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result
                 .collect()
         })
         .unwrap_or_default();
-    let steps = crate::StepRegistry::with_defaults();
+    let steps = StepRegistry::with_defaults();
     if let Some(missing) = step_ids.iter().find(|id| steps.get(id).is_err()) {
         return Ok(CaseOutcome::Skipped(format!(
             "step function `{missing}` is not implemented yet"
@@ -190,7 +228,7 @@ pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_i64).collect())
     };
-    let our_ids = |t: &Option<Vec<inseq_core::TokenWithId>>| {
+    let our_ids = |t: &Option<Vec<TokenWithId>>| {
         t.as_ref()
             .map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>())
     };
@@ -200,7 +238,6 @@ pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result
     // prompts hold) from its token lists but cuts its tensors by length, so its labels shift
     // (docs/inseq-compatibility.md). Where the golden ids are ours without the pad tokens, ours
     // are compared as Inseq shows them: the same cut, positions counted without the pads.
-    let pad = model.pretrained.special_tokens.pad.map(|p| p as i64);
     let (mut ours_raw, mut ours_agg) = (ours_raw.clone(), ours_agg.clone());
     if let (Some(pad), Some(golden)) = (pad, &golden_target_ids) {
         let kept: Vec<i64> = ours_target.iter().copied().filter(|&i| i != pad).collect();
@@ -343,7 +380,7 @@ pub fn run_loaded_case(case_path: &Path, model: &mut AttributionModel) -> Result
 fn compare_l2_summary(what: &str, summary: &Value, ours: Option<&Array>) -> Result<Option<String>> {
     let field = |k: &str| -> Result<Value> {
         match summary.get(k) {
-            Some(Value::String(text)) => inseq_core::inseq_format::parse_python_json(text),
+            Some(Value::String(text)) => inseq::core::inseq_format::parse_python_json(text),
             Some(v) => Ok(v.clone()),
             None => Err(Error::invalid_arg("raw_omitted", format!("no `{k}`"))),
         }

@@ -1,0 +1,39 @@
+//! The subcommands, one module each.
+
+mod attribute;
+mod context;
+mod context_prompt;
+mod dataset;
+mod merge;
+
+use anyhow::Result;
+use inseq::Registries;
+
+pub(crate) use attribute::AttributeArgs;
+pub(crate) use context::ContextCliArgs;
+pub(crate) use dataset::DatasetArgs;
+pub(crate) use merge::MergeArgs;
+
+use crate::args::Command;
+
+/// Runs one subcommand.
+pub(crate) fn run(command: Command, registries: &Registries) -> Result<()> {
+    match command {
+        Command::Attribute(a) => attribute::run(*a, registries),
+        Command::AttributeDataset(a) => dataset::run(*a, registries),
+        Command::AttributeContext(a) => context::run(*a, registries),
+        Command::Merge(m) => merge::run(m),
+        Command::ListMethods => {
+            for (id, desc) in registries.methods.describe() {
+                println!("{id:<34} {desc}");
+            }
+            Ok(())
+        }
+        Command::ListStepFunctions => {
+            for (id, desc) in registries.steps.describe() {
+                println!("{id:<22} {desc}");
+            }
+            Ok(())
+        }
+    }
+}

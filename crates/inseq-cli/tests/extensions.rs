@@ -1,0 +1,150 @@
+//! A researcher's own binary: the whole `inseq` command through `inseq_cli::run_with`, with a
+//! method, a step function and an aggregation function defined outside the workspace, used by id
+//! on the command line.
+
+mod common;
+
+use std::process::ExitCode;
+
+use burn::tensor::Tensor;
+use inseq::steps::{StepContext, StepFunction, gather_ids};
+use inseq::{MethodRegistry, Registries, StepArgs};
+
+/// The target logit minus the contrastive target's (contrastive, so PECoRe can use it).
+struct LogitGap;
+
+impl StepFunction for LogitGap {
+    fn id(&self) -> &str {
+        "logit_gap"
+    }
+    fn description(&self) -> &str {
+        "Target logit minus contrastive target logit."
+    }
+    fn compute(&self, ctx: &StepContext, _: &StepArgs) -> inseq::Result<Tensor<1>> {
+        let c = ctx.contrast("logit_gap")?;
+        Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)?
+            - gather_ids(c.logits.clone(), &c.target_ids)?)
+    }
+    fn is_contrastive(&self) -> bool {
+        true
+    }
+}
+
+/// Twice the target logit.
+struct DoubleLogit;
+
+impl StepFunction for DoubleLogit {
+    fn id(&self) -> &str {
+        "double_logit"
+    }
+    fn description(&self) -> &str {
+        "Twice the logit of the target token."
+    }
+    fn compute(&self, ctx: &StepContext, _: &StepArgs) -> inseq::Result<Tensor<1>> {
+        Ok(gather_ids(ctx.logits.clone(), &ctx.target_ids)? * 2.0)
+    }
+}
+
+/// The largest value.
+#[derive(Debug)]
+struct Largest;
+
+impl inseq::aggregation::Reduce for Largest {
+    fn id(&self) -> &str {
+        "largest"
+    }
+    fn reduce(&self, values: &[f32]) -> f32 {
+        values.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+fn registries() -> Registries {
+    let mut r = Registries::default();
+    r.methods
+        .register("my_saliency", "Saliency under another id.", |args| {
+            MethodRegistry::with_defaults().create("saliency", args)
+        });
+    r.steps.register(DoubleLogit);
+    r.steps.register(LogitGap);
+    r.aggregations.register_function(Largest);
+    r
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("inseq-ext-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_command_line_uses_registered_ids() {
+    let save = scratch("attribute").join("out.json");
+    let model = common::model_dir("tiny-gpt2");
+    let args = [
+        "inseq",
+        "attribute",
+        "--model",
+        &model,
+        "--method",
+        "my_saliency",
+        "--input",
+        "Hello ladies and",
+        "--target",
+        "Hello ladies and gentlemen",
+        "--step-scores",
+        "double_logit",
+        "--attributed-fn",
+        "double_logit",
+        "--aggregation",
+        "largest",
+        "--save",
+        save.to_str().unwrap(),
+    ];
+    assert_eq!(inseq_cli::run_with(args, &registries()), ExitCode::SUCCESS);
+    let out = inseq::AttributionOutput::load(&save).unwrap();
+    assert_eq!(out.info["attribution_method"], "my_saliency");
+    assert_eq!(out.info["attributed_fn"], "double_logit");
+    assert!(
+        out.sequence_attributions[0]
+            .step_scores
+            .contains_key("double_logit")
+    );
+    // Without the registries the same command line is a clean error naming the id.
+    assert_eq!(inseq_cli::run(args), ExitCode::FAILURE);
+}
+
+#[test]
+fn attribute_context_uses_registered_ids() {
+    let save = scratch("context").join("ctx.json");
+    let model = common::model_dir("tiny-gpt2");
+    let args = [
+        "inseq",
+        "attribute-context",
+        "--model",
+        &model,
+        "--method",
+        "my_saliency",
+        "--input-context-text",
+        "George was sick yesterday.",
+        "--input-current-text",
+        "His colleagues asked him",
+        "--output-current-text",
+        "to take the day off",
+        "--context-sensitivity-metric",
+        "logit_gap",
+        "--attributed-fn",
+        "logit_gap",
+        "--context-sensitivity-std-threshold",
+        "0",
+        "--save-path",
+        save.to_str().unwrap(),
+    ];
+    assert_eq!(inseq_cli::run_with(args, &registries()), ExitCode::SUCCESS);
+    let out = inseq::context::ContextOutput::load(&save).unwrap();
+    let info = out.info.unwrap();
+    assert_eq!(info.attribution_method.as_deref(), Some("my_saliency"));
+    assert_eq!(info.context_sensitivity_metric, "logit_gap");
+    // `logit_gap` says it is contrastive: each CCI entry contrasts the contextless prediction.
+    assert!(!out.cci_scores.is_empty());
+    assert!(out.cci_scores.iter().all(|c| c.contrast_token.is_some()));
+}
