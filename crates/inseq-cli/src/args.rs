@@ -59,10 +59,10 @@ pub(crate) struct ModelArgs {
 #[derive(clap::Args)]
 pub(crate) struct RunArgs {
     /// Tokens to generate when no target is given.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub(crate) max_new_tokens: usize,
     /// Minimum new tokens (end-of-sequence suppressed before).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub(crate) min_new_tokens: usize,
     /// Step scores to record, comma separated (see `inseq list-step-functions`).
     #[arg(long, value_delimiter = ',')]
@@ -111,7 +111,7 @@ pub(crate) struct RunArgs {
     pub(crate) allow_non_finite: bool,
     /// Memory the attribution may use (e.g. 8G, 512M, 1.5GiB); a job whose activations need more
     /// fails before it starts. Default: the free memory.
-    #[arg(long, value_parser = parse_budget)]
+    #[arg(long, value_parser = parse_budget, allow_negative_numbers = true)]
     pub(crate) memory_budget: Option<u64>,
     /// Hugging Face `generate` arguments as JSON, as Inseq's `generation_args`, e.g.
     /// '{"do_sample": true, "top_k": 5, "max_new_tokens": 10}'; they override the flags.
@@ -122,22 +122,22 @@ pub(crate) struct RunArgs {
     pub(crate) do_sample: bool,
     /// Sampler seed (each input row draws from its own generator seeded from it and the row's
     /// tokens: the same tokens in any batch).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub(crate) seed: u64,
     /// Sampling temperature (default: the model's generation_config.json, else 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub(crate) temperature: Option<f32>,
     /// Sample among the `top_k` most likely tokens (0: all; default: the model's
     /// generation_config.json, else 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub(crate) top_k: Option<usize>,
     /// Sample within the smallest set of tokens of probability `top_p` (default: the model's
     /// generation_config.json, else 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub(crate) top_p: Option<f32>,
     /// Beam search with this many beams (1: greedy decoding or sampling; default: the model's
     /// generation_config.json, else 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub(crate) num_beams: Option<usize>,
 }
 

@@ -83,6 +83,9 @@ pub(crate) fn check_output_folder(flag: &str, path: &Path) -> Result<()> {
 
 /// Fails unless `path` can be written as a file: its folder exists and it is not a folder.
 pub(crate) fn check_output_file(flag: &str, path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        bail!("{flag}: the file path is empty");
+    }
     check_output_folder(flag, path)?;
     if path.is_dir() {
         bail!(

@@ -158,7 +158,7 @@ impl DiscretizedIntegratedGradients {
     pub fn from_args(mut args: MethodArgs) -> Result<Self> {
         let d = Self::default();
         let m = Self {
-            n_steps: args.take("n_steps", d.n_steps)?,
+            n_steps: args.take_size("n_steps", d.n_steps, crate::quadrature::MAX_STEPS)?,
             method: args.take("method", d.method)?,
             internal_batch_size: args.take_opt("internal_batch_size")?,
             multiply_by_inputs: args.take("multiply_by_inputs", d.multiply_by_inputs)?,

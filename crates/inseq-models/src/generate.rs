@@ -157,8 +157,8 @@ pub fn beam_search(
     options: GenerationOptions,
 ) -> Result<Vec<BeamHypothesis>> {
     let start = Start::new(model, source, prefix, &options)?;
-    // As greedy decoding: no pass over more than `max_positions` tokens.
-    let room = (model.info().max_positions + 1).saturating_sub(start.prefix.len());
+    // As greedy decoding: no sequence longer than `max_positions` tokens.
+    let room = (model.info().max_positions).saturating_sub(start.prefix.len());
     let options = GenerationOptions {
         max_new_tokens: options.max_new_tokens.min(room),
         ..options
@@ -265,7 +265,8 @@ fn generate(
     // Per pass, per layer `[1, heads, new positions, positions so far]`.
     let mut passes: Vec<Vec<Tensor<4>>> = Vec::new();
     for step in 0..options.max_new_tokens {
-        if ids.len() > info.max_positions {
+        // The sequence never outgrows the model's context, so that it can be attributed.
+        if ids.len() >= info.max_positions {
             break;
         }
         let fed = cache.as_ref().map_or(0, KvCache::len);
@@ -463,6 +464,12 @@ impl GenerationOptions {
         )?;
         check(self.num_beams >= 1, "num_beams", "must be at least 1")?;
         check(
+            self.num_beams <= MAX_BEAMS,
+            "num_beams",
+            "must be at most 1024, which bounds the work and memory of a search (each beam keeps \
+             its own cache and scores the whole vocabulary at every step)",
+        )?;
+        check(
             self.num_return_sequences >= 1 && self.num_return_sequences <= self.num_beams,
             "num_return_sequences",
             "must be between 1 and num_beams (several sequences come from beam search only)",
@@ -475,6 +482,9 @@ impl GenerationOptions {
         Ok(())
     }
 }
+
+/// The most beams [`beam_search`] takes.
+pub const MAX_BEAMS: usize = 1024;
 
 /// Hugging Face `generate`'s logits processors, in the order `_get_logits_processor` builds
 /// them: repetition penalty, no-repeat n-gram, bad words, min length, min new tokens, forced BOS,

@@ -276,3 +276,35 @@ fn random_header_corruption_never_panics() {
         }
     }
 }
+
+/// A non-finite number in the metadata (here `llama.rope.freq_base`, an f32 after its key and
+/// type 6) is a corrupt file, not a default: JSON cannot hold NaN, so it used to vanish.
+#[test]
+fn non_finite_metadata_is_rejected() {
+    let scratch = Scratch::new("nan-meta");
+    let full = std::fs::read(fixture("tiny-llama.gguf")).unwrap();
+    let key = b"llama.rope.freq_base";
+    let at = (full.windows(key.len()))
+        .position(|w| w == key)
+        .expect("the fixture has rope.freq_base");
+    let value = at + key.len() + 4;
+    assert_eq!(
+        full[at + key.len()..value],
+        6u32.to_le_bytes(),
+        "an f32 value"
+    );
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut bytes = full.clone();
+        bytes[value..value + 4].copy_from_slice(&bad.to_le_bytes());
+        let path = scratch.write("nan.gguf", &bytes);
+        let device = burn::tensor::Device::default();
+        let err = match inseq_models::load_pretrained(path.to_str().unwrap(), &device) {
+            Ok(_) => panic!("{bad} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("rope.freq_base") && err.contains("finite"),
+            "{err}"
+        );
+    }
+}

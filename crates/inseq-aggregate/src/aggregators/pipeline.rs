@@ -54,11 +54,19 @@ impl Pipeline {
     /// Parses a spec as [`Pipeline::parse`] does, looking ids up in `registry`
     /// (so registered aggregators and functions can be named).
     pub fn parse_with(spec: &str, registry: &AggregationRegistry) -> Result<Self> {
+        if spec.trim().is_empty() {
+            return Ok(Self { steps: vec![] });
+        }
         let steps = spec
             .split(',')
             .map(str::trim)
-            .filter(|s| !s.is_empty())
             .map(|item| match item.split_once(':') {
+                _ if item.is_empty() => Err(inseq_core::Error::invalid_arg(
+                    "aggregation",
+                    format!(
+                        "`{spec}` has an empty step (two commas in a row, or a comma at an end)"
+                    ),
+                )),
                 Some((id, f)) => registry.create(id.trim(), Some(f.trim())),
                 None => registry.create(item, None),
             })

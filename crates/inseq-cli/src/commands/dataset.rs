@@ -31,7 +31,7 @@ pub(crate) struct DatasetArgs {
     #[arg(long, default_value = "train")]
     split: String,
     /// Rows attributed together.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     batch_size: usize,
     /// Output: a directory (one JSON per row) or a `.jsonl` file. Rows already there are skipped.
     #[arg(long)]
@@ -40,7 +40,7 @@ pub(crate) struct DatasetArgs {
     #[arg(long)]
     viz_path: Option<PathBuf>,
     /// Process only shard I of N (rows whose number is I modulo N); merge shards with `inseq merge`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     shard: Option<String>,
     /// What to do with a row that cannot be attributed: `skip` (report it) or `fail`.
     #[arg(long, default_value = "skip")]
@@ -49,6 +49,9 @@ pub(crate) struct DatasetArgs {
 
 pub(crate) fn run(a: DatasetArgs, registries: &Registries) -> Result<()> {
     let split: SplitSpec = a.split.parse()?;
+    if a.batch_size == 0 {
+        anyhow::bail!("--batch-size 0: attribute at least 1 row at a time");
+    }
     check_output_folder("--save", &a.save)?;
     if let Some(path) = &a.viz_path {
         check_output_file("--viz-path", path)?;

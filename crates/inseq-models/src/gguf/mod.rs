@@ -213,17 +213,23 @@ impl GgufModelFile {
 
     /// `{arch}.{key}` as a float, if present; `f32` values are widened through their
     /// shortest decimal form so `1e-5f32` becomes `1e-5`, as in `config.json`.
+    /// A finite number of the metadata (NaN and infinities are corrupt values: JSON, where the
+    /// config goes next, cannot hold them, so they would silently become defaults).
     fn meta_f64(&self, key: &str) -> Result<Option<f64>> {
         let full = format!("{}.{key}", self.table.arch);
-        match self.file.get(&full) {
-            None => Ok(None),
-            Some(GgufValue::F32(x)) => {
-                Ok(Some(x.to_string().parse::<f64>().unwrap_or(f64::from(*x))))
-            }
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+        let value = match self.file.get(&full) {
+            None => return Ok(None),
+            Some(GgufValue::F32(x)) => x.to_string().parse::<f64>().unwrap_or(f64::from(*x)),
+            Some(v) => v.as_f64().ok_or_else(|| {
                 self.corrupt(format!("metadata `{full}` is {v:?}, expected a number"))
-            }),
+            })?,
+        };
+        if !value.is_finite() {
+            return Err(self.corrupt(format!(
+                "metadata `{full}` is {value}, expected a finite number"
+            )));
         }
+        Ok(Some(value))
     }
 
     fn token_id(&self, which: &str) -> Option<u64> {

@@ -350,6 +350,20 @@ impl AttributionModel {
             .as_ref()
             .map(|a| a[index].clone())
             .unwrap_or(ContrastAlignment::RightAligned);
+        if let ContrastAlignment::Pairs(pairs) = &alignment
+            && let Some((a, b)) =
+                (pairs.iter()).find(|(a, b)| *a >= target_ids.len() || *b >= c_target.len())
+        {
+            return Err(Error::invalid_arg(
+                "contrast alignments",
+                format!(
+                    "pair {a}-{b} of input {index} is outside the target ({} tokens) or the \
+                     contrastive target ({} tokens)",
+                    target_ids.len(),
+                    c_target.len()
+                ),
+            ));
+        }
         let aligned = align_contrast(&alignment, target_ids, &c_target, start, end);
         if let Some((t, _)) = aligned
             .iter()
