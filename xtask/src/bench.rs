@@ -830,6 +830,41 @@ fn render_report(
     py_versions: Option<&str>,
     results: &[JobResult],
 ) -> String {
+    let mut md = report_preamble(args, paths, py_versions);
+    let header = [
+        "job",
+        "backend",
+        "inseq-rs median s",
+        "Inseq median s",
+        "speed-up",
+        "inseq-rs peak MB",
+        "Inseq peak MB",
+        "repeats",
+        "targets",
+    ];
+    let right = [false, false, true, true, true, true, true, true, false];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for r in results {
+        if let Some(Err(e)) = &r.python {
+            notes.push(format!("{} Inseq failed: {e}", r.id));
+        }
+        for (backend, rs) in &r.rust {
+            rows.push(report_row(r, backend, rs, &mut notes));
+        }
+    }
+    md += &markdown_table(&header, &right, &rows);
+    if !notes.is_empty() {
+        md += "\n";
+        for n in &notes {
+            md += &format!("- {n}\n");
+        }
+    }
+    md
+}
+
+/// The report's title and the list of what was run where.
+fn report_preamble(args: &BenchArgs, paths: &Paths, py_versions: Option<&str>) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &paths.root)
         .unwrap_or_else(|| "unknown".into());
@@ -851,81 +886,59 @@ fn render_report(
         md += &format!("- Python: {v}\n");
     }
     md += "\n";
-
-    let header = [
-        "job",
-        "backend",
-        "inseq-rs median s",
-        "Inseq median s",
-        "speed-up",
-        "inseq-rs peak MB",
-        "Inseq peak MB",
-        "repeats",
-        "targets",
-    ];
-    let right = [false, false, true, true, true, true, true, true, false];
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-    for r in results {
-        if let Some(Err(e)) = &r.python {
-            notes.push(format!("{} Inseq failed: {e}", r.id));
-        }
-        for (backend, rs) in &r.rust {
-            let py = r.python.as_ref().and_then(|p| p.as_ref().ok());
-            let (rs_median, rs_peak) = match rs {
-                Ok(v) => (
-                    format!("{:.3}", v["median_s"].as_f64().unwrap_or(f64::NAN)),
-                    format!("{:.0}", peak_mb(v)),
-                ),
-                Err(e) => {
-                    notes.push(format!("{} inseq-rs {backend} failed: {e}", r.id));
-                    ("FAILED".into(), "-".into())
-                }
-            };
-            let (py_median, py_peak) = match (&r.python, py) {
-                (_, Some(v)) => (
-                    format!("{:.3}", v["median_s"].as_f64().unwrap_or(f64::NAN)),
-                    format!("{:.0}", peak_mb(v)),
-                ),
-                (Some(Err(_)), _) => ("FAILED".into(), "-".into()),
-                _ => ("-".into(), "-".into()),
-            };
-            let (speedup, targets) = match (rs, py) {
-                (Ok(a), Some(b)) => {
-                    let ratio = b["median_s"].as_f64().unwrap_or(f64::NAN)
-                        / a["median_s"].as_f64().unwrap_or(f64::NAN);
-                    let targets = match target_difference(a, b) {
-                        None => "same".to_string(),
-                        Some(d) => {
-                            notes.push(format!("{} ({backend}): targets differ: {d}", r.id));
-                            "DIFFER".to_string()
-                        }
-                    };
-                    (format!("{ratio:.2}x"), targets)
-                }
-                _ => ("-".into(), "-".into()),
-            };
-            rows.push(vec![
-                r.id.clone(),
-                backend.to_string(),
-                rs_median,
-                py_median,
-                speedup,
-                rs_peak,
-                py_peak,
-                r.repeats.to_string(),
-                targets,
-            ]);
-        }
-    }
-    md += &markdown_table(&header, &right, &rows);
-    if !notes.is_empty() {
-        md += "\n";
-        for n in &notes {
-            md += &format!("- {n}\n");
-        }
-    }
     md
+}
+
+/// The median time and peak memory cells of a successful run.
+fn timing_cells(v: &Value) -> (String, String) {
+    (
+        format!("{:.3}", v["median_s"].as_f64().unwrap_or(f64::NAN)),
+        format!("{:.0}", peak_mb(v)),
+    )
+}
+
+/// The table row of job `r` on `backend`, whose outcome is `rs`; failures and
+/// differing targets are added to `notes`.
+fn report_row(r: &JobResult, backend: &str, rs: &Outcome, notes: &mut Vec<String>) -> Vec<String> {
+    let py = r.python.as_ref().and_then(|p| p.as_ref().ok());
+    let (rs_median, rs_peak) = match rs {
+        Ok(v) => timing_cells(v),
+        Err(e) => {
+            notes.push(format!("{} inseq-rs {backend} failed: {e}", r.id));
+            ("FAILED".into(), "-".into())
+        }
+    };
+    let (py_median, py_peak) = match (&r.python, py) {
+        (_, Some(v)) => timing_cells(v),
+        (Some(Err(_)), _) => ("FAILED".into(), "-".into()),
+        _ => ("-".into(), "-".into()),
+    };
+    let (speedup, targets) = match (rs, py) {
+        (Ok(a), Some(b)) => {
+            let ratio = b["median_s"].as_f64().unwrap_or(f64::NAN)
+                / a["median_s"].as_f64().unwrap_or(f64::NAN);
+            let targets = match target_difference(a, b) {
+                None => "same".to_string(),
+                Some(d) => {
+                    notes.push(format!("{} ({backend}): targets differ: {d}", r.id));
+                    "DIFFER".to_string()
+                }
+            };
+            (format!("{ratio:.2}x"), targets)
+        }
+        _ => ("-".into(), "-".into()),
+    };
+    vec![
+        r.id.clone(),
+        backend.to_string(),
+        rs_median,
+        py_median,
+        speedup,
+        rs_peak,
+        py_peak,
+        r.repeats.to_string(),
+        targets,
+    ]
 }
 
 /// A Markdown table with padded columns (readable as plain text too).
@@ -1010,6 +1023,40 @@ mod tests {
                 .unwrap()
                 .starts_with("input_tokens")
         );
+    }
+
+    #[test]
+    fn report_rows_compare_both_sides_and_note_failures() {
+        let run = |median: f64| {
+            serde_json::json!({"median_s": median, "peak_rss_kb": 2048.0,
+                "input_tokens": 1, "generated_tokens": 1, "target": ["a", "b"]})
+        };
+        let job = JobResult {
+            id: "m/saliency".into(),
+            repeats: 3,
+            python: Some(Ok(run(2.0))),
+            rust: vec![],
+        };
+        let mut notes = Vec::new();
+        let row = report_row(&job, "flex", &Ok(run(0.5)), &mut notes);
+        assert_eq!(
+            row,
+            [
+                "m/saliency",
+                "flex",
+                "0.500",
+                "2.000",
+                "4.00x",
+                "2",
+                "2",
+                "3",
+                "same"
+            ]
+        );
+        assert!(notes.is_empty());
+        let row = report_row(&job, "wgpu", &Err("boom".into()), &mut notes);
+        assert_eq!(row[2..5], ["FAILED", "2.000", "-"]);
+        assert_eq!(notes, ["m/saliency inseq-rs wgpu failed: boom"]);
     }
 
     #[test]
