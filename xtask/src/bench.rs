@@ -219,12 +219,57 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let paths = paths()?;
     std::fs::create_dir_all(&paths.out)
         .with_context(|| format!("creating {}", paths.out.display()))?;
+    let python = prepare_python_and_models(&args, &paths, &jobs)?;
+    let py_versions = match (&python, args.no_python) {
+        (Some(py), false) => python_versions(py),
+        _ => None,
+    };
+    let binaries = build_job_runners(&paths, &backends)?;
 
-    // Models (and Python where needed).
+    println!("== jobs");
+    let jsonl_path = paths.out.join("results.jsonl");
+    let jsonl =
+        File::create(&jsonl_path).with_context(|| format!("creating {}", jsonl_path.display()))?;
+    let mut runner = JobRunner {
+        args: &args,
+        paths: &paths,
+        backends: &backends,
+        binaries: &binaries,
+        python: python.as_deref().filter(|_| !args.no_python),
+        jsonl,
+        n: 0,
+        total: jobs.len() * (backends.len() + usize::from(!args.no_python)),
+    };
+    let results = jobs
+        .iter()
+        .map(|job| runner.run(job))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let md = render_report(&args, &paths, py_versions.as_deref(), &results);
+    println!();
+    print!("{md}");
+    let md_path = paths.out.join("results.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("\nwrote {} and {}", md_path.display(), jsonl_path.display());
+    let failed = failed_runs(&results);
+    if failed > 0 {
+        eprintln!("{failed} run(s) failed");
+    }
+    Ok(failed == 0)
+}
+
+/// Fetches the models, sets up Python where the jobs need it (the Python side,
+/// or preparing a missing model directory) and prepares the model directories.
+/// Returns the Python interpreter, if set up.
+fn prepare_python_and_models(
+    args: &BenchArgs,
+    paths: &Paths,
+    jobs: &[Job],
+) -> anyhow::Result<Option<PathBuf>> {
     println!("== models");
     fetch_models::run()?;
     let mut needed: Vec<&str> = Vec::new();
-    for job in &jobs {
+    for job in jobs {
         let model = job.model;
         let needs_dir = !args.no_python || model.rust_alias.is_none();
         if needs_dir && !needed.contains(&model.dir) {
@@ -243,112 +288,138 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         None
     };
     if let Some(py) = &python {
-        prepare_models(py, &paths, &needed, &missing)?;
+        prepare_models(py, paths, &needed, &missing)?;
     }
-    let py_versions = match (&python, args.no_python) {
-        (Some(py), false) => python_versions(py),
-        _ => None,
-    };
+    Ok(python)
+}
 
-    // inseq-rs job runners, one build per distinct feature set.
+/// Builds the inseq-rs job runner once per distinct feature set of `backends`.
+fn build_job_runners(
+    paths: &Paths,
+    backends: &[&'static Backend],
+) -> anyhow::Result<BTreeMap<&'static str, PathBuf>> {
     println!("== build");
     let mut binaries: BTreeMap<&str, PathBuf> = BTreeMap::new();
-    for b in &backends {
+    for b in backends {
         if !binaries.contains_key(b.features) {
-            let bin = build_job_runner(&paths, b.features)?;
+            let bin = build_job_runner(paths, b.features)?;
             binaries.insert(b.features, bin);
         }
     }
+    Ok(binaries)
+}
 
-    // Jobs.
-    println!("== jobs");
-    let jsonl_path = paths.out.join("results.jsonl");
-    let mut jsonl =
-        File::create(&jsonl_path).with_context(|| format!("creating {}", jsonl_path.display()))?;
-    let total = jobs.len() * (backends.len() + usize::from(!args.no_python));
-    let mut n = 0;
-    let mut results = Vec::new();
-    for job in &jobs {
-        let id = job.id();
-        let repeats = if job.method.slow {
-            args.slow_repeats.unwrap_or(args.repeats)
-        } else {
-            args.repeats
-        };
-        let mut rust = Vec::new();
-        for b in &backends {
-            n += 1;
-            print!("[{n}/{total}] {id} inseq-rs {} ... ", b.name);
-            let _ = std::io::stdout().flush();
-            let mut cmd = Command::new(&binaries[b.features]);
-            let model = match job.model.rust_alias {
-                Some(alias) => alias.to_string(),
-                None => paths.bench_models.join(job.model.dir).display().to_string(),
-            };
-            cmd.args(["--model", &model, "--method", job.method.id])
-                .args(["--method-args", job.method.rust_args])
-                .args(["--input", &args.input])
-                .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
-                .args(["--repeats", &repeats.to_string()])
-                .args(["--warmup", &args.warmup.to_string()])
-                .args(["--device", b.device]);
-            if let Some(t) = args.threads {
-                cmd.env("RAYON_NUM_THREADS", t.to_string());
-            }
-            let outcome = run_job(&mut cmd);
-            report(&outcome);
-            write_jsonl(&mut jsonl, &id, "inseq-rs", Some(b.name), &outcome)?;
-            rust.push((b.name, outcome));
-        }
-        let python_outcome = match (&python, args.no_python) {
-            (Some(py), false) => {
-                n += 1;
-                print!("[{n}/{total}] {id} Inseq (Python) ... ");
-                let _ = std::io::stdout().flush();
-                let mut cmd = Command::new(py);
-                cmd.arg(paths.root.join("benches/python/inseq_job.py"))
-                    .arg("--model")
-                    .arg(paths.bench_models.join(job.model.dir))
-                    .args(["--method", job.method.id])
-                    .args(["--method-args", job.method.py_args])
-                    .args(["--input", &args.input])
-                    .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
-                    .args(["--repeats", &repeats.to_string()])
-                    .args(["--warmup", &args.warmup.to_string()])
-                    .args(["--threads", &args.threads.unwrap_or(0).to_string()])
-                    .env("HF_HUB_OFFLINE", "1")
-                    .env("TOKENIZERS_PARALLELISM", "false");
-                let outcome = run_job(&mut cmd);
-                report(&outcome);
-                write_jsonl(&mut jsonl, &id, "python-inseq", None, &outcome)?;
-                Some(outcome)
-            }
-            _ => None,
-        };
-        results.push(JobResult {
-            id,
-            repeats,
-            python: python_outcome,
-            rust,
-        });
-    }
-
-    // Report.
-    let md = render_report(&args, &paths, py_versions.as_deref(), &results);
-    println!();
-    print!("{md}");
-    let md_path = paths.out.join("results.md");
-    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    println!("\nwrote {} and {}", md_path.display(), jsonl_path.display());
-    let failed = results
+/// How many runs of `results` failed.
+fn failed_runs(results: &[JobResult]) -> usize {
+    results
         .iter()
         .flat_map(|r| r.rust.iter().map(|(_, o)| o).chain(r.python.iter()))
         .filter(|o| o.is_err())
-        .count();
-    if failed > 0 {
-        eprintln!("{failed} run(s) failed");
+        .count()
+}
+
+/// Runs jobs on every backend (and Python), numbering the runs and logging them to `jsonl`.
+struct JobRunner<'a> {
+    args: &'a BenchArgs,
+    paths: &'a Paths,
+    backends: &'a [&'static Backend],
+    binaries: &'a BTreeMap<&'static str, PathBuf>,
+    /// The Python interpreter, `None` with `--no-python`.
+    python: Option<&'a Path>,
+    jsonl: File,
+    /// Runs started so far.
+    n: usize,
+    /// Runs in all.
+    total: usize,
+}
+
+impl JobRunner<'_> {
+    /// Runs `job` on every backend, then on Python Inseq.
+    fn run(&mut self, job: &Job) -> anyhow::Result<JobResult> {
+        let id = job.id();
+        let repeats = if job.method.slow {
+            self.args.slow_repeats.unwrap_or(self.args.repeats)
+        } else {
+            self.args.repeats
+        };
+        let mut rust = Vec::new();
+        for b in self.backends {
+            let mut cmd = self.rust_command(job, b, repeats);
+            let outcome = self.run_one(&id, &format!("inseq-rs {}", b.name), &mut cmd);
+            write_jsonl(&mut self.jsonl, &id, "inseq-rs", Some(b.name), &outcome)?;
+            rust.push((b.name, outcome));
+        }
+        let python = match self.python {
+            Some(py) => {
+                let mut cmd = self.python_command(py, job, repeats);
+                let outcome = self.run_one(&id, "Inseq (Python)", &mut cmd);
+                write_jsonl(&mut self.jsonl, &id, "python-inseq", None, &outcome)?;
+                Some(outcome)
+            }
+            None => None,
+        };
+        Ok(JobResult {
+            id,
+            repeats,
+            python,
+            rust,
+        })
     }
-    Ok(failed == 0)
+
+    /// Runs `cmd` as run `n` of the total, printing its progress and outcome.
+    fn run_one(&mut self, id: &str, side: &str, cmd: &mut Command) -> Outcome {
+        self.n += 1;
+        print!("[{}/{}] {id} {side} ... ", self.n, self.total);
+        let _ = std::io::stdout().flush();
+        let outcome = run_job(cmd);
+        report(&outcome);
+        outcome
+    }
+
+    /// The `inseq-bench-job` command of `job` on backend `b`.
+    fn rust_command(&self, job: &Job, b: &Backend, repeats: usize) -> Command {
+        let args = self.args;
+        let mut cmd = Command::new(&self.binaries[b.features]);
+        let model = match job.model.rust_alias {
+            Some(alias) => alias.to_string(),
+            None => self
+                .paths
+                .bench_models
+                .join(job.model.dir)
+                .display()
+                .to_string(),
+        };
+        cmd.args(["--model", &model, "--method", job.method.id])
+            .args(["--method-args", job.method.rust_args])
+            .args(["--input", &args.input])
+            .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
+            .args(["--repeats", &repeats.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .args(["--device", b.device]);
+        if let Some(t) = args.threads {
+            cmd.env("RAYON_NUM_THREADS", t.to_string());
+        }
+        cmd
+    }
+
+    /// The `inseq_job.py` command of `job` run by the interpreter `py`.
+    fn python_command(&self, py: &Path, job: &Job, repeats: usize) -> Command {
+        let args = self.args;
+        let mut cmd = Command::new(py);
+        cmd.arg(self.paths.root.join("benches/python/inseq_job.py"))
+            .arg("--model")
+            .arg(self.paths.bench_models.join(job.model.dir))
+            .args(["--method", job.method.id])
+            .args(["--method-args", job.method.py_args])
+            .args(["--input", &args.input])
+            .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
+            .args(["--repeats", &repeats.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .args(["--threads", &args.threads.unwrap_or(0).to_string()])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("TOKENIZERS_PARALLELISM", "false");
+        cmd
+    }
 }
 
 fn parse_backends(names: &[String]) -> anyhow::Result<Vec<&'static Backend>> {
@@ -759,6 +830,41 @@ fn render_report(
     py_versions: Option<&str>,
     results: &[JobResult],
 ) -> String {
+    let mut md = report_preamble(args, paths, py_versions);
+    let header = [
+        "job",
+        "backend",
+        "inseq-rs median s",
+        "Inseq median s",
+        "speed-up",
+        "inseq-rs peak MB",
+        "Inseq peak MB",
+        "repeats",
+        "targets",
+    ];
+    let right = [false, false, true, true, true, true, true, true, false];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for r in results {
+        if let Some(Err(e)) = &r.python {
+            notes.push(format!("{} Inseq failed: {e}", r.id));
+        }
+        for (backend, rs) in &r.rust {
+            rows.push(report_row(r, backend, rs, &mut notes));
+        }
+    }
+    md += &markdown_table(&header, &right, &rows);
+    if !notes.is_empty() {
+        md += "\n";
+        for n in &notes {
+            md += &format!("- {n}\n");
+        }
+    }
+    md
+}
+
+/// The report's title and the list of what was run where.
+fn report_preamble(args: &BenchArgs, paths: &Paths, py_versions: Option<&str>) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &paths.root)
         .unwrap_or_else(|| "unknown".into());
@@ -780,81 +886,59 @@ fn render_report(
         md += &format!("- Python: {v}\n");
     }
     md += "\n";
-
-    let header = [
-        "job",
-        "backend",
-        "inseq-rs median s",
-        "Inseq median s",
-        "speed-up",
-        "inseq-rs peak MB",
-        "Inseq peak MB",
-        "repeats",
-        "targets",
-    ];
-    let right = [false, false, true, true, true, true, true, true, false];
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-    for r in results {
-        if let Some(Err(e)) = &r.python {
-            notes.push(format!("{} Inseq failed: {e}", r.id));
-        }
-        for (backend, rs) in &r.rust {
-            let py = r.python.as_ref().and_then(|p| p.as_ref().ok());
-            let (rs_median, rs_peak) = match rs {
-                Ok(v) => (
-                    format!("{:.3}", v["median_s"].as_f64().unwrap_or(f64::NAN)),
-                    format!("{:.0}", peak_mb(v)),
-                ),
-                Err(e) => {
-                    notes.push(format!("{} inseq-rs {backend} failed: {e}", r.id));
-                    ("FAILED".into(), "-".into())
-                }
-            };
-            let (py_median, py_peak) = match (&r.python, py) {
-                (_, Some(v)) => (
-                    format!("{:.3}", v["median_s"].as_f64().unwrap_or(f64::NAN)),
-                    format!("{:.0}", peak_mb(v)),
-                ),
-                (Some(Err(_)), _) => ("FAILED".into(), "-".into()),
-                _ => ("-".into(), "-".into()),
-            };
-            let (speedup, targets) = match (rs, py) {
-                (Ok(a), Some(b)) => {
-                    let ratio = b["median_s"].as_f64().unwrap_or(f64::NAN)
-                        / a["median_s"].as_f64().unwrap_or(f64::NAN);
-                    let targets = match target_difference(a, b) {
-                        None => "same".to_string(),
-                        Some(d) => {
-                            notes.push(format!("{} ({backend}): targets differ: {d}", r.id));
-                            "DIFFER".to_string()
-                        }
-                    };
-                    (format!("{ratio:.2}x"), targets)
-                }
-                _ => ("-".into(), "-".into()),
-            };
-            rows.push(vec![
-                r.id.clone(),
-                backend.to_string(),
-                rs_median,
-                py_median,
-                speedup,
-                rs_peak,
-                py_peak,
-                r.repeats.to_string(),
-                targets,
-            ]);
-        }
-    }
-    md += &markdown_table(&header, &right, &rows);
-    if !notes.is_empty() {
-        md += "\n";
-        for n in &notes {
-            md += &format!("- {n}\n");
-        }
-    }
     md
+}
+
+/// The median time and peak memory cells of a successful run.
+fn timing_cells(v: &Value) -> (String, String) {
+    (
+        format!("{:.3}", v["median_s"].as_f64().unwrap_or(f64::NAN)),
+        format!("{:.0}", peak_mb(v)),
+    )
+}
+
+/// The table row of job `r` on `backend`, whose outcome is `rs`; failures and
+/// differing targets are added to `notes`.
+fn report_row(r: &JobResult, backend: &str, rs: &Outcome, notes: &mut Vec<String>) -> Vec<String> {
+    let py = r.python.as_ref().and_then(|p| p.as_ref().ok());
+    let (rs_median, rs_peak) = match rs {
+        Ok(v) => timing_cells(v),
+        Err(e) => {
+            notes.push(format!("{} inseq-rs {backend} failed: {e}", r.id));
+            ("FAILED".into(), "-".into())
+        }
+    };
+    let (py_median, py_peak) = match (&r.python, py) {
+        (_, Some(v)) => timing_cells(v),
+        (Some(Err(_)), _) => ("FAILED".into(), "-".into()),
+        _ => ("-".into(), "-".into()),
+    };
+    let (speedup, targets) = match (rs, py) {
+        (Ok(a), Some(b)) => {
+            let ratio = b["median_s"].as_f64().unwrap_or(f64::NAN)
+                / a["median_s"].as_f64().unwrap_or(f64::NAN);
+            let targets = match target_difference(a, b) {
+                None => "same".to_string(),
+                Some(d) => {
+                    notes.push(format!("{} ({backend}): targets differ: {d}", r.id));
+                    "DIFFER".to_string()
+                }
+            };
+            (format!("{ratio:.2}x"), targets)
+        }
+        _ => ("-".into(), "-".into()),
+    };
+    vec![
+        r.id.clone(),
+        backend.to_string(),
+        rs_median,
+        py_median,
+        speedup,
+        rs_peak,
+        py_peak,
+        r.repeats.to_string(),
+        targets,
+    ]
 }
 
 /// A Markdown table with padded columns (readable as plain text too).
@@ -939,6 +1023,40 @@ mod tests {
                 .unwrap()
                 .starts_with("input_tokens")
         );
+    }
+
+    #[test]
+    fn report_rows_compare_both_sides_and_note_failures() {
+        let run = |median: f64| {
+            serde_json::json!({"median_s": median, "peak_rss_kb": 2048.0,
+                "input_tokens": 1, "generated_tokens": 1, "target": ["a", "b"]})
+        };
+        let job = JobResult {
+            id: "m/saliency".into(),
+            repeats: 3,
+            python: Some(Ok(run(2.0))),
+            rust: vec![],
+        };
+        let mut notes = Vec::new();
+        let row = report_row(&job, "flex", &Ok(run(0.5)), &mut notes);
+        assert_eq!(
+            row,
+            [
+                "m/saliency",
+                "flex",
+                "0.500",
+                "2.000",
+                "4.00x",
+                "2",
+                "2",
+                "3",
+                "same"
+            ]
+        );
+        assert!(notes.is_empty());
+        let row = report_row(&job, "wgpu", &Err("boom".into()), &mut notes);
+        assert_eq!(row[2..5], ["FAILED", "2.000", "-"]);
+        assert_eq!(notes, ["m/saliency inseq-rs wgpu failed: boom"]);
     }
 
     #[test]

@@ -727,17 +727,103 @@ fn parse_usize(v: Option<&Value>, what: &str) -> Result<Option<usize>> {
     }
 }
 
-fn parse_sequence(v: &Value, index: usize) -> Result<SequenceAttribution> {
-    let w = |field: &str| format!("sequence_attributions[{index}].{field}");
+/// `sequence_attributions[index].field`, how errors name a field of sequence `index`.
+fn sequence_field(index: usize, field: &str) -> String {
+    format!("sequence_attributions[{index}].{field}")
+}
+
+/// The attributes of sequence `index`, checked to be an object of the expected class.
+fn sequence_attributes(v: &Value, index: usize) -> Result<&Value> {
+    let here = sequence_field(index, "");
     if let Some(name) = class_name(v)
         && !name.ends_with("FeatureAttributionSequenceOutput")
     {
-        return Err(invalid(format!("{} has unexpected type {name}", w(""))));
+        return Err(invalid(format!("{here} has unexpected type {name}")));
     }
     let a = attributes(v);
     if !a.is_object() {
-        return Err(invalid(format!("{} is not an object", w(""))));
+        return Err(invalid(format!("{here} is not an object")));
     }
+    Ok(a)
+}
+
+/// The tensors of the object `a[key]` (if any) by name, each checked by
+/// `check` as it is read; `null` ones are skipped.
+fn named_tensors<T>(
+    a: &Value,
+    key: &str,
+    index: usize,
+    check: impl Fn(&str, Array) -> Result<T>,
+) -> Result<BTreeMap<String, T>> {
+    let mut out = BTreeMap::new();
+    if let Some(Value::Object(m)) = a.get(key) {
+        for (k, v) in m {
+            let what = sequence_field(index, &format!("{key}.{k}"));
+            if let Some(t) = decode_tensor(v, &what)? {
+                out.insert(k.clone(), check(&what, t)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The step scores of sequence `index`, one value per generated step each.
+fn parse_step_scores(
+    a: &Value,
+    index: usize,
+    n_steps: usize,
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    named_tensors(a, "step_scores", index, |what, t| {
+        if t.data().len() != n_steps {
+            return Err(invalid(format!(
+                "{what} has {} values for {n_steps} generated steps",
+                t.data().len()
+            )));
+        }
+        Ok(t.into_data())
+    })
+}
+
+/// Fails unless `arr` (if any) is at least 2-D with shape `[rows, n_steps, ...]`.
+fn check_attribution_shape(
+    arr: &Option<Array>,
+    rows: usize,
+    n_steps: usize,
+    what: String,
+) -> Result<()> {
+    if let Some(arr) = arr
+        && (arr.ndim() < 2 || arr.shape()[0] != rows || arr.shape()[1] != n_steps)
+    {
+        return Err(Error::ShapeMismatch {
+            what,
+            expected: vec![rows, n_steps],
+            found: arr.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Decoder-only models: Inseq stores the prompt as source; this project uses `None`.
+fn drop_prompt_source(
+    source: Option<Vec<TokenWithId>>,
+    target: &[TokenWithId],
+    has_source_attributions: bool,
+) -> Option<Vec<TokenWithId>> {
+    match source {
+        Some(s)
+            if !has_source_attributions
+                && s.len() <= target.len()
+                && target[..s.len()] == s[..] =>
+        {
+            None
+        }
+        other => other,
+    }
+}
+
+fn parse_sequence(v: &Value, index: usize) -> Result<SequenceAttribution> {
+    let w = |field: &str| sequence_field(index, field);
+    let a = sequence_attributes(v, index)?;
     let target = parse_tokens(a.get("target"), &w("target"))?
         .ok_or_else(|| invalid(format!("{} is missing", w("target"))))?;
     let source = parse_tokens(a.get("source"), &w("source"))?;
@@ -759,63 +845,25 @@ fn parse_sequence(v: &Value, index: usize) -> Result<SequenceAttribution> {
         )));
     }
     let n_steps = attr_pos_end - attr_pos_start;
-    let mut step_scores = BTreeMap::new();
-    if let Some(Value::Object(m)) = a.get("step_scores") {
-        for (k, v) in m {
-            if let Some(t) = decode_tensor(v, &w(&format!("step_scores.{k}")))? {
-                if t.data().len() != n_steps {
-                    return Err(invalid(format!(
-                        "{} has {} values for {n_steps} generated steps",
-                        w(&format!("step_scores.{k}")),
-                        t.data().len()
-                    )));
-                }
-                step_scores.insert(k.clone(), t.into_data());
-            }
-        }
-    }
-    let mut sequence_scores = BTreeMap::new();
-    if let Some(Value::Object(m)) = a.get("sequence_scores") {
-        for (k, v) in m {
-            if let Some(t) = decode_tensor(v, &w(&format!("sequence_scores.{k}")))? {
-                sequence_scores.insert(k.clone(), t);
-            }
-        }
-    }
-    let check = |arr: &Option<Array>, rows: usize, field: &str| -> Result<()> {
-        if let Some(arr) = arr
-            && (arr.ndim() < 2 || arr.shape()[0] != rows || arr.shape()[1] != n_steps)
-        {
-            return Err(Error::ShapeMismatch {
-                what: w(field),
-                expected: vec![rows, n_steps],
-                found: arr.shape().to_vec(),
-            });
-        }
-        Ok(())
-    };
+    let step_scores = parse_step_scores(a, index, n_steps)?;
+    let sequence_scores = named_tensors(a, "sequence_scores", index, |_, t| Ok(t))?;
     if source_attributions.is_some() {
         let rows = source.as_ref().map_or(0, Vec::len);
-        check(&source_attributions, rows, "source_attributions")?;
+        check_attribution_shape(
+            &source_attributions,
+            rows,
+            n_steps,
+            w("source_attributions"),
+        )?;
     }
-    check(
+    check_attribution_shape(
         &target_attributions,
         attr_pos_end.min(target.len()),
-        "target_attributions",
+        n_steps,
+        w("target_attributions"),
     )?;
-    // Decoder-only models: Inseq stores the prompt as source; this project uses `None`.
-    let source = match source {
-        Some(s)
-            if source_attributions.is_none()
-                && s.len() <= target.len()
-                && target[..s.len()] == s[..] =>
-        {
-            None
-        }
-        other => other,
-    };
     Ok(SequenceAttribution {
-        source,
+        source: drop_prompt_source(source, &target, source_attributions.is_some()),
         target,
         source_attributions,
         target_attributions,

@@ -518,6 +518,221 @@ struct InputPaths {
     dims: [usize; 3],
 }
 
+/// Fails when a token id of `step` (or the baseline token) is outside the vocabulary.
+fn check_in_vocabulary(ctx: &MethodContext, step: &StepInput, vocab: usize) -> Result<()> {
+    let out_of_vocab = step
+        .source_ids
+        .iter()
+        .flatten()
+        .chain(&step.prefix_ids)
+        .flatten()
+        .chain(&step.target_ids)
+        .chain([&ctx.baseline_token_id])
+        .find(|&&id| id >= vocab);
+    match out_of_vocab {
+        Some(id) => Err(Error::InvalidInput(format!(
+            "token id {id} is outside the vocabulary of {vocab} tokens"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The special tokens of the model and the run, which keep a straight path.
+fn special_ids(ctx: &MethodContext) -> Vec<usize> {
+    let info = ctx.model.info();
+    [
+        info.bos_token_id,
+        info.eos_token_id,
+        info.pad_token_id,
+        info.decoder_start_token_id,
+        ctx.eos_token_id,
+        Some(ctx.baseline_token_id),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Adds `t` to the running sum `acc`.
+fn accumulate(acc: &mut Option<Tensor<3>>, t: Tensor<3>) {
+    *acc = Some(match acc.take() {
+        Some(a) => a + t,
+        None => t,
+    });
+}
+
+/// `[batch, len, hidden]` path point `at` of `p`.
+fn path_end(p: &InputPaths, at: usize, device: &burn::tensor::Device) -> Tensor<3> {
+    points_tensor(&p.points, at, 1, p.dims, device)
+}
+
+/// `[batch]` sum of the scores of `t`, if any.
+fn total(t: &Option<Tensor<3>>, batch: usize) -> Option<Tensor<1>> {
+    t.as_ref()
+        .map(|t| t.clone().sum_dim(2).sum_dim(1).reshape([batch]))
+}
+
+/// The paths of a step's attributed inputs and the embedded prefix.
+struct StepPaths {
+    source: Option<InputPaths>,
+    target: Option<InputPaths>,
+    /// The embedded prefix, used as is when the target is not attributed.
+    prefix: Tensor<3>,
+}
+
+impl StepPaths {
+    /// The inputs at path point `at` (0: the baseline, `n_steps - 1`: the input).
+    fn ends(&self, at: usize, device: &burn::tensor::Device) -> Embedded {
+        Embedded {
+            source: self.source.as_ref().map(|p| path_end(p, at, device)),
+            target: self
+                .target
+                .as_ref()
+                .map_or_else(|| self.prefix.clone(), |p| path_end(p, at, device)),
+        }
+    }
+}
+
+impl DiscretizedIntegratedGradients {
+    /// The source paths of an encoder-decoder step (`None` for decoder-only models).
+    fn source_paths(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+        special: &[usize],
+    ) -> Result<Option<InputPaths>> {
+        let model = ctx.model;
+        let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
+        match (encoder_decoder, &step.source_ids, &step.source_mask) {
+            (true, Some(ids), Some(mask)) => {
+                let v = self.vocabulary(model, true, 1.0)?;
+                let baselines = baseline_ids(ctx, ids, Some(mask), false);
+                let points = self.input_paths(&v, ids, mask, &baselines, special)?;
+                let len = ids.first().map_or(0, Vec::len);
+                Ok(Some(InputPaths {
+                    points,
+                    dims: [step.prefix_ids.len(), len, v.hidden],
+                }))
+            }
+            (true, _, _) => Err(Error::InvalidInput(
+                "encoder-decoder step without source ids and mask".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// The paths of the target prefix.
+    fn target_paths(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+        special: &[usize],
+    ) -> Result<InputPaths> {
+        let model = ctx.model;
+        let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
+        // Target embeddings as attributed (see `embed_target`): in Inseq-compatibility mode
+        // with Python Inseq's extra scaling, so paths are built on the table Inseq uses.
+        let scale = if ctx.inseq_compat {
+            model.inseq_target_embed_quirk() as f32
+        } else {
+            1.0
+        };
+        let v = self.vocabulary(model, false, scale)?;
+        let baselines = baseline_ids(
+            ctx,
+            &step.prefix_ids,
+            Some(&step.prefix_mask),
+            encoder_decoder,
+        );
+        let points =
+            self.input_paths(&v, &step.prefix_ids, &step.prefix_mask, &baselines, special)?;
+        let len = step.prefix_ids.first().map_or(0, Vec::len);
+        Ok(InputPaths {
+            points,
+            dims: [step.prefix_ids.len(), len, v.hidden],
+        })
+    }
+
+    /// `Σ_k grad_k ⊙ (p_{k+1} − p_k)` along the source and target paths, in
+    /// chunks of at most `internal_batch_size` rows. The last point's step is
+    /// zero: its gradient is not needed.
+    fn integrate(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+        paths: &StepPaths,
+    ) -> Result<(Option<Tensor<3>>, Option<Tensor<3>>)> {
+        let device = ctx.model.device();
+        let batch = step.prefix_ids.len();
+        let n = self.n_steps;
+        let per_chunk = self
+            .internal_batch_size
+            .map_or(n - 1, |ibs| (ibs / batch).max(1));
+        let mut acc_source: Option<Tensor<3>> = None;
+        let mut acc_target: Option<Tensor<3>> = None;
+        let mut from = 0;
+        while from < n - 1 {
+            let k = per_chunk.min(n - 1 - from);
+            let embedded = Embedded {
+                source: paths
+                    .source
+                    .as_ref()
+                    .map(|p| points_tensor(&p.points, from, k, p.dims, device)),
+                target: match &paths.target {
+                    Some(p) => points_tensor(&p.points, from, k, p.dims, device),
+                    None => paths.prefix.clone().repeat_dim(0, k),
+                },
+            };
+            let (gs, gt, _) = gradients(ctx, step, embedded, k)?;
+            if let (Some(g), Some(p)) = (gs, &paths.source) {
+                accumulate(&mut acc_source, path_sum(g, &p.points, from, k, p.dims));
+            }
+            if let (Some(g), Some(p)) = (gt, &paths.target) {
+                accumulate(&mut acc_target, path_sum(g, &p.points, from, k, p.dims));
+            }
+            from += k;
+        }
+        Ok((acc_source, acc_target))
+    }
+
+    /// Integrated gradients times `input − baseline` with `multiply_by_inputs`.
+    fn scale_by_inputs(
+        &self,
+        acc: Option<Tensor<3>>,
+        p: Option<&InputPaths>,
+        device: &burn::tensor::Device,
+    ) -> Option<Tensor<3>> {
+        acc.map(|g| match (self.multiply_by_inputs, p) {
+            (true, Some(p)) => g * (path_end(p, self.n_steps - 1, device) - path_end(p, 0, device)),
+            _ => g,
+        })
+    }
+
+    /// Per row, the attributions' sum minus `f(input) − f(baseline)`.
+    fn convergence_deltas(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+        paths: &StepPaths,
+        attributions: [&Option<Tensor<3>>; 2],
+    ) -> Result<Vec<f32>> {
+        let device = ctx.model.device();
+        let batch = step.prefix_ids.len();
+        let fx = forward_scores(ctx, step, &paths.ends(self.n_steps - 1, device), 1)?;
+        let fb = forward_scores(ctx, step, &paths.ends(0, device), 1)?;
+        let [source_attr, target_attr] = attributions;
+        let sum_attr = match (total(source_attr, batch), total(target_attr, batch)) {
+            (Some(s), Some(t)) => s + t,
+            (Some(s), None) => s,
+            (None, Some(t)) => t,
+            (None, None) => return Err(Error::Numerical("nothing attributed".into())),
+        };
+        (sum_attr - (fx - fb))
+            .try_to_vec_as::<f32>()
+            .map_err(|e| Error::Numerical(format!("{e:?}")))
+    }
+}
+
 impl AttributionMethod for DiscretizedIntegratedGradients {
     fn needs_gradients(&self) -> bool {
         true
@@ -530,159 +745,30 @@ impl AttributionMethod for DiscretizedIntegratedGradients {
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
         let model = ctx.model;
         let device = model.device();
-        let batch = step.prefix_ids.len();
-        if batch == 0 {
+        if step.prefix_ids.is_empty() {
             return Err(Error::InvalidInput("empty step batch".into()));
         }
         let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
         let attribute_target = ctx.attribute_target || !encoder_decoder;
-        let info = model.info();
-        let vocab = info.vocab_size;
-        let out_of_vocab = step
-            .source_ids
-            .iter()
-            .flatten()
-            .chain(&step.prefix_ids)
-            .flatten()
-            .chain(&step.target_ids)
-            .chain([&ctx.baseline_token_id])
-            .find(|&&id| id >= vocab);
-        if let Some(id) = out_of_vocab {
-            return Err(Error::InvalidInput(format!(
-                "token id {id} is outside the vocabulary of {vocab} tokens"
-            )));
-        }
-        let special: Vec<usize> = [
-            info.bos_token_id,
-            info.eos_token_id,
-            info.pad_token_id,
-            info.decoder_start_token_id,
-            ctx.eos_token_id,
-            Some(ctx.baseline_token_id),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-
-        let source = match (encoder_decoder, &step.source_ids, &step.source_mask) {
-            (true, Some(ids), Some(mask)) => {
-                let v = self.vocabulary(model, true, 1.0)?;
-                let baselines = baseline_ids(ctx, ids, Some(mask), false);
-                let points = self.input_paths(&v, ids, mask, &baselines, &special)?;
-                let len = ids.first().map_or(0, Vec::len);
-                Some(InputPaths {
-                    points,
-                    dims: [batch, len, v.hidden],
-                })
-            }
-            (true, _, _) => {
-                return Err(Error::InvalidInput(
-                    "encoder-decoder step without source ids and mask".into(),
-                ));
-            }
-            _ => None,
-        };
-        let x = embed_step(ctx, step, false);
+        check_in_vocabulary(ctx, step, model.info().vocab_size)?;
+        let special = special_ids(ctx);
+        let source = self.source_paths(ctx, step, &special)?;
+        let prefix = embed_step(ctx, step, false).target;
         let target = if attribute_target {
-            // Target embeddings as attributed (see `embed_target`): in Inseq-compatibility mode
-            // with Python Inseq's extra scaling, so paths are built on the table Inseq uses.
-            let scale = if ctx.inseq_compat {
-                model.inseq_target_embed_quirk() as f32
-            } else {
-                1.0
-            };
-            let v = self.vocabulary(model, false, scale)?;
-            let baselines = baseline_ids(
-                ctx,
-                &step.prefix_ids,
-                Some(&step.prefix_mask),
-                encoder_decoder,
-            );
-            let points = self.input_paths(
-                &v,
-                &step.prefix_ids,
-                &step.prefix_mask,
-                &baselines,
-                &special,
-            )?;
-            let len = step.prefix_ids.first().map_or(0, Vec::len);
-            Some(InputPaths {
-                points,
-                dims: [batch, len, v.hidden],
-            })
+            Some(self.target_paths(ctx, step, &special)?)
         } else {
             None
         };
-
-        // The last point's step is zero: its gradient is not needed.
-        let n = self.n_steps;
-        let per_chunk = self
-            .internal_batch_size
-            .map_or(n - 1, |ibs| (ibs / batch).max(1));
-        let mut acc_source: Option<Tensor<3>> = None;
-        let mut acc_target: Option<Tensor<3>> = None;
-        let add = |acc: &mut Option<Tensor<3>>, t: Tensor<3>| {
-            *acc = Some(match acc.take() {
-                Some(a) => a + t,
-                None => t,
-            });
+        let paths = StepPaths {
+            source,
+            target,
+            prefix,
         };
-        let mut from = 0;
-        while from < n - 1 {
-            let k = per_chunk.min(n - 1 - from);
-            let embedded = Embedded {
-                source: source
-                    .as_ref()
-                    .map(|p| points_tensor(&p.points, from, k, p.dims, device)),
-                target: match &target {
-                    Some(p) => points_tensor(&p.points, from, k, p.dims, device),
-                    None => x.target.clone().repeat_dim(0, k),
-                },
-            };
-            let (gs, gt, _) = gradients(ctx, step, embedded, k)?;
-            if let (Some(g), Some(p)) = (gs, &source) {
-                add(&mut acc_source, path_sum(g, &p.points, from, k, p.dims));
-            }
-            if let (Some(g), Some(p)) = (gt, &target) {
-                add(&mut acc_target, path_sum(g, &p.points, from, k, p.dims));
-            }
-            from += k;
-        }
-
-        // Path ends: the baseline (first point) and the input (last point).
-        let end = |p: &InputPaths, at: usize| points_tensor(&p.points, at, 1, p.dims, device);
-        let scale = |acc: Option<Tensor<3>>, p: Option<&InputPaths>| {
-            acc.map(|g| match (self.multiply_by_inputs, p) {
-                (true, Some(p)) => g * (end(p, n - 1) - end(p, 0)),
-                _ => g,
-            })
-        };
-        let source_attr = scale(acc_source, source.as_ref());
-        let target_attr = scale(acc_target, target.as_ref());
+        let (acc_source, acc_target) = self.integrate(ctx, step, &paths)?;
+        let source_attr = self.scale_by_inputs(acc_source, paths.source.as_ref(), device);
+        let target_attr = self.scale_by_inputs(acc_target, paths.target.as_ref(), device);
         let deltas = if self.return_convergence_delta {
-            let ends = |at: usize| Embedded {
-                source: source.as_ref().map(|p| end(p, at)),
-                target: target
-                    .as_ref()
-                    .map_or_else(|| x.target.clone(), |p| end(p, at)),
-            };
-            let fx = forward_scores(ctx, step, &ends(n - 1), 1)?;
-            let fb = forward_scores(ctx, step, &ends(0), 1)?;
-            let total = |t: &Option<Tensor<3>>| {
-                t.as_ref()
-                    .map(|t| t.clone().sum_dim(2).sum_dim(1).reshape([batch]))
-            };
-            let sum_attr = match (total(&source_attr), total(&target_attr)) {
-                (Some(s), Some(t)) => s + t,
-                (Some(s), None) => s,
-                (None, Some(t)) => t,
-                (None, None) => return Err(Error::Numerical("nothing attributed".into())),
-            };
-            Some(
-                (sum_attr - (fx - fb))
-                    .try_to_vec_as::<f32>()
-                    .map_err(|e| Error::Numerical(format!("{e:?}")))?,
-            )
+            Some(self.convergence_deltas(ctx, step, &paths, [&source_attr, &target_attr])?)
         } else {
             None
         };

@@ -240,13 +240,13 @@ struct Request {
     ids: Vec<usize>,
 }
 
-/// One probe's state.
 /// The most probes (`num_probes`) a step runs: each holds a perturbed copy of the input.
 pub const MAX_PROBES: usize = 10_000;
 
 /// The most rounds (`max_probe_steps`) a probe runs before it stops without meeting its condition.
 pub const MAX_PROBE_STEPS: usize = 1_000_000;
 
+/// One probe's state.
 struct Probe {
     row: usize,
     rng: SplitMix64,
@@ -392,15 +392,10 @@ fn host(t: Tensor<1>) -> Result<Vec<f32>> {
         .map_err(|e| Error::Numerical(format!("{e:?}")))
 }
 
-impl AttributionMethod for Reagent {
-    fn id(&self) -> &str {
-        "reagent"
-    }
-
-    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
-        let model = ctx.model;
+impl Reagent {
+    /// Fails unless `step` is a probability step ReAGent can attribute.
+    fn check_step(ctx: &MethodContext, step: &StepInput, vocab: usize) -> Result<()> {
         let batch = step.prefix_ids.len();
-        let vocab = model.info().vocab_size;
         if vocab == 0 {
             return Err(Error::InvalidInput(
                 "reagent: the model has no vocabulary".into(),
@@ -424,118 +419,113 @@ impl AttributionMethod for Reagent {
                 }
             )));
         }
-        let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
-        let source_mask = match (encoder_decoder, &step.source_ids, &step.source_mask) {
-            (false, _, _) => None,
-            (true, Some(ids), Some(m)) if ids.len() == batch && m.len() == batch => Some(m),
-            (true, Some(_), None) => {
-                return Err(Error::InvalidInput(
-                    "reagent: the source has no mask".into(),
-                ));
+        Ok(())
+    }
+
+    /// The probes of row `row`, with `n_features` attributed tokens and the row's `seed`.
+    fn row_probes(&self, row: usize, seed: u64, n_features: usize) -> impl Iterator<Item = Probe> {
+        let n_probes = if n_features == 0 { 0 } else { self.num_probes };
+        (0..n_probes).map(move |p| {
+            let mut rng = SplitMix64::new(seed ^ (p as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            // Inseq's initial importance logits: `torch.rand`.
+            let logits = (0..n_features).map(|_| rng.uniform()).collect();
+            Probe {
+                row,
+                rng,
+                logits,
+                stopped: false,
             }
-            (true, Some(_), Some(_)) => {
-                return Err(Error::InvalidInput(
-                    "reagent: source and prefix rows differ in number".into(),
-                ));
-            }
-            (true, None, _) => {
-                return Err(Error::InvalidInput(
-                    "reagent: an encoder-decoder step needs a source".into(),
-                ));
-            }
-        };
-        let attribute_target = ctx.attribute_target || !encoder_decoder;
-        let src_len = source_mask.and_then(|m| m.first()).map_or(0, Vec::len);
-        let tgt_len = step.prefix_mask.first().map_or(0, Vec::len);
-        // Per row, the attributed positions (source first, as Inseq concatenates them) and their ids.
-        let mut features: Vec<Vec<Feature>> = Vec::with_capacity(batch);
-        let mut feature_ids: Vec<Vec<usize>> = Vec::with_capacity(batch);
-        let mut probes: Vec<Probe> = Vec::with_capacity(batch * self.num_probes);
-        for r in 0..batch {
-            let mut f: Vec<Feature> = Vec::new();
-            let mut context = Vec::new();
-            if let Some(m) = source_mask {
-                f.extend((0..src_len).filter(|&j| m[r][j]).map(|j| (true, j)));
-            }
-            let prefix_real = (0..tgt_len).filter(|&j| step.prefix_mask[r][j]);
-            if attribute_target {
-                f.extend(prefix_real.map(|j| (false, j)));
-            } else {
-                context.extend(prefix_real.map(|j| step.prefix_ids[r][j]));
-            }
-            let ids: Vec<usize> = f
+        })
+    }
+
+    /// The update perturbation of every running probe: each token replaced with
+    /// probability `replacing_ratio`; per probe, its index, which tokens were replaced and the input.
+    fn draw_updates(
+        &self,
+        probes: &mut [Probe],
+        rows: &RowFeatures,
+        vocab: usize,
+    ) -> Vec<(usize, Vec<bool>, Request)> {
+        let mut updates = Vec::new();
+        for (i, probe) in probes.iter_mut().enumerate().filter(|(_, p)| !p.stopped) {
+            let ids = &rows.ids[probe.row];
+            let mut replaced = Vec::with_capacity(ids.len());
+            let new_ids = ids
                 .iter()
-                .map(|&(is_src, j)| match (&step.source_ids, is_src) {
-                    (Some(s), true) => s[r][j],
-                    _ => step.prefix_ids[r][j],
+                .map(|&id| {
+                    let replace = probe.rng.uniform() < self.replacing_ratio;
+                    replaced.push(replace);
+                    if replace {
+                        self.sampler.sample(id, vocab, &mut probe.rng)
+                    } else {
+                        id
+                    }
                 })
                 .collect();
-            let seed = row_seed(self.seed, &ids, &context, step.target_ids[r]);
-            if !ids.is_empty() {
-                for p in 0..self.num_probes {
-                    let mut rng =
-                        SplitMix64::new(seed ^ (p as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-                    // Inseq's initial importance logits: `torch.rand`.
-                    let logits = (0..ids.len()).map(|_| rng.uniform()).collect();
-                    probes.push(Probe {
-                        row: r,
-                        rng,
-                        logits,
-                        stopped: false,
-                    });
-                }
-            }
-            features.push(f);
-            feature_ids.push(ids);
+            updates.push((
+                i,
+                replaced,
+                Request {
+                    row: probe.row,
+                    ids: new_ids,
+                },
+            ));
         }
+        updates
+    }
 
-        // Probability of the target on the original inputs.
-        let originals: Vec<Request> = (0..batch)
-            .map(|row| Request {
-                row,
-                ids: feature_ids[row].clone(),
-            })
-            .collect();
-        let p0: Vec<f64> = self
-            .evaluate(ctx, step, &features, &originals)?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
+    /// Grows the logits of every still running probe of `updates` by its
+    /// perturbation's probability change from `p0`; returns the stopping-condition
+    /// input each updated probe is to be checked on.
+    fn apply_updates(
+        &self,
+        probes: &mut [Probe],
+        updates: Vec<(usize, Vec<bool>)>,
+        results: &[(f64, bool)],
+        p0: &[f64],
+        rows: &RowFeatures,
+        vocab: usize,
+    ) -> Vec<(usize, Request)> {
+        let mut pending_stop = Vec::new();
+        for ((i, replaced), &(p_hat, _)) in updates.into_iter().zip(results) {
+            let probe = &mut probes[i];
+            if probe.stopped {
+                continue;
+            }
+            let delta = p0[probe.row] - p_hat;
+            for (s, &rep) in probe.logits.iter_mut().zip(&replaced) {
+                let d = if rep { delta } else { -delta };
+                *s += logit(d * 0.5 + 0.5);
+            }
+            let row = probe.row;
+            let ids = self.stopping_input(probe, &rows.ids[row], vocab);
+            pending_stop.push((i, Request { row, ids }));
+        }
+        pending_stop
+    }
 
-        // Each round evaluates the stopping condition of the previous update together with
-        // the next update's perturbations, so one forward pass serves both.
+    /// Runs update rounds until every probe has stopped or `max_probe_steps`
+    /// rounds are done. Each round evaluates the stopping condition of the previous
+    /// update together with the next update's perturbations, so one forward pass serves both.
+    fn run_probes(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+        rows: &RowFeatures,
+        probes: &mut [Probe],
+        vocab: usize,
+    ) -> Result<()> {
+        let p0 = self.original_probabilities(ctx, step, rows)?;
         let mut pending_stop: Vec<(usize, Request)> = Vec::new();
         let mut rounds = 0;
         loop {
-            let mut updates: Vec<(usize, Vec<bool>, Request)> = Vec::new();
-            if rounds < self.max_probe_steps {
-                for (i, probe) in probes.iter_mut().enumerate().filter(|(_, p)| !p.stopped) {
-                    let ids = &feature_ids[probe.row];
-                    let mut replaced = Vec::with_capacity(ids.len());
-                    let new_ids = ids
-                        .iter()
-                        .map(|&id| {
-                            let replace = probe.rng.uniform() < self.replacing_ratio;
-                            replaced.push(replace);
-                            if replace {
-                                self.sampler.sample(id, vocab, &mut probe.rng)
-                            } else {
-                                id
-                            }
-                        })
-                        .collect();
-                    updates.push((
-                        i,
-                        replaced,
-                        Request {
-                            row: probe.row,
-                            ids: new_ids,
-                        },
-                    ));
-                }
-            }
+            let updates = if rounds < self.max_probe_steps {
+                self.draw_updates(probes, rows, vocab)
+            } else {
+                Vec::new()
+            };
             if updates.is_empty() && pending_stop.is_empty() {
-                break;
+                return Ok(());
             }
             let n_stop = pending_stop.len();
             let mut requests: Vec<Request> = Vec::with_capacity(n_stop + updates.len());
@@ -549,63 +539,184 @@ impl AttributionMethod for Reagent {
                 update_probes.push((i, replaced));
                 requests.push(req);
             }
-            let results = self.evaluate(ctx, step, &features, &requests)?;
+            let results = self.evaluate(ctx, step, &rows.features, &requests)?;
             for (&i, &(_, hit)) in stop_probes.iter().zip(&results[..n_stop]) {
                 probes[i].stopped |= hit;
             }
-            for ((i, replaced), &(p_hat, _)) in update_probes.into_iter().zip(&results[n_stop..]) {
-                let probe = &mut probes[i];
-                if probe.stopped {
-                    continue;
-                }
-                let delta = p0[probe.row] - p_hat;
-                for (s, &rep) in probe.logits.iter_mut().zip(&replaced) {
-                    let d = if rep { delta } else { -delta };
-                    *s += logit(d * 0.5 + 0.5);
-                }
-                let row = probe.row;
-                let ids = self.stopping_input(probe, &feature_ids[row], vocab);
-                pending_stop.push((i, Request { row, ids }));
-            }
+            pending_stop =
+                self.apply_updates(probes, update_probes, &results[n_stop..], &p0, rows, vocab);
             rounds += 1;
         }
+    }
 
-        // Mean importance over the probes that stopped (all probes if none did).
-        let mut src_out = vec![0f32; batch * src_len];
-        let mut tgt_out = vec![0f32; batch * tgt_len];
-        for (r, feats) in features.iter().enumerate() {
-            let row_probes: Vec<&Probe> = probes.iter().filter(|p| p.row == r).collect();
-            let stopped: Vec<&Probe> = row_probes.iter().copied().filter(|p| p.stopped).collect();
-            let used = if stopped.is_empty() {
-                row_probes
+    /// Probability of the target on the original inputs, per row.
+    fn original_probabilities(
+        &self,
+        ctx: &MethodContext,
+        step: &StepInput,
+        rows: &RowFeatures,
+    ) -> Result<Vec<f64>> {
+        let originals: Vec<Request> = (0..rows.ids.len())
+            .map(|row| Request {
+                row,
+                ids: rows.ids[row].clone(),
+            })
+            .collect();
+        Ok(self
+            .evaluate(ctx, step, &rows.features, &originals)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+}
+
+/// The mask of the attributed source, checked against the step: `None` for decoder-only models.
+fn checked_source_mask(encoder_decoder: bool, step: &StepInput) -> Result<Option<&Vec<Vec<bool>>>> {
+    let batch = step.prefix_ids.len();
+    match (encoder_decoder, &step.source_ids, &step.source_mask) {
+        (false, _, _) => Ok(None),
+        (true, Some(ids), Some(m)) if ids.len() == batch && m.len() == batch => Ok(Some(m)),
+        (true, Some(_), None) => Err(Error::InvalidInput(
+            "reagent: the source has no mask".into(),
+        )),
+        (true, Some(_), Some(_)) => Err(Error::InvalidInput(
+            "reagent: source and prefix rows differ in number".into(),
+        )),
+        (true, None, _) => Err(Error::InvalidInput(
+            "reagent: an encoder-decoder step needs a source".into(),
+        )),
+    }
+}
+
+/// The attributed tokens of every batch row.
+struct RowFeatures {
+    /// Per row, the attributed positions (source first, as Inseq concatenates them).
+    features: Vec<Vec<Feature>>,
+    /// Per row, the ids at those positions.
+    ids: Vec<Vec<usize>>,
+    /// Per row, the seed of its probes.
+    seeds: Vec<u64>,
+}
+
+/// Padded lengths of the attributed sequences and what is attributed.
+struct StepLayout<'a> {
+    source_mask: Option<&'a Vec<Vec<bool>>>,
+    attribute_target: bool,
+    src_len: usize,
+    tgt_len: usize,
+}
+
+impl RowFeatures {
+    /// Collects the attributed tokens of every row of `step`, and the rows' seeds.
+    fn collect(step: &StepInput, layout: &StepLayout, seed: u64) -> Self {
+        let batch = step.prefix_ids.len();
+        let mut rows = Self {
+            features: Vec::with_capacity(batch),
+            ids: Vec::with_capacity(batch),
+            seeds: Vec::with_capacity(batch),
+        };
+        for r in 0..batch {
+            let mut f: Vec<Feature> = Vec::new();
+            let mut context = Vec::new();
+            if let Some(m) = layout.source_mask {
+                f.extend((0..layout.src_len).filter(|&j| m[r][j]).map(|j| (true, j)));
+            }
+            let prefix_real = (0..layout.tgt_len).filter(|&j| step.prefix_mask[r][j]);
+            if layout.attribute_target {
+                f.extend(prefix_real.map(|j| (false, j)));
             } else {
-                stopped
-            };
-            if used.is_empty() {
-                continue;
+                context.extend(prefix_real.map(|j| step.prefix_ids[r][j]));
             }
-            let mut mean = vec![0f64; feats.len()];
-            for p in &used {
-                for (m, v) in mean.iter_mut().zip(softmax(&p.logits)) {
-                    *m += v;
-                }
-            }
-            for (&(is_src, j), m) in feats.iter().zip(mean) {
-                let v = (m / used.len() as f64) as f32;
-                if is_src {
-                    src_out[r * src_len + j] = v;
-                } else {
-                    tgt_out[r * tgt_len + j] = v;
-                }
+            let ids: Vec<usize> = f
+                .iter()
+                .map(|&(is_src, j)| match (&step.source_ids, is_src) {
+                    (Some(s), true) => s[r][j],
+                    _ => step.prefix_ids[r][j],
+                })
+                .collect();
+            rows.seeds
+                .push(row_seed(seed, &ids, &context, step.target_ids[r]));
+            rows.features.push(f);
+            rows.ids.push(ids);
+        }
+        rows
+    }
+}
+
+/// Per row, the mean importance over the probes that stopped (all probes if
+/// none did), laid out as flat `[batch, src_len]` and `[batch, tgt_len]` scores.
+fn mean_importance(
+    rows: &RowFeatures,
+    probes: &[Probe],
+    layout: &StepLayout,
+) -> (Vec<f32>, Vec<f32>) {
+    let (batch, src_len, tgt_len) = (rows.features.len(), layout.src_len, layout.tgt_len);
+    let mut src_out = vec![0f32; batch * src_len];
+    let mut tgt_out = vec![0f32; batch * tgt_len];
+    for (r, feats) in rows.features.iter().enumerate() {
+        let row_probes: Vec<&Probe> = probes.iter().filter(|p| p.row == r).collect();
+        let stopped: Vec<&Probe> = row_probes.iter().copied().filter(|p| p.stopped).collect();
+        let used = if stopped.is_empty() {
+            row_probes
+        } else {
+            stopped
+        };
+        if used.is_empty() {
+            continue;
+        }
+        let mut mean = vec![0f64; feats.len()];
+        for p in &used {
+            for (m, v) in mean.iter_mut().zip(softmax(&p.logits)) {
+                *m += v;
             }
         }
+        for (&(is_src, j), m) in feats.iter().zip(mean) {
+            let v = (m / used.len() as f64) as f32;
+            if is_src {
+                src_out[r * src_len + j] = v;
+            } else {
+                tgt_out[r * tgt_len + j] = v;
+            }
+        }
+    }
+    (src_out, tgt_out)
+}
+
+impl AttributionMethod for Reagent {
+    fn id(&self) -> &str {
+        "reagent"
+    }
+
+    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+        let model = ctx.model;
+        let batch = step.prefix_ids.len();
+        let vocab = model.info().vocab_size;
+        Self::check_step(ctx, step, vocab)?;
+        let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
+        let source_mask = checked_source_mask(encoder_decoder, step)?;
+        let layout = StepLayout {
+            source_mask,
+            attribute_target: ctx.attribute_target || !encoder_decoder,
+            src_len: source_mask.and_then(|m| m.first()).map_or(0, Vec::len),
+            tgt_len: step.prefix_mask.first().map_or(0, Vec::len),
+        };
+        let rows = RowFeatures::collect(step, &layout, self.seed);
+        let mut probes: Vec<Probe> = Vec::with_capacity(batch * self.num_probes);
+        for (r, ids) in rows.ids.iter().enumerate() {
+            probes.extend(self.row_probes(r, rows.seeds[r], ids.len()));
+        }
+        self.run_probes(ctx, step, &rows, &mut probes, vocab)?;
+
+        let (src_out, tgt_out) = mean_importance(&rows, &probes, &layout);
         let device = model.device();
         let to_t = |v: Vec<f32>, len: usize| {
             Tensor::<3>::from_data(TensorData::new(v, [batch, len, 1]), device)
         };
         Ok(StepAttribution {
-            source: source_mask.map(|_| to_t(src_out, src_len)),
-            target: attribute_target.then(|| to_t(tgt_out, tgt_len)),
+            source: source_mask.map(|_| to_t(src_out, layout.src_len)),
+            target: layout
+                .attribute_target
+                .then(|| to_t(tgt_out, layout.tgt_len)),
             deltas: None,
             score_dims: Some(vec![]),
         })

@@ -249,6 +249,62 @@ struct DecoderLayer {
     final_norm: LayerNorm,
 }
 
+impl EncoderLayer {
+    /// Loads encoder layer `i` (`names.encoder_layer` with `{i}` filled in).
+    fn load(w: &mut Weights, names: &NameTable, config: &BartConfig, i: usize) -> Result<Self> {
+        let d = config.d_model;
+        let p = names.encoder_layer.replace("{i}", &i.to_string());
+        let ff = config.encoder_ffn_dim;
+        Ok(Self {
+            self_attn: Attn::load(
+                w,
+                &format!("{p}.{}", names.self_attn),
+                names,
+                d,
+                config.encoder_attention_heads,
+            )?,
+            self_attn_norm: LayerNorm::load(
+                w,
+                &format!("{p}.{}", names.self_attn_norm),
+                d,
+                LN_EPS,
+            )?,
+            fc1: Linear::load_torch(w, &format!("{p}.{}", names.fc1), true, [ff, d])?,
+            fc2: Linear::load_torch(w, &format!("{p}.{}", names.fc2), true, [d, ff])?,
+            final_norm: LayerNorm::load(w, &format!("{p}.{}", names.final_norm), d, LN_EPS)?,
+        })
+    }
+}
+
+impl DecoderLayer {
+    /// Loads decoder layer `i` (`names.decoder_layer` with `{i}` filled in).
+    fn load(w: &mut Weights, names: &NameTable, config: &BartConfig, i: usize) -> Result<Self> {
+        let d = config.d_model;
+        let p = names.decoder_layer.replace("{i}", &i.to_string());
+        let ff = config.decoder_ffn_dim;
+        let h = config.decoder_attention_heads;
+        Ok(Self {
+            self_attn: Attn::load(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
+            self_attn_norm: LayerNorm::load(
+                w,
+                &format!("{p}.{}", names.self_attn_norm),
+                d,
+                LN_EPS,
+            )?,
+            cross_attn: Attn::load(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
+            cross_attn_norm: LayerNorm::load(
+                w,
+                &format!("{p}.{}", names.cross_attn_norm),
+                d,
+                LN_EPS,
+            )?,
+            fc1: Linear::load_torch(w, &format!("{p}.{}", names.fc1), true, [ff, d])?,
+            fc2: Linear::load_torch(w, &format!("{p}.{}", names.fc2), true, [d, ff])?,
+            final_norm: LayerNorm::load(w, &format!("{p}.{}", names.final_norm), d, LN_EPS)?,
+        })
+    }
+}
+
 /// Position embeddings of the BART family.
 pub(crate) enum Positions {
     /// Learned tables (BART), looked up at `position + offset`.
@@ -324,6 +380,127 @@ pub(crate) struct Seq2Seq {
     device: Device,
 }
 
+/// Fails on head counts that do not divide `d_model` and on pre-norm (mBART-style) layers.
+fn check_config(config: &BartConfig) -> Result<()> {
+    let d = config.d_model;
+    for (what, heads) in [
+        ("encoder_attention_heads", config.encoder_attention_heads),
+        ("decoder_attention_heads", config.decoder_attention_heads),
+    ] {
+        if heads == 0 || !d.is_multiple_of(heads) {
+            return Err(Error::invalid_arg(
+                what,
+                format!("{heads} does not divide d_model {d}"),
+            ));
+        }
+    }
+    if config.normalize_before || config.add_final_layer_norm {
+        return Err(Error::Unsupported(format!(
+            "{} with pre-norm layers (normalize_before/add_final_layer_norm, mBART style)",
+            config.model_type
+        )));
+    }
+    Ok(())
+}
+
+/// The decoder's vocabulary size (the encoder's when the embeddings are shared).
+fn decoder_vocab_size(config: &BartConfig) -> usize {
+    if config.share_encoder_decoder_embeddings {
+        config.vocab_size
+    } else {
+        config.decoder_vocab_size.unwrap_or(config.vocab_size)
+    }
+}
+
+/// The encoder and decoder token embeddings: one shared table, or one each.
+fn load_token_embeddings(
+    config: &BartConfig,
+    w: &mut Weights,
+    names: &NameTable,
+) -> Result<(Embedding, Embedding)> {
+    let (d, vocab) = (config.d_model, config.vocab_size);
+    if config.share_encoder_decoder_embeddings {
+        let name = if w.contains(names.shared) {
+            names.shared
+        } else {
+            names.encoder_embed
+        };
+        let table = Embedding {
+            table: w.tensor2(name, [vocab, d])?,
+        };
+        Ok((table.clone(), table))
+    } else {
+        Ok((
+            Embedding {
+                table: w.tensor2(names.encoder_embed, [vocab, d])?,
+            },
+            Embedding {
+                table: w.tensor2(names.decoder_embed, [decoder_vocab_size(config), d])?,
+            },
+        ))
+    }
+}
+
+/// Learned position tables when `names` has them, sinusoidal positions otherwise.
+fn load_positions(config: &BartConfig, w: &mut Weights, names: &NameTable) -> Result<Positions> {
+    Ok(match (names.encoder_positions, names.decoder_positions) {
+        (Some(e), Some(dp)) => {
+            let rows = config.max_position_embeddings + BART_POSITION_OFFSET;
+            let encoder = Embedding {
+                table: w.tensor2(e, [rows, config.d_model])?,
+            };
+            let decoder = Embedding {
+                table: w.tensor2(dp, [rows, config.d_model])?,
+            };
+            Positions::Learned {
+                tables: Box::new([encoder, decoder]),
+                offset: BART_POSITION_OFFSET,
+            }
+        }
+        _ => Positions::Sinusoidal,
+    })
+}
+
+/// The encoder and decoder embedding layer norms, when `names` has them.
+fn load_layernorm_embedding(
+    w: &mut Weights,
+    names: &NameTable,
+    d: usize,
+) -> Result<Option<(LayerNorm, LayerNorm)>> {
+    match (
+        names.encoder_layernorm_embedding,
+        names.decoder_layernorm_embedding,
+    ) {
+        (Some(e), Some(dn)) => Ok(Some((
+            LayerNorm::load(w, e, d, LN_EPS)?,
+            LayerNorm::load(w, dn, d, LN_EPS)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// The LM head (the decoder embeddings unless stored) and the final logits bias (zeros unless stored).
+fn load_head(
+    w: &mut Weights,
+    names: &NameTable,
+    decoder_embed: &Embedding,
+    dec_vocab: usize,
+    d: usize,
+) -> Result<(LmHead, Tensor<1>)> {
+    // Transformers 5.x keeps a stored `lm_head.weight` even when it is declared tied.
+    let lm_head = LmHead::from_table(if w.contains(names.lm_head) {
+        w.tensor2(names.lm_head, [dec_vocab, d])?
+    } else {
+        decoder_embed.table.clone()
+    });
+    let final_logits_bias = if w.contains(names.final_logits_bias) {
+        w.tensor1(names.final_logits_bias, dec_vocab)?
+    } else {
+        Tensor::zeros([dec_vocab], w.device())
+    };
+    Ok((lm_head, final_logits_bias))
+}
+
 impl Seq2Seq {
     /// Loads the weights named by `names`.
     pub(crate) fn load(
@@ -333,136 +510,20 @@ impl Seq2Seq {
         convention: ScaleConvention,
         info: ModelInfo,
     ) -> Result<Self> {
+        check_config(config)?;
         let d = config.d_model;
-        for (what, heads) in [
-            ("encoder_attention_heads", config.encoder_attention_heads),
-            ("decoder_attention_heads", config.decoder_attention_heads),
-        ] {
-            if heads == 0 || !d.is_multiple_of(heads) {
-                return Err(Error::invalid_arg(
-                    what,
-                    format!("{heads} does not divide d_model {d}"),
-                ));
-            }
-        }
-        if config.normalize_before || config.add_final_layer_norm {
-            return Err(Error::Unsupported(format!(
-                "{} with pre-norm layers (normalize_before/add_final_layer_norm, mBART style)",
-                config.model_type
-            )));
-        }
         let act = Act::parse(&config.activation_function)?;
-        let vocab = config.vocab_size;
-        let dec_vocab = if config.share_encoder_decoder_embeddings {
-            vocab
-        } else {
-            config.decoder_vocab_size.unwrap_or(vocab)
-        };
-        let (encoder_embed, decoder_embed) = if config.share_encoder_decoder_embeddings {
-            let name = if w.contains(names.shared) {
-                names.shared
-            } else {
-                names.encoder_embed
-            };
-            let table = Embedding {
-                table: w.tensor2(name, [vocab, d])?,
-            };
-            (table.clone(), table)
-        } else {
-            (
-                Embedding {
-                    table: w.tensor2(names.encoder_embed, [vocab, d])?,
-                },
-                Embedding {
-                    table: w.tensor2(names.decoder_embed, [dec_vocab, d])?,
-                },
-            )
-        };
-        let positions = match (names.encoder_positions, names.decoder_positions) {
-            (Some(e), Some(dp)) => {
-                let rows = config.max_position_embeddings + BART_POSITION_OFFSET;
-                let encoder = Embedding {
-                    table: w.tensor2(e, [rows, d])?,
-                };
-                let decoder = Embedding {
-                    table: w.tensor2(dp, [rows, d])?,
-                };
-                Positions::Learned {
-                    tables: Box::new([encoder, decoder]),
-                    offset: BART_POSITION_OFFSET,
-                }
-            }
-            _ => Positions::Sinusoidal,
-        };
-        let layernorm_embedding = match (
-            names.encoder_layernorm_embedding,
-            names.decoder_layernorm_embedding,
-        ) {
-            (Some(e), Some(dn)) => Some((
-                LayerNorm::load(w, e, d, LN_EPS)?,
-                LayerNorm::load(w, dn, d, LN_EPS)?,
-            )),
-            _ => None,
-        };
-        let mut encoder = Vec::with_capacity(config.encoder_layers);
-        for i in 0..config.encoder_layers {
-            let p = names.encoder_layer.replace("{i}", &i.to_string());
-            let ff = config.encoder_ffn_dim;
-            encoder.push(EncoderLayer {
-                self_attn: Attn::load(
-                    w,
-                    &format!("{p}.{}", names.self_attn),
-                    names,
-                    d,
-                    config.encoder_attention_heads,
-                )?,
-                self_attn_norm: LayerNorm::load(
-                    w,
-                    &format!("{p}.{}", names.self_attn_norm),
-                    d,
-                    LN_EPS,
-                )?,
-                fc1: Linear::load_torch(w, &format!("{p}.{}", names.fc1), true, [ff, d])?,
-                fc2: Linear::load_torch(w, &format!("{p}.{}", names.fc2), true, [d, ff])?,
-                final_norm: LayerNorm::load(w, &format!("{p}.{}", names.final_norm), d, LN_EPS)?,
-            });
-        }
-        let mut decoder = Vec::with_capacity(config.decoder_layers);
-        for i in 0..config.decoder_layers {
-            let p = names.decoder_layer.replace("{i}", &i.to_string());
-            let ff = config.decoder_ffn_dim;
-            let h = config.decoder_attention_heads;
-            decoder.push(DecoderLayer {
-                self_attn: Attn::load(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
-                self_attn_norm: LayerNorm::load(
-                    w,
-                    &format!("{p}.{}", names.self_attn_norm),
-                    d,
-                    LN_EPS,
-                )?,
-                cross_attn: Attn::load(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
-                cross_attn_norm: LayerNorm::load(
-                    w,
-                    &format!("{p}.{}", names.cross_attn_norm),
-                    d,
-                    LN_EPS,
-                )?,
-                fc1: Linear::load_torch(w, &format!("{p}.{}", names.fc1), true, [ff, d])?,
-                fc2: Linear::load_torch(w, &format!("{p}.{}", names.fc2), true, [d, ff])?,
-                final_norm: LayerNorm::load(w, &format!("{p}.{}", names.final_norm), d, LN_EPS)?,
-            });
-        }
-        // Transformers 5.x keeps a stored `lm_head.weight` even when it is declared tied.
-        let lm_head = LmHead::from_table(if w.contains(names.lm_head) {
-            w.tensor2(names.lm_head, [dec_vocab, d])?
-        } else {
-            decoder_embed.table.clone()
-        });
-        let final_logits_bias = if w.contains(names.final_logits_bias) {
-            w.tensor1(names.final_logits_bias, dec_vocab)?
-        } else {
-            Tensor::zeros([dec_vocab], w.device())
-        };
+        let (encoder_embed, decoder_embed) = load_token_embeddings(config, w, names)?;
+        let positions = load_positions(config, w, names)?;
+        let layernorm_embedding = load_layernorm_embedding(w, names, d)?;
+        let encoder = (0..config.encoder_layers)
+            .map(|i| EncoderLayer::load(w, names, config, i))
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..config.decoder_layers)
+            .map(|i| DecoderLayer::load(w, names, config, i))
+            .collect::<Result<Vec<_>>>()?;
+        let (lm_head, final_logits_bias) =
+            load_head(w, names, &decoder_embed, decoder_vocab_size(config), d)?;
         let embed_scale = if config.scale_embedding {
             (d as f64).sqrt()
         } else {

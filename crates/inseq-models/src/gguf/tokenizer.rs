@@ -192,12 +192,11 @@ fn generate_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Builds the tokenizer described by the file's metadata.
-pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
-    let model = file
-        .get("tokenizer.ggml.model")
-        .and_then(GgufValue::as_str)
-        .ok_or("no `tokenizer.ggml.model` metadata (the file has no tokenizer)")?;
+/// The token strings and, if the file has them, their llama.cpp types.
+type TokensAndTypes = (Vec<String>, Option<Vec<i64>>);
+
+/// The file's tokens and token types, checked to be non-empty and of one length.
+fn read_tokens(file: &GgufFile) -> Result<TokensAndTypes, String> {
     let tokens =
         strings(file, "tokenizer.ggml.tokens")?.ok_or("no `tokenizer.ggml.tokens` metadata")?;
     if tokens.is_empty() {
@@ -212,93 +211,136 @@ pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
             "`tokenizer.ggml.token_type` and `tokenizer.ggml.tokens` differ in length".into(),
         );
     }
-    let merges: Option<Vec<(String, String)>> = strings(file, "tokenizer.ggml.merges")?.map(|m| {
+    Ok((tokens, token_types))
+}
+
+/// The file's merges (`"left right"` strings), if it lists them.
+fn read_merges(file: &GgufFile) -> Result<Option<Vec<(String, String)>>, String> {
+    Ok(strings(file, "tokenizer.ggml.merges")?.map(|m| {
         m.into_iter()
             .map(|s| match s.split_once(' ') {
                 Some((a, b)) => (a.to_string(), b.to_string()),
                 None => (s, String::new()),
             })
             .collect()
-    });
-    let flag = |key: &str| file.get(key).and_then(GgufValue::as_bool);
-    let n = tokens.len();
-    let bos = token_id(file, "tokenizer.ggml.bos_token_id", n);
-    let eos = token_id(file, "tokenizer.ggml.eos_token_id", n);
-    let unk = token_id(file, "tokenizer.ggml.unknown_token_id", n);
+    }))
+}
 
-    let (vocab_tokens, merges, byte_level) = match model {
-        "gpt2" => {
-            // Tokens not spelled in the byte alphabet are respelled byte by byte.
-            let spelling = bytes_to_unicode();
-            let alphabet: HashSet<char> = spelling.iter().copied().collect();
-            let respelled: Vec<String> = tokens
-                .iter()
-                .map(|t| {
-                    if t.chars().all(|c| alphabet.contains(&c)) {
-                        t.clone()
-                    } else {
-                        t.bytes().map(|b| spelling[b as usize]).collect()
-                    }
-                })
-                .collect();
-            let merges =
-                merges.ok_or("byte-level BPE tokenizer without `tokenizer.ggml.merges`")?;
-            (respelled, merges, Some(alphabet))
-        }
-        "llama" => {
-            let merges = match merges {
-                Some(m) => m,
-                None => {
-                    let scores = floats(file, "tokenizer.ggml.scores")?
-                        .ok_or("SentencePiece tokenizer without `tokenizer.ggml.merges` or `tokenizer.ggml.scores`")?;
-                    if scores.len() != n {
-                        return Err(
-                            "`tokenizer.ggml.scores` and `tokenizer.ggml.tokens` differ in length"
-                                .into(),
-                        );
-                    }
-                    generate_merges(&tokens, &scores)
-                }
-            };
-            (tokens.clone(), merges, None)
-        }
-        other => {
-            return Err(format!(
-                "tokenizer model `{other}` is not supported (supported: gpt2, llama)"
-            ));
+/// The BPE vocabulary and merges of a tokenizer model.
+struct BpeVocab {
+    /// The tokens as the BPE model spells them.
+    tokens: Vec<String>,
+    merges: Vec<(String, String)>,
+    /// The byte-level alphabet (`None` for SentencePiece).
+    byte_level: Option<HashSet<char>>,
+}
+
+/// Byte-level BPE (`gpt2`): tokens not spelled in the byte alphabet are respelled byte by byte.
+fn byte_level_vocab(
+    tokens: Vec<String>,
+    merges: Option<Vec<(String, String)>>,
+) -> Result<BpeVocab, String> {
+    let spelling = bytes_to_unicode();
+    let alphabet: HashSet<char> = spelling.iter().copied().collect();
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.chars().all(|c| alphabet.contains(&c)) {
+                t.clone()
+            } else {
+                t.bytes().map(|b| spelling[b as usize]).collect()
+            }
+        })
+        .collect();
+    let merges = merges.ok_or("byte-level BPE tokenizer without `tokenizer.ggml.merges`")?;
+    Ok(BpeVocab {
+        tokens: respelled,
+        merges,
+        byte_level: Some(alphabet),
+    })
+}
+
+/// SentencePiece BPE (`llama`): merges from the file, or generated from the token scores.
+fn sentencepiece_vocab(
+    file: &GgufFile,
+    tokens: Vec<String>,
+    merges: Option<Vec<(String, String)>>,
+) -> Result<BpeVocab, String> {
+    let merges = match merges {
+        Some(m) => m,
+        None => {
+            let scores = floats(file, "tokenizer.ggml.scores")?.ok_or(
+                "SentencePiece tokenizer without `tokenizer.ggml.merges` or `tokenizer.ggml.scores`",
+            )?;
+            if scores.len() != tokens.len() {
+                return Err(
+                    "`tokenizer.ggml.scores` and `tokenizer.ggml.tokens` differ in length".into(),
+                );
+            }
+            generate_merges(&tokens, &scores)
         }
     };
+    Ok(BpeVocab {
+        tokens,
+        merges,
+        byte_level: None,
+    })
+}
 
-    let mut vocab = serde_json::Map::with_capacity(n);
-    for (i, t) in vocab_tokens.iter().enumerate() {
-        // A duplicated token keeps its last id, like the dict transformers builds.
-        vocab.insert(t.clone(), json!(i));
-    }
-    let merges_json: Vec<Value> = merges.iter().map(|(a, b)| json!([a, b])).collect();
-
-    // Control tokens become special added tokens, user-defined ones plain added tokens.
+/// Control tokens become special added tokens, user-defined ones plain added tokens.
+fn added_tokens(bpe: &BpeVocab, token_types: Option<&[i64]>) -> Vec<Value> {
     let mut added = Vec::new();
-    if let Some(types) = &token_types {
-        for (i, (t, &ty)) in vocab_tokens.iter().zip(types).enumerate() {
+    if let Some(types) = token_types {
+        for (i, (t, &ty)) in bpe.tokens.iter().zip(types).enumerate() {
             if ty == TOKEN_TYPE_CONTROL
-                && byte_level
+                && bpe
+                    .byte_level
                     .as_ref()
                     .is_none_or(|a| t.chars().all(|c| a.contains(&c)))
             {
                 added.push(added_token(i, t, true));
             }
         }
-        for (i, (t, &ty)) in vocab_tokens.iter().zip(types).enumerate() {
+        for (i, (t, &ty)) in bpe.tokens.iter().zip(types).enumerate() {
             if ty == TOKEN_TYPE_USER_DEFINED {
                 added.push(added_token(i, t, false));
             }
         }
     }
+    added
+}
 
-    let tokenizer = if byte_level.is_some() {
-        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(false);
-        let add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
-        let pre = file
+/// What both tokenizer flavours put in their `tokenizer.json`.
+struct TokenizerParts<'a> {
+    file: &'a GgufFile,
+    tokens: &'a [String],
+    added: Vec<Value>,
+    vocab: serde_json::Map<String, Value>,
+    merges: Vec<Value>,
+    bos: Option<usize>,
+    eos: Option<usize>,
+}
+
+impl TokenizerParts<'_> {
+    fn flag(&self, key: &str) -> Option<bool> {
+        self.file.get(key).and_then(GgufValue::as_bool)
+    }
+
+    /// The BOS/EOS post-processor when the `add_bos`/`add_eos` flags (with these defaults) ask for one.
+    fn template(&self, add_bos_default: bool) -> Option<Value> {
+        let add_bos = self
+            .flag("tokenizer.ggml.add_bos_token")
+            .unwrap_or(add_bos_default);
+        let add_eos = self.flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
+        let special =
+            |id: Option<usize>, on: bool| id.filter(|_| on).map(|i| (i, self.tokens[i].as_str()));
+        template(special(self.bos, add_bos), special(self.eos, add_eos))
+    }
+
+    /// A byte-level BPE `tokenizer.json` (transformers' GPT-2 conversion).
+    fn byte_level_json(self) -> Value {
+        let pre = self
+            .file
             .get("tokenizer.ggml.pre")
             .and_then(GgufValue::as_str)
             .unwrap_or("default");
@@ -314,15 +356,13 @@ pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
                 json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
             }
         };
-        let special =
-            |id: Option<usize>, on: bool| id.filter(|_| on).map(|i| (i, vocab_tokens[i].as_str()));
-        let post = template(special(bos, add_bos), special(eos, add_eos))
+        let post = self.template(false)
             .unwrap_or_else(|| json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}));
         json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
-            "added_tokens": added,
+            "added_tokens": self.added,
             "normalizer": null,
             "pre_tokenizer": pre_tokenizer,
             "post_processor": post,
@@ -336,16 +376,17 @@ pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
                 "fuse_unk": false,
                 "byte_fallback": false,
                 "ignore_merges": false,
-                "vocab": vocab,
-                "merges": merges_json,
+                "vocab": self.vocab,
+                "merges": self.merges,
             },
         })
-    } else {
-        // SentencePiece (transformers' LlamaTokenizer, legacy behaviour): "▁" prefix and
-        // spaces through the normalizer, byte fallback, BOS added unless the file says otherwise.
-        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(true);
-        let add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
-        let add_prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    }
+
+    /// A SentencePiece `tokenizer.json` (transformers' LlamaTokenizer, legacy behaviour):
+    /// "▁" prefix and spaces through the normalizer, byte fallback, BOS added unless
+    /// the file says otherwise.
+    fn sentencepiece_json(self, unk: Option<usize>) -> Value {
+        let add_prefix = self.flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
         let mut norm = Vec::new();
         if add_prefix {
             norm.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
@@ -359,14 +400,12 @@ pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
         if add_prefix {
             decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
         }
-        let special =
-            |id: Option<usize>, on: bool| id.filter(|_| on).map(|i| (i, vocab_tokens[i].as_str()));
-        let post = template(special(bos, add_bos), special(eos, add_eos)).unwrap_or(Value::Null);
+        let post = self.template(true).unwrap_or(Value::Null);
         json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
-            "added_tokens": added,
+            "added_tokens": self.added,
             "normalizer": {"type": "Sequence", "normalizers": norm},
             "pre_tokenizer": null,
             "post_processor": post,
@@ -374,16 +413,59 @@ pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
             "model": {
                 "type": "BPE",
                 "dropout": null,
-                "unk_token": unk.map(|i| vocab_tokens[i].clone()),
+                "unk_token": unk.map(|i| self.tokens[i].clone()),
                 "continuing_subword_prefix": null,
                 "end_of_word_suffix": null,
                 "fuse_unk": true,
                 "byte_fallback": true,
                 "ignore_merges": false,
-                "vocab": vocab,
-                "merges": merges_json,
+                "vocab": self.vocab,
+                "merges": self.merges,
             },
         })
+    }
+}
+
+/// Builds the tokenizer described by the file's metadata.
+pub(super) fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer, String> {
+    let model = file
+        .get("tokenizer.ggml.model")
+        .and_then(GgufValue::as_str)
+        .ok_or("no `tokenizer.ggml.model` metadata (the file has no tokenizer)")?;
+    let (tokens, token_types) = read_tokens(file)?;
+    let merges = read_merges(file)?;
+    let n = tokens.len();
+    let bos = token_id(file, "tokenizer.ggml.bos_token_id", n);
+    let eos = token_id(file, "tokenizer.ggml.eos_token_id", n);
+    let unk = token_id(file, "tokenizer.ggml.unknown_token_id", n);
+    let bpe = match model {
+        "gpt2" => byte_level_vocab(tokens, merges)?,
+        "llama" => sentencepiece_vocab(file, tokens, merges)?,
+        other => {
+            return Err(format!(
+                "tokenizer model `{other}` is not supported (supported: gpt2, llama)"
+            ));
+        }
+    };
+
+    let mut vocab = serde_json::Map::with_capacity(n);
+    for (i, t) in bpe.tokens.iter().enumerate() {
+        // A duplicated token keeps its last id, like the dict transformers builds.
+        vocab.insert(t.clone(), json!(i));
+    }
+    let parts = TokenizerParts {
+        file,
+        tokens: &bpe.tokens,
+        added: added_tokens(&bpe, token_types.as_deref()),
+        vocab,
+        merges: bpe.merges.iter().map(|(a, b)| json!([a, b])).collect(),
+        bos,
+        eos,
+    };
+    let tokenizer = if bpe.byte_level.is_some() {
+        parts.byte_level_json()
+    } else {
+        parts.sentencepiece_json(unk)
     };
     let text = serde_json::to_string(&tokenizer).map_err(|e| e.to_string())?;
     text.parse::<tokenizers::Tokenizer>()
