@@ -162,7 +162,7 @@ fn argument_types_and_ranges() {
     assert_error(&run(&["--max-new-tokens", "many"]), "invalid value 'many'");
     assert_error(
         &run(&["--max-new-tokens", "-1"]),
-        "unexpected argument '-1'",
+        "invalid value '-1' for '--max-new-tokens",
     );
     assert_error(
         &run(&["--attr-pos-start", "9", "--max-new-tokens", "1"]),
