@@ -47,3 +47,61 @@ pub fn check_close(what: &str, got: f64, expected: f64, tolerance: f64) -> Resul
         ))
     }
 }
+
+/// A probability vector (or a normalization `x / Σx`) of `n` entries sums to 1 within this, in
+/// any summation order: the normalizer sums `n` terms (`γ(n)`), each entry takes an `exp` (at most
+/// a few ulps in burn's kernels) and a division (`γ(8)` covers both), and the check's own sum of
+/// `n` entries rounds by `γ(n)` again.
+///
+/// ```
+/// use inseq_fixtures::tolerance::probability_sum;
+/// assert!(probability_sum(400) < 1e-4); // a softmax over the tiny models' vocabulary
+/// ```
+pub fn probability_sum(n: usize) -> f64 {
+    gamma(2 * n + 8)
+}
+
+/// The relative rounding error, against the largest magnitude of the values involved, of one
+/// forward and backward pass of a tiny fixture model (`tests/fixtures/models`: hidden 32, FFN 64,
+/// 2 layers per stack, vocabulary 400) in f32, to first order: every sum at its worst case
+/// ([`gamma`] of its length), no amplification by ill-conditioned steps (none occurs in these
+/// small seeded networks). Per layer, 8 sums of at most 64 terms (a norm, the Q/K/V/output
+/// projections, the attention scores and weighted values, the feed-forward's two products); at
+/// most 5 layer-equivalents (an encoder-decoder's 2 + 2 layers and its cross-attention); then the
+/// LM head (32 terms) and the softmax (400). The backward pass doubles it. About 3.6e-4.
+pub fn tiny_model_pass() -> f64 {
+    let layers = 5.0 * 8.0 * gamma(64);
+    let head = gamma(32) + gamma(400);
+    2.0 * (layers + head)
+}
+
+/// [`model_pass`]'s relative part: covers two [`tiny_model_pass`]es (ours and the reference, each
+/// rounding in its own order), 7.2e-4, rounded up.
+pub const MODEL_PASS_RELATIVE: f64 = 1e-3;
+
+/// [`model_pass`]'s absolute part, for tensors whose reference is all 0 (a gradient that vanishes
+/// by construction keeps the residual of a cancelled sum of order-1 terms, ~16u).
+pub const MODEL_PASS_ABSOLUTE: f64 = 1e-6;
+
+/// The tolerance between two f32 results of a tiny model's forward (and backward) pass that sum
+/// in different orders — ours against Python Inseq's torch (the golden files), a padded batch
+/// against its rows, one backend against another, reordered positions — over a whole tensor
+/// whose largest reference magnitude is `scale`: `1e-3·scale + 1e-6` (the rule of
+/// `cargo xtask parity`, derived in [`tiny_model_pass`]).
+///
+/// ```
+/// use inseq_fixtures::tolerance::{model_pass, tiny_model_pass, MODEL_PASS_RELATIVE};
+/// assert!(2.0 * tiny_model_pass() <= MODEL_PASS_RELATIVE);
+/// assert_eq!(model_pass(2.0), 2e-3 + 1e-6);
+/// ```
+pub fn model_pass(scale: f64) -> f64 {
+    MODEL_PASS_RELATIVE * scale + MODEL_PASS_ABSOLUTE
+}
+
+/// The largest absolute value of `values` (NaN ignored): the `scale` of [`model_pass`].
+pub fn max_abs(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
+}
