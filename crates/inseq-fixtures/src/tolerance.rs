@@ -105,3 +105,24 @@ pub fn max_abs(values: &[f32]) -> f64 {
         .filter(|v| !v.is_nan())
         .fold(0f64, |m, v| m.max(f64::from(v.abs())))
 }
+
+/// The statistical size (one standard deviation, relative to the magnitudes involved) of the
+/// rounding error of a deep f32 pass chaining `sums` sums of about `terms` terms each: worst-case
+/// bounds grow like `sums · terms · u` and say nothing at SmolLM2's depth, while independent
+/// roundings add like a random walk, `√(sums · terms) · u` (Higham, 2nd ed., §2.8).
+pub fn deep_pass_sigma(sums: usize, terms: usize) -> f64 {
+    ((sums * terms) as f64).sqrt() * F32_UNIT_ROUNDOFF
+}
+
+/// The tolerance between two f32 computations (ours, `transformers`') of SmolLM2-135M's logits
+/// of magnitude up to `scale`: three standard deviations of the difference of two
+/// [`deep_pass_sigma`]s over 30 layers × 8 sums of about 800 terms (hidden 576, FFN 1536).
+///
+/// ```
+/// // SmolLM2's largest logit on the reference prompt is ~17.4.
+/// let tol = inseq_fixtures::tolerance::smollm2_logits(17.4);
+/// assert!(tol > 1e-3 && tol < 3e-3);
+/// ```
+pub fn smollm2_logits(scale: f64) -> f64 {
+    3.0 * std::f64::consts::SQRT_2 * deep_pass_sigma(30 * 8, 800) * scale
+}
