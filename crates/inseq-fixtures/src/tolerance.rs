@@ -6,7 +6,13 @@
 //! Algorithms*, 2nd ed., eq. 4.4 and Lemma 3.1): a sum of `n` f32 values whose absolute values add
 //! up to `magnitude` is off by at most `γ(n−1) · magnitude`, and a dot product of `n` terms by
 //! `γ(n) · magnitude` (its products round too), with `γ(k) = k·u / (1 − k·u)` and `u` the unit
-//! roundoff. [`f32_sum`] takes the dot-product bound, which covers both.
+//! roundoff. [`f32_sum`] takes the dot-product bound, which covers both; [`probability_sum`]
+//! applies it to a normalization.
+//!
+//! Comparisons of whole model passes use [`model_pass`] (the rule of `cargo xtask parity`): a
+//! first-order worst case for the tiny fixture models ([`tiny_model_pass`]). For the 30-layer
+//! SmolLM2, where worst-case bounds say nothing, [`smollm2_logits`] takes a statistical estimate
+//! ([`deep_pass_sigma`]). `tests/fixtures/README.md` (Tolerances) states the rules for the tests.
 //!
 //! ```
 //! use inseq_fixtures::tolerance::{f32_sum, F32_UNIT_ROUNDOFF};
