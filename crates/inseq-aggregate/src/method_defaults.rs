@@ -148,7 +148,7 @@ mod tests {
         let out = default_aggregate_for("attention", &s).unwrap();
         let t = out.target_attributions.unwrap();
         assert_eq!(t.shape(), &[2, 1]);
-        assert!((t.get(&[0, 0]) - 1.0).abs() < 1e-6);
+        assert_eq!(t.get(&[0, 0]), 1.0); // the mean of ones: exact
     }
 
     #[test]

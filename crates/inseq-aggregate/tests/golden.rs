@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use inseq_aggregate::aggregate_output_inseq_default;
 use inseq_core::inseq_format::parse_python_json;
 use inseq_core::{Array, AttributionOutput};
+use inseq_fixtures::tolerance::model_pass;
 
 fn golden_dir() -> PathBuf {
     inseq_fixtures::golden_dir()
@@ -46,7 +47,10 @@ fn default_aggregation_matches_python_inseq() {
                 (Some(a), Some(g)) => {
                     let g = Array::from_nested_json(g).unwrap();
                     assert_eq!(a.shape(), g.shape(), "{case} {key}");
-                    let tol = 1e-3 * g.max_abs() + 1e-6;
+                    // Python's raw arrays aggregated by us and by Inseq, both in f32: the
+                    // parity rule (far above the γ(32) of one hidden-size sum), as
+                    // `cargo xtask parity` applies it to every golden array.
+                    let tol = model_pass(g.max_abs().into()) as f32;
                     for (i, (x, y)) in a.data().iter().zip(g.data()).enumerate() {
                         assert_eq!(
                             x.is_nan(),
@@ -72,7 +76,7 @@ fn default_aggregation_matches_python_inseq() {
             if let Some(g) = golden["sequence_scores"].get(k) {
                 let g = Array::from_nested_json(g).unwrap();
                 if g.shape() == v.shape() {
-                    let tol = 1e-3 * g.max_abs() + 1e-6;
+                    let tol = model_pass(g.max_abs().into()) as f32; // as above
                     assert!(
                         v.data()
                             .iter()

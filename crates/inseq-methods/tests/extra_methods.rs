@@ -5,6 +5,7 @@ mod common;
 use common::{PREFIX, SHORT, assert_batch_matches_rows, ctx, host, load, method, step, step_fn};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use inseq_fixtures::tolerance::{MODEL_PASS_RELATIVE, gamma, max_abs, model_pass, probability_sum};
 use inseq_methods::{MethodArgs, MethodRegistry, StepInput};
 use inseq_models::{
     ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput, ids_tensor,
@@ -27,7 +28,11 @@ fn assert_batch_consistent(model: &str, id: &str, args: &str) {
     let f = step_fn("probability");
     let c = ctx(p.model.as_ref(), &f, 1, false);
     let m = method(id, args);
-    assert_batch_matches_rows(m.as_ref(), &c, &format!("{id} on {model}"), 2e-3);
+    // Twice the model-pass rule: value zeroing's distances |a - b|² of nearby states, rollout's
+    // products of attention matrices and AttnLRP's divisions by pre-activations amplify the
+    // rounding of a plain pass.
+    let rel_tol = 2.0 * MODEL_PASS_RELATIVE as f32;
+    assert_batch_matches_rows(m.as_ref(), &c, &format!("{id} on {model}"), rel_tol);
 }
 
 #[test]
@@ -52,6 +57,8 @@ fn gradient_shap_converges_to_integrated_gradients_and_is_seeded() {
         .sum::<f32>()
         .sqrt();
     let norm: f32 = ig.iter().map(|a| a * a).sum::<f32>().sqrt();
+    // Monte-Carlo error, not rounding: 2000 samples leave a standard error ~1/sqrt(2000) ~ 2% of
+    // the gradients' spread, and IG's own 64-step quadrature error is far smaller.
     assert!(err <= 0.1 * norm, "relative error {} too large", err / norm);
 
     let run = |args: &str| {
@@ -171,6 +178,10 @@ fn lime_recovers_a_linear_model_and_is_seeded() {
     let (v, dims) = host(out.target.as_ref().unwrap());
     assert_eq!(dims, [2, 4, 1]);
     assert_eq!(out.score_dims, Some(vec![]));
+    // The f64 least squares fits exactly linear data: off by the ridge shrinkage (alpha 1e-6 over
+    // 200 samples, ~1e-8 relative) and by the f32 rounding of the logits (|logit| <= 10.25: at
+    // most f32_sum(10.25, 4) ~ 2.4e-6) amplified by the design's conditioning (binary masks, well
+    // conditioned): 1e-3 leaves a factor > 100 for it.
     for j in 0..4 {
         let want = weights[j] * ids[j] as f32;
         assert!(
@@ -184,7 +195,7 @@ fn lime_recovers_a_linear_model_and_is_seeded() {
     for j in 1..4 {
         let want = weights[j] * ids[j] as f32;
         assert!(
-            (v[4 + j] - want).abs() < 1e-3,
+            (v[4 + j] - want).abs() < 1e-3, // as for row 0
             "row 1 token {j}: {} vs {want}",
             v[4 + j]
         );
@@ -244,6 +255,7 @@ fn value_zeroing_scores_layers_and_batches() {
         assert_eq!(out.score_dims, Some(vec![layers]));
         let (v, dims) = host(out.target.as_ref().unwrap());
         assert_eq!(dims, [1, 5, layers]);
+        // |a - b|² / 2 of unit vectors: >= 0 by construction, <= 2 (antipodal states only).
         assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 2.0));
         assert!(v.iter().any(|x| *x > 0.0), "{name}: all scores zero");
         assert_batch_consistent(name, "value_zeroing", "");
@@ -297,11 +309,10 @@ fn forward_hooks_leave_the_clean_forward_unchanged() {
             attn_lrp: true,
             ..Default::default()
         });
+        // The same forward values through AttnLRP's detached graph (other ops, other orders).
+        let tol = model_pass(max_abs(&clean)) as f32;
         for (a, b) in clean.iter().zip(&lrp) {
-            assert!(
-                (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
-                "{name}: {a} vs {b}"
-            );
+            assert!((a - b).abs() <= tol, "{name}: {a} vs {b}");
         }
         // Zeroing a value in the last layer changes the logits; zeroing nothing does not.
         let none = run(ForwardOptions {
@@ -325,6 +336,13 @@ fn forward_hooks_leave_the_clean_forward_unchanged() {
     }
 }
 
+/// How far a rollout row (a product of `layers` row-stochastic attention matrices over at most 5
+/// positions, renormalized) may sum from 1: each factor's rows sum to 1 within
+/// [`probability_sum`], and each product adds a dot product's `γ(5)`.
+fn rollout_sum(layers: usize) -> f64 {
+    (layers + 1) as f64 * (probability_sum(5) + gamma(5))
+}
+
 #[test]
 fn attention_rollout_rows_are_distributions() {
     for name in ["tiny-gpt2", "tiny-llama"] {
@@ -340,8 +358,12 @@ fn attention_rollout_rows_are_distributions() {
         assert_eq!(dims, [2, 5, 1]);
         for r in 0..2 {
             let sum: f32 = v[r * 5..r * 5 + 5].iter().sum();
-            assert!((sum - 1.0).abs() < 1e-4, "{name}: row {r} sums to {sum}");
+            assert!(
+                f64::from((sum - 1.0).abs()) <= rollout_sum(p.model.info().num_layers),
+                "{name}: row {r} sums to {sum}"
+            );
         }
+        // Padding takes part in no sum: 0 up to residues below 16u ~ 1e-6 of weights <= 1.
         assert!(v[5] < 1e-6 && v[6] < 1e-6, "{name}: padding scored");
         assert_batch_consistent(name, "attention_rollout", "");
     }
@@ -356,12 +378,12 @@ fn attention_rollout_rows_are_distributions() {
         for r in 0..2 {
             let sum: f32 = src[r * 5..r * 5 + 5].iter().sum();
             assert!(
-                (sum - 1.0).abs() < 1e-4,
+                f64::from((sum - 1.0).abs()) <= rollout_sum(2 * p.model.info().num_layers),
                 "{name}: source row {r} sums to {sum}"
             );
         }
         assert!(
-            src[8] < 1e-6 && src[9] < 1e-6,
+            src[8] < 1e-6 && src[9] < 1e-6, // as above
             "{name}: source padding scored"
         );
         assert_eq!(out.target.as_ref().unwrap().dims(), [2, 2, 1]);
@@ -390,7 +412,8 @@ fn attnlrp_on_decoder_only_models() {
             )
             .unwrap();
         let (g, _) = host(gxi.target.as_ref().unwrap());
-        assert!(v.iter().zip(&g).any(|(a, b)| (a - b).abs() > 1e-6));
+        let rounding = model_pass(max_abs(&g)) as f32; // a difference beyond any rounding
+        assert!(v.iter().zip(&g).any(|(a, b)| (a - b).abs() > rounding));
         assert_batch_consistent(name, "attnlrp", "");
     }
     // Encoder-decoder models: source relevance, and target relevance with attribute_target.

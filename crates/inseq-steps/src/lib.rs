@@ -14,6 +14,7 @@
 //! let registry = StepRegistry::with_defaults();
 //! let ctx = StepContext::new(logits, vec![2]);
 //! let p = registry.get("probability").unwrap().compute(&ctx, &StepArgs::default()).unwrap();
+//! // A few roundings (exp, a sum of 4, a division or ln) of 0.25: well within 1e-6.
 //! assert!((p.into_scalar::<f32>() - 0.25).abs() < 1e-6);
 //! ```
 #![warn(missing_docs)]

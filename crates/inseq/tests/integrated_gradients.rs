@@ -4,6 +4,7 @@
 mod common;
 
 use inseq::{AttributeOptions, MethodArgs, load_model};
+use inseq_fixtures::tolerance::{max_abs, model_pass};
 
 fn max_abs_delta(n_steps: usize, model: &str) -> (f32, f32) {
     let device = burn::tensor::Device::default();
@@ -37,8 +38,10 @@ fn completeness_improves_with_more_steps() {
         let (coarse, scale) = max_abs_delta(2, model);
         let (fine, _) = max_abs_delta(64, model);
         println!("{model}: |delta| n=2 {coarse:.3e}, n=64 {fine:.3e}, f scale {scale:.3e}");
+        // IG's quadrature error (not rounding) shrinks from 2 to 64 steps, far more than the
+        // deltas' rounding (the model-pass rule on f); below 1 % of f at 64 steps.
         assert!(
-            fine <= coarse + 1e-9,
+            f64::from(fine) <= f64::from(coarse) + model_pass(scale.into()),
             "{model}: delta did not shrink ({coarse} -> {fine})"
         );
         assert!(
@@ -83,7 +86,8 @@ fn batched_attribution_equals_one_by_one() {
             b.target_attributions.as_ref().unwrap(),
         );
         assert_eq!(ta.shape(), tb.shape());
-        let tol = 1e-3 * tb.max_abs() + 1e-6;
+        // The same rows in a padded batch: the model-pass rule.
+        let tol = model_pass(tb.max_abs().into()) as f32;
         for (x, y) in ta.data().iter().zip(tb.data()) {
             assert_eq!(x.is_nan(), y.is_nan());
             if !x.is_nan() {
@@ -91,8 +95,9 @@ fn batched_attribution_equals_one_by_one() {
             }
         }
         for (k, v) in &b.step_scores {
+            let tol = model_pass(max_abs(v)) as f32; // probabilities, as above
             for (x, y) in a.step_scores[k].iter().zip(v) {
-                assert!((x - y).abs() < 1e-5, "{k}: {x} vs {y}");
+                assert!((x - y).abs() <= tol, "{k}: {x} vs {y}");
             }
         }
     }

@@ -10,6 +10,7 @@ mod common;
 
 use burn::tensor::{Device, DeviceKind};
 use inseq::{AttributeOptions, AttributionOutput, MethodArgs, load_model};
+use inseq_fixtures::tolerance::model_pass;
 
 fn run(device: &Device, model: &str, method: &str, args: &str, input: &str) -> AttributionOutput {
     let m = load_model(
@@ -31,13 +32,15 @@ fn run(device: &Device, model: &str, method: &str, args: &str, input: &str) -> A
     m.attribute(&[input], &opts).unwrap()
 }
 
-/// `|a - b| <= 1e-3 * max|b| + 1e-6` over the whole tensor (the parity tolerance).
+/// `|a - b| <= 1e-3 * max|b| + 1e-6` over the whole tensor: the model-pass rule (other kernels,
+/// other summation orders), as `cargo xtask parity`.
 fn assert_close(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{what}: length");
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tol = model_pass(scale.into()) as f32;
     let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     println!("{what}: max |wgpu - cpu| = {worst:.3e} (max |cpu| = {scale:.3e})");
-    assert!(worst <= 1e-3 * scale + 1e-6, "{what}: {worst} > tolerance");
+    assert!(worst <= tol, "{what}: {worst} > tolerance {tol:e}");
 }
 
 fn wgpu_available() -> bool {
@@ -100,9 +103,10 @@ fn wgpu_matches_cpu() {
             &sa.step_scores["probability"],
             &sb.step_scores["probability"],
         );
+        // The parity rule for step scores: 1e-4 absolute plus 1e-4 relative.
         for (x, y) in pa.iter().zip(pb) {
             assert!(
-                (x - y).abs() <= 1e-4,
+                (x - y).abs() <= 1e-4 + 1e-4 * y.abs(),
                 "{model} {method}: probability {x} vs {y}"
             );
         }

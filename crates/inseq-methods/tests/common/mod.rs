@@ -87,7 +87,9 @@ pub fn method(id: &str, args: &str) -> Box<dyn inseq_methods::AttributionMethod>
 
 /// Attributing [`PREFIX`] and [`SHORT`] (left-padded) in one batch gives each row's result
 /// alone on its real positions, within `rel_tol` of the largest score, and padding scores
-/// (about) 0.
+/// (about) 0. The batch and the rows are the same passes summed in other orders (other matrix
+/// shapes): `rel_tol` is [`MODEL_PASS_RELATIVE`](inseq_fixtures::tolerance::MODEL_PASS_RELATIVE),
+/// or a multiple a caller justifies.
 pub fn assert_batch_matches_rows(
     m: &dyn inseq_methods::AttributionMethod,
     c: &MethodContext,
@@ -127,6 +129,8 @@ pub fn assert_batch_matches_rows(
             "{what}: row 1 differs at {i}: {y} vs {x}"
         );
     }
+    // Padding takes part in no sum (its attention weights underflow to 0): 0 up to residues far
+    // below 16 roundings of the scale (16u ~ 1e-6).
     for i in 0..pad * h {
         assert!(
             b[len * h + i].abs() <= 1e-6 * scale,
