@@ -44,7 +44,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use inseq::{Array, core::TokenWithId};
+use inseq::{Array, SequenceAttribution};
 use inseq::{
     AttributeOptions, AttributionModel, Error, GenerationOptions, MethodArgs, MethodRegistry,
     Result, StepArgs, StepRegistry, aggregate,
@@ -159,17 +159,55 @@ impl CaseModel {
 pub fn run_loaded_case(case_path: &Path, case_model: &mut CaseModel) -> Result<CaseOutcome> {
     let (model, pad) = (&mut case_model.model, case_model.pad.map(|p| p as i64));
     let case = read_case(case_path)?;
+    let request = match case_request(&case)? {
+        Ok(request) => request,
+        Err(reason) => return Ok(CaseOutcome::Skipped(reason)),
+    };
+    model.set_method(&request.method, request.method_args.clone())?;
+    let raw = model.attribute(&[request.input.as_str()], &request.opts)?;
+    let agg = aggregate(&raw)?;
+    let ours = as_inseq_shows(
+        &case,
+        pad,
+        &raw.sequence_attributions[0],
+        &agg.sequence_attributions[0],
+    );
+    let mut problems = compare_tokens(&case, &request.opts, &ours);
+    if problems.is_empty() {
+        problems.extend(compare_tensors(&case, &request.opts, &ours)?);
+        problems.extend(compare_step_scores(
+            &case,
+            &request.opts.step_scores,
+            &ours.raw,
+        ));
+    }
+    Ok(if problems.is_empty() {
+        CaseOutcome::Passed
+    } else {
+        CaseOutcome::Failed(problems)
+    })
+}
+
+/// What a golden case asks Inseq for: the method, the input and the attribution options.
+struct CaseRequest {
+    method: String,
+    method_args: MethodArgs,
+    input: String,
+    opts: AttributeOptions,
+}
+
+/// The case's request, or why it is skipped (a method, step function or option not implemented).
+fn case_request(case: &Value) -> Result<std::result::Result<CaseRequest, String>> {
     let s = |k: &str| case.get(k).and_then(Value::as_str);
     let method = s("method").ok_or_else(|| Error::invalid_arg("case", "no `method` field"))?;
-    let registry = MethodRegistry::with_defaults();
-    if !registry.ids().iter().any(|m| m == method) {
-        return Ok(CaseOutcome::Skipped(format!(
-            "method `{method}` is not implemented yet"
-        )));
+    if !MethodRegistry::with_defaults()
+        .ids()
+        .iter()
+        .any(|m| m == method)
+    {
+        return Ok(Err(format!("method `{method}` is not implemented yet")));
     }
-    let step_ids: Vec<String> = case
-        .get("step_score_ids")
-        .and_then(Value::as_array)
+    let step_ids: Vec<String> = (case.get("step_score_ids").and_then(Value::as_array))
         .map(|a| {
             a.iter()
                 .filter_map(|v| v.as_str().map(String::from))
@@ -178,54 +216,31 @@ pub fn run_loaded_case(case_path: &Path, case_model: &mut CaseModel) -> Result<C
         .unwrap_or_default();
     let steps = StepRegistry::with_defaults();
     if let Some(missing) = step_ids.iter().find(|id| steps.get(id).is_err()) {
-        return Ok(CaseOutcome::Skipped(format!(
+        return Ok(Err(format!(
             "step function `{missing}` is not implemented yet"
         )));
     }
-    model.set_method(
-        method,
-        method_args(case.get("method_args").unwrap_or(&Value::Null)),
-    )?;
-    let mut generation = GenerationOptions::default();
-    if let Some(args) = case.get("generation_args").and_then(Value::as_object) {
-        generation.update_from_json(args, "generation_args")?;
-    }
-    // Positions requested from Inseq (`attr_pos_start`/`attr_pos_end` hold what it returned).
-    let request = |k: &str| {
-        case.get("attr_pos_request")
-            .and_then(|r| r.get(k))
-            .and_then(Value::as_i64)
-            .map(|v| v as isize)
-    };
-    let step_scores_args = match case.get("step_scores_args").and_then(Value::as_object) {
-        Some(args) => StepArgs::parse(
-            &args
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        )?,
-        None => StepArgs::default(),
-    };
     // Options of Inseq's `model.attribute` beyond the usual ones.
     let attribute_args = case.get("attribute_args").and_then(Value::as_object);
+    const FLAGS: [&str; 3] = [
+        "clean_special_chars",
+        "include_eos_baseline",
+        "skip_special_tokens",
+    ];
+    let unknown = attribute_args.into_iter().flat_map(|a| a.keys());
+    if let Some(unknown) = unknown.into_iter().find(|k| !FLAGS.contains(&k.as_str())) {
+        return Ok(Err(format!(
+            "attribute argument `{unknown}` is not implemented"
+        )));
+    }
     let flag = |k: &str| {
-        attribute_args
-            .and_then(|a| a.get(k))
+        (attribute_args.and_then(|a| a.get(k)))
             .and_then(Value::as_bool)
             .unwrap_or(false)
     };
-    if let Some(unknown) = attribute_args.into_iter().flat_map(|a| a.keys()).find(|k| {
-        ![
-            "clean_special_chars",
-            "include_eos_baseline",
-            "skip_special_tokens",
-        ]
-        .contains(&k.as_str())
-    }) {
-        return Ok(CaseOutcome::Skipped(format!(
-            "attribute argument `{unknown}` is not implemented"
-        )));
+    let mut generation = GenerationOptions::default();
+    if let Some(args) = case.get("generation_args").and_then(Value::as_object) {
+        generation.update_from_json(args, "generation_args")?;
     }
     let opts = AttributeOptions {
         clean_special_chars: flag("clean_special_chars"),
@@ -233,175 +248,211 @@ pub fn run_loaded_case(case_path: &Path, case_model: &mut CaseModel) -> Result<C
         skip_special_tokens: flag("skip_special_tokens"),
         targets: s("target").map(|t| vec![t.to_string()]),
         generation,
-        attr_pos_start: request("start"),
-        attr_pos_end: request("end"),
-        step_scores: step_ids.clone(),
-        step_scores_args,
+        attr_pos_start: requested_position(case, "start"),
+        attr_pos_end: requested_position(case, "end"),
+        step_scores: step_ids,
+        step_scores_args: step_scores_args(case)?,
         attributed_fn: s("attributed_fn").unwrap_or("probability").to_string(),
         attributed_fn_args: StepArgs::default(),
-        attribute_target: case
-            .get("attribute_target")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        attribute_target: (case.get("attribute_target").and_then(Value::as_bool)).unwrap_or(false),
         inseq_compat: true,
         contrast_targets: s("contrast_targets").map(|t| vec![t.to_string()]),
         ..Default::default()
     };
     let input = s("input").ok_or_else(|| Error::invalid_arg("case", "no `input` field"))?;
-    let raw = model.attribute(&[input], &opts)?;
-    let agg = aggregate(&raw)?;
-    let (ours_raw, ours_agg) = (&raw.sequence_attributions[0], &agg.sequence_attributions[0]);
+    Ok(Ok(CaseRequest {
+        method: method.to_string(),
+        method_args: method_args(case.get("method_args").unwrap_or(&Value::Null)),
+        input: input.to_string(),
+        opts,
+    }))
+}
+
+/// A position requested from Inseq (`attr_pos_start`/`attr_pos_end` hold what it returned).
+fn requested_position(case: &Value, which: &str) -> Option<isize> {
+    (case.get("attr_pos_request").and_then(|r| r.get(which)))
+        .and_then(Value::as_i64)
+        .map(|v| v as isize)
+}
+
+/// The case's `step_scores_args` as step arguments.
+fn step_scores_args(case: &Value) -> Result<StepArgs> {
+    match case.get("step_scores_args").and_then(Value::as_object) {
+        Some(args) => {
+            let pairs: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            StepArgs::parse(&pairs.join(","))
+        }
+        None => Ok(StepArgs::default()),
+    }
+}
+
+/// Our raw and aggregated sequence, and the target ids, as Inseq would show them.
+struct Ours {
+    raw: SequenceAttribution,
+    agg: SequenceAttribution,
+    target_ids: Vec<i64>,
+}
+
+/// Our results cut as Inseq shows its own. Python Inseq 0.7.1 drops pad tokens (SmolLM2's pad is
+/// its eos `<|im_end|>`, which chat prompts hold) from its token lists but cuts its tensors by
+/// length, so its labels shift (docs/inseq-compatibility.md): where the golden ids are ours
+/// without the pad tokens, ours get the same cut, positions counted without the pads. With an
+/// explicit end, Inseq's target tensors stop at `attr_pos_end` rows; ours keep one row per target
+/// token, NaN there.
+fn as_inseq_shows(
+    case: &Value,
+    pad: Option<i64>,
+    raw: &SequenceAttribution,
+    agg: &SequenceAttribution,
+) -> Ours {
+    let (mut raw, mut agg) = (raw.clone(), agg.clone());
+    let mut target_ids: Vec<i64> = raw.target.iter().map(|t| t.id).collect();
+    let golden = golden_ids(case, "target_token_ids");
+    if let (Some(pad), Some(golden)) = (pad, &golden) {
+        let kept: Vec<i64> = target_ids.iter().copied().filter(|&i| i != pad).collect();
+        if kept.len() < target_ids.len() && kept == *golden {
+            let pads_before = |pos: usize| target_ids[..pos].iter().filter(|&&i| i == pad).count();
+            raw.attr_pos_start -= pads_before(raw.attr_pos_start);
+            raw.attr_pos_end -= pads_before(raw.attr_pos_end);
+            cut_target_rows(&mut raw, &mut agg, kept.len());
+            target_ids = kept;
+        }
+    }
+    if requested_position(case, "end").is_some() {
+        let end = raw.attr_pos_end;
+        cut_target_rows(&mut raw, &mut agg, end);
+    }
+    Ours {
+        raw,
+        agg,
+        target_ids,
+    }
+}
+
+fn cut_target_rows(raw: &mut SequenceAttribution, agg: &mut SequenceAttribution, rows: usize) {
+    for a in [&mut raw.target_attributions, &mut agg.target_attributions] {
+        *a = a.as_ref().map(|a| first_rows(a, rows));
+    }
+}
+
+fn golden_ids(case: &Value, key: &str) -> Option<Vec<i64>> {
+    (case.get(key).and_then(Value::as_array)).map(|a| a.iter().filter_map(Value::as_i64).collect())
+}
+
+/// Differences in tokens, ids and attributed positions.
+fn compare_tokens(case: &Value, opts: &AttributeOptions, ours: &Ours) -> Vec<String> {
     let mut problems = Vec::new();
-    let ids = |k: &str| -> Option<Vec<i64>> {
-        case.get(k)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_i64).collect())
-    };
-    let our_ids = |t: &Option<Vec<TokenWithId>>| {
-        t.as_ref()
-            .map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>())
-    };
-    let golden_target_ids = ids("target_token_ids");
-    let mut ours_target: Vec<i64> = ours_raw.target.iter().map(|t| t.id).collect();
-    // Python Inseq 0.7.1 drops pad tokens (SmolLM2's pad is its eos `<|im_end|>`, which chat
-    // prompts hold) from its token lists but cuts its tensors by length, so its labels shift
-    // (docs/inseq-compatibility.md). Where the golden ids are ours without the pad tokens, ours
-    // are compared as Inseq shows them: the same cut, positions counted without the pads.
-    let (mut ours_raw, mut ours_agg) = (ours_raw.clone(), ours_agg.clone());
-    if let (Some(pad), Some(golden)) = (pad, &golden_target_ids) {
-        let kept: Vec<i64> = ours_target.iter().copied().filter(|&i| i != pad).collect();
-        if kept.len() < ours_target.len() && kept == *golden {
-            let pads_before = |pos: usize| ours_target[..pos].iter().filter(|&&i| i == pad).count();
-            ours_raw.attr_pos_start -= pads_before(ours_raw.attr_pos_start);
-            ours_raw.attr_pos_end -= pads_before(ours_raw.attr_pos_end);
-            for a in [
-                &mut ours_raw.target_attributions,
-                &mut ours_agg.target_attributions,
-            ] {
-                *a = a.as_ref().map(|a| first_rows(a, kept.len()));
-            }
-            ours_target = kept;
-        }
-    }
-    // With an explicit end, Inseq's target tensors stop at `attr_pos_end` rows (the target
-    // tokens no attributed step sees are cut); ours keep one row per target token, NaN there.
-    if request("end").is_some() {
-        let end = ours_raw.attr_pos_end;
-        for a in [
-            &mut ours_raw.target_attributions,
-            &mut ours_agg.target_attributions,
-        ] {
-            *a = a.as_ref().map(|a| first_rows(a, end));
-        }
-    }
     // Token strings are Inseq's own only where it changes them (`clean_special_chars`).
     if opts.clean_special_chars {
-        let golden: Vec<&str> = case
-            .get("target_tokens")
-            .and_then(Value::as_array)
+        let golden: Vec<&str> = (case.get("target_tokens").and_then(Value::as_array))
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let ours: Vec<&str> = ours_raw.target.iter().map(|t| t.token.as_str()).collect();
-        if golden != ours {
+        let our_tokens: Vec<&str> = ours.raw.target.iter().map(|t| t.token.as_str()).collect();
+        if golden != our_tokens {
             problems.push(format!(
-                "target tokens differ: golden {golden:?}, ours {ours:?}"
+                "target tokens differ: golden {golden:?}, ours {our_tokens:?}"
             ));
         }
     }
-    if golden_target_ids.as_ref() != Some(&ours_target) {
+    let golden_target = golden_ids(case, "target_token_ids");
+    if golden_target.as_ref() != Some(&ours.target_ids) {
+        let ours = &ours.target_ids;
         problems.push(format!(
-            "target ids differ: golden {golden_target_ids:?}, ours {ours_target:?}"
+            "target ids differ: golden {golden_target:?}, ours {ours:?}"
         ));
     }
     // Inseq records a placeholder source for methods without attributions (`dummy`): compare only real ones.
     let golden_has_source = case
         .get("raw_source_attributions")
         .is_some_and(|v| !v.is_null());
-    if golden_has_source && ids("source_token_ids") != our_ids(&ours_raw.source) {
+    let our_source = (ours.raw.source.as_ref()).map(|v| v.iter().map(|t| t.id).collect::<Vec<_>>());
+    if golden_has_source && golden_ids(case, "source_token_ids") != our_source {
         problems.push("source ids differ".into());
     }
-    for (k, ours) in [
-        ("attr_pos_start", ours_raw.attr_pos_start),
-        ("attr_pos_end", ours_raw.attr_pos_end),
+    for (k, pos) in [
+        ("attr_pos_start", ours.raw.attr_pos_start),
+        ("attr_pos_end", ours.raw.attr_pos_end),
     ] {
-        if case.get(k).and_then(Value::as_u64) != Some(ours as u64) {
-            problems.push(format!("{k}: golden {:?}, ours {ours}", case.get(k)));
+        if case.get(k).and_then(Value::as_u64) != Some(pos as u64) {
+            problems.push(format!("{k}: golden {:?}, ours {pos}", case.get(k)));
         }
     }
-    if problems.is_empty() {
-        let pairs = [
-            ("raw_source_attributions", &ours_raw.source_attributions),
-            ("raw_target_attributions", &ours_raw.target_attributions),
-            ("source_attributions", &ours_agg.source_attributions),
-            ("target_attributions", &ours_agg.target_attributions),
-        ];
-        // Python Inseq 0.7.1 returns all-zero attributions for the steps after a contrastive
-        // target diverges from the original (see docs/inseq-compatibility.md); those steps are
-        // checked through their step scores only.
-        let zero_steps: Vec<usize> = if opts.contrast_targets.is_some() {
-            case.get("raw_target_attributions")
-                .filter(|v| !v.is_null())
-                .map(Array::from_nested_json)
-                .transpose()?
-                .map(|g| all_zero_steps(&g))
-                .unwrap_or_default()
-        } else {
-            vec![]
-        };
-        for (key, ours) in pairs {
-            // A raw tensor too large to store is kept as its shape and per-vector L2 norms.
-            if let Some(summary) = case.get("raw_omitted").and_then(|r| r.get(key)) {
-                problems.extend(compare_l2_summary(key, summary, ours.as_ref())?);
-                continue;
-            }
-            let golden = case
-                .get(key)
-                .filter(|v| !v.is_null())
-                .map(Array::from_nested_json)
-                .transpose()?;
-            let golden = golden.map(|g| drop_steps(&g, &zero_steps));
-            let ours = ours.as_ref().map(|o| drop_steps(o, &zero_steps));
-            if let Some(p) = compare_arrays(key, golden.as_ref(), ours.as_ref()) {
-                problems.push(p);
-            }
+    problems
+}
+
+/// Differences in the raw and aggregated attribution tensors.
+fn compare_tensors(case: &Value, opts: &AttributeOptions, ours: &Ours) -> Result<Vec<String>> {
+    let pairs = [
+        ("raw_source_attributions", &ours.raw.source_attributions),
+        ("raw_target_attributions", &ours.raw.target_attributions),
+        ("source_attributions", &ours.agg.source_attributions),
+        ("target_attributions", &ours.agg.target_attributions),
+    ];
+    // Python Inseq 0.7.1 returns all-zero attributions for the steps after a contrastive target
+    // diverges from the original (see docs/inseq-compatibility.md); those steps are checked
+    // through their step scores only.
+    let zero_steps: Vec<usize> = match opts.contrast_targets {
+        Some(_) => (golden_array(case, "raw_target_attributions")?)
+            .map(|g| all_zero_steps(&g))
+            .unwrap_or_default(),
+        None => vec![],
+    };
+    let mut problems = Vec::new();
+    for (key, ours) in pairs {
+        // A raw tensor too large to store is kept as its shape and per-vector L2 norms.
+        if let Some(summary) = case.get("raw_omitted").and_then(|r| r.get(key)) {
+            problems.extend(compare_l2_summary(key, summary, ours.as_ref())?);
+            continue;
         }
-        let golden_scores = case.get("step_scores").and_then(Value::as_object);
-        for id in &step_ids {
-            let g: Vec<f32> = golden_scores
-                .and_then(|m| m.get(id))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let o = ours_raw.step_scores.get(id).cloned().unwrap_or_default();
-            if g.len() != o.len() {
-                problems.push(format!(
-                    "step score {id}: golden has {} values, ours {}",
-                    g.len(),
-                    o.len()
-                ));
-                continue;
-            }
-            let worst = g
-                .iter()
-                .zip(&o)
-                .map(|(g, o)| (g - o).abs() - STEP_SCORE_TOLERANCE * g.abs())
-                .fold(0f32, f32::max);
-            if worst > STEP_SCORE_TOLERANCE {
-                problems.push(format!(
-                    "step score {id}: off by {worst:.3e} (golden {g:?}, ours {o:?})"
-                ));
-            }
+        let golden = golden_array(case, key)?.map(|g| drop_steps(&g, &zero_steps));
+        let ours = ours.as_ref().map(|o| drop_steps(o, &zero_steps));
+        problems.extend(compare_arrays(key, golden.as_ref(), ours.as_ref()));
+    }
+    Ok(problems)
+}
+
+fn golden_array(case: &Value, key: &str) -> Result<Option<Array>> {
+    (case.get(key).filter(|v| !v.is_null()))
+        .map(Array::from_nested_json)
+        .transpose()
+}
+
+/// Differences in the step scores, within [`STEP_SCORE_TOLERANCE`].
+fn compare_step_scores(
+    case: &Value,
+    step_ids: &[String],
+    ours: &SequenceAttribution,
+) -> Vec<String> {
+    let golden_scores = case.get("step_scores").and_then(Value::as_object);
+    let mut problems = Vec::new();
+    for id in step_ids {
+        let g: Vec<f32> = (golden_scores
+            .and_then(|m| m.get(id))
+            .and_then(Value::as_array))
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
+                .collect()
+        })
+        .unwrap_or_default();
+        let o = ours.step_scores.get(id).cloned().unwrap_or_default();
+        if g.len() != o.len() {
+            let (gl, ol) = (g.len(), o.len());
+            problems.push(format!(
+                "step score {id}: golden has {gl} values, ours {ol}"
+            ));
+            continue;
+        }
+        let worst = (g.iter().zip(&o))
+            .map(|(g, o)| (g - o).abs() - STEP_SCORE_TOLERANCE * g.abs())
+            .fold(0f32, f32::max);
+        if worst > STEP_SCORE_TOLERANCE {
+            problems.push(format!(
+                "step score {id}: off by {worst:.3e} (golden {g:?}, ours {o:?})"
+            ));
         }
     }
-    Ok(if problems.is_empty() {
-        CaseOutcome::Passed
-    } else {
-        CaseOutcome::Failed(problems)
-    })
+    problems
 }
 
 /// Compares `ours` with a golden `{"shape": [...], "l2_last_dim": [...]}` summary (JSON texts or

@@ -345,37 +345,12 @@ impl AttributionModel {
             return Ok(None);
         }
         let c_target = c_target.unwrap_or_else(|| target_ids.to_vec());
-        let alignment = opts
-            .contrast_alignments
-            .as_ref()
+        let alignment = (opts.contrast_alignments.as_ref())
             .map(|a| a[index].clone())
             .unwrap_or(ContrastAlignment::RightAligned);
-        if let ContrastAlignment::Pairs(pairs) = &alignment
-            && let Some((a, b)) =
-                (pairs.iter()).find(|(a, b)| *a >= target_ids.len() || *b >= c_target.len())
-        {
-            return Err(Error::invalid_arg(
-                "contrast alignments",
-                format!(
-                    "pair {a}-{b} of input {index} is outside the target ({} tokens) or the \
-                     contrastive target ({} tokens)",
-                    target_ids.len(),
-                    c_target.len()
-                ),
-            ));
-        }
+        check_pairs(&alignment, index, target_ids.len(), c_target.len())?;
         let aligned = align_contrast(&alignment, target_ids, &c_target, start, end);
-        if let Some((t, _)) = aligned
-            .iter()
-            .enumerate()
-            .find(|(_, c)| **c == 0 || **c >= c_target.len())
-        {
-            return Err(Error::InvalidInput(format!(
-                "target position {} is aligned to contrastive position {} which has no prefix to condition on",
-                start + t,
-                aligned[t]
-            )));
-        }
+        check_aligned(&aligned, start, c_target.len())?;
         Ok(Some(RowContrast {
             source_ids: c_source,
             target_ids: c_target,
@@ -398,6 +373,40 @@ fn row_seed(seed: u64, input_ids: &[usize]) -> u64 {
     input_ids
         .iter()
         .fold(mix(seed), |h, &id| mix(h ^ id as u64))
+}
+
+/// Explicit alignment pairs must point inside the target and the contrastive target.
+fn check_pairs(
+    alignment: &ContrastAlignment,
+    index: usize,
+    target_len: usize,
+    contrast_len: usize,
+) -> Result<()> {
+    let ContrastAlignment::Pairs(pairs) = alignment else {
+        return Ok(());
+    };
+    match (pairs.iter()).find(|(a, b)| *a >= target_len || *b >= contrast_len) {
+        None => Ok(()),
+        Some((a, b)) => Err(Error::invalid_arg(
+            "contrast alignments",
+            format!(
+                "pair {a}-{b} of input {index} is outside the target ({target_len} tokens) or \
+                 the contrastive target ({contrast_len} tokens)"
+            ),
+        )),
+    }
+}
+
+/// Every attributed position needs an aligned contrastive position with a prefix.
+fn check_aligned(aligned: &[usize], start: usize, contrast_len: usize) -> Result<()> {
+    match (aligned.iter().enumerate()).find(|(_, c)| **c == 0 || **c >= contrast_len) {
+        None => Ok(()),
+        Some((t, c)) => Err(Error::InvalidInput(format!(
+            "target position {} is aligned to contrastive position {c} which has no prefix to \
+             condition on",
+            start + t
+        ))),
+    }
 }
 
 #[cfg(test)]
