@@ -283,68 +283,15 @@ fn decode_safetensors(bytes: &[u8], what: &str) -> Result<Array> {
 /// Decodes a numpy array as json-tricks' `ndarray_encode` writes it
 /// (`{"__ndarray__": ..., "dtype": ..., "shape": ...}`).
 fn decode_ndarray(obj: &Map<String, Value>, what: &str) -> Result<Array> {
-    let shape: Vec<usize> = obj
-        .get("shape")
-        .and_then(Value::as_array)
-        .map(|s| {
-            s.iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<Vec<_>>>()
-        })
-        .unwrap_or(Some(vec![]))
-        .ok_or_else(|| invalid(format!("{what}: bad ndarray shape")))?;
+    let shape = ndarray_shape(obj, what)?;
     let dtype = obj
         .get("dtype")
         .and_then(Value::as_str)
         .unwrap_or("float32");
     match obj.get("__ndarray__") {
         Some(Value::String(s)) => {
-            let (gz, body) = if let Some(b) = s.strip_prefix("b64.gz:") {
-                (true, b)
-            } else if let Some(b) = s.strip_prefix("b64:") {
-                (false, b)
-            } else {
-                return Err(invalid(format!("{what}: unknown ndarray buffer header")));
-            };
-            let mut bytes = B64
-                .decode(body)
-                .map_err(|e| invalid(format!("{what}: bad base64: {e}")))?;
-            if gz {
-                bytes =
-                    gunzip(&bytes).map_err(|e| invalid(format!("{what}: bad gzip data: {e}")))?;
-            }
-            let data: Vec<f32> = match dtype {
-                "float32" => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                "float64" => bytes
-                    .chunks_exact(8)
-                    .map(|c| {
-                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                    })
-                    .collect(),
-                "float16" => bytes
-                    .chunks_exact(2)
-                    .map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                    .collect(),
-                "int64" => bytes
-                    .chunks_exact(8)
-                    .map(|c| {
-                        i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                    })
-                    .collect(),
-                "int32" => bytes
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
-                    .collect(),
-                other => {
-                    return Err(invalid(format!(
-                        "{what}: unsupported ndarray dtype {other}"
-                    )));
-                }
-            };
-            Array::new(shape, data)
+            let bytes = ndarray_buffer_bytes(s, what)?;
+            Array::new(shape, ndarray_values(&bytes, dtype, what)?)
         }
         Some(v @ Value::Array(_)) => {
             let a = Array::from_nested_json(v)?;
@@ -355,6 +302,70 @@ fn decode_ndarray(obj: &Map<String, Value>, what: &str) -> Result<Array> {
         }
         _ => Err(invalid(format!("{what}: bad ndarray"))),
     }
+}
+
+/// The `shape` of a json-tricks ndarray; a missing shape means a scalar (`[]`).
+fn ndarray_shape(obj: &Map<String, Value>, what: &str) -> Result<Vec<usize>> {
+    obj.get("shape")
+        .and_then(Value::as_array)
+        .map(|s| {
+            s.iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or(Some(vec![]))
+        .ok_or_else(|| invalid(format!("{what}: bad ndarray shape")))
+}
+
+/// The raw bytes of a json-tricks buffer string: `b64:` then base64, or
+/// `b64.gz:` then base64 of gzipped bytes.
+fn ndarray_buffer_bytes(s: &str, what: &str) -> Result<Vec<u8>> {
+    let (gz, body) = if let Some(b) = s.strip_prefix("b64.gz:") {
+        (true, b)
+    } else if let Some(b) = s.strip_prefix("b64:") {
+        (false, b)
+    } else {
+        return Err(invalid(format!("{what}: unknown ndarray buffer header")));
+    };
+    let bytes = B64
+        .decode(body)
+        .map_err(|e| invalid(format!("{what}: bad base64: {e}")))?;
+    if gz {
+        gunzip(&bytes).map_err(|e| invalid(format!("{what}: bad gzip data: {e}")))
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// Little-endian values of the numpy `dtype` in `bytes`, as `f32`.
+fn ndarray_values(bytes: &[u8], dtype: &str, what: &str) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        "float32" => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "float64" => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        "float16" => bytes
+            .chunks_exact(2)
+            .map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        "int64" => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        "int32" => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        other => {
+            return Err(invalid(format!(
+                "{what}: unsupported ndarray dtype {other}"
+            )));
+        }
+    })
 }
 
 fn decode_tensor(v: &Value, what: &str) -> Result<Option<Array>> {

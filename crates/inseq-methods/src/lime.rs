@@ -164,96 +164,153 @@ fn solve(mut a: Vec<Vec<f64>>) -> Vec<f64> {
         .collect()
 }
 
-impl AttributionMethod for Lime {
-    fn id(&self) -> &str {
-        "lime"
-    }
+/// Token masks, `[row][position]` (true = a real token).
+type Masks = Vec<Vec<bool>>;
 
-    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
-        let x = embed_step(ctx, step, false);
-        let base = embed_step(ctx, step, true);
-        let batch = step.prefix_ids.len();
-        let device = x.target.device();
-        let attribute_target = ctx.attribute_target || ctx.model.kind() == ModelKind::DecoderOnly;
-        let source_mask: Option<&Vec<Vec<bool>>> = match (&x.source, &step.source_mask) {
-            (Some(_), Some(m)) => Some(m),
-            (Some(_), None) => {
-                return Err(Error::InvalidInput("lime: the source has no mask".into()));
-            }
-            _ => None,
-        };
-        let target_mask = attribute_target.then_some(&step.prefix_mask);
-        if source_mask.is_none() && target_mask.is_none() {
-            return Err(Error::InvalidInput("lime: nothing to attribute".into()));
+/// The source and target masks of the positions `lime` attributes: the source
+/// whenever there is one, the target prefix when `attribute_target`.
+fn attributed_masks<'a>(
+    x: &Embedded,
+    step: &'a StepInput,
+    attribute_target: bool,
+) -> Result<(Option<&'a Masks>, Option<&'a Masks>)> {
+    let source_mask = match (&x.source, &step.source_mask) {
+        (Some(_), Some(m)) => Some(m),
+        (Some(_), None) => {
+            return Err(Error::InvalidInput("lime: the source has no mask".into()));
         }
-        let src_len = source_mask.and_then(|m| m.first()).map_or(0, Vec::len);
-        let tgt_len = step.prefix_mask.first().map_or(0, Vec::len);
-        // Per row, the attributed positions: (is_source, position).
-        let features: Vec<Vec<(bool, usize)>> = (0..batch)
+        _ => None,
+    };
+    let target_mask = attribute_target.then_some(&step.prefix_mask);
+    if source_mask.is_none() && target_mask.is_none() {
+        return Err(Error::InvalidInput("lime: nothing to attribute".into()));
+    }
+    Ok((source_mask, target_mask))
+}
+
+/// `(is_src, j)` for each real token `j` of row `r` of `mask` (none without a mask).
+fn real_positions(
+    mask: Option<&Masks>,
+    r: usize,
+    is_src: bool,
+) -> impl Iterator<Item = (bool, usize)> + '_ {
+    mask.into_iter().flat_map(move |m| {
+        m[r].iter()
+            .enumerate()
+            .filter(|e| *e.1)
+            .map(move |(j, _)| (is_src, j))
+    })
+}
+
+/// The binary features of the surrogate: the real tokens of each batch row.
+struct Features {
+    /// Per row, the attributed positions: (is_source, position).
+    rows: Vec<Vec<(bool, usize)>>,
+    /// Whether source tokens are perturbed.
+    attribute_source: bool,
+    /// Whether target-prefix tokens are perturbed.
+    attribute_target: bool,
+    /// Padded source length (0 without source attribution).
+    src_len: usize,
+    /// Padded target-prefix length.
+    tgt_len: usize,
+}
+
+impl Features {
+    fn new(source_mask: Option<&Masks>, target_mask: Option<&Masks>, step: &StepInput) -> Self {
+        let rows = (0..step.prefix_ids.len())
             .map(|r| {
-                let s = source_mask.into_iter().flat_map(|m| {
-                    m[r].iter()
-                        .enumerate()
-                        .filter(|e| *e.1)
-                        .map(|(j, _)| (true, j))
-                });
-                let t = target_mask.into_iter().flat_map(|m| {
-                    m[r].iter()
-                        .enumerate()
-                        .filter(|e| *e.1)
-                        .map(|(j, _)| (false, j))
-                });
-                s.chain(t).collect()
+                real_positions(source_mask, r, true)
+                    .chain(real_positions(target_mask, r, false))
+                    .collect()
             })
             .collect();
+        Self {
+            rows,
+            attribute_source: source_mask.is_some(),
+            attribute_target: target_mask.is_some(),
+            src_len: source_mask.and_then(|m| m.first()).map_or(0, Vec::len),
+            tgt_len: step.prefix_mask.first().map_or(0, Vec::len),
+        }
+    }
+
+    /// `[n * batch][len]` source and target keep masks (1 = original token) of
+    /// a chunk of `n` samples; positions that are not features are kept.
+    fn keep_masks(&self, chunk: &[Vec<Vec<bool>>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let batch = self.rows.len();
+        let mut src_keep = vec![vec![1f32; self.src_len]; chunk.len() * batch];
+        let mut tgt_keep = vec![vec![1f32; self.tgt_len]; chunk.len() * batch];
+        for (s, sample) in chunk.iter().enumerate() {
+            for (r, keep) in sample.iter().enumerate() {
+                for (&(is_src, j), &k) in self.rows[r].iter().zip(keep) {
+                    let row = if is_src { &mut src_keep } else { &mut tgt_keep };
+                    row[s * batch + r][j] = if k { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        (src_keep, tgt_keep)
+    }
+}
+
+/// The embeddings of a chunk of samples: masked tokens take the baseline's
+/// embedding; unattributed inputs are repeated unchanged.
+fn perturbed_embeddings(
+    x: &Embedded,
+    base: &Embedded,
+    features: &Features,
+    chunk: &[Vec<Vec<bool>>],
+) -> Embedded {
+    let n = chunk.len();
+    let device = x.target.device();
+    let (src_keep, tgt_keep) = features.keep_masks(chunk);
+    Embedded {
+        source: x.source.as_ref().zip(base.source.as_ref()).map(|(xs, bs)| {
+            if features.attribute_source {
+                mix(xs, bs, mask_tensor(&src_keep, features.src_len, &device), n)
+            } else {
+                xs.clone().repeat_dim(0, n)
+            }
+        }),
+        target: if features.attribute_target {
+            mix(
+                &x.target,
+                &base.target,
+                mask_tensor(&tgt_keep, features.tgt_len, &device),
+                n,
+            )
+        } else {
+            x.target.clone().repeat_dim(0, n)
+        },
+    }
+}
+
+impl Lime {
+    /// `samples[s][r]`: the keep vector of sample `s` over row `r`'s features.
+    fn draw_samples(&self, features: &Features) -> Vec<Vec<Vec<bool>>> {
         let mut rng = SplitMix64::new(self.seed);
-        // samples[s][r] = keep vector over the row's features.
-        let samples: Vec<Vec<Vec<bool>>> = (0..self.n_samples)
+        (0..self.n_samples)
             .map(|_| {
                 features
+                    .rows
                     .iter()
                     .map(|f| f.iter().map(|_| rng.uniform() >= self.mask_prob).collect())
                     .collect()
             })
-            .collect();
-        let per_chunk = (self.internal_batch_size / batch.max(1)).max(1);
-        let mut outputs: Vec<f32> = Vec::with_capacity(self.n_samples * batch);
-        for chunk in samples.chunks(per_chunk) {
-            let n = chunk.len();
-            let mut src_keep = vec![vec![1f32; src_len]; n * batch];
-            let mut tgt_keep = vec![vec![1f32; tgt_len]; n * batch];
-            for (s, sample) in chunk.iter().enumerate() {
-                for (r, keep) in sample.iter().enumerate() {
-                    for (&(is_src, j), &k) in features[r].iter().zip(keep) {
-                        let row = if is_src { &mut src_keep } else { &mut tgt_keep };
-                        row[s * batch + r][j] = if k { 1.0 } else { 0.0 };
-                    }
-                }
-            }
-            let emb = Embedded {
-                source: x.source.as_ref().zip(base.source.as_ref()).map(|(xs, bs)| {
-                    if source_mask.is_some() {
-                        mix(xs, bs, mask_tensor(&src_keep, src_len, &device), n)
-                    } else {
-                        xs.clone().repeat_dim(0, n)
-                    }
-                }),
-                target: if attribute_target {
-                    mix(
-                        &x.target,
-                        &base.target,
-                        mask_tensor(&tgt_keep, tgt_len, &device),
-                        n,
-                    )
-                } else {
-                    x.target.clone().repeat_dim(0, n)
-                },
-            };
-            outputs.extend(to_vec(forward_scores(ctx, step, &emb, n)?)?);
-        }
+            .collect()
+    }
+
+    /// Fits the surrogate of every row; returns the `[batch * src_len]` and
+    /// `[batch * tgt_len]` scores (the ridge coefficients, 0 off features).
+    fn fit_scores(
+        &self,
+        features: &Features,
+        samples: &[Vec<Vec<bool>>],
+        outputs: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (batch, src_len, tgt_len) = (features.rows.len(), features.src_len, features.tgt_len);
         let mut src_out = vec![0f32; batch * src_len];
         let mut tgt_out = vec![0f32; batch * tgt_len];
-        for (r, feats) in features.iter().enumerate() {
+        for (r, feats) in features.rows.iter().enumerate() {
             let xs: Vec<Vec<f64>> = samples
                 .iter()
                 .map(|s| s[r].iter().map(|&k| if k { 1.0 } else { 0.0 }).collect())
@@ -271,12 +328,41 @@ impl AttributionMethod for Lime {
                 }
             }
         }
+        (src_out, tgt_out)
+    }
+}
+
+impl AttributionMethod for Lime {
+    fn id(&self) -> &str {
+        "lime"
+    }
+
+    fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
+        let x = embed_step(ctx, step, false);
+        let base = embed_step(ctx, step, true);
+        let batch = step.prefix_ids.len();
+        let attribute_target = ctx.attribute_target || ctx.model.kind() == ModelKind::DecoderOnly;
+        let (source_mask, target_mask) = attributed_masks(&x, step, attribute_target)?;
+        let features = Features::new(source_mask, target_mask, step);
+        let samples = self.draw_samples(&features);
+        let per_chunk = (self.internal_batch_size / batch.max(1)).max(1);
+        let mut outputs: Vec<f32> = Vec::with_capacity(self.n_samples * batch);
+        for chunk in samples.chunks(per_chunk) {
+            let emb = perturbed_embeddings(&x, &base, &features, chunk);
+            outputs.extend(to_vec(forward_scores(ctx, step, &emb, chunk.len())?)?);
+        }
+        let (src_out, tgt_out) = self.fit_scores(&features, &samples, &outputs);
+        let device = x.target.device();
         let to_t = |v: Vec<f32>, len: usize| {
             Tensor::<3>::from_data(TensorData::new(v, [batch, len, 1]), &device)
         };
         Ok(StepAttribution {
-            source: source_mask.map(|_| to_t(src_out, src_len)),
-            target: target_mask.map(|_| to_t(tgt_out, tgt_len)),
+            source: features
+                .attribute_source
+                .then(|| to_t(src_out, features.src_len)),
+            target: features
+                .attribute_target
+                .then(|| to_t(tgt_out, features.tgt_len)),
             deltas: None,
             score_dims: Some(vec![]),
         })

@@ -376,8 +376,37 @@ impl GgufFile {
 
 type Parsed = (u32, HashMap<String, GgufValue>, Vec<GgufTensorInfo>);
 
+/// A tensor-table entry as the file states it: name, dims, type and offset
+/// relative to the start of the tensor data.
+type RawTensorInfo = (String, Vec<u64>, GgmlType, u64);
+
 fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     let mut c = Cursor { buf, pos: 0 };
+    let (version, tensor_count, kv_count) = read_header(&mut c)?;
+    let metadata = read_metadata(&mut c, kv_count)?;
+    let alignment = alignment_of(&metadata)?;
+    let infos = read_tensor_infos(&mut c, tensor_count)?;
+    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    if data_start > buf.len() as u64 && tensor_count > 0 {
+        return Err(format!(
+            "truncated: tensor data should start at offset {data_start} but the file is {} bytes",
+            buf.len()
+        ));
+    }
+    let mut tensors = Vec::with_capacity(infos.len());
+    let mut seen = std::collections::HashSet::new();
+    for info in infos {
+        if !seen.insert(info.0.clone()) {
+            return Err(format!("duplicate tensor name `{}`", info.0));
+        }
+        tensors.push(locate_tensor(info, data_start, alignment, buf.len())?);
+    }
+    Ok((version, metadata, tensors))
+}
+
+/// Reads and checks the magic bytes, version and the two counts; returns
+/// `(version, tensor_count, kv_count)`.
+fn read_header(c: &mut Cursor) -> std::result::Result<(u32, u64, u64), String> {
     let magic = c.u32("magic")?;
     if magic != MAGIC {
         return Err(format!(
@@ -395,24 +424,31 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     let kv_count = c.u64("metadata count")?;
     // Each key/value takes at least 8 (key length) + 4 (type) + 1 bytes; each
     // tensor info at least 8 (name length) + 4 + 4 + 8 bytes.
-    if kv_count
-        .checked_mul(13)
-        .is_none_or(|b| b > c.remaining() as u64)
-    {
+    let fits = |count: u64, min_bytes: u64| {
+        count
+            .checked_mul(min_bytes)
+            .is_some_and(|b| b <= c.remaining() as u64)
+    };
+    if !fits(kv_count, 13) {
         return Err(format!(
             "header claims {kv_count} metadata entries, more than the {} byte file can hold",
-            buf.len()
+            c.buf.len()
         ));
     }
-    if tensor_count
-        .checked_mul(24)
-        .is_none_or(|b| b > c.remaining() as u64)
-    {
+    if !fits(tensor_count, 24) {
         return Err(format!(
             "header claims {tensor_count} tensors, more than the {} byte file can hold",
-            buf.len()
+            c.buf.len()
         ));
     }
+    Ok((version, tensor_count, kv_count))
+}
+
+/// Reads the `kv_count` metadata key/values.
+fn read_metadata(
+    c: &mut Cursor,
+    kv_count: u64,
+) -> std::result::Result<HashMap<String, GgufValue>, String> {
     let mut metadata = HashMap::with_capacity(kv_count.min(1024) as usize);
     for i in 0..kv_count {
         let key = c.string(&format!("metadata key #{i}"))?;
@@ -420,17 +456,28 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
         let value = c.value(ty, 0, &format!("metadata `{key}`"))?;
         metadata.insert(key, value);
     }
-    let alignment = match metadata.get("general.alignment") {
-        None => DEFAULT_ALIGNMENT,
+    Ok(metadata)
+}
+
+/// The tensor-data alignment: `general.alignment` (a power of two up to
+/// 1 MiB) or [`DEFAULT_ALIGNMENT`].
+fn alignment_of(metadata: &HashMap<String, GgufValue>) -> std::result::Result<u64, String> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
         Some(v) => match v.as_u64() {
-            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-            _ => {
-                return Err(format!(
-                    "invalid general.alignment {v:?} (must be a power of two)"
-                ));
-            }
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => Ok(a),
+            _ => Err(format!(
+                "invalid general.alignment {v:?} (must be a power of two)"
+            )),
         },
-    };
+    }
+}
+
+/// Reads the `tensor_count` tensor-table entries, checking rank and type.
+fn read_tensor_infos(
+    c: &mut Cursor,
+    tensor_count: u64,
+) -> std::result::Result<Vec<RawTensorInfo>, String> {
     let mut infos = Vec::with_capacity(tensor_count.min(4096) as usize);
     for i in 0..tensor_count {
         let name = c.string(&format!("tensor #{i} name"))?;
@@ -450,62 +497,57 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
             .ok_or_else(|| format!("tensor `{name}` has unknown ggml type {ty_id}"))?;
         infos.push((name, dims, ty, rel_offset));
     }
-    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-    if data_start > buf.len() as u64 && tensor_count > 0 {
+    Ok(infos)
+}
+
+/// Places one tensor in the file: checks its size against the block size,
+/// its offset against the alignment, and its bytes against the file length.
+fn locate_tensor(
+    (name, dims, ty, rel_offset): RawTensorInfo,
+    data_start: u64,
+    alignment: u64,
+    file_len: usize,
+) -> std::result::Result<GgufTensorInfo, String> {
+    let numel = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as u64)
+        .ok_or_else(|| format!("tensor `{name}` dims {dims:?} overflow"))?;
+    let (block_elems, block_bytes) = ty.block();
+    if dims
+        .first()
+        .is_some_and(|&d| !d.is_multiple_of(block_elems as u64))
+        || !numel.is_multiple_of(block_elems as u64)
+    {
         return Err(format!(
-            "truncated: tensor data should start at offset {data_start} but the file is {} bytes",
-            buf.len()
+            "tensor `{name}` of type {ty:?}: innermost dimension {} is not a multiple of the block size {block_elems}",
+            dims.first().copied().unwrap_or(1)
         ));
     }
-    let mut tensors = Vec::with_capacity(infos.len());
-    let mut seen = std::collections::HashSet::new();
-    for (name, dims, ty, rel_offset) in infos {
-        if !seen.insert(name.clone()) {
-            return Err(format!("duplicate tensor name `{name}`"));
-        }
-        let numel = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= isize::MAX as u64)
-            .ok_or_else(|| format!("tensor `{name}` dims {dims:?} overflow"))?;
-        let (block_elems, block_bytes) = ty.block();
-        if dims
-            .first()
-            .is_some_and(|&d| !d.is_multiple_of(block_elems as u64))
-            || !numel.is_multiple_of(block_elems as u64)
-        {
-            return Err(format!(
-                "tensor `{name}` of type {ty:?}: innermost dimension {} is not a multiple of the block size {block_elems}",
-                dims.first().copied().unwrap_or(1)
-            ));
-        }
-        let nbytes = (numel / block_elems as u64)
-            .checked_mul(block_bytes as u64)
-            .ok_or_else(|| format!("tensor `{name}` size overflows"))?;
-        if !rel_offset.is_multiple_of(alignment) {
-            return Err(format!(
-                "tensor `{name}` offset {rel_offset} is not a multiple of the alignment {alignment}"
-            ));
-        }
-        let start = data_start
-            .checked_add(rel_offset)
-            .ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
-        let end = start
-            .checked_add(nbytes)
-            .ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
-        if end > buf.len() as u64 {
-            return Err(format!(
-                "truncated: tensor `{name}` needs bytes {start}..{end} but the file is {} bytes",
-                buf.len()
-            ));
-        }
-        tensors.push(GgufTensorInfo {
-            name,
-            dims,
-            ty,
-            offset: start as usize,
-            nbytes: nbytes as usize,
-        });
+    let nbytes = (numel / block_elems as u64)
+        .checked_mul(block_bytes as u64)
+        .ok_or_else(|| format!("tensor `{name}` size overflows"))?;
+    if !rel_offset.is_multiple_of(alignment) {
+        return Err(format!(
+            "tensor `{name}` offset {rel_offset} is not a multiple of the alignment {alignment}"
+        ));
     }
-    Ok((version, metadata, tensors))
+    let start = data_start
+        .checked_add(rel_offset)
+        .ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
+    let end = start
+        .checked_add(nbytes)
+        .ok_or_else(|| format!("tensor `{name}` offset overflows"))?;
+    if end > file_len as u64 {
+        return Err(format!(
+            "truncated: tensor `{name}` needs bytes {start}..{end} but the file is {file_len} bytes"
+        ));
+    }
+    Ok(GgufTensorInfo {
+        name,
+        dims,
+        ty,
+        offset: start as usize,
+        nbytes: nbytes as usize,
+    })
 }
