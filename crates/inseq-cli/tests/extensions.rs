@@ -67,7 +67,32 @@ fn registries() -> Registries {
     r.steps.register(DoubleLogit);
     r.steps.register(LogitGap);
     r.aggregations.register_function(Largest);
+    r.aggregations
+        .register_aggregator("shout", "Upper-cases the target tokens.", |_| {
+            Ok(inseq::aggregation::Aggregator::new(Shout))
+        });
     r
+}
+
+/// Upper-cases the target tokens.
+#[derive(Debug)]
+struct Shout;
+
+impl inseq::aggregation::Aggregate for Shout {
+    fn id(&self) -> &str {
+        "shout"
+    }
+    fn apply(
+        &self,
+        seq: &inseq::SequenceAttribution,
+        _: &inseq::aggregation::AggregationContext,
+    ) -> inseq::Result<inseq::SequenceAttribution> {
+        let mut out = seq.clone();
+        out.target
+            .iter_mut()
+            .for_each(|t| t.token = t.token.to_uppercase());
+        Ok(out)
+    }
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -96,7 +121,7 @@ fn the_command_line_uses_registered_ids() {
         "--attributed-fn",
         "double_logit",
         "--aggregation",
-        "largest",
+        "largest, shout",
         "--save",
         save.to_str().unwrap(),
     ];

@@ -343,3 +343,44 @@ fn step_scores_merge_over_words_as_their_functions_say() {
         "{pv} vs {pm}"
     );
 }
+
+/// Upper-cases the target tokens: an aggregator of the user's own.
+#[derive(Debug)]
+struct Shout;
+
+impl inseq::aggregation::Aggregate for Shout {
+    fn id(&self) -> &str {
+        "shout"
+    }
+    fn apply(
+        &self,
+        seq: &inseq::SequenceAttribution,
+        _: &inseq::aggregation::AggregationContext,
+    ) -> inseq::Result<inseq::SequenceAttribution> {
+        let mut out = seq.clone();
+        out.target
+            .iter_mut()
+            .for_each(|t| t.token = t.token.to_uppercase());
+        out.aggregations.push(self.id().into());
+        Ok(out)
+    }
+}
+
+#[test]
+fn a_user_aggregator_works_by_id_through_the_facade() {
+    let mut model = extended_model();
+    model.registries_mut().aggregations.register_aggregator(
+        "shout",
+        "Upper-cases the target tokens.",
+        |_| Ok(inseq::aggregation::Aggregator::new(Shout)),
+    );
+    let raw = model
+        .attribute(&["Hello ladies and"], &forced(&[], "probability"))
+        .unwrap();
+    let out = model.aggregate_spec(&raw, "vnorm, shout").unwrap();
+    let seq = &out.sequence_attributions[0];
+    assert_eq!(seq.aggregations.last().map(String::as_str), Some("shout"));
+    for (ours, raw) in seq.target.iter().zip(&raw.sequence_attributions[0].target) {
+        assert_eq!(ours.token, raw.token.to_uppercase());
+    }
+}
