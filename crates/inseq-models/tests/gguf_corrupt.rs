@@ -308,3 +308,39 @@ fn non_finite_metadata_is_rejected() {
         );
     }
 }
+
+/// `llama.vocab_size` disagreeing with the embedding's rows is a corrupt file, not ignored.
+#[test]
+fn vocab_size_metadata_must_match_the_embedding() {
+    // The tiny fixtures do not declare it; SmolLM2's file does (`cargo xtask fetch-models`).
+    let smollm2 = inseq_models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !smollm2.exists() {
+        assert!(
+            std::env::var("INSEQ_REQUIRE_MODELS").is_err(),
+            "SmolLM2 missing: run cargo xtask fetch-models"
+        );
+        return;
+    }
+    let scratch = Scratch::new("vocab-meta");
+    let mut bytes = std::fs::read(smollm2).unwrap();
+    let key = b"llama.vocab_size";
+    let at = (bytes.windows(key.len()).position(|w| w == key)).expect("SmolLM2 declares it");
+    let ty = u32::from_le_bytes(
+        bytes[at + key.len()..at + key.len() + 4]
+            .try_into()
+            .unwrap(),
+    );
+    let value = at + key.len() + 4;
+    match ty {
+        4 => bytes[value..value + 4].copy_from_slice(&(1u32 << 31).to_le_bytes()),
+        10 => bytes[value..value + 8].copy_from_slice(&(1u64 << 31).to_le_bytes()),
+        other => panic!("unexpected metadata type {other}"),
+    }
+    let path = scratch.write("vocab.gguf", &bytes);
+    let device = burn::tensor::Device::default();
+    let err = match inseq_models::load_pretrained(path.to_str().unwrap(), &device) {
+        Ok(_) => panic!("a wrong vocab_size loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("vocab_size") && err.contains("rows"), "{err}");
+}

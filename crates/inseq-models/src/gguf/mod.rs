@@ -247,12 +247,17 @@ impl GgufModelFile {
 
     /// The Hugging Face `config.json` equivalent of the GGUF metadata.
     pub fn hf_config(&self) -> Result<Value> {
-        let vocab_size = match self.rows_of("token_embd.weight") {
-            Some(v) => v as usize,
-            None => match self.meta_usize_opt("vocab_size")? {
-                Some(v) => v,
-                None => return Err(self.corrupt("no `token_embd.weight` tensor".into())),
-            },
+        let declared = self.meta_usize_opt("vocab_size")?;
+        let vocab_size = match (self.rows_of("token_embd.weight"), declared) {
+            (Some(rows), Some(d)) if rows as usize != d => {
+                let arch = self.table.arch;
+                return Err(self.corrupt(format!(
+                    "metadata `{arch}.vocab_size` is {d} but `token_embd.weight` has {rows} rows"
+                )));
+            }
+            (Some(rows), _) => rows as usize,
+            (None, Some(d)) => d,
+            (None, None) => return Err(self.corrupt("no `token_embd.weight` tensor".into())),
         };
         let hidden = self.meta_usize("embedding_length")?;
         let layers = self.meta_usize("block_count")?;
