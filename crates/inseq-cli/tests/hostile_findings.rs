@@ -124,3 +124,22 @@ fn a_batch_size_of_zero_is_an_error() {
     ]);
     assert_error(&out, "--batch-size");
 }
+
+#[test]
+fn a_null_input_field_is_a_missing_value() {
+    let dir = scratch("null");
+    let data = dir.join("rows.jsonl");
+    std::fs::write(&data, "{\"text\": \"Hello\"}\n{\"text\": null}\n").unwrap();
+    let out = inseq(&[
+        "attribute-dataset",
+        "--model",
+        &gpt2(),
+        "--data",
+        data.to_str().unwrap(),
+        "--save",
+        dir.join("store.jsonl").to_str().unwrap(),
+        "--on-error",
+        "fail",
+    ]);
+    assert_error(&out, "missing field `text`");
+}

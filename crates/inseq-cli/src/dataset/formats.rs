@@ -37,9 +37,11 @@ fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
         .map(|line| {
             let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
             match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(m)) => {
-                    Ok(m.iter().map(|(k, v)| (k.clone(), json_text(v))).collect())
-                }
+                // A `null` field is a missing value, reported as such for the fields read.
+                Ok(serde_json::Value::Object(m)) => Ok((m.iter())
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), json_text(v)))
+                    .collect()),
                 Ok(_) => Err("not a JSON object".to_string()),
                 Err(e) => Err(format!("invalid JSON: {e}")),
             }
