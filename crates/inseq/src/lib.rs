@@ -54,6 +54,8 @@ pub fn aggregate(out: &AttributionOutput) -> Result<AttributionOutput> {
 /// the guides stay true to the code.
 #[cfg(doctest)]
 mod docs {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
     #[doc = include_str!("../../../docs/adding-a-method.md")]
     struct AddingAMethod;
     #[doc = include_str!("../../../docs/architecture.md")]
