@@ -4,6 +4,7 @@
 mod common;
 
 use inseq::{AttributeOptions, Error, MethodArgs, activation_bytes};
+use inseq_fixtures::tolerance::{max_abs, model_pass};
 
 fn model(method: &str, args: &str) -> inseq::AttributionModel {
     let device = burn::tensor::Device::default();
@@ -20,7 +21,7 @@ fn forced(budget: Option<u64>) -> AttributeOptions {
 }
 
 #[test]
-fn over_budget_is_an_error_that_says_how_to_proceed() {
+fn a_row_over_budget_is_an_error_that_says_how_to_proceed() {
     let ig = model("integrated_gradients", "n_steps=8,internal_batch_size=4");
     let inputs = ["Hello ladies and"; 2];
     let err = ig.attribute(&inputs, &forced(Some(1000))).unwrap_err();
@@ -28,26 +29,67 @@ fn over_budget_is_an_error_that_says_how_to_proceed() {
         panic!("expected OutOfMemory, got {err}");
     };
     assert_eq!(*budget, 1000);
-    // Two rows of 4 copies, all layers kept: the estimate of the formula, exactly.
+    // One row of 4 copies, all layers kept: the estimate of the formula, exactly.
     let info = ig.model().info();
     let len = ig
         .tokenizer()
         .encode("Hello ladies and gentlemen", true)
         .unwrap()
         .len();
-    assert_eq!(*needed, activation_bytes(info, len, 2 * 4, true));
+    assert_eq!(*needed, activation_bytes(info, len, 4, true));
     let message = err.to_string();
     for advice in [
         "not enough memory",
         "internal_batch_size (now 4",
-        "fewer inputs",
         "--memory-budget",
     ] {
         assert!(message.contains(advice), "{advice}: {message}");
     }
-    // Within its budget the same job runs.
-    let enough = Some(needed + 1);
-    assert!(ig.attribute(&inputs, &forced(enough)).is_ok());
+}
+
+#[test]
+fn rows_that_do_not_fit_together_run_in_smaller_batches() {
+    let ig = model("integrated_gradients", "n_steps=8,internal_batch_size=4");
+    let inputs = ["Hello ladies and", "Hello ladies or", "Hello ladies and"];
+    let opts = |budget| AttributeOptions {
+        targets: Some(vec![
+            "Hello ladies and gentlemen".into(),
+            "Hello ladies or gentlemen".into(),
+            "Hello ladies and gentlemen".into(),
+        ]),
+        memory_budget: budget,
+        ..Default::default()
+    };
+    let together = ig.attribute(&inputs, &opts(Some(u64::MAX))).unwrap();
+    let len = (together.sequence_attributions.iter())
+        .map(|s| s.target.len())
+        .max()
+        .unwrap();
+    // Room for one row (4 copies) at a time, not two.
+    let info = ig.model().info();
+    let one_row = activation_bytes(info, len, 4, true);
+    assert!(activation_bytes(info, len, 8, true) > one_row + 1);
+    let chunked = ig.attribute(&inputs, &opts(Some(one_row + 1))).unwrap();
+    assert_eq!(chunked.sequence_attributions.len(), 3);
+    for (a, b) in chunked
+        .sequence_attributions
+        .iter()
+        .zip(&together.sequence_attributions)
+    {
+        assert_eq!(a.target, b.target);
+        let (a, b) = (
+            a.target_attributions.as_ref().unwrap(),
+            b.target_attributions.as_ref().unwrap(),
+        );
+        // The same rows batched differently: two f32 passes, the model-pass rule.
+        let tol = model_pass(max_abs(b.data()));
+        for (x, y) in a.data().iter().zip(b.data()) {
+            assert!(
+                (x.is_nan() && y.is_nan()) || f64::from((x - y).abs()) <= tol,
+                "{x} vs {y}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -65,7 +107,7 @@ fn forward_only_methods_count_one_layer() {
         .encode("Hello ladies and gentlemen", true)
         .unwrap()
         .len();
-    assert_eq!(needed, activation_bytes(info, len, 2, false));
+    assert_eq!(needed, activation_bytes(info, len, 1, false));
     assert!(!err_mentions_gradients(&attention));
 }
 

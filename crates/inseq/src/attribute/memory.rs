@@ -1,6 +1,8 @@
 //! The memory check before attribution starts: a lower bound of the activation memory the
 //! method's passes keep, against free memory or the caller's budget.
 
+use std::ops::Range;
+
 use inseq_core::{Error, Result};
 use inseq_methods::AttributionMethod;
 use inseq_models::ModelInfo;
@@ -37,50 +39,86 @@ pub(super) fn available_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Fails with [`Error::OutOfMemory`] when attributing `rows` with `method` needs more than
-/// `budget` (default: free memory) by [`activation_bytes`]: the batch holds every row, each as
-/// many times as the method runs copies of it at once.
-pub(super) fn check_memory(
+/// Groups of consecutive rows whose attribution fits `budget` (default: free memory) by
+/// [`activation_bytes`]: all rows at once when they fit, else as many per group as fit, so that
+/// many long inputs degrade to smaller batches instead of exhausting memory. A row that does not
+/// fit alone is [`Error::OutOfMemory`], saying how to proceed.
+pub(super) fn row_groups(
     info: &ModelInfo,
     method: &dyn AttributionMethod,
     rows: &[Row],
     budget: Option<u64>,
-) -> Result<()> {
+) -> Result<Vec<Range<usize>>> {
     let Some(budget) = budget.or_else(available_memory) else {
-        return Ok(());
+        return Ok(vec![0..rows.len()]);
     };
-    let len = (rows.iter())
-        .map(|r| r.target_ids.len() + r.source_ids.as_ref().map_or(0, Vec::len))
-        .max()
-        .unwrap_or(0);
     let copies = method.step_batch_rows().unwrap_or(1).max(1);
-    let gradients = method.needs_gradients();
-    let needed = activation_bytes(info, len, rows.len() * copies, gradients);
-    if needed <= budget {
-        return Ok(());
+    let need = |group: &[Row]| {
+        let len = group.iter().map(row_len).max().unwrap_or(0);
+        activation_bytes(info, len, group.len() * copies, method.needs_gradients())
+    };
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for end in 1..=rows.len() {
+        if need(&rows[start..end]) <= budget {
+            continue;
+        }
+        if end - start == 1 {
+            return Err(out_of_memory(
+                info,
+                method,
+                &rows[start..end],
+                budget,
+                need(&rows[start..end]),
+            ));
+        }
+        groups.push(start..end - 1);
+        start = end - 1;
+        if need(&rows[start..end]) > budget {
+            return Err(out_of_memory(
+                info,
+                method,
+                &rows[start..end],
+                budget,
+                need(&rows[start..end]),
+            ));
+        }
     }
-    let mut ways = vec![format!("shorten the texts (now up to {len} tokens)")];
-    if rows.len() > 1 {
-        ways.push(format!(
-            "attribute fewer inputs at once (now {})",
-            rows.len()
-        ));
-    }
+    groups.push(start..rows.len());
+    Ok(groups)
+}
+
+/// Tokens a row's passes see: its target, and its source for encoder-decoder models.
+fn row_len(r: &Row) -> usize {
+    r.target_ids.len() + r.source_ids.as_ref().map_or(0, Vec::len)
+}
+
+/// The error of a row that does not fit alone.
+fn out_of_memory(
+    info: &ModelInfo,
+    method: &dyn AttributionMethod,
+    row: &[Row],
+    budget: u64,
+    needed: u64,
+) -> Error {
+    let len = row.iter().map(row_len).max().unwrap_or(0);
+    let copies = method.step_batch_rows().unwrap_or(1).max(1);
+    let mut ways = vec![format!("shorten the text (now {len} tokens)")];
     if copies > 1 {
         ways.push(format!(
             "lower internal_batch_size (now {copies} rows per input)"
         ));
     }
-    if gradients {
+    if method.needs_gradients() {
         ways.push("use a method without gradients (attention, occlusion)".into());
     }
     ways.push("or raise the memory budget (--memory-budget) if more memory will be free".into());
-    Err(Error::OutOfMemory {
+    Error::OutOfMemory {
         what: format!("`{}` on {} model layers", method.id(), info.num_layers),
         needed,
         budget,
         hint: ways.join(", "),
-    })
+    }
 }
 
 /// Parses a memory size: bytes, or a number with a `K`/`M`/`G`/`T` suffix (powers of 1000,

@@ -18,9 +18,10 @@ use super::batching::{
     StepUnit, build_step, padded_source, padded_target, sequence_input, step_units,
 };
 use super::collect::{Collected, FiniteCheck};
-use super::memory::check_memory;
+use super::memory::row_groups;
 use super::rows::Row;
 use super::{AttributeOptions, AttributionModel};
+use crate::Progress;
 
 /// One attribution call's method and what it records.
 pub(super) struct Job<'a> {
@@ -35,6 +36,30 @@ struct SequenceLogits {
     /// `[rows * steps, vocab]`.
     all: Tensor<2>,
     steps: usize,
+}
+
+/// Steps attributed so far, reported to the caller's [`Progress`].
+struct StepProgress<'a> {
+    done: usize,
+    total: usize,
+    report: Option<&'a Progress>,
+}
+
+impl<'a> StepProgress<'a> {
+    fn new(total: usize, report: Option<&'a Progress>) -> Self {
+        Self {
+            done: 0,
+            total,
+            report,
+        }
+    }
+
+    fn advance(&mut self, steps: usize) {
+        self.done += steps;
+        if let Some(p) = self.report {
+            p.report(self.done, self.total);
+        }
+    }
 }
 
 /// Checks that every per-input list has one entry per input.
@@ -94,12 +119,19 @@ impl AttributionModel {
         // Recorded attention weights only serve a single unpadded sequence.
         let record_attentions = job.method.uses_recorded_attentions() && inputs.len() == 1;
         let rows = self.prepare_rows(inputs, opts, record_attentions)?;
-        check_memory(self.model().info(), job.method, &rows, opts.memory_budget)?;
-        let ctx = self.method_context(&attributed, &rows, opts);
-        let mut collected = Collected::new(&rows);
-        self.attribute_steps(job, &ctx, &rows, &step_fns, &mut collected)?;
-        let sequences = self.assemble(&rows, collected, opts)?;
-        let info = self.info_record(job, &rows, inputs, ctx.attribute_target, t0);
+        let groups = row_groups(self.model().info(), job.method, &rows, opts.memory_budget)?;
+        let total_steps = rows.iter().map(|r| r.end - r.start).sum();
+        let mut progress = StepProgress::new(total_steps, opts.progress.as_ref());
+        let mut sequences = Vec::with_capacity(rows.len());
+        for group in groups.into_iter().map(|g| &rows[g]) {
+            let ctx = self.method_context(&attributed, group, opts);
+            let mut collected = Collected::new(group);
+            self.attribute_steps(job, &ctx, group, &step_fns, &mut collected, &mut progress)?;
+            sequences.extend(self.assemble(group, collected, opts)?);
+        }
+        let attribute_target =
+            opts.attribute_target || self.model().kind() == ModelKind::DecoderOnly;
+        let info = self.info_record(job, &rows, inputs, attribute_target, t0);
         Ok(AttributionOutput {
             sequence_attributions: sequences,
             info,
@@ -140,6 +172,7 @@ impl AttributionModel {
         rows: &[Row],
         step_fns: &[Arc<dyn StepFunction>],
         collected: &mut Collected,
+        progress: &mut StepProgress,
     ) -> Result<()> {
         let (opts, kind) = (job.opts, self.model().kind());
         let pad = self.model().info().pad_token_id.unwrap_or(0);
@@ -161,8 +194,6 @@ impl AttributionModel {
             _ => None,
         };
         let max_steps = rows.iter().map(|r| r.end - r.start).max().unwrap_or(0);
-        let total_steps: usize = rows.iter().map(|r| r.end - r.start).sum();
-        let mut steps_done = 0;
         for (unit_index, unit) in step_units(rows, max_steps, rows_per_step)
             .into_iter()
             .enumerate()
@@ -182,10 +213,7 @@ impl AttributionModel {
                 let logits = self.unit_logits(&step, &unit, seq_logits.as_ref(), opts)?;
                 self.record_step_scores(&step, &unit, logits, step_fns, opts, collected)?;
             }
-            steps_done += unit.len();
-            if let Some(p) = &opts.progress {
-                p.report(steps_done, total_steps);
-            }
+            progress.advance(unit.len());
         }
         Ok(())
     }
