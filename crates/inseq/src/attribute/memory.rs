@@ -50,7 +50,7 @@ pub(super) fn row_groups(
     budget: Option<u64>,
 ) -> Result<Vec<Range<usize>>> {
     let Some(budget) = budget.or_else(available_memory) else {
-        return Ok(vec![0..rows.len()]);
+        return Ok(std::iter::once(0..rows.len()).collect());
     };
     let copies = method.step_batch_rows().unwrap_or(1).max(1);
     let need = |group: &[Row]| {
