@@ -17,19 +17,28 @@ pub(super) struct Collected {
     scores: Vec<BTreeMap<String, Vec<f32>>>,
     /// The method's shape of a score (`[layers, heads]` for attention), once it says.
     score_dims: Option<Vec<usize>>,
+    /// The call's input index of the first row (rows may come in groups, see `row_groups`).
+    first_input: usize,
 }
 
 /// A row's source and target attributions (`[len, steps, ...]`) and step scores.
 pub(super) type RowResult = (Option<Array>, Option<Array>, BTreeMap<String, Vec<f32>>);
 
 impl Collected {
-    pub(super) fn new(rows: &[Row]) -> Self {
+    /// Empty columns for `rows`, the call's inputs from `first_input` on.
+    pub(super) fn new(rows: &[Row], first_input: usize) -> Self {
         Self {
             source: rows.iter().map(|_| None).collect(),
             target: rows.iter().map(|_| None).collect(),
             scores: rows.iter().map(|_| BTreeMap::new()).collect(),
             score_dims: None,
+            first_input,
         }
+    }
+
+    /// The call's input index of row `i`, as errors name it.
+    pub(super) fn input_index(&self, i: usize) -> usize {
+        self.first_input + i
     }
 
     /// Stores one call's attributions: each row's unpadded column, checked by `finite(row, step)`.
@@ -87,8 +96,9 @@ impl Collected {
         let scores = std::mem::take(&mut self.scores[i]);
         for (id, values) in &scores {
             if !allow_non_finite && values.iter().any(|v| !v.is_finite()) {
+                let input = self.input_index(i);
                 return Err(Error::Numerical(format!(
-                    "step score `{id}` of input {i} is not finite: {values:?}"
+                    "step score `{id}` of input {input} is not finite: {values:?}"
                 )));
             }
         }

@@ -123,9 +123,10 @@ impl AttributionModel {
         let total_steps = rows.iter().map(|r| r.end - r.start).sum();
         let mut progress = StepProgress::new(total_steps, opts.progress.as_ref());
         let mut sequences = Vec::with_capacity(rows.len());
-        for group in groups.into_iter().map(|g| &rows[g]) {
+        for range in groups {
+            let (first_input, group) = (range.start, &rows[range]);
             let ctx = self.method_context(&attributed, group, opts);
-            let mut collected = Collected::new(group);
+            let mut collected = Collected::new(group, first_input);
             self.attribute_steps(job, &ctx, group, &step_fns, &mut collected, &mut progress)?;
             sequences.extend(self.assemble(group, collected, opts)?);
         }
@@ -228,11 +229,12 @@ impl AttributionModel {
         out: StepAttribution,
         collected: &mut Collected,
     ) -> Result<()> {
+        let first_input = collected.input_index(0);
         let finite = |ri: usize, s: usize| FiniteCheck {
             skip: job.opts.allow_non_finite,
             method_id: job.method_id,
             method_args: job.method_args,
-            input: ri,
+            input: first_input + ri,
             position: rows[ri].start + s,
         };
         collected.record(rows, unit, step, out, finite)
