@@ -22,6 +22,7 @@
 pub mod backprop;
 pub mod bart;
 pub mod beam;
+pub(crate) mod blocks;
 pub mod generate;
 pub mod generation_config;
 pub mod gguf;

@@ -8,8 +8,8 @@ use inseq_core::{Error, Result};
 
 use crate::bart::{Bart, BartConfig};
 use crate::generation_config::GenerationConfig;
-use crate::gpt2::{Gpt2, Gpt2Config};
-use crate::llama::{Llama, LlamaConfig};
+use crate::gpt2::Gpt2Config;
+use crate::llama::LlamaConfig;
 use crate::marian::Marian;
 use crate::model::LanguageModel;
 use crate::special_tokens::SpecialTokens;
@@ -291,12 +291,12 @@ pub fn build_model(
         "gpt2" => {
             let c: Gpt2Config = serde_json::from_value(config.clone()).map_err(parse_err)?;
             let mut w = Weights::new(source, &["transformer."], device);
-            Ok(Box::new(Gpt2::load(c, &mut w)?))
+            Ok(Box::new(crate::gpt2::load(c, &mut w)?))
         }
         "llama" | "mistral" | "qwen2" => {
             let c: LlamaConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
             let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(Llama::load(c, &mut w)?))
+            Ok(Box::new(crate::llama::load(c, &mut w)?))
         }
         "marian" => {
             let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;

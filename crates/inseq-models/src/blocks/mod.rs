@@ -1,0 +1,58 @@
+//! The block layer of the decoder-only architectures: norms ([`norm`]), rotary embeddings
+//! ([`rope`]), the attention core ([`core`]), the attention and feed-forward sublayers
+//! ([`attention`], [`mlp`]), blocks in their residual layouts ([`block`]) and the generic
+//! decoder ([`decoder`]) an architecture maps its config and weight names onto ([`spec`]).
+//!
+//! Each piece has one forward pass that serves both the hooked path
+//! ([`crate::LanguageModel::forward`]: value zeroing, AttnLRP, layer override, Monte Carlo
+//! dropout, attention recording, key/value cache) and the taped path
+//! ([`crate::LanguageModel::forward_shared`]: the activations its hand-written backward pass
+//! reads), and one backward pass.
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod core;
+pub mod decoder;
+pub(crate) mod hooks;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+pub mod spec;
+
+use burn::tensor::{Device, Tensor};
+
+use crate::model::ForwardOptions;
+
+pub use decoder::Decoder;
+pub use spec::{DecoderSpec, Names};
+
+/// The state of one forward pass that every block reads: the hooks, whether activations are
+/// taped, the rotary tables and attention masks of the input, and the recorded attentions.
+pub struct Pass<'a> {
+    /// Hooks and outputs asked for.
+    pub options: &'a ForwardOptions,
+    /// AttnLRP rules.
+    pub lrp: bool,
+    /// Keep the activations of the backward pass.
+    pub taped: bool,
+    /// The device of the model.
+    pub device: Device,
+    /// `(cos, sin)` of each of the decoder's rotary embeddings for the fed positions.
+    pub rope_tables: Vec<(Tensor<4>, Tensor<4>)>,
+    /// The causal bias for each sliding window in use (`None`: full attention).
+    biases: Vec<(Option<usize>, Tensor<4>)>,
+    /// Attention weights per layer, when asked for.
+    pub attentions: Vec<Tensor<4>>,
+}
+
+impl Pass<'_> {
+    /// The causal bias of layers with sliding `window`.
+    pub fn bias(&self, window: Option<usize>) -> Tensor<4> {
+        self.biases
+            .iter()
+            .find(|(w, _)| *w == window)
+            .map(|(_, b)| b.clone())
+            .expect("a bias for every window of the model")
+    }
+}
