@@ -2,7 +2,8 @@
 //!
 //! - [`LanguageModel`]: the interface attribution methods use (embed, forward on
 //!   embeddings, attention weights and hidden states on request).
-//! - Architectures: [`gpt2::Gpt2`], [`llama::Llama`] (Llama, Mistral, Qwen2 layouts),
+//! - Architectures: decoder-only models on one block layer (GPT-2, Llama, Mistral, Qwen2/3,
+//!   Gemma 1/2/3, Phi-3, OLMo 2, GPT-NeoX, OPT, Falcon),
 //!   [`marian::Marian`], [`bart::Bart`], [`t5::T5`].
 //! - Loading: [`load_pretrained`] from a `save_pretrained` directory
 //!   (config.json, model.safetensors or a sharded index, tokenizer.json),
@@ -23,16 +24,23 @@ pub mod backprop;
 pub mod bart;
 pub mod beam;
 pub(crate) mod blocks;
+pub mod falcon;
+pub mod gemma;
 pub mod generate;
 pub mod generation_config;
 pub mod gguf;
 pub mod gpt2;
+pub mod gpt_neox;
 pub mod hub;
 pub mod llama;
 pub mod loader;
 pub mod marian;
 pub mod model;
 pub mod nn;
+pub mod olmo2;
+pub mod opt;
+pub mod phi3;
+pub mod qwen3;
 pub mod special_tokens;
 pub mod t5;
 pub mod tokenizer;

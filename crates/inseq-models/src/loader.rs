@@ -298,6 +298,32 @@ pub fn build_model(
             let mut w = Weights::new(source, &["model."], device);
             Ok(Box::new(crate::llama::load(c, &mut w)?))
         }
+        "gemma" | "gemma2" | "gemma3_text" | "qwen3" | "phi3" | "olmo2" => {
+            let c: LlamaConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            let model = match model_type {
+                "qwen3" => crate::qwen3::load(c, &mut w)?,
+                "phi3" => crate::phi3::load(c, &mut w)?,
+                "olmo2" => crate::olmo2::load(c, &mut w)?,
+                _ => crate::gemma::load(c, &mut w)?,
+            };
+            Ok(Box::new(model))
+        }
+        "gpt_neox" => {
+            let c = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["gpt_neox."], device);
+            Ok(Box::new(crate::gpt_neox::load(c, &mut w)?))
+        }
+        "opt" => {
+            let c = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            Ok(Box::new(crate::opt::load(c, &mut w)?))
+        }
+        "falcon" => {
+            let c = crate::falcon::parse(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["transformer."], device);
+            Ok(Box::new(crate::falcon::load(c, &mut w)?))
+        }
         "marian" => {
             let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
             let mut w = Weights::new(source, &["model."], device);
@@ -314,7 +340,8 @@ pub fn build_model(
             Ok(Box::new(T5::load(c, &mut w)?))
         }
         other => Err(Error::UnsupportedArchitecture(format!(
-            "{other} (supported: gpt2, llama, mistral, qwen2, marian, bart, t5)"
+            "{other} (supported: gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, \
+             olmo2, gpt_neox, opt, falcon, marian, bart, t5)"
         ))),
     }
 }

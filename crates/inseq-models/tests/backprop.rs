@@ -1,5 +1,6 @@
 //! The hand-written backward passes ([`SharedForward`]) against burn's autodiff through
-//! the ordinary forward pass, on the tiny GPT-2 and Llama fixtures.
+//! the ordinary forward pass, on the tiny GPT-2 and Llama fixtures and every architecture of the
+//! block layer.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use inseq_fixtures::tolerance::model_pass;
@@ -111,6 +112,31 @@ fn gpt2_backward_equals_autodiff() {
 #[test]
 fn llama_backward_equals_autodiff() {
     check("tiny-llama");
+}
+
+/// The architectures of `tests/fixtures/zoo/make_zoo.py`: 6 positions, past their sliding windows
+/// (4 or 5 positions).
+const ZOO: [&str; 10] = [
+    "tiny-gemma",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-qwen3",
+    "tiny-olmo2",
+    "tiny-gpt_neox",
+    "tiny-opt",
+    "tiny-falcon",
+    "tiny-mistral",
+];
+
+#[test]
+fn zoo_backward_equals_autodiff() {
+    ZOO.into_iter().for_each(check);
+}
+
+#[test]
+fn zoo_backward_each_equals_backward_one_by_one() {
+    ZOO.into_iter().for_each(check_backward_each);
 }
 
 #[test]

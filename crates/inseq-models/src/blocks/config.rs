@@ -70,6 +70,8 @@ pub struct CommonConfig {
     pub attn_logit_softcapping: Option<Option<f64>>,
     #[serde(default, deserialize_with = "present")]
     pub final_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, alias = "_sliding_window_pattern")]
+    pub sliding_window_pattern: Option<usize>,
     #[serde(default)]
     pub rope_local_base_freq: Option<f64>,
     #[serde(default)]
