@@ -59,7 +59,7 @@ pub fn load(c: CommonConfig, w: &mut Weights) -> Result<Decoder> {
     spec.final_softcap = c.final_logit_softcapping.unwrap_or(softcaps.1);
     let types = c.layer_types.clone().unwrap_or_else(|| {
         let kind = |i: usize| {
-            if (i + 1) % pattern != 0 {
+            if !(i + 1).is_multiple_of(pattern) {
                 "sliding_attention"
             } else {
                 "full_attention"
@@ -113,5 +113,5 @@ fn gemma3_rope(c: &CommonConfig, layer_type: &str) -> Result<Rope> {
         c.rope_local_base_freq.unwrap_or(1e4)
     };
     p.rope_theta = p.rope_theta.or(Some(theta));
-    Rope::new(&p, c.head_dim(), 1.0)
+    Rope::new(&p, c.head_dim(), 1.0, c.max_position_embeddings)
 }

@@ -69,7 +69,11 @@ fn logits_and_attention_match_transformers() {
             ..Default::default()
         };
         let out = m.forward(
-            input(m.as_ref(), &[ids.clone()], vec![vec![true; ids.len()]]),
+            input(
+                m.as_ref(),
+                std::slice::from_ref(&ids),
+                vec![vec![true; ids.len()]],
+            ),
             options,
         );
         let expected = flatten(&case["logits"]);
@@ -165,8 +169,8 @@ fn unimplemented_config_fields_are_errors() {
         (
             "tiny-phi3",
             "rope_parameters",
-            serde_json::json!({"rope_type": "longrope"}),
-            "longrope",
+            serde_json::json!({"rope_type": "su_typo"}),
+            "su_typo",
         ),
         (
             "tiny-opt",

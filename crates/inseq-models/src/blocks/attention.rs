@@ -22,6 +22,8 @@ pub enum FusedLayout {
 }
 
 /// The query/key/value projections.
+// One per layer, built once at load: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Qkv {
     /// `q_proj`, `k_proj`, `v_proj`.

@@ -40,6 +40,9 @@ pub struct CommonConfig {
     pub rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
+    /// The pretraining context of a scaled RoPE (Phi-3 keeps it at the top level).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
     #[serde(default = "default_ctx")]
     pub max_position_embeddings: usize,
     #[serde(default)]
@@ -138,6 +141,9 @@ impl CommonConfig {
             None => self.rope_scaling.clone().unwrap_or_default(),
         };
         p.rope_theta = p.rope_theta.or(self.rope_theta).or(Some(theta));
+        p.original_max_position_embeddings = p
+            .original_max_position_embeddings
+            .or(self.original_max_position_embeddings);
         Ok(p)
     }
 
@@ -149,7 +155,7 @@ impl CommonConfig {
             .partial_rotary_factor
             .or(self.partial_rotary_factor)
             .unwrap_or(1.0);
-        Rope::new(&p, self.head_dim(), partial)
+        Rope::new(&p, self.head_dim(), partial, self.max_position_embeddings)
     }
 
     /// Per layer the sliding window, from `layer_types` where given, else Qwen's rule (layers

@@ -9,6 +9,8 @@ use crate::blocks::hooks::{identity_rule, uniform_rule};
 use crate::nn::{Act, Linear, gelu_tanh_taped};
 
 /// The projections of a feed-forward sublayer.
+// One per layer, built once at load: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Mlp {
     /// `down(act(gate(x)) ⊙ up(x))`.

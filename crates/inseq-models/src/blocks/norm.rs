@@ -47,6 +47,8 @@ impl NormKind {
 }
 
 /// A normalisation layer over the last dimension.
+// One per layer, built once at load: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Norm {
     /// Layer normalisation.

@@ -1,6 +1,6 @@
 //! Rotary position embeddings (RoPE): full or partial (the first `rotary_dim` features of each
-//! head), with the frequency scalings of transformers' `modeling_rope_utils` this crate
-//! implements (`default`, `linear`, `llama3`); any other `rope_type` is an error.
+//! head), with the frequency scalings of transformers' `modeling_rope_utils` (`default`, `linear`,
+//! `dynamic`, `llama3`, `yarn`, `longrope`); any other `rope_type` is an error.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
@@ -31,48 +31,143 @@ pub struct RopeParameters {
     /// Fraction of each head's features that are rotated.
     #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
+    /// Factor of cos and sin (`yarn`, `longrope`; derived from `factor` when absent).
+    #[serde(default)]
+    pub attention_factor: Option<f64>,
+    /// YaRN: rotations at the fast end of the ramp (default 32).
+    #[serde(default)]
+    pub beta_fast: Option<f64>,
+    /// YaRN: rotations at the slow end of the ramp (default 1).
+    #[serde(default)]
+    pub beta_slow: Option<f64>,
+    /// YaRN: `mscale` of the attention factor's numerator.
+    #[serde(default)]
+    pub mscale: Option<f64>,
+    /// YaRN: `mscale` of the attention factor's denominator.
+    #[serde(default)]
+    pub mscale_all_dim: Option<f64>,
+    /// YaRN: round the correction range outwards (default true).
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// LongRoPE: per-frequency factors for sequences within the original context.
+    #[serde(default)]
+    pub short_factor: Option<Vec<f64>>,
+    /// LongRoPE: per-frequency factors for longer sequences.
+    #[serde(default)]
+    pub long_factor: Option<Vec<f64>>,
+}
+
+/// How the inverse frequencies depend on the sequence.
+#[derive(Debug, Clone)]
+enum Frequencies {
+    /// The same for every sequence.
+    Fixed(Vec<f64>),
+    /// Dynamic NTK: the base grows with sequences longer than `max_positions`.
+    Dynamic {
+        theta: f64,
+        factor: f64,
+        max_positions: usize,
+    },
+    /// LongRoPE: `short` within `original` positions, `long` beyond.
+    LongRope {
+        short: Vec<f64>,
+        long: Vec<f64>,
+        original: usize,
+    },
 }
 
 /// Inverse frequencies of one rotary embedding and how many features of a head they rotate.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    inv_freq: Vec<f64>,
+    freqs: Frequencies,
+    /// Factor of the cos and sin tables (YaRN, LongRoPE).
+    attention_factor: f64,
     /// Rotated features per head (even, at most `head_dim`).
     pub rotary_dim: usize,
 }
 
 impl Rope {
     /// The rotary embedding of heads of `head_dim` features under parameters `p` (`rope_theta`
-    /// must be resolved); `partial` is the fraction of features rotated.
-    pub fn new(p: &RopeParameters, head_dim: usize, partial: f64) -> Result<Self> {
+    /// must be resolved); `partial` is the fraction of features rotated, `max_positions` the
+    /// config's `max_position_embeddings`.
+    pub fn new(
+        p: &RopeParameters,
+        head_dim: usize,
+        partial: f64,
+        max_positions: usize,
+    ) -> Result<Self> {
         let theta = p.rope_theta.unwrap_or(10000.0);
-        let rotary_dim = (head_dim as f64 * partial) as usize;
-        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
+        let dim = (head_dim as f64 * partial) as usize;
+        if dim == 0 || !dim.is_multiple_of(2) || dim > head_dim {
             return Err(Error::invalid_arg(
                 "partial_rotary_factor",
-                format!("{partial} gives {rotary_dim} rotated features of {head_dim}"),
+                format!("{partial} gives {dim} rotated features of {head_dim}"),
             ));
         }
-        let base: Vec<f64> = (0..rotary_dim / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f64 / rotary_dim as f64))
-            .collect();
-        let inv_freq = match p.rope_type.as_deref() {
-            None | Some("default") => base,
+        let base = base_freqs(theta, dim);
+        let factor = |rope_type: &str| p.factor.ok_or_else(|| missing("factor", rope_type));
+        let original = p.original_max_position_embeddings.unwrap_or(max_positions);
+        let (freqs, attention_factor) = match p.rope_type.as_deref() {
+            None | Some("default") => (Frequencies::Fixed(base), 1.0),
             Some("linear") => {
-                let factor = p.factor.ok_or_else(|| missing("factor", "linear"))?;
-                base.into_iter().map(|f| f / factor).collect()
+                let f = factor("linear")?;
+                (
+                    Frequencies::Fixed(base.into_iter().map(|x| x / f).collect()),
+                    1.0,
+                )
             }
-            Some("llama3") => llama3(p, base)?,
+            Some("dynamic") => (
+                Frequencies::Dynamic {
+                    theta,
+                    factor: factor("dynamic")?,
+                    max_positions,
+                },
+                1.0,
+            ),
+            Some("llama3") => (Frequencies::Fixed(llama3(p, base)?), 1.0),
+            Some("yarn") => yarn(p, theta, dim, original, max_positions)?,
+            Some("longrope") => longrope(p, dim, original, max_positions)?,
             Some(other) => {
                 return Err(Error::Unsupported(format!(
-                    "rope_type `{other}` (supported: default, linear, llama3)"
+                    "rope_type `{other}` (supported: default, linear, dynamic, llama3, yarn, longrope)"
                 )));
             }
         };
         Ok(Self {
-            inv_freq,
-            rotary_dim,
+            freqs,
+            attention_factor,
+            rotary_dim: dim,
         })
+    }
+
+    /// The inverse frequencies for a sequence of `len` positions.
+    fn inv_freq(&self, len: usize) -> Vec<f64> {
+        match &self.freqs {
+            Frequencies::Fixed(f) => f.clone(),
+            Frequencies::Dynamic {
+                theta,
+                factor,
+                max_positions,
+            } => {
+                let (len, max) = (len.max(*max_positions) as f64, *max_positions as f64);
+                let d = self.rotary_dim as f64;
+                base_freqs(
+                    theta * ((factor * len / max) - (factor - 1.0)).powf(d / (d - 2.0)),
+                    self.rotary_dim,
+                )
+            }
+            Frequencies::LongRope {
+                short,
+                long,
+                original,
+            } => {
+                if len > *original {
+                    long.clone()
+                } else {
+                    short.clone()
+                }
+            }
+        }
     }
 
     /// `[batch, 1, seq, rotary_dim]` cos and sin tables for the given positions.
@@ -80,14 +175,17 @@ impl Rope {
         let b = positions.len();
         let s = positions.first().map_or(0, Vec::len);
         let d = self.rotary_dim;
+        let len = positions.iter().flatten().max().map_or(0, |&p| p + 1);
+        let inv_freq = self.inv_freq(len);
+        let scale = self.attention_factor;
         let mut cos = Vec::with_capacity(b * s * d);
         let mut sin = Vec::with_capacity(b * s * d);
         for &p in positions.iter().flatten() {
             for _ in 0..2 {
-                for f in &self.inv_freq {
+                for f in &inv_freq {
                     let angle = p as f64 * f;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
+                    cos.push((angle.cos() * scale) as f32);
+                    sin.push((angle.sin() * scale) as f32);
                 }
             }
         }
@@ -96,6 +194,104 @@ impl Rope {
             Tensor::from_data(TensorData::new(sin, [b, 1, s, d]), device),
         )
     }
+}
+
+/// `1 / theta^(2i / dim)` for `i < dim / 2`.
+fn base_freqs(theta: f64, dim: usize) -> Vec<f64> {
+    (0..dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64))
+        .collect()
+}
+
+/// YaRN's `0.1·mscale·ln(scale) + 1` (1 for `scale <= 1`).
+fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * scale.ln() + 1.0
+    }
+}
+
+/// YaRN: interpolated low frequencies, extrapolated high ones, a linear ramp between.
+fn yarn(
+    p: &RopeParameters,
+    theta: f64,
+    dim: usize,
+    original: usize,
+    max_positions: usize,
+) -> Result<(Frequencies, f64)> {
+    let factor = p.factor.unwrap_or(max_positions as f64 / original as f64);
+    let attention_factor = p
+        .attention_factor
+        .unwrap_or(match (p.mscale, p.mscale_all_dim) {
+            (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                yarn_mscale(factor, m) / yarn_mscale(factor, all)
+            }
+            _ => yarn_mscale(factor, 1.0),
+        });
+    let (fast, slow) = (p.beta_fast.unwrap_or(32.0), p.beta_slow.unwrap_or(1.0));
+    let d = dim as f64;
+    let correction = |rotations: f64| {
+        d * (original as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (correction(fast), correction(slow));
+    if p.truncate.unwrap_or(true) {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, high) = (low.max(0.0), high.min(d - 1.0));
+    let high = if low == high { high + 0.001 } else { high };
+    let freqs = base_freqs(theta, dim)
+        .into_iter()
+        .enumerate()
+        .map(|(i, extrapolation)| {
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            extrapolation / factor * (1.0 - keep) + extrapolation * keep
+        })
+        .collect();
+    Ok((Frequencies::Fixed(freqs), attention_factor))
+}
+
+/// LongRoPE: the base frequencies divided by per-frequency factors.
+fn longrope(
+    p: &RopeParameters,
+    dim: usize,
+    original: usize,
+    max_positions: usize,
+) -> Result<(Frequencies, f64)> {
+    let theta = p.rope_theta.unwrap_or(10000.0);
+    let factors = |field: &str, f: &Option<Vec<f64>>| -> Result<Vec<f64>> {
+        let f = f.as_ref().ok_or_else(|| missing(field, "longrope"))?;
+        if f.len() != dim / 2 {
+            return Err(Error::invalid_arg(
+                field,
+                format!("{} factors for {} frequencies", f.len(), dim / 2),
+            ));
+        }
+        Ok(base_freqs(theta, dim)
+            .iter()
+            .zip(f)
+            .map(|(b, x)| b / x)
+            .collect())
+    };
+    let (short, long) = (
+        factors("short_factor", &p.short_factor)?,
+        factors("long_factor", &p.long_factor)?,
+    );
+    let factor = p.factor.unwrap_or(max_positions as f64 / original as f64);
+    let attention_factor = p.attention_factor.unwrap_or(if factor <= 1.0 {
+        1.0
+    } else {
+        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+    });
+    Ok((
+        Frequencies::LongRope {
+            short,
+            long,
+            original,
+        },
+        attention_factor,
+    ))
 }
 
 fn missing(field: &str, rope_type: &str) -> Error {
@@ -168,4 +364,40 @@ pub fn backward(dy: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
         dy * cos.clone() + Tensor::cat(vec![second, first.neg()], 3),
         rest,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inverse frequencies and attention factors of every scaling against transformers'
+    /// (`tests/fixtures/zoo/rope.json`, from `make_zoo.py`), at 16 positions and at 100 (beyond
+    /// `max_position_embeddings` 64 and the original context 32).
+    #[test]
+    fn frequencies_match_transformers() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/zoo/rope.json"
+        );
+        let cases: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for (name, case) in cases.as_object().unwrap() {
+            let p: RopeParameters = serde_json::from_value(case["params"].clone()).unwrap();
+            let rope = Rope::new(&p, 16, 1.0, 64).unwrap();
+            let ours = rope.inv_freq(case["seq_len"].as_u64().unwrap() as usize);
+            let theirs: Vec<f64> = serde_json::from_value(case["inv_freq"].clone()).unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{name}");
+            for (a, b) in ours.iter().zip(&theirs) {
+                // transformers computes in f32 (a power and a division, rounded to 7 digits in the
+                // file): a relative 1e-6.
+                assert!((a - b).abs() <= 1e-6 * b.abs(), "{name}: {a} vs {b}");
+            }
+            let factor = case["attention_factor"].as_f64().unwrap();
+            assert!(
+                (rope.attention_factor - factor).abs() <= 1e-12,
+                "{name}: {} vs {factor}",
+                rope.attention_factor
+            );
+        }
+    }
 }
