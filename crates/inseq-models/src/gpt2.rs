@@ -2,8 +2,6 @@
 
 use serde::Deserialize;
 
-use crate::blocks::attention::FusedLayout;
-use crate::blocks::block::Residual;
 use crate::blocks::norm::NormKind;
 use crate::blocks::{Decoder, DecoderSpec, Names};
 use crate::model::ModelInfo;
@@ -107,54 +105,32 @@ pub fn load(c: Gpt2Config, w: &mut Weights) -> Result<Decoder> {
             "gpt2 `scale_attn_by_inverse_layer_idx` / `add_cross_attention`".into(),
         ));
     }
-    let head_dim = d / c.n_head;
-    let spec = DecoderSpec {
-        info: ModelInfo {
-            architecture: "gpt2".into(),
-            hf_class: "GPT2LMHeadModel".into(),
-            vocab_size: c.vocab_size,
-            hidden_size: d,
-            num_layers: c.n_layer,
-            num_heads: c.n_head,
-            max_positions: c.n_positions,
-            bos_token_id: c.bos_token_id,
-            eos_token_id: c.eos_token_id,
-            pad_token_id: c.pad_token_id,
-            decoder_start_token_id: None,
-        },
-        heads: c.n_head,
-        kv_heads: c.n_head,
-        head_dim,
-        intermediate: c.n_inner.unwrap_or(4 * d),
-        norm: NormKind::Layer {
-            eps: c.layer_norm_epsilon,
-            bias: true,
-            affine: true,
-        },
-        residual: Residual::Sequential,
-        fused_qkv: FusedLayout::Blocks,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        conv1d: true,
-        gated_mlp: false,
-        act: c.activation_function.clone(),
-        qk_norm_per_head: None,
-        scale: if c.scale_attn_weights {
-            1.0 / (head_dim as f64).sqrt()
-        } else {
-            1.0
-        },
-        attn_softcap: None,
-        final_softcap: None,
-        embed_scale: None,
-        learned_positions: Some(0),
-        ropes: vec![],
-        layer_rope: vec![None; c.n_layer],
-        layer_window: vec![None; c.n_layer],
-        tied: c.tie_word_embeddings,
-        dropout: c.resid_pdrop.unwrap_or(0.1),
-        names: NAMES,
+    let info = ModelInfo {
+        architecture: "gpt2".into(),
+        hf_class: "GPT2LMHeadModel".into(),
+        vocab_size: c.vocab_size,
+        hidden_size: d,
+        num_layers: c.n_layer,
+        num_heads: c.n_head,
+        max_positions: c.n_positions,
+        bos_token_id: c.bos_token_id,
+        eos_token_id: c.eos_token_id,
+        pad_token_id: c.pad_token_id,
+        decoder_start_token_id: None,
     };
+    let norm = NormKind::Layer {
+        eps: c.layer_norm_epsilon,
+        bias: true,
+        affine: true,
+    };
+    let inner = c.n_inner.unwrap_or(4 * d);
+    let mut spec =
+        DecoderSpec::learned_positions(info, 0, inner, norm, &c.activation_function, NAMES);
+    spec.conv1d = true;
+    if !c.scale_attn_weights {
+        spec.scale = 1.0;
+    }
+    spec.tied = c.tie_word_embeddings;
+    spec.dropout = c.resid_pdrop.unwrap_or(0.1);
     spec.load(w)
 }

@@ -3,7 +3,6 @@
 
 use serde::Deserialize;
 
-use crate::blocks::attention::FusedLayout;
 use crate::blocks::block::Residual;
 use crate::blocks::norm::NormKind;
 use crate::blocks::{Decoder, DecoderSpec, Names};
@@ -84,53 +83,32 @@ pub fn load(c: OptConfig, w: &mut Weights) -> Result<Decoder> {
     if !c.do_layer_norm_before || c._remove_final_layer_norm {
         names.final_norm = None;
     }
-    let spec = DecoderSpec {
-        info: ModelInfo {
-            architecture: "opt".into(),
-            hf_class: "OPTForCausalLM".into(),
-            vocab_size: c.vocab_size,
-            hidden_size: d,
-            num_layers: layers,
-            num_heads: h,
-            max_positions: c.max_position_embeddings,
-            bos_token_id: c.bos_token_id,
-            eos_token_id: c.eos_token_id,
-            pad_token_id: c.pad_token_id,
-            decoder_start_token_id: None,
-        },
-        heads: h,
-        kv_heads: h,
-        head_dim: d / h,
-        intermediate: c.ffn_dim,
-        norm: NormKind::Layer {
-            eps: 1e-5,
-            bias: true,
-            affine: c.layer_norm_elementwise_affine,
-        },
-        residual: if c.do_layer_norm_before {
-            Residual::Sequential
-        } else {
-            Residual::PostNorm
-        },
-        fused_qkv: FusedLayout::Blocks,
-        qkv_bias: c.enable_bias,
-        o_bias: c.enable_bias,
-        mlp_bias: c.enable_bias,
-        conv1d: false,
-        gated_mlp: false,
-        act: c.activation_function.clone(),
-        qk_norm_per_head: None,
-        scale: 1.0 / ((d / h) as f64).sqrt(),
-        attn_softcap: None,
-        final_softcap: None,
-        embed_scale: None,
-        learned_positions: Some(2),
-        ropes: vec![],
-        layer_rope: vec![None; layers],
-        layer_window: vec![None; layers],
-        tied: c.tie_word_embeddings,
-        dropout: c.dropout.unwrap_or(0.1),
-        names,
+    let info = ModelInfo {
+        architecture: "opt".into(),
+        hf_class: "OPTForCausalLM".into(),
+        vocab_size: c.vocab_size,
+        hidden_size: d,
+        num_layers: layers,
+        num_heads: h,
+        max_positions: c.max_position_embeddings,
+        bos_token_id: c.bos_token_id,
+        eos_token_id: c.eos_token_id,
+        pad_token_id: c.pad_token_id,
+        decoder_start_token_id: None,
     };
+    let affine = c.layer_norm_elementwise_affine;
+    let norm = NormKind::Layer {
+        eps: 1e-5,
+        bias: true,
+        affine,
+    };
+    let act = &c.activation_function;
+    let mut spec = DecoderSpec::learned_positions(info, 2, c.ffn_dim, norm, act, names);
+    if !c.do_layer_norm_before {
+        spec.residual = Residual::PostNorm;
+    }
+    (spec.qkv_bias, spec.o_bias, spec.mlp_bias) = (c.enable_bias, c.enable_bias, c.enable_bias);
+    spec.tied = c.tie_word_embeddings;
+    spec.dropout = c.dropout.unwrap_or(0.1);
     spec.load(w)
 }

@@ -252,3 +252,26 @@ fn tiny_llama_loads_end_to_end() {
 fn tiny_gpt2_loads_end_to_end() {
     assert_same_logits("tiny-gpt2.gguf", "tiny-gpt2.safetensors");
 }
+
+#[test]
+fn tiny_qwen3_weights_in_hf_layout() {
+    assert_same_as_hf("tiny-qwen3.gguf", "tiny-qwen3.safetensors");
+}
+
+#[test]
+fn tiny_qwen3_config() {
+    let model = GgufModelFile::open(&fixture("tiny-qwen3.gguf")).unwrap();
+    assert_eq!(model.architecture(), "qwen3");
+    let c = model.hf_config().unwrap();
+    assert_eq!(c["model_type"], "qwen3");
+    assert_eq!(c["head_dim"], 8);
+    assert_eq!(c["num_key_value_heads"], 2);
+    assert_eq!(c["attention_bias"], true);
+    assert_eq!(c["tie_word_embeddings"], false);
+    assert_eq!(c["rms_norm_eps"], 1e-6);
+}
+
+#[test]
+fn tiny_qwen3_loads_end_to_end() {
+    assert_same_logits("tiny-qwen3.gguf", "tiny-qwen3.safetensors");
+}

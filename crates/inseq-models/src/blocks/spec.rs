@@ -76,6 +76,49 @@ pub struct DecoderSpec {
 }
 
 impl DecoderSpec {
+    /// A decoder with learned positions read at `position + offset`, LayerNorm pre-norm blocks,
+    /// biases everywhere, a plain MLP, `head_dim^-½` scores, a tied head and no dropout (GPT-2's
+    /// and OPT's starting point).
+    pub fn learned_positions(
+        info: ModelInfo,
+        offset: usize,
+        intermediate: usize,
+        norm: NormKind,
+        act: &str,
+        names: Names,
+    ) -> Self {
+        let (heads, layers) = (info.num_heads, info.num_layers);
+        let head_dim = info.hidden_size / heads.max(1);
+        Self {
+            heads,
+            kv_heads: heads,
+            head_dim,
+            intermediate,
+            norm,
+            residual: Residual::Sequential,
+            fused_qkv: FusedLayout::Blocks,
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            conv1d: false,
+            gated_mlp: false,
+            act: act.into(),
+            qk_norm_per_head: None,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            embed_scale: None,
+            learned_positions: Some(offset),
+            ropes: vec![],
+            layer_rope: vec![None; layers],
+            layer_window: vec![None; layers],
+            tied: true,
+            dropout: 0.0,
+            names,
+            info,
+        }
+    }
+
     /// The window of each layer from transformers' `layer_types` (`sliding_attention` /
     /// `full_attention`), erroring on any other type.
     pub fn windows_from_layer_types(

@@ -108,7 +108,43 @@ const GPT2: ArchTable = ArchTable {
     ],
 };
 
-const ARCHS: &[&ArchTable] = &[&LLAMA, &GPT2];
+/// Qwen2's tensors: Llama's names with biases, stored unpermuted (llama.cpp's NEOX RoPE).
+const QWEN2_BLOCK: &[(&str, &str, Fix)] = &[
+    ("attn_norm.weight", "input_layernorm.weight", Fix::None),
+    ("attn_q.weight", "self_attn.q_proj.weight", Fix::None),
+    ("attn_q.bias", "self_attn.q_proj.bias", Fix::None),
+    ("attn_k.weight", "self_attn.k_proj.weight", Fix::None),
+    ("attn_k.bias", "self_attn.k_proj.bias", Fix::None),
+    ("attn_v.weight", "self_attn.v_proj.weight", Fix::None),
+    ("attn_v.bias", "self_attn.v_proj.bias", Fix::None),
+    ("attn_output.weight", "self_attn.o_proj.weight", Fix::None),
+    ("attn_output.bias", "self_attn.o_proj.bias", Fix::None),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight", Fix::None),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight", Fix::None),
+    (
+        "ffn_norm.weight",
+        "post_attention_layernorm.weight",
+        Fix::None,
+    ),
+    ("ffn_gate.weight", "mlp.gate_proj.weight", Fix::None),
+    ("ffn_up.weight", "mlp.up_proj.weight", Fix::None),
+    ("ffn_down.weight", "mlp.down_proj.weight", Fix::None),
+];
+
+const QWEN2: ArchTable = ArchTable {
+    arch: "qwen2",
+    block: QWEN2_BLOCK,
+    ..LLAMA
+};
+
+/// Qwen3: Qwen2's names plus the per-head query/key norms.
+const QWEN3: ArchTable = ArchTable {
+    arch: "qwen3",
+    block: QWEN2_BLOCK,
+    ..LLAMA
+};
+
+const ARCHS: &[&ArchTable] = &[&LLAMA, &GPT2, &QWEN2, &QWEN3];
 
 /// An opened GGUF file exposing its tensors under Hugging Face names.
 pub struct GgufModelFile {
@@ -130,7 +166,8 @@ impl std::fmt::Debug for GgufModelFile {
 }
 
 impl GgufModelFile {
-    /// Opens and parses a GGUF file of a supported architecture (`llama`, `gpt2`).
+    /// Opens and parses a GGUF file of a supported architecture (`llama`, `gpt2`, `qwen2`,
+    /// `qwen3`).
     pub fn open(path: &Path) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let arch = file
@@ -146,7 +183,7 @@ impl GgufModelFile {
             .find(|t| t.arch == arch)
             .ok_or_else(|| {
                 Error::UnsupportedArchitecture(format!(
-                    "GGUF architecture `{arch}` (supported: llama, gpt2)"
+                    "GGUF architecture `{arch}` (supported: llama, gpt2, qwen2, qwen3)"
                 ))
             })?;
         let mut names = HashMap::new();
@@ -259,54 +296,20 @@ impl GgufModelFile {
             (None, Some(d)) => d,
             (None, None) => return Err(self.corrupt("no `token_embd.weight` tensor".into())),
         };
-        let hidden = self.meta_usize("embedding_length")?;
-        let layers = self.meta_usize("block_count")?;
-        let ctx = self.meta_usize("context_length")?;
         let tied = self.file.tensor_info("output.weight").is_none();
         let mut config = match self.table.arch {
-            "llama" => {
-                let mut c = json!({
-                    "model_type": "llama",
-                    "architectures": ["LlamaForCausalLM"],
-                    "vocab_size": vocab_size,
-                    "hidden_size": hidden,
-                    "intermediate_size": self.meta_usize("feed_forward_length")?,
-                    "num_hidden_layers": layers,
-                    "num_attention_heads": self.n_head,
-                    "num_key_value_heads": self.n_head_kv,
-                    "rms_norm_eps": self.meta_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
-                    "rope_theta": self.meta_f64("rope.freq_base")?.unwrap_or(10000.0),
-                    "max_position_embeddings": ctx,
-                    "tie_word_embeddings": tied,
-                    "hidden_act": "silu",
-                    "attention_bias": self.file.tensor_info("blk.0.attn_q.bias").is_some(),
-                });
-                if let Some(head_dim) = self.meta_usize_opt("attention.key_length")? {
-                    c["head_dim"] = json!(head_dim);
-                }
-                let scaling = self
-                    .file
-                    .get("llama.rope.scaling.type")
-                    .and_then(GgufValue::as_str)
-                    .filter(|s| *s != "none");
-                if let Some(kind) = scaling {
-                    c["rope_scaling"] = json!({
-                        "rope_type": kind,
-                        "factor": self.meta_f64("rope.scaling.factor")?,
-                        "original_max_position_embeddings": self.meta_usize_opt("rope.scaling.original_context_length")?,
-                    });
-                }
-                c
-            }
+            "llama" => self.llama_like("llama", "LlamaForCausalLM", vocab_size, tied)?,
+            "qwen2" => self.llama_like("qwen2", "Qwen2ForCausalLM", vocab_size, tied)?,
+            "qwen3" => self.llama_like("qwen3", "Qwen3ForCausalLM", vocab_size, tied)?,
             _ => json!({
                 "model_type": "gpt2",
+                "n_positions": self.meta_usize("context_length")?,
+                "n_ctx": self.meta_usize("context_length")?,
                 "architectures": ["GPT2LMHeadModel"],
                 "vocab_size": vocab_size,
-                "n_embd": hidden,
-                "n_layer": layers,
+                "n_embd": self.meta_usize("embedding_length")?,
+                "n_layer": self.meta_usize("block_count")?,
                 "n_head": self.n_head,
-                "n_positions": ctx,
-                "n_ctx": ctx,
                 "n_inner": self.meta_usize_opt("feed_forward_length")?,
                 "layer_norm_epsilon": self.meta_f64("attention.layer_norm_epsilon")?.unwrap_or(1e-5),
                 "activation_function": "gelu_new",
@@ -319,6 +322,55 @@ impl GgufModelFile {
             }
         }
         Ok(config)
+    }
+
+    /// The `config.json` of a Llama-like file (`llama`, `qwen2`, `qwen3`): the same metadata keys
+    /// under the architecture's prefix; attention biases where the file has them.
+    fn llama_like(
+        &self,
+        model_type: &str,
+        class: &str,
+        vocab_size: usize,
+        tied: bool,
+    ) -> Result<Value> {
+        let mut c = json!({
+            "model_type": model_type,
+            "architectures": [class],
+            "vocab_size": vocab_size,
+            "hidden_size": self.meta_usize("embedding_length")?,
+            "intermediate_size": self.meta_usize("feed_forward_length")?,
+            "num_hidden_layers": self.meta_usize("block_count")?,
+            "num_attention_heads": self.n_head,
+            "num_key_value_heads": self.n_head_kv,
+            "rms_norm_eps": self.meta_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
+            "rope_theta": self.meta_f64("rope.freq_base")?.unwrap_or(10000.0),
+            "max_position_embeddings": self.meta_usize("context_length")?,
+            "tie_word_embeddings": tied,
+            "hidden_act": "silu",
+            "attention_bias": self.file.tensor_info("blk.0.attn_q.bias").is_some(),
+        });
+        if let Some(head_dim) = self.meta_usize_opt("attention.key_length")? {
+            c["head_dim"] = json!(head_dim);
+        }
+        let key = format!("{}.rope.scaling.type", self.table.arch);
+        let scaling = self
+            .file
+            .get(&key)
+            .and_then(GgufValue::as_str)
+            .filter(|s| *s != "none");
+        if let Some(kind) = scaling {
+            c["rope_scaling"] = json!({
+                "rope_type": kind,
+                "factor": self.meta_f64("rope.scaling.factor")?,
+                "original_max_position_embeddings": self.meta_usize_opt("rope.scaling.original_context_length")?,
+            });
+        }
+        if let Some(window) = self.meta_usize_opt("attention.sliding_window")? {
+            return Err(Error::Unsupported(format!(
+                "sliding window {window} in a {model_type} GGUF file"
+            )));
+        }
+        Ok(c)
     }
 
     /// The special tokens as transformers' GGUF loader resolves them: the tokenizer's
