@@ -6,7 +6,7 @@
 
 use crate::blocks::config::CommonConfig;
 use crate::blocks::norm::NormKind;
-use crate::blocks::rope::{Rope, RopeParameters};
+use crate::blocks::rope::{RopeParameters, RopeSpec};
 use crate::blocks::{Decoder, DecoderSpec, Names};
 use crate::llama::{NAMES as LLAMA, base_spec};
 use crate::weights::Weights;
@@ -94,7 +94,7 @@ pub fn load(c: CommonConfig, w: &mut Weights) -> Result<Decoder> {
 
 /// Gemma 3's rotary embedding of one layer type: `rope_parameters[type]`, else `rope_scaling` for
 /// full-attention layers; `rope_theta` 1e6 (full) or `rope_local_base_freq` 1e4 (sliding).
-fn gemma3_rope(c: &CommonConfig, layer_type: &str) -> Result<Rope> {
+fn gemma3_rope(c: &CommonConfig, layer_type: &str) -> Result<RopeSpec> {
     let full = layer_type == "full_attention";
     let keyed = c
         .rope_parameters
@@ -113,5 +113,10 @@ fn gemma3_rope(c: &CommonConfig, layer_type: &str) -> Result<Rope> {
         c.rope_local_base_freq.unwrap_or(1e4)
     };
     p.rope_theta = p.rope_theta.or(Some(theta));
-    Rope::new(&p, c.head_dim(), 1.0, c.max_position_embeddings)
+    Ok(RopeSpec {
+        params: p,
+        head_dim: c.head_dim(),
+        partial: 1.0,
+        max_positions: c.max_position_embeddings,
+    })
 }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::rope::{Rope, RopeParameters};
+use super::rope::{RopeParameters, RopeSpec};
 use crate::model::ModelInfo;
 use inseq_core::{Error, Result};
 
@@ -149,13 +149,18 @@ impl CommonConfig {
 
     /// The rotary embedding of this config (`partial_rotary_factor` from the parameters or the
     /// top level).
-    pub fn rope(&self, layer_type: Option<&str>, theta: f64) -> Result<Rope> {
+    pub fn rope(&self, layer_type: Option<&str>, theta: f64) -> Result<RopeSpec> {
         let p = self.rope_parameters(layer_type, theta)?;
         let partial = p
             .partial_rotary_factor
             .or(self.partial_rotary_factor)
             .unwrap_or(1.0);
-        Rope::new(&p, self.head_dim(), partial, self.max_position_embeddings)
+        Ok(RopeSpec {
+            params: p,
+            head_dim: self.head_dim(),
+            partial,
+            max_positions: self.max_position_embeddings,
+        })
     }
 
     /// Per layer the sliding window, from `layer_types` where given, else Qwen's rule (layers

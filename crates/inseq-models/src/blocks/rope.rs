@@ -57,6 +57,32 @@ pub struct RopeParameters {
     pub long_factor: Option<Vec<f64>>,
 }
 
+/// What a [`Rope`] is built from, kept until the weights are loaded: a config's head size is
+/// checked against the projections' weights before any table is sized by it.
+#[derive(Debug, Clone)]
+pub struct RopeSpec {
+    /// Parameters with `rope_theta` resolved.
+    pub params: RopeParameters,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Fraction of them rotated.
+    pub partial: f64,
+    /// The config's `max_position_embeddings`.
+    pub max_positions: usize,
+}
+
+impl RopeSpec {
+    /// The rotary embedding.
+    pub fn build(&self) -> Result<Rope> {
+        Rope::new(
+            &self.params,
+            self.head_dim,
+            self.partial,
+            self.max_positions,
+        )
+    }
+}
+
 /// How the inverse frequencies depend on the sequence.
 #[derive(Debug, Clone)]
 enum Frequencies {

@@ -7,7 +7,7 @@ use super::core::Scoring;
 use super::decoder::{Decoder, LearnedPositions};
 use super::mlp::Mlp;
 use super::norm::NormKind;
-use super::rope::Rope;
+use super::rope::RopeSpec;
 use crate::model::ModelInfo;
 use crate::nn::{Act, Embedding, Linear, LmHead};
 use crate::weights::Weights;
@@ -66,7 +66,7 @@ pub struct DecoderSpec {
     pub embed_scale: Option<f64>,
     /// Learned positions: `(offset)` added to position ids (OPT: 2).
     pub learned_positions: Option<usize>,
-    pub ropes: Vec<Rope>,
+    pub ropes: Vec<RopeSpec>,
     /// Per layer: index into `ropes`, sliding window.
     pub layer_rope: Vec<Option<usize>>,
     pub layer_window: Vec<Option<usize>>,
@@ -303,7 +303,11 @@ impl DecoderSpec {
             final_norm,
             head: LmHead::from_table(head),
             final_softcap: self.final_softcap,
-            ropes: self.ropes,
+            ropes: self
+                .ropes
+                .iter()
+                .map(RopeSpec::build)
+                .collect::<Result<_>>()?,
             windows,
             dropout: self.dropout,
             device: w.device().clone(),
