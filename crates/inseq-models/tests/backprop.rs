@@ -116,7 +116,7 @@ fn llama_backward_equals_autodiff() {
 
 /// The architectures of `tests/fixtures/zoo/make_zoo.py`: 6 positions, past their sliding windows
 /// (4 or 5 positions).
-const ZOO: [&str; 10] = [
+const ZOO: [&str; 11] = [
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-gemma3",
@@ -126,6 +126,7 @@ const ZOO: [&str; 10] = [
     "tiny-gpt_neox",
     "tiny-opt",
     "tiny-falcon",
+    "tiny-falcon_mq",
     "tiny-mistral",
 ];
 

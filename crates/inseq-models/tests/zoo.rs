@@ -10,7 +10,7 @@ use inseq_models::{
 };
 use serde_json::Value;
 
-const ZOO: [&str; 10] = [
+const ZOO: [&str; 11] = [
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-gemma3",
@@ -20,6 +20,7 @@ const ZOO: [&str; 10] = [
     "tiny-gpt_neox",
     "tiny-opt",
     "tiny-falcon",
+    "tiny-falcon_mq",
     "tiny-mistral",
 ];
 
