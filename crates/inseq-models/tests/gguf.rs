@@ -275,3 +275,23 @@ fn tiny_qwen3_config() {
 fn tiny_qwen3_loads_end_to_end() {
     assert_same_logits("tiny-qwen3.gguf", "tiny-qwen3.safetensors");
 }
+
+#[test]
+fn tiny_gemma_weights_in_hf_layout() {
+    // Norm scales stored as 1 + weight come back as weight.
+    assert_same_as_hf("tiny-gemma.gguf", "tiny-gemma.safetensors");
+}
+
+#[test]
+fn tiny_gemma_loads_end_to_end() {
+    let c = GgufModelFile::open(&fixture("tiny-gemma.gguf"))
+        .unwrap()
+        .hf_config()
+        .unwrap();
+    assert_eq!(
+        (c["model_type"].as_str(), c["hidden_act"].as_str()),
+        (Some("gemma"), Some("gelu_pytorch_tanh"))
+    );
+    assert_eq!(c["tie_word_embeddings"], true);
+    assert_same_logits("tiny-gemma.gguf", "tiny-gemma.safetensors");
+}

@@ -34,6 +34,8 @@ enum Fix {
     UnpermuteK,
     /// Swap the two dimensions (GPT-2's `Conv1D` stores `[in, out]`).
     Transpose,
+    /// Subtract 1 (Gemma's norm scales, stored by `convert_hf_to_gguf.py` as `1 + weight`).
+    MinusOne,
 }
 
 /// llama.cpp -> Hugging Face tensor names for one architecture.
@@ -49,6 +51,8 @@ struct ArchTable {
     global: &'static [(&'static str, &'static str)],
     /// Per-block tensors: (llama.cpp suffix after `blk.{i}.`, Hugging Face suffix, fix).
     block: &'static [(&'static str, &'static str, Fix)],
+    /// Norm scales are stored as `1 + weight` (Gemma): every `*norm.weight` gets [`Fix::MinusOne`].
+    norms_plus_one: bool,
 }
 
 const LLAMA: ArchTable = ArchTable {
@@ -79,6 +83,7 @@ const LLAMA: ArchTable = ArchTable {
         ("ffn_up.weight", "mlp.up_proj.weight", Fix::None),
         ("ffn_down.weight", "mlp.down_proj.weight", Fix::None),
     ],
+    norms_plus_one: false,
 };
 
 const GPT2: ArchTable = ArchTable {
@@ -106,6 +111,7 @@ const GPT2: ArchTable = ArchTable {
         ("ffn_down.weight", "mlp.c_proj.weight", Fix::Transpose),
         ("ffn_down.bias", "mlp.c_proj.bias", Fix::None),
     ],
+    norms_plus_one: false,
 };
 
 /// Qwen2's tensors: Llama's names with biases, stored unpermuted (llama.cpp's NEOX RoPE).
@@ -144,7 +150,15 @@ const QWEN3: ArchTable = ArchTable {
     ..LLAMA
 };
 
-const ARCHS: &[&ArchTable] = &[&LLAMA, &GPT2, &QWEN2, &QWEN3];
+/// Gemma: Qwen2's unpermuted names (NEOX RoPE), norm scales stored as `1 + weight`, tied head.
+const GEMMA: ArchTable = ArchTable {
+    arch: "gemma",
+    block: QWEN2_BLOCK,
+    norms_plus_one: true,
+    ..LLAMA
+};
+
+const ARCHS: &[&ArchTable] = &[&LLAMA, &GPT2, &QWEN2, &QWEN3, &GEMMA];
 
 /// An opened GGUF file exposing its tensors under Hugging Face names.
 pub struct GgufModelFile {
@@ -167,7 +181,7 @@ impl std::fmt::Debug for GgufModelFile {
 
 impl GgufModelFile {
     /// Opens and parses a GGUF file of a supported architecture (`llama`, `gpt2`, `qwen2`,
-    /// `qwen3`).
+    /// `qwen3`, `gemma`).
     pub fn open(path: &Path) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let arch = file
@@ -183,7 +197,7 @@ impl GgufModelFile {
             .find(|t| t.arch == arch)
             .ok_or_else(|| {
                 Error::UnsupportedArchitecture(format!(
-                    "GGUF architecture `{arch}` (supported: llama, gpt2, qwen2, qwen3)"
+                    "GGUF architecture `{arch}` (supported: llama, gpt2, qwen2, qwen3, gemma)"
                 ))
             })?;
         let mut names = HashMap::new();
@@ -301,6 +315,11 @@ impl GgufModelFile {
             "llama" => self.llama_like("llama", "LlamaForCausalLM", vocab_size, tied)?,
             "qwen2" => self.llama_like("qwen2", "Qwen2ForCausalLM", vocab_size, tied)?,
             "qwen3" => self.llama_like("qwen3", "Qwen3ForCausalLM", vocab_size, tied)?,
+            "gemma" => {
+                let mut c = self.llama_like("gemma", "GemmaForCausalLM", vocab_size, tied)?;
+                c["hidden_act"] = json!("gelu_pytorch_tanh");
+                c
+            }
             _ => json!({
                 "model_type": "gpt2",
                 "n_positions": self.meta_usize("context_length")?,
@@ -416,6 +435,10 @@ impl GgufModelFile {
         };
         match fix {
             Fix::None => Ok(Some(t)),
+            Fix::MinusOne => Ok(Some(RawTensor {
+                data: t.data.iter().map(|x| x - 1.0).collect(),
+                ..t
+            })),
             Fix::Transpose => match t.shape[..] {
                 [rows, cols] => {
                     let mut data = vec![0f32; t.data.len()];
@@ -450,6 +473,13 @@ impl GgufModelFile {
 
 /// The Hugging Face name (without base-model prefix) of a llama.cpp tensor.
 fn hf_name(table: &ArchTable, gguf: &str) -> Option<(String, Fix)> {
+    let (hf, fix) = hf_name_as_stored(table, gguf)?;
+    let plus_one = table.norms_plus_one && hf.ends_with("norm.weight");
+    Some((hf, if plus_one { Fix::MinusOne } else { fix }))
+}
+
+/// [`hf_name`] before the table-wide fixes.
+fn hf_name_as_stored(table: &ArchTable, gguf: &str) -> Option<(String, Fix)> {
     if let Some(&(_, hf)) = table.global.iter().find(|(g, _)| *g == gguf) {
         return Some((hf.to_string(), Fix::None));
     }
