@@ -30,6 +30,7 @@ pub mod hub;
 pub mod llama;
 pub mod loader;
 pub mod marian;
+pub mod mbart;
 pub mod model;
 pub mod nn;
 pub mod special_tokens;
@@ -43,7 +44,9 @@ pub use generate::{
     GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,
 };
 pub use generation_config::GenerationConfig;
-pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
+pub use loader::{
+    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_pretrained, models_dir,
+};
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,
     ModelInfo, ModelInput, ModelKind, ModelOutput, OverrideMode, ValueZeroing,
