@@ -36,6 +36,7 @@ pub mod nn;
 pub mod special_tokens;
 pub mod t5;
 pub mod tokenizer;
+pub mod torch_bin;
 pub mod weights;
 
 pub use backprop::SharedForward;
@@ -54,4 +55,5 @@ pub use model::{
 pub use nn::ids_tensor;
 pub use special_tokens::SpecialTokens;
 pub use tokenizer::TextTokenizer;
-pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights};
+pub use torch_bin::TorchBinSource;
+pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights, open_weights_dir};

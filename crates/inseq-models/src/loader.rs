@@ -16,7 +16,7 @@ use crate::model::LanguageModel;
 use crate::special_tokens::SpecialTokens;
 use crate::t5::{T5, T5Config};
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{SafetensorsSource, WeightSource, Weights};
+use crate::weights::{WeightSource, Weights, open_weights_dir};
 
 /// A loaded model with its tokenizer.
 pub struct Pretrained {
@@ -125,8 +125,8 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let generation_config = GenerationConfig::read(dir, &config)?;
-    let source = SafetensorsSource::open_dir(dir)?;
-    let model = build_model(&config, Box::new(source), &config_path, device)?;
+    let source = open_weights_dir(dir)?;
+    let model = build_model(&config, source, &config_path, device)?;
     Ok(Pretrained {
         model,
         tokenizer,

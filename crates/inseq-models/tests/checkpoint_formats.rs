@@ -1,0 +1,168 @@
+//! Checkpoints as users find them on the hub: `pytorch_model.bin` (a `torch.save` zip read without
+//! Python), sharded safetensors and sharded `.bin` (`*.index.json`) give the same model as the
+//! single safetensors file; the unpickler's dtypes and strided views; corrupt files name the file.
+//! Fixtures: `fixtures/checkpoints/`, written by `tests/fixtures/zoo/make_encdec.py`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use inseq_core::Error;
+use inseq_models::{
+    ForwardOptions, LanguageModel, ModelInput, TorchBinSource, WeightSource, ids_tensor,
+    load_pretrained,
+};
+
+fn checkpoints() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints")
+}
+
+fn logits(dir: &Path) -> Vec<f32> {
+    let m = load_pretrained(dir.to_str().expect("utf-8"), &Device::default()).expect("load");
+    let model: &dyn LanguageModel = m.model.as_ref();
+    let dev = model.device().clone();
+    let (src, tgt) = (vec![5, 17, 42, 99, 2], vec![2, 12, 77, 150]);
+    let input = ModelInput {
+        target_embeds: model.embed(ids_tensor(&[tgt.clone()], &dev)),
+        target_mask: vec![vec![true; tgt.len()]],
+        source_embeds: Some(model.embed_source(ids_tensor(&[src.clone()], &dev))),
+        source_mask: Some(vec![vec![true; src.len()]]),
+    };
+    let out = model.forward(input, ForwardOptions::default());
+    out.logits.try_to_vec_as::<f32>().expect("f32")
+}
+
+#[test]
+fn bin_and_sharded_checkpoints_match_safetensors() {
+    let reference = logits(&inseq_fixtures::model_dir("tiny-m2m100"));
+    for kind in [
+        "m2m100-bin",
+        "m2m100-sharded-safetensors",
+        "m2m100-sharded-bin",
+    ] {
+        // The same f32 values, read from another container: the same computation, exactly.
+        assert_eq!(logits(&checkpoints().join(kind)), reference, "{kind}");
+    }
+}
+
+#[test]
+fn bin_keeps_tied_tensors_and_state_dict_metadata() {
+    let path = checkpoints().join("m2m100-bin/pytorch_model.bin");
+    let mut src = TorchBinSource::open_files(&[path]).expect("open");
+    let names = src.names();
+    assert!(names.contains(&"lm_head.weight".to_string()), "{names:?}");
+    let head = src.read("lm_head.weight").unwrap().unwrap();
+    let shared = src.read("model.shared.weight").unwrap().unwrap();
+    assert_eq!(head.data, shared.data);
+    assert_eq!(head.shape, vec![400, 32]);
+}
+
+#[test]
+fn bin_dtypes_and_strided_views() {
+    let path = checkpoints().join("dtypes.bin");
+    let mut src = TorchBinSource::open_files(std::slice::from_ref(&path)).expect("open");
+    let base = |i: usize| i as f32 / 7.0;
+    let half = src.read("half").unwrap().unwrap();
+    assert_eq!(half.shape, vec![4, 6]);
+    // f16 and bf16 rounding (to nearest even) as torch does it: exact.
+    let want: Vec<f32> = (0..24)
+        .map(|i| half::f16::from_f32(base(i) * 3.0).to_f32())
+        .collect();
+    assert_eq!(half.data, want);
+    let bf = src.read("bfloat").unwrap().unwrap();
+    let want: Vec<f32> = (0..24)
+        .map(|i| half::bf16::from_f32(base(i) - 1.0).to_f32())
+        .collect();
+    assert_eq!(bf.data, want);
+    // `base.t()[1:]`: [5, 4], element (r, c) = base[c][r + 1].
+    let view = src.read("view").unwrap().unwrap();
+    assert_eq!(view.shape, vec![5, 4]);
+    let want: Vec<f32> = (0..20).map(|k| base((k % 4) * 6 + k / 4 + 1)).collect();
+    assert_eq!(view.data, want);
+    match src.read("ints") {
+        Err(Error::CorruptFile { path: p, reason }) => {
+            assert_eq!(p, path);
+            assert!(
+                reason.contains("`ints`") && reason.contains("floating-point"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected CorruptFile, got {other:?}"),
+    }
+}
+
+/// Opens a `.bin` made of `bytes`; the error must be a `CorruptFile` naming it.
+fn corrupt_reason(bytes: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("inseq-bin-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{:x}.bin", bytes.len()));
+    std::fs::write(&path, bytes).unwrap();
+    let result = TorchBinSource::open_files(std::slice::from_ref(&path)).and_then(|mut s| {
+        for name in s.names() {
+            s.read(&name)?;
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&path);
+    match result {
+        Err(Error::CorruptFile { path: p, reason }) => {
+            assert_eq!(p, path);
+            reason
+        }
+        other => panic!("expected CorruptFile, got {other:?}"),
+    }
+}
+
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern present");
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
+
+#[test]
+fn corrupt_bin_files_name_the_file_and_the_problem() {
+    let good = std::fs::read(checkpoints().join("dtypes.bin")).unwrap();
+    let reason = corrupt_reason(b"\x80\x02}q\x00.legacy");
+    assert!(reason.contains("legacy"), "{reason}");
+    let reason = corrupt_reason(&good[..good.len() / 2]);
+    assert!(reason.contains("truncated"), "{reason}");
+    // A global outside the allowed set (same length, so the archive stays valid).
+    let evil = replace(
+        &good,
+        b"collections\nOrderedDict",
+        b"posixpathh\nsystemsystem",
+    );
+    let reason = corrupt_reason(&evil);
+    assert!(
+        reason.contains("unsupported pickle global `posixpathh.systemsystem`"),
+        "{reason}"
+    );
+    // A view past the end of its storage: the size tuple (4, 6) of `half` becomes (4, 9).
+    let oversized = replace(&good, b"K\x00K\x04K\x06\x86", b"K\x00K\x04K\x09\x86");
+    let reason = corrupt_reason(&oversized);
+    assert!(
+        reason.contains("`half`") && reason.contains("storage"),
+        "{reason}"
+    );
+    // A sharded index naming a path outside its directory.
+    let dir = std::env::temp_dir().join(format!("inseq-bin-index-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pytorch_model.bin.index.json"),
+        br#"{"weight_map": {"a": "../../etc/passwd"}}"#,
+    )
+    .unwrap();
+    let err = TorchBinSource::open_dir(&dir)
+        .err()
+        .expect("must fail")
+        .to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        err.contains("pytorch_model.bin.index.json") && err.contains("not a file name"),
+        "{err}"
+    );
+}
