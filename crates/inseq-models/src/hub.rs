@@ -9,7 +9,13 @@ use std::path::PathBuf;
 use inseq_core::{Error, Result};
 
 /// Files a model directory needs; the weights are either single or sharded.
-const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
+const REQUIRED: &[&str] = &["config.json"];
+/// Tokenizer files, in order of preference: `tokenizer.json`, or a SentencePiece-only Marian
+/// repository's files.
+const TOKENIZERS: &[&[&str]] = &[
+    &["tokenizer.json"],
+    &["source.spm", "target.spm", "vocab.json"],
+];
 /// Weight files in transformers' order of preference; the `.index.json` ones list shards.
 const WEIGHTS: &[&str] = &[
     "model.safetensors",
@@ -38,7 +44,10 @@ pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
     let repo = cache().model(model_id.to_string());
     let mut found: Vec<PathBuf> = REQUIRED.iter().filter_map(|f| repo.get(f)).collect();
     let weights = WEIGHTS.iter().find_map(|f| repo.get(f));
-    if found.len() == REQUIRED.len() && weights.is_some() {
+    let tokenizer = TOKENIZERS
+        .iter()
+        .any(|files| files.iter().all(|f| repo.get(f).is_some()));
+    if found.len() == REQUIRED.len() && tokenizer && weights.is_some() {
         if let Some(index) = weights
             .as_ref()
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -93,6 +102,23 @@ fn download(model_id: &str) -> Result<PathBuf> {
     for f in REQUIRED {
         dir = Some(repo.get(f).map_err(hub_err)?);
     }
+    let mut tokenizer_err = None;
+    for files in TOKENIZERS {
+        match files.iter().try_for_each(|f| repo.get(f).map(drop)) {
+            Ok(()) => {
+                tokenizer_err = None;
+                break;
+            }
+            Err(e) => tokenizer_err = tokenizer_err.or(Some(e)),
+        }
+    }
+    if let Some(e) = tokenizer_err {
+        return Err(hub_err(e));
+    }
+    // Optional: the special tokens and decoding defaults.
+    for f in ["tokenizer_config.json", "generation_config.json"] {
+        let _ = repo.get(f);
+    }
     let mut last_err = None;
     for &file in WEIGHTS {
         match repo.get(file) {
@@ -125,7 +151,7 @@ fn download(model_id: &str) -> Result<PathBuf> {
 /// Without the `hub` feature only local paths can be loaded.
 #[cfg(not(feature = "hub"))]
 pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
-    let _ = (REQUIRED, WEIGHTS, offline());
+    let _ = (REQUIRED, TOKENIZERS, WEIGHTS, offline());
     Err(Error::Hub(format!(
         "`{model_id}` is not a local path and inseq-models was built without the `hub` feature"
     )))

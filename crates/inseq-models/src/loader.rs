@@ -122,7 +122,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
             path: config_path.clone(),
             reason: e.to_string(),
         })?;
-    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer = TextTokenizer::from_dir(dir)?;
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let generation_config = GenerationConfig::read(dir, &config)?;
     let source = open_weights_dir(dir)?;

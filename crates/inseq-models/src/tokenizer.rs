@@ -40,6 +40,17 @@ impl TextTokenizer {
             })
     }
 
+    /// The tokenizer of a model directory: its `tokenizer.json`, else, for a Marian repository
+    /// with only SentencePiece files (`source.spm`, `vocab.json`), one built from them
+    /// ([`crate::marian_spm`]).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if !json.exists() && crate::marian_spm::is_marian_spm_dir(dir) {
+            return crate::marian_spm::marian_tokenizer(dir).map(Self::new);
+        }
+        Self::from_file(&json)
+    }
+
     /// The wrapped tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

@@ -166,3 +166,70 @@ fn corrupt_bin_files_name_the_file_and_the_problem() {
         "{err}"
     );
 }
+
+/// `tests/fixtures/zoo/marian_spm_tokens.json`: MarianTokenizer's ids of varied sentences.
+fn marian_spm_reference() -> serde_json::Value {
+    let path = inseq_fixtures::golden_dir()
+        .parent()
+        .expect("fixtures dir")
+        .join("zoo/marian_spm_tokens.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn marian_spm_only_repository_tokenises_as_marian_tokenizer() {
+    let dir = inseq_fixtures::model_dir("tiny-marian-spm");
+    assert!(!dir.join("tokenizer.json").exists());
+    let m = load_pretrained(dir.to_str().unwrap(), &Device::default()).expect("load");
+    assert_eq!(m.model.info().architecture, "marian");
+    let reference = marian_spm_reference();
+    let mut mismatches = Vec::new();
+    for case in reference["source"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<usize> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as usize)
+            .collect();
+        let got = m.tokenizer.encode(text, true).unwrap();
+        if got != want {
+            mismatches.push(format!("{text:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // Special tokens resolve through the built vocabulary.
+    assert_eq!(m.special_tokens.eos, Some(0));
+    assert_eq!(m.special_tokens.unk, Some(1));
+}
+
+#[test]
+fn corrupt_spm_and_vocab_name_the_file() {
+    let src = inseq_fixtures::model_dir("tiny-marian-spm");
+    let dir = std::env::temp_dir().join(format!("inseq-spm-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "source.spm",
+        "target.spm",
+        "vocab.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let spm = std::fs::read(src.join("source.spm")).unwrap();
+    std::fs::write(dir.join("source.spm"), &spm[..spm.len() / 3]).unwrap();
+    let err = load_pretrained(dir.to_str().unwrap(), &Device::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("source.spm"), "{err}");
+    std::fs::copy(src.join("source.spm"), dir.join("source.spm")).unwrap();
+    std::fs::write(dir.join("vocab.json"), br#"{"</s>": 0, "<unk>": 5}"#).unwrap();
+    let err = load_pretrained(dir.to_str().unwrap(), &Device::default())
+        .err()
+        .unwrap()
+        .to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(err.contains("vocab.json") && err.contains("<unk>"), "{err}");
+}
