@@ -22,9 +22,9 @@ fn logits(dir: &Path) -> Vec<f32> {
     let dev = model.device().clone();
     let (src, tgt) = (vec![5, 17, 42, 99, 2], vec![2, 12, 77, 150]);
     let input = ModelInput {
-        target_embeds: model.embed(ids_tensor(&[tgt.clone()], &dev)),
+        target_embeds: model.embed(ids_tensor(std::slice::from_ref(&tgt), &dev)),
         target_mask: vec![vec![true; tgt.len()]],
-        source_embeds: Some(model.embed_source(ids_tensor(&[src.clone()], &dev))),
+        source_embeds: Some(model.embed_source(ids_tensor(std::slice::from_ref(&src), &dev))),
         source_mask: Some(vec![vec![true; src.len()]]),
     };
     let out = model.forward(input, ForwardOptions::default());

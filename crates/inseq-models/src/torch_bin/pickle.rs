@@ -215,7 +215,7 @@ fn pop(stack: &mut Vec<Value>) -> Result<Value, PickleError> {
 
 /// Adds `(key, value)` pairs to the dict on top of the stack.
 fn set_items(stack: &mut [Value], items: Vec<Value>) -> Result<(), PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("SETITEMS with an odd number of values".into());
     }
     let Some(Value::Dict(d)) = stack.last_mut() else {
