@@ -3,9 +3,11 @@
 //! - [`LanguageModel`]: the interface attribution methods use (embed, forward on
 //!   embeddings, attention weights and hidden states on request).
 //! - Architectures: [`gpt2::Gpt2`], [`llama::Llama`] (Llama, Mistral, Qwen2 layouts),
-//!   [`marian::Marian`], [`bart::Bart`], [`t5::T5`].
+//!   [`marian::Marian`], [`bart::Bart`], [`mbart::MBart`], [`mbart::M2M100`], [`t5::T5`]
+//!   (T5, mT5, UMT5).
 //! - Loading: [`load_pretrained`] from a `save_pretrained` directory
-//!   (config.json, model.safetensors or a sharded index, tokenizer.json),
+//!   (config.json; model.safetensors, pytorch_model.bin ([`torch_bin`]) or their sharded
+//!   indexes; tokenizer.json or a Marian repository's SentencePiece files ([`marian_spm`])),
 //!   a GGUF file, or a Hugging Face id through hf-hub (offline cache honoured).
 //! - [`generate_greedy`]: greedy decoding.
 //!
