@@ -15,6 +15,7 @@ const REQUIRED: &[&str] = &["config.json"];
 const TOKENIZERS: &[&[&str]] = &[
     &["tokenizer.json"],
     &["source.spm", "target.spm", "vocab.json"],
+    &["spiece.model"],
 ];
 /// Weight files in transformers' order of preference; the `.index.json` ones list shards.
 const WEIGHTS: &[&str] = &[

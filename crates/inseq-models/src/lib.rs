@@ -39,6 +39,7 @@ pub mod nn;
 pub mod special_tokens;
 pub mod spm;
 pub mod t5;
+pub mod t5_spm;
 pub mod tokenizer;
 pub mod torch_bin;
 pub mod weights;

@@ -22,21 +22,21 @@ use std::path::Path;
 use inseq_core::{Error, Result};
 use serde_json::{Value, json};
 
-use crate::spm::{PieceType, SpmModel};
+use crate::spm::{PieceType, SpmModel, base64};
 
 /// Whether `dir` holds a SentencePiece-only Marian tokenizer.
 pub fn is_marian_spm_dir(dir: &Path) -> bool {
     dir.join("source.spm").exists() && dir.join("vocab.json").exists()
 }
 
-fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::CorruptFile {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| corrupt(path, e.to_string()))
 }
@@ -96,26 +96,6 @@ fn special_tokens(dir: &Path) -> Result<[String; 3]> {
         token("unk_token", "<unk>"),
         token("pad_token", "<pad>"),
     ])
-}
-
-/// Standard base64 (the encoding `tokenizer.json` gives the precompiled charsmap).
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The normaliser, pre-tokeniser and decoder `convert_slow_tokenizer` derives from a model's

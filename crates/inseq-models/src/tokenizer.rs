@@ -40,13 +40,16 @@ impl TextTokenizer {
             })
     }
 
-    /// The tokenizer of a model directory: its `tokenizer.json`, else, for a Marian repository
-    /// with only SentencePiece files (`source.spm`, `vocab.json`), one built from them
-    /// ([`crate::marian_spm`]).
+    /// The tokenizer of a model directory: its `tokenizer.json`, else one built from
+    /// SentencePiece files: a Marian repository's `source.spm` and `vocab.json`
+    /// ([`crate::marian_spm`]), or a T5 / mT5 repository's `spiece.model` ([`crate::t5_spm`]).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         if !json.exists() && crate::marian_spm::is_marian_spm_dir(dir) {
             return crate::marian_spm::marian_tokenizer(dir).map(Self::new);
+        }
+        if !json.exists() && crate::t5_spm::is_t5_spm_dir(dir) {
+            return crate::t5_spm::t5_tokenizer(dir).map(Self::new);
         }
         Self::from_file(&json)
     }

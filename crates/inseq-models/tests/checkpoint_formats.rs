@@ -233,3 +233,34 @@ fn corrupt_spm_and_vocab_name_the_file() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(err.contains("vocab.json") && err.contains("<unk>"), "{err}");
 }
+
+#[test]
+fn t5_spiece_only_tokenizer_matches_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5-spiece");
+    let tok = inseq_models::TextTokenizer::from_dir(&dir).expect("tokenizer");
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let mut mismatches = Vec::new();
+    for case in reference["tokens"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text, true).unwrap();
+        if got != ids(&case["ids"]) {
+            mismatches.push(format!("{text:?}: got {got:?}, want {:?}", case["ids"]));
+        }
+    }
+    for case in reference["decoded"].as_array().unwrap() {
+        let got = tok.decode(&ids(&case["ids"]), false).unwrap();
+        if got != case["text"].as_str().unwrap() {
+            mismatches.push(format!("decode {:?}: got {got:?}", case["text"]));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert_eq!(tok.token_to_id("<extra_id_0>"), Some(102));
+}
