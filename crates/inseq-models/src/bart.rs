@@ -767,6 +767,52 @@ impl Seq2Seq {
         x
     }
 
+    /// Decoder layer `i`: self-attention, cross-attention to `memory` (the encoder output and its
+    /// bias) when there is a source, feed-forward; records what `options` asks for in `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_layer(
+        &self,
+        i: usize,
+        layer: &DecoderLayer,
+        y: Tensor<3>,
+        self_bias: &Tensor<4>,
+        memory: Option<&(Tensor<3>, Tensor<4>)>,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero, slot) = (options.attn_lrp, options.zero_value.as_ref(), 3 * i as u64);
+        let mut y = self.residual(&layer.self_attn_norm, y, options, slot, |n| {
+            let (a, weights) = layer.self_attn.forward(n.clone(), n, self_bias, lrp, |v| {
+                zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
+            });
+            if options.attentions {
+                out.attentions.push(weights);
+            }
+            a
+        });
+        if let Some((enc, cross_bias)) = memory {
+            y = self.residual(&layer.cross_attn_norm, y, options, slot + 1, |n| {
+                let (a, weights) = layer
+                    .cross_attn
+                    .forward(n, enc.clone(), cross_bias, lrp, |v| {
+                        zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+                    });
+                if options.attentions {
+                    out.cross_attentions.push(weights);
+                }
+                a
+            });
+        }
+        y = self.residual(&layer.final_norm, y, options, slot + 2, |n| {
+            self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
+        });
+        y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
+        if options.hidden_states {
+            out.hidden_states.push(y.clone());
+        }
+        y
+    }
+
     /// Forward pass on embeddings (see the module docs for the conventions).
     pub(crate) fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let mut out = empty_output(&self.device);
@@ -791,39 +837,8 @@ impl Seq2Seq {
             out.hidden_states.push(y.clone());
         }
         let self_bias = attention_bias(&target_mask, t, true, &self.device);
-        let zero = options.zero_value.as_ref();
         for (i, layer) in self.decoder.iter().enumerate() {
-            let slot = 3 * i as u64;
-            y = self.residual(&layer.self_attn_norm, y, &options, slot, |n| {
-                let (a, weights) = layer.self_attn.forward(n.clone(), n, &self_bias, lrp, |v| {
-                    zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
-                });
-                if options.attentions {
-                    out.attentions.push(weights);
-                }
-                a
-            });
-            if let Some((enc, cross_bias)) = &memory {
-                y = self.residual(&layer.cross_attn_norm, y, &options, slot + 1, |n| {
-                    let (a, weights) =
-                        layer
-                            .cross_attn
-                            .forward(n, enc.clone(), cross_bias, lrp, |v| {
-                                zero_values(v, zero, AttentionKind::Cross, i, &self.device)
-                            });
-                    if options.attentions {
-                        out.cross_attentions.push(weights);
-                    }
-                    a
-                });
-            }
-            y = self.residual(&layer.final_norm, y, &options, slot + 2, |n| {
-                self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
-            });
-            y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
-            if options.hidden_states {
-                out.hidden_states.push(y.clone());
-            }
+            y = self.decoder_layer(i, layer, y, &self_bias, memory.as_ref(), &options, &mut out);
         }
         let y = self.final_norm(y, true, lrp);
         if options.hidden_states {

@@ -408,13 +408,14 @@ impl T5 {
         })
     }
 
-    fn load_stack(
+    /// Block `i` of `stack` (`encoder`/`decoder`).
+    fn load_block(
         config: &T5Config,
         w: &mut Weights,
         stack: &str,
-        layers: usize,
+        i: usize,
         gated: bool,
-    ) -> Result<Stack> {
+    ) -> Result<T5Block> {
         let (d, h, dkv, ff, eps) = (
             config.d_model,
             config.num_heads,
@@ -424,43 +425,48 @@ impl T5 {
         );
         let decoder = stack == "decoder";
         let n = &T5_NAMES;
-        let mut blocks = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let ffp = name(n.ff[usize::from(decoder)], stack, i);
-            let cross = if decoder {
-                Some((
-                    T5Attn::load(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
-                    RmsNorm::load(w, &name(n.cross_attn_norm, stack, i), d, eps)?,
-                ))
+        let ffp = name(n.ff[usize::from(decoder)], stack, i);
+        let cross = if decoder {
+            Some((
+                T5Attn::load(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
+                RmsNorm::load(w, &name(n.cross_attn_norm, stack, i), d, eps)?,
+            ))
+        } else {
+            None
+        };
+        let linear = |w: &mut Weights, part: &str, dims| {
+            Linear::load_torch(w, &format!("{ffp}.{part}"), false, dims)
+        };
+        let feed = FeedForward {
+            wi_0: linear(w, if gated { n.wi_0 } else { n.wi }, [ff, d])?,
+            wi_1: if gated {
+                Some(linear(w, n.wi_1, [ff, d])?)
             } else {
                 None
-            };
-            let feed = if gated {
-                FeedForward {
-                    wi_0: Linear::load_torch(w, &format!("{ffp}.{}", n.wi_0), false, [ff, d])?,
-                    wi_1: Some(Linear::load_torch(
-                        w,
-                        &format!("{ffp}.{}", n.wi_1),
-                        false,
-                        [ff, d],
-                    )?),
-                    wo: Linear::load_torch(w, &format!("{ffp}.{}", n.wo), false, [d, ff])?,
-                }
-            } else {
-                FeedForward {
-                    wi_0: Linear::load_torch(w, &format!("{ffp}.{}", n.wi), false, [ff, d])?,
-                    wi_1: None,
-                    wo: Linear::load_torch(w, &format!("{ffp}.{}", n.wo), false, [d, ff])?,
-                }
-            };
-            blocks.push(T5Block {
-                self_attn: T5Attn::load(w, &name(n.self_attn, stack, i), d, h, dkv)?,
-                self_attn_norm: RmsNorm::load(w, &name(n.self_attn_norm, stack, i), d, eps)?,
-                cross,
-                ff: feed,
-                ff_norm: RmsNorm::load(w, &format!("{ffp}.{}", n.ff_norm), d, eps)?,
-            });
-        }
+            },
+            wo: linear(w, n.wo, [d, ff])?,
+        };
+        Ok(T5Block {
+            self_attn: T5Attn::load(w, &name(n.self_attn, stack, i), d, h, dkv)?,
+            self_attn_norm: RmsNorm::load(w, &name(n.self_attn_norm, stack, i), d, eps)?,
+            cross,
+            ff: feed,
+            ff_norm: RmsNorm::load(w, &format!("{ffp}.{}", n.ff_norm), d, eps)?,
+        })
+    }
+
+    fn load_stack(
+        config: &T5Config,
+        w: &mut Weights,
+        stack: &str,
+        layers: usize,
+        gated: bool,
+    ) -> Result<Stack> {
+        let (d, h, eps) = (config.d_model, config.num_heads, config.layer_norm_epsilon);
+        let n = &T5_NAMES;
+        let blocks = (0..layers)
+            .map(|i| Self::load_block(config, w, stack, i, gated))
+            .collect::<Result<Vec<_>>>()?;
         let table = [config.relative_attention_num_buckets, h];
         let relative_bias = if config.variant()? == Variant::UMT5 {
             (0..layers)

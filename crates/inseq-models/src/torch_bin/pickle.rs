@@ -179,7 +179,7 @@ fn reduce(callable: Value, args: Value) -> Result<Value, PickleError> {
     }
 }
 
-/// Reads a little-endian integer of `N` bytes at `*at`, advancing it.
+/// Reads `n` bytes at `*at`, advancing it.
 fn take<'a>(data: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], PickleError> {
     let s = at
         .checked_add(n)
@@ -196,38 +196,6 @@ fn le(bytes: &[u8]) -> u64 {
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
 }
 
-/// Pops values down to the last mark.
-fn pop_mark(stack: &mut Vec<Value>) -> Result<Vec<Value>, PickleError> {
-    let at = stack
-        .iter()
-        .rposition(|v| *v == Value::Mark)
-        .ok_or("pickle MARK missing")?;
-    let items = stack.split_off(at + 1);
-    stack.pop();
-    Ok(items)
-}
-
-fn pop(stack: &mut Vec<Value>) -> Result<Value, PickleError> {
-    stack
-        .pop()
-        .ok_or_else(|| "pickle stack underflow".to_string())
-}
-
-/// Adds `(key, value)` pairs to the dict on top of the stack.
-fn set_items(stack: &mut [Value], items: Vec<Value>) -> Result<(), PickleError> {
-    if !items.len().is_multiple_of(2) {
-        return Err("SETITEMS with an odd number of values".into());
-    }
-    let Some(Value::Dict(d)) = stack.last_mut() else {
-        return Err("SETITEM(S) on something that is not a dict".into());
-    };
-    let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        d.push((k, v));
-    }
-    Ok(())
-}
-
 /// Number of nodes of a value (what cloning it costs).
 fn nodes(v: &Value) -> usize {
     match v {
@@ -242,173 +210,271 @@ fn nodes(v: &Value) -> usize {
     }
 }
 
-/// Unpickles `data` (protocols 2 to 5, the subset described in the module docs).
+/// The unpickler's state: input, position, stack and memo.
 ///
 /// The memo holds copies, not shared references: a memoized container changed afterwards is
 /// recalled as it was (torch's state dicts never do that). Copies are budgeted so that a hostile
 /// pickle cannot blow up memory by recalling containers into themselves.
-pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: HashMap<u64, Value> = HashMap::new();
-    let mut at = 0usize;
-    let mut copy_budget = 16 * data.len() + 1_000_000;
-    let mut spend = |v: &Value| -> Result<(), PickleError> {
-        copy_budget = copy_budget
-            .checked_sub(nodes(v))
+struct Machine<'a> {
+    data: &'a [u8],
+    at: usize,
+    stack: Vec<Value>,
+    memo: HashMap<u64, Value>,
+    copy_budget: usize,
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
+        take(self.data, &mut self.at, n)
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "pickle stack underflow".to_string())
+    }
+
+    /// Pops values down to the last mark.
+    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+        let at = self
+            .stack
+            .iter()
+            .rposition(|v| *v == Value::Mark)
+            .ok_or("pickle MARK missing")?;
+        let items = self.stack.split_off(at + 1);
+        self.stack.pop();
+        Ok(items)
+    }
+
+    /// Charges a copy of `n` nodes to the copy budget (before making it).
+    fn charge(&mut self, n: usize) -> Result<(), PickleError> {
+        self.copy_budget = self
+            .copy_budget
+            .checked_sub(n)
             .ok_or("the pickle recalls more values than a checkpoint holds")?;
         Ok(())
-    };
-    loop {
-        let op = take(data, &mut at, 1)?[0];
-        match op {
-            0x80 => drop(take(data, &mut at, 1)?), // PROTO
-            0x95 => drop(take(data, &mut at, 8)?), // FRAME
-            b'.' => return pop(&mut stack),        // STOP
-            b'(' => stack.push(Value::Mark),
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b'N' => stack.push(Value::None),
-            0x88 | 0x89 => stack.push(Value::Bool(op == 0x88)),
-            b'K' => stack.push(Value::Int(le(take(data, &mut at, 1)?) as i64)),
-            b'M' => stack.push(Value::Int(le(take(data, &mut at, 2)?) as i64)),
-            b'J' => stack.push(Value::Int(i64::from(
-                le(take(data, &mut at, 4)?) as u32 as i32
-            ))),
+    }
+
+    /// A copy of the top of the stack, charged to the copy budget.
+    fn copy_top(&mut self) -> Result<Value, PickleError> {
+        let n = nodes(self.stack.last().ok_or("pickle stack underflow")?);
+        self.charge(n)?;
+        Ok(self.stack.last().expect("checked above").clone())
+    }
+
+    /// The value pushed by a literal opcode (numbers, strings, empty containers), if `op` is one.
+    fn literal(&mut self, op: u8) -> Result<Option<Value>, PickleError> {
+        Ok(Some(match op {
+            b'(' => Value::Mark,
+            b'}' => Value::Dict(Vec::new()),
+            b']' => Value::List(Vec::new()),
+            b')' => Value::Tuple(Vec::new()),
+            b'N' => Value::None,
+            0x88 | 0x89 => Value::Bool(op == 0x88),
+            b'K' => Value::Int(le(self.take(1)?) as i64),
+            b'M' => Value::Int(le(self.take(2)?) as i64),
+            b'J' => Value::Int(i64::from(le(self.take(4)?) as u32 as i32)),
             0x8a => {
                 // LONG1: a little-endian two's-complement integer of n bytes.
-                let n = usize::from(take(data, &mut at, 1)?[0]);
-                let bytes = take(data, &mut at, n)?;
+                let n = usize::from(self.take(1)?[0]);
+                let bytes = self.take(n)?;
                 if n > 8 {
                     return Err("integer wider than 64 bits".into());
                 }
                 let shift = 64 - 8 * n as u32;
-                let v = if n == 0 {
+                Value::Int(if n == 0 {
                     0
                 } else {
                     ((le(bytes) << shift) as i64) >> shift
-                };
-                stack.push(Value::Int(v));
+                })
             }
-            b'G' => {
-                let b = take(data, &mut at, 8)?;
-                stack.push(Value::Float(f64::from_be_bytes(
-                    b.try_into().expect("8 bytes"),
-                )));
-            }
+            b'G' => Value::Float(f64::from_be_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            )),
             b'X' | 0x8c | 0x8d | b'B' | b'C' | 0x8e => {
                 let width = match op {
                     0x8c | b'C' => 1,
                     0x8d | 0x8e => 8,
                     _ => 4,
                 };
-                let n = usize::try_from(le(take(data, &mut at, width)?))
-                    .map_err(|_| "string length")?;
-                let bytes = take(data, &mut at, n)?.to_vec();
-                stack.push(if matches!(op, b'B' | b'C' | 0x8e) {
+                let n = usize::try_from(le(self.take(width)?)).map_err(|_| "string length")?;
+                let bytes = self.take(n)?.to_vec();
+                if matches!(op, b'B' | b'C' | 0x8e) {
                     Value::Bytes(bytes)
                 } else {
                     Value::Str(String::from_utf8(bytes).map_err(|_| "string is not UTF-8")?)
-                });
+                }
             }
-            b'c' => {
-                let mut line = || -> Result<String, PickleError> {
-                    let rest = data.get(at..).unwrap_or_default();
-                    let n = rest
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .ok_or("GLOBAL line cut short")?;
-                    at += n + 1;
-                    Ok(String::from_utf8_lossy(&rest[..n]).into_owned())
-                };
-                let (module, name) = (line()?, line()?);
-                stack.push(Value::Global(global(&module, &name)?));
-            }
-            0x93 => {
-                let (name, module) = (pop(&mut stack)?, pop(&mut stack)?);
-                let (Value::Str(m), Value::Str(n)) = (module, name) else {
-                    return Err("STACK_GLOBAL without strings".into());
-                };
-                stack.push(Value::Global(global(&m, &n)?));
-            }
-            b'q' | b'r' | 0x94 => {
-                let key = match op {
-                    b'q' => le(take(data, &mut at, 1)?),
-                    b'r' => le(take(data, &mut at, 4)?),
-                    _ => memo.len() as u64,
-                };
-                let top = stack.last().ok_or("memoizing an empty stack")?;
-                spend(top)?;
-                memo.insert(key, top.clone());
-            }
-            b'h' | b'j' => {
-                let key = le(take(data, &mut at, if op == b'h' { 1 } else { 4 })?);
-                let value = memo
-                    .get(&key)
-                    .ok_or_else(|| format!("memo key {key} unset"))?;
-                spend(value)?;
-                stack.push(value.clone());
-            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Adds `(key, value)` pairs to the dict on top of the stack.
+    fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
+        if !items.len().is_multiple_of(2) {
+            return Err("SETITEMS with an odd number of values".into());
+        }
+        let Some(Value::Dict(d)) = self.stack.last_mut() else {
+            return Err("SETITEM(S) on something that is not a dict".into());
+        };
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            d.push((k, v));
+        }
+        Ok(())
+    }
+
+    /// Builds or fills a container (tuples, lists, dicts); false if `op` is not such an opcode.
+    fn container(&mut self, op: u8) -> Result<bool, PickleError> {
+        match op {
             b't' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::Tuple(items));
+                let items = self.pop_mark()?;
+                self.stack.push(Value::Tuple(items));
             }
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
-                let items =
-                    stack.split_off(stack.len().checked_sub(n).ok_or("pickle stack underflow")?);
-                stack.push(Value::Tuple(items));
+                let at = self
+                    .stack
+                    .len()
+                    .checked_sub(n)
+                    .ok_or("pickle stack underflow")?;
+                let items = self.stack.split_off(at);
+                self.stack.push(Value::Tuple(items));
             }
             b'l' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::List(items));
+                let items = self.pop_mark()?;
+                self.stack.push(Value::List(items));
             }
             b'd' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::Dict(Vec::new()));
-                set_items(&mut stack, items)?;
+                let items = self.pop_mark()?;
+                self.stack.push(Value::Dict(Vec::new()));
+                self.set_items(items)?;
             }
             b'a' | b'e' => {
                 let items = if op == b'a' {
-                    vec![pop(&mut stack)?]
+                    vec![self.pop()?]
                 } else {
-                    pop_mark(&mut stack)?
+                    self.pop_mark()?
                 };
-                let Some(Value::List(l)) = stack.last_mut() else {
+                let Some(Value::List(l)) = self.stack.last_mut() else {
                     return Err("APPEND on something that is not a list".into());
                 };
                 l.extend(items);
             }
             b's' => {
-                let (v, k) = (pop(&mut stack)?, pop(&mut stack)?);
-                set_items(&mut stack, vec![k, v])?;
+                let (v, k) = (self.pop()?, self.pop()?);
+                self.set_items(vec![k, v])?;
             }
             b'u' => {
-                let items = pop_mark(&mut stack)?;
-                set_items(&mut stack, items)?;
+                let items = self.pop_mark()?;
+                self.set_items(items)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Memo and stack-copy opcodes; false if `op` is not one.
+    fn memo_op(&mut self, op: u8) -> Result<bool, PickleError> {
+        match op {
+            b'q' | b'r' | 0x94 => {
+                let key = match op {
+                    b'q' => le(self.take(1)?),
+                    b'r' => le(self.take(4)?),
+                    _ => self.memo.len() as u64,
+                };
+                let top = self.copy_top()?;
+                self.memo.insert(key, top);
+            }
+            b'h' | b'j' => {
+                let key = le(self.take(if op == b'h' { 1 } else { 4 })?);
+                let n = nodes(
+                    self.memo
+                        .get(&key)
+                        .ok_or_else(|| format!("memo key {key} unset"))?,
+                );
+                self.charge(n)?;
+                let value = self.memo[&key].clone();
+                self.stack.push(value);
+            }
+            b'2' => {
+                let top = self.copy_top()?;
+                self.stack.push(top);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// One line of a `GLOBAL` opcode.
+    fn line(&mut self) -> Result<String, PickleError> {
+        let rest = self.data.get(self.at..).unwrap_or_default();
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("GLOBAL line cut short")?;
+        self.at += n + 1;
+        Ok(String::from_utf8_lossy(&rest[..n]).into_owned())
+    }
+
+    /// Globals, persistent ids, calls and the remaining stack opcodes.
+    fn object_op(&mut self, op: u8) -> Result<(), PickleError> {
+        let value = match op {
+            b'c' => {
+                let (module, name) = (self.line()?, self.line()?);
+                Value::Global(global(&module, &name)?)
+            }
+            0x93 => {
+                let (name, module) = (self.pop()?, self.pop()?);
+                let (Value::Str(m), Value::Str(n)) = (module, name) else {
+                    return Err("STACK_GLOBAL without strings".into());
+                };
+                Value::Global(global(&m, &n)?)
             }
             b'Q' => {
-                let pid = pop(&mut stack)?;
-                stack.push(storage(pid)?);
+                let pid = self.pop()?;
+                storage(pid)?
             }
             b'R' => {
-                let (args, callable) = (pop(&mut stack)?, pop(&mut stack)?);
-                stack.push(reduce(callable, args)?);
+                let (args, callable) = (self.pop()?, self.pop()?);
+                reduce(callable, args)?
             }
             // BUILD: the state of an OrderedDict (its `_metadata`) is not needed.
-            b'b' => drop(pop(&mut stack)?),
-            b'0' => drop(pop(&mut stack)?),
-            b'1' => drop(pop_mark(&mut stack)?),
-            b'2' => {
-                let top = stack.last().ok_or("DUP on an empty stack")?;
-                spend(top)?;
-                stack.push(top.clone());
-            }
+            b'b' | b'0' => return self.pop().map(drop),
+            b'1' => return self.pop_mark().map(drop),
             other => {
                 return Err(format!(
                     "unsupported pickle opcode 0x{other:02x} at byte {}",
-                    at - 1
+                    self.at - 1
                 ));
+            }
+        };
+        self.stack.push(value);
+        Ok(())
+    }
+}
+
+/// Unpickles `data` (protocols 2 to 5, the subset described in the module docs).
+pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
+    let mut m = Machine {
+        data,
+        at: 0,
+        stack: Vec::new(),
+        memo: HashMap::new(),
+        copy_budget: 16 * data.len() + 1_000_000,
+    };
+    loop {
+        let op = m.take(1)?[0];
+        match op {
+            0x80 => drop(m.take(1)?), // PROTO
+            0x95 => drop(m.take(8)?), // FRAME
+            b'.' => return m.pop(),   // STOP
+            _ => {
+                if let Some(v) = m.literal(op)? {
+                    m.stack.push(v);
+                } else if !m.container(op)? && !m.memo_op(op)? {
+                    m.object_op(op)?;
+                }
             }
         }
     }
