@@ -8,10 +8,10 @@
 //!   them — then its unigram segmentation), and pieces map to ids through `vocab.json`;
 //! - `</s>` is appended; a leading language code (`>>fr<<`) is a token of its own.
 //!
-//! The unigram model is laid out in `vocab.json`'s id order with the source model's scores, so
-//! ids come out directly. Limits, where `MarianTokenizer` differs: text is always encoded with
-//! `source.spm` (MarianTokenizer encodes targets with `target.spm`: correct here when both sides
-//! share a SentencePiece model); a `vocab.json` entry that `source.spm` lacks gets a score below
+//! Target texts are encoded the same way with `target.spm` ([`marian_tokenizers`]; the facade
+//! calls `TextTokenizer::encode_target` for them). The unigram model is laid out in
+//! `vocab.json`'s id order with the SentencePiece model's scores, so ids come out directly.
+//! Limits, where `MarianTokenizer` differs: a `vocab.json` entry that the model lacks gets a score below
 //! every source piece (used only where the source model knows no piece, as MarianTokenizer's
 //! vocabulary lookup of unknown text then often finds it); language codes are recognised
 //! anywhere, not only at the start; `separate_vocabs` repositories are refused.
@@ -152,9 +152,22 @@ fn unigram_vocab(vocab: &[String], spm: &SpmModel) -> Vec<Value> {
         .collect()
 }
 
-/// Builds the tokenizer of a SentencePiece-only Marian directory (see the module docs).
-pub fn marian_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
-    let spm_path = dir.join("source.spm");
+/// The source and target tokenizers of a SentencePiece-only Marian directory: `source.spm`,
+/// and `target.spm` (the source model when absent) over the same `vocab.json`.
+pub fn marian_tokenizers(dir: &Path) -> Result<(tokenizers::Tokenizer, tokenizers::Tokenizer)> {
+    let source = marian_tokenizer(dir, "source.spm")?;
+    let target = if dir.join("target.spm").exists() {
+        marian_tokenizer(dir, "target.spm")?
+    } else {
+        source.clone()
+    };
+    Ok((source, target))
+}
+
+/// Builds the tokenizer of a SentencePiece-only Marian directory with its SentencePiece model
+/// `spm_file` (see the module docs).
+pub fn marian_tokenizer(dir: &Path, spm_file: &str) -> Result<tokenizers::Tokenizer> {
+    let spm_path = dir.join(spm_file);
     let spm = SpmModel::read(&spm_path)?;
     if spm.model_type != 1 {
         return Err(Error::Unsupported(format!(

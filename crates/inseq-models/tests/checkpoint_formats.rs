@@ -184,17 +184,23 @@ fn marian_spm_only_repository_tokenises_as_marian_tokenizer() {
     assert_eq!(m.model.info().architecture, "marian");
     let reference = marian_spm_reference();
     let mut mismatches = Vec::new();
-    for case in reference["source"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let want: Vec<usize> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as usize)
-            .collect();
-        let got = m.tokenizer.encode(text, true).unwrap();
-        if got != want {
-            mismatches.push(format!("{text:?}: got {got:?}, want {want:?}"));
+    // Sources with `source.spm`, targets (`text_target=`) with `target.spm`.
+    for (side, target) in [("source", false), ("target", true)] {
+        for case in reference[side].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<usize> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as usize)
+                .collect();
+            let got = match target {
+                true => m.tokenizer.encode_target(text, true).unwrap(),
+                false => m.tokenizer.encode(text, true).unwrap(),
+            };
+            if got != want {
+                mismatches.push(format!("{side} {text:?}: got {got:?}, want {want:?}"));
+            }
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
