@@ -270,3 +270,24 @@ fn t5_spiece_only_tokenizer_matches_transformers() {
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     assert_eq!(tok.token_to_id("<extra_id_0>"), Some(102));
 }
+
+#[test]
+fn legacy_torch_save_format_reads_as_the_zip_format() {
+    let zip = checkpoints().join("dtypes.bin");
+    let legacy = checkpoints().join("dtypes-legacy.bin");
+    let mut a = TorchBinSource::open_files(&[zip]).expect("zip");
+    let mut b = TorchBinSource::open_files(std::slice::from_ref(&legacy)).expect("legacy");
+    assert_eq!(a.names(), b.names());
+    for name in ["half", "bfloat", "view"] {
+        let (x, y) = (
+            a.read(name).unwrap().unwrap(),
+            b.read(name).unwrap().unwrap(),
+        );
+        assert_eq!((x.shape, x.data), (y.shape, y.data), "{name}");
+    }
+    assert!(b.read("ints").is_err());
+    // Cut inside the raw storages: the error names the file and the storage.
+    let bytes = std::fs::read(&legacy).unwrap();
+    let reason = corrupt_reason(&bytes[..bytes.len() - 10]);
+    assert!(reason.contains("storage"), "{reason}");
+}

@@ -397,15 +397,18 @@ fn bin_open_and_read_all(path: &Path) -> Result<usize, Error> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
-    /// `pytorch_model.bin` mutated anywhere (zip structure, pickle, storages): read or a
-    /// `CorruptFile` naming it, never a panic.
+    /// `pytorch_model.bin` (zip or legacy format) mutated anywhere (zip structure, pickles,
+    /// storages): read or a `CorruptFile` naming it, never a panic.
     #[test]
     fn torch_bin_mutations_load_or_fail_cleanly(
         edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
+        legacy in any::<bool>(),
     ) {
         let s = Scratch::new("bin-mut");
+        let file = if legacy { "dtypes-legacy.bin" } else { "dtypes.bin" };
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/checkpoints/dtypes.bin");
+            .join("tests/fixtures/checkpoints")
+            .join(file);
         let mut bytes = std::fs::read(fixture).unwrap();
         let region = bytes.len();
         mutate(&mut bytes, &edits, region);

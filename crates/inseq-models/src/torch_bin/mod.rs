@@ -1,7 +1,7 @@
 //! PyTorch checkpoints (`pytorch_model.bin`, `torch.save` of a state dict) read without Python:
 //! the zip archive ([`zip`]), its `data.pkl` ([`pickle`], a safe subset), and each tensor's
 //! storage `data/<key>` decoded to `f32` on demand (f32, f16, bf16, f64; strided views included).
-//! The legacy pre-1.6 (non-zip) format is refused with a message saying how to convert it.
+//! The legacy pre-1.6 format (consecutive pickles, then the raw storages) is read too.
 
 mod pickle;
 mod zip;
@@ -40,11 +40,7 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
 /// The archive's `data.pkl` and storage ranges (`<archive>/data/<key>` → key).
 fn read_archive(path: &Path, bytes: &[u8]) -> Result<(Value, HashMap<String, Range<usize>>)> {
     if !zip::is_zip(bytes) {
-        return Err(corrupt(
-            path,
-            "not a zip archive: the legacy (pre-1.6) torch.save format is not read; re-save it with \
-             torch >= 1.6 or convert it to safetensors",
-        ));
+        return read_legacy(path, bytes);
     }
     let entries = zip::stored_entries(bytes).map_err(|e| corrupt(path, e))?;
     let pkl = entries
@@ -66,6 +62,76 @@ fn read_archive(path: &Path, bytes: &[u8]) -> Result<(Value, HashMap<String, Ran
         })
         .collect();
     Ok((value, storages))
+}
+
+/// The first pickle of a legacy `torch.save` file: protocol 2, the magic number
+/// `0x1950a86a20f9469cfc6c`.
+const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+
+/// A legacy (pre-1.6) `torch.save` file: the magic, protocol and system-info pickles, the object
+/// pickle, the sorted storage keys, then each storage as an 8-byte element count and its bytes.
+fn read_legacy(path: &Path, bytes: &[u8]) -> Result<(Value, HashMap<String, Range<usize>>)> {
+    if !bytes.starts_with(LEGACY_MAGIC) {
+        return Err(corrupt(
+            path,
+            "neither a zip archive nor a legacy torch.save file",
+        ));
+    }
+    let err = |e: String| corrupt(path, e);
+    let (_, at) = pickle::unpickle_at(bytes, LEGACY_MAGIC.len()).map_err(err)?;
+    let (info, at) = pickle::unpickle_at(bytes, at).map_err(err)?;
+    let little = Value::Str("little_endian".into());
+    if let Value::Dict(items) = &info
+        && items
+            .iter()
+            .any(|(k, v)| *k == little && *v == Value::Bool(false))
+    {
+        return Err(corrupt(path, "big-endian checkpoint"));
+    }
+    let (value, at) = pickle::unpickle_at(bytes, at).map_err(err)?;
+    let (keys, at) = pickle::unpickle_at(bytes, at).map_err(err)?;
+    let Value::List(keys) = keys else {
+        return Err(corrupt(path, "the storage key list is missing"));
+    };
+    let tensors = state_dict(path, value.clone())?;
+    let storages = legacy_storages(path, bytes, at, keys, &tensors)?;
+    Ok((value, storages))
+}
+
+/// The byte ranges of a legacy file's storages, laid out from `at` in `keys` order.
+fn legacy_storages(
+    path: &Path,
+    bytes: &[u8],
+    mut at: usize,
+    keys: Vec<Value>,
+    tensors: &[(String, TensorRef)],
+) -> Result<HashMap<String, Range<usize>>> {
+    let mut storages = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else {
+            return Err(corrupt(path, "a storage key is not a string"));
+        };
+        let t = tensors
+            .iter()
+            .map(|(_, t)| t)
+            .find(|t| t.storage == key)
+            .ok_or_else(|| corrupt(path, format!("storage `{key}` belongs to no tensor")))?;
+        let numel = at
+            .checked_add(8)
+            .and_then(|end| bytes.get(at..end))
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| corrupt(path, format!("storage `{key}` cut short")))?;
+        let end = usize::try_from(numel)
+            .ok()
+            .filter(|&n| n == t.storage_len)
+            .and_then(|n| n.checked_mul(t.dtype.width()))
+            .and_then(|len| (at + 8).checked_add(len))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| corrupt(path, format!("storage `{key}`: bad size {numel}")))?;
+        storages.insert(key, at + 8..end);
+        at = end;
+    }
+    Ok(storages)
 }
 
 /// The `name → tensor` pairs of an unpickled state dict.

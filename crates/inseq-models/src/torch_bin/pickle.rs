@@ -77,6 +77,8 @@ pub(crate) enum Value {
     None,
     Bool(bool),
     Int(i64),
+    /// An integer wider than 64 bits (little-endian two's complement), e.g. the legacy magic.
+    BigInt(Vec<u8>),
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
@@ -127,7 +129,12 @@ fn storage(pid: Value) -> Result<Value, PickleError> {
     let Value::Tuple(items) = pid else {
         return Err(format!("unsupported persistent id {pid:?}"));
     };
-    match items.as_slice() {
+    // The legacy format adds a sixth element, the view metadata (None).
+    let items = match items.as_slice() {
+        [head @ .., Value::None] if items.len() == 6 => head,
+        all => all,
+    };
+    match items {
         [
             Value::Str(tag),
             Value::Global(Global::Storage(kind)),
@@ -279,7 +286,7 @@ impl<'a> Machine<'a> {
                 let n = usize::from(self.take(1)?[0]);
                 let bytes = self.take(n)?;
                 if n > 8 {
-                    return Err("integer wider than 64 bits".into());
+                    return Ok(Some(Value::BigInt(bytes.to_vec())));
                 }
                 let shift = 64 - 8 * n as u32;
                 Value::Int(if n == 0 {
@@ -456,9 +463,15 @@ impl<'a> Machine<'a> {
 
 /// Unpickles `data` (protocols 2 to 5, the subset described in the module docs).
 pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
+    unpickle_at(data, 0).map(|(v, _)| v)
+}
+
+/// Unpickles the pickle starting at byte `start` of `data`; returns it and the byte after its
+/// `STOP` (where the legacy format's next pickle or raw data begins).
+pub(crate) fn unpickle_at(data: &[u8], start: usize) -> Result<(Value, usize), PickleError> {
     let mut m = Machine {
         data,
-        at: 0,
+        at: start,
         stack: Vec::new(),
         memo: HashMap::new(),
         copy_budget: 16 * data.len() + 1_000_000,
@@ -466,9 +479,9 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
     loop {
         let op = m.take(1)?[0];
         match op {
-            0x80 => drop(m.take(1)?), // PROTO
-            0x95 => drop(m.take(8)?), // FRAME
-            b'.' => return m.pop(),   // STOP
+            0x80 => drop(m.take(1)?),            // PROTO
+            0x95 => drop(m.take(8)?),            // FRAME
+            b'.' => return Ok((m.pop()?, m.at)), // STOP
             _ => {
                 if let Some(v) = m.literal(op)? {
                     m.stack.push(v);
