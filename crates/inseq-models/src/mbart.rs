@@ -42,6 +42,13 @@ const M2M100_NAMES: NameTable = NameTable {
     ..MBART_NAMES
 };
 
+/// The first decoder input as transformers' `generate` picks it: `decoder_start_token_id`, else
+/// `bos_token_id` (mBART-50, M2M100 and NLLB configs set the first; others fall back to the
+/// beginning-of-sequence token).
+fn decoder_start(config: &BartConfig) -> Option<usize> {
+    config.decoder_start_token_id.or(config.bos_token_id)
+}
+
 /// An mBART model (`MBartForConditionalGeneration`).
 pub struct MBart {
     inner: Seq2Seq,
@@ -50,7 +57,8 @@ pub struct MBart {
 impl MBart {
     /// Builds the model from its config and weights (names without the `model.` prefix).
     pub fn load(config: BartConfig, w: &mut Weights) -> Result<Self> {
-        let info = seq2seq_info(&config, "mbart", "MBartForConditionalGeneration");
+        let mut info = seq2seq_info(&config, "mbart", "MBartForConditionalGeneration");
+        info.decoder_start_token_id = decoder_start(&config);
         let layout = Layout {
             names: MBART_NAMES,
             convention: ScaleConvention::InEmbedding,
@@ -72,7 +80,8 @@ pub struct M2M100 {
 impl M2M100 {
     /// Builds the model from its config and weights (names without the `model.` prefix).
     pub fn load(config: BartConfig, w: &mut Weights) -> Result<Self> {
-        let info = seq2seq_info(&config, "m2m_100", "M2M100ForConditionalGeneration");
+        let mut info = seq2seq_info(&config, "m2m_100", "M2M100ForConditionalGeneration");
+        info.decoder_start_token_id = decoder_start(&config);
         let layout = Layout {
             names: M2M100_NAMES,
             convention: ScaleConvention::InEmbedding,

@@ -414,6 +414,30 @@ fn zoo_models_take_their_special_tokens_from_config() {
     let m2m = load_fixture("tiny-m2m100").expect("m2m100");
     assert_eq!(m2m.model.info().pad_token_id, Some(1));
     assert_eq!(m2m.model.info().decoder_start_token_id, Some(2));
+    // Without `decoder_start_token_id`, generate starts from `bos_token_id` (mBART-cc25 style).
+    let dir = std::env::temp_dir().join(format!("inseq-mbart-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = inseq_fixtures::model_dir("tiny-mbart");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config
+        .as_object_mut()
+        .unwrap()
+        .remove("decoder_start_token_id");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let cc25 = load_pretrained(dir.to_str().unwrap(), &device());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        cc25.expect("load").model.info().decoder_start_token_id,
+        Some(1)
+    );
     let umt5 = load_fixture("tiny-umt5").expect("umt5");
     assert_eq!(umt5.model.info().decoder_start_token_id, Some(0));
     assert_eq!(umt5.special_tokens.config_eos, vec![1, 3]);
