@@ -1,9 +1,11 @@
-//! BART (`BartForConditionalGeneration`) and the post-norm encoder-decoder
-//! Transformer it shares with Marian ([`crate::marian`]).
+//! BART (`BartForConditionalGeneration`) and the encoder-decoder Transformer it shares with
+//! Marian ([`crate::marian`]), mBART and M2M100 ([`crate::mbart`]): one `Seq2Seq` core whose
+//! `Layout` says the weight names, where the layer norms sit and which position table is used.
 //!
-//! Both follow Hugging Face transformers 5.x:
-//! - post-norm layers (`x = norm(x + sublayer(x))`), biased q/k/v/out projections,
-//!   attention scaled by `head_dim^-0.5`, `final_logits_bias` added to the logits;
+//! All follow Hugging Face transformers 5.x:
+//! - post-norm layers (`x = norm(x + sublayer(x))`; BART, Marian) or pre-norm layers with a
+//!   norm after each stack (`x = x + sublayer(norm(x))`; mBART, M2M100), biased q/k/v/out
+//!   projections, attention scaled by `head_dim^-0.5`, `final_logits_bias` added to the logits;
 //! - positions are `0..len` for every row (as Hugging Face computes them, whatever
 //!   the padding), added after the token embeddings;
 //! - BART: learned positions with an offset of 2 and a `layernorm_embedding`
@@ -415,7 +417,7 @@ pub(crate) fn mask_or_all(
     }
 }
 
-/// The encoder-decoder Transformer shared by BART and Marian.
+/// The encoder-decoder Transformer shared by BART, Marian, mBART and M2M100.
 pub(crate) struct Seq2Seq {
     pub(crate) info: ModelInfo,
     act: Act,
