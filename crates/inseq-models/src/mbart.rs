@@ -6,8 +6,8 @@
 //!   the `normalize_before` / `add_final_layer_norm` fields of their configs are not read (the
 //!   modeling code is always pre-norm);
 //! - the token embedding modules apply `embed_scale` (`sqrt(d_model)` with `scale_embedding`), so
-//!   [`LanguageModel::embed`] and [`LanguageModel::embed_source`] return scaled embeddings and
-//!   the forward pass uses them as they are;
+//!   [`LanguageModel::embed`](crate::model::LanguageModel::embed) and `embed_source` return
+//!   scaled embeddings and the forward pass uses them as they are;
 //! - mBART: learned positions with an offset of 2 and a `layernorm_embedding` after them, as BART;
 //! - M2M100: fairseq's sinusoidal positions from row `pad_token_id + 1`, no embedding layer norm,
 //!   no `final_logits_bias`. From embeddings, Hugging Face numbers positions `0..len` in every row,

@@ -1,5 +1,5 @@
 //! PyTorch checkpoints (`pytorch_model.bin`, `torch.save` of a state dict) read without Python:
-//! the zip archive ([`zip`]), its `data.pkl` ([`pickle`], a safe subset), and each tensor's
+//! the zip archive (`zip.rs`), its `data.pkl` (`pickle.rs`, a safe subset), and each tensor's
 //! storage `data/<key>` decoded to `f32` on demand (f32, f16, bf16, f64; strided views included).
 //! The legacy pre-1.6 format (consecutive pickles, then the raw storages) is read too.
 
