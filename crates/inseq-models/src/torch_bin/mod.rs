@@ -211,6 +211,18 @@ fn element(bytes: &[u8], dtype: DType, i: usize) -> f32 {
     }
 }
 
+/// Whether `strides` are the row-major strides of `shape` (size-1 dimensions may have any).
+fn is_contiguous(shape: &[usize], strides: &[usize]) -> bool {
+    let mut expected = 1usize;
+    for (&d, &s) in shape.iter().zip(strides).rev() {
+        if d != 1 && s != expected {
+            return false;
+        }
+        expected = expected.saturating_mul(d);
+    }
+    true
+}
+
 /// The elements of a strided view, row-major; checks that it stays inside its storage.
 fn gather(bytes: &[u8], t: &TensorRef) -> std::result::Result<Vec<f32>, String> {
     let numel = t
@@ -233,6 +245,18 @@ fn gather(bytes: &[u8], t: &TensorRef) -> std::result::Result<Vec<f32>, String> 
             t.storage_len,
             bytes.len()
         ));
+    }
+    if numel == 0 {
+        return Ok(Vec::new());
+    }
+    if is_contiguous(&t.shape, &t.strides) {
+        // Row-major and dense (every checkpoint saved from a state dict): one pass over the bytes.
+        let w = t.dtype.width();
+        let bytes = &bytes[t.offset * w..(t.offset + numel) * w];
+        return Ok(bytes
+            .chunks_exact(w)
+            .map(|b| element(b, t.dtype, 0))
+            .collect());
     }
     let mut out = Vec::with_capacity(numel);
     let mut idx = vec![0usize; t.shape.len()];
