@@ -272,18 +272,22 @@ fn t5_spiece_only_tokenizer_matches_transformers() {
 }
 
 #[test]
-fn legacy_torch_save_format_reads_as_the_zip_format() {
+fn legacy_format_and_protocol_4_read_as_the_zip_format() {
     let zip = checkpoints().join("dtypes.bin");
     let legacy = checkpoints().join("dtypes-legacy.bin");
     let mut a = TorchBinSource::open_files(&[zip]).expect("zip");
     let mut b = TorchBinSource::open_files(std::slice::from_ref(&legacy)).expect("legacy");
+    // nn.Parameters (`_rebuild_parameter`) pickled with protocol 4.
+    let p4 = checkpoints().join("dtypes-protocol4.bin");
+    let mut c = TorchBinSource::open_files(&[p4]).expect("protocol 4");
     assert_eq!(a.names(), b.names());
+    assert_eq!(c.names(), ["bfloat", "half", "view"]);
     for name in ["half", "bfloat", "view"] {
-        let (x, y) = (
-            a.read(name).unwrap().unwrap(),
-            b.read(name).unwrap().unwrap(),
-        );
-        assert_eq!((x.shape, x.data), (y.shape, y.data), "{name}");
+        let x = a.read(name).unwrap().unwrap();
+        for other in [&mut b, &mut c] {
+            let y = other.read(name).unwrap().unwrap();
+            assert_eq!((&x.shape, &x.data), (&y.shape, &y.data), "{name}");
+        }
     }
     assert!(b.read("ints").is_err());
     // Cut inside the raw storages: the error names the file and the storage.
