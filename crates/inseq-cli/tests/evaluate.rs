@@ -116,23 +116,26 @@ fn evaluate_rejects_bad_arguments() {
         "--save",
         save.to_str().unwrap(),
     ];
-    let with = |extra: &[&str]| [base.as_slice(), extra].concat();
-    assert_error(&inseq(&with(&["--methods", "nope"])), "nope");
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        inseq(&args)
+    };
+    assert_error(&run(&["--methods", "nope"]), "nope");
     assert_error(
-        &inseq(&with(&["--methods", "saliency", "--metrics", "nope"])),
+        &run(&["--methods", "saliency", "--metrics", "nope"]),
         "deletion",
     );
     assert_error(
-        &inseq(&with(&[
+        &run(&[
             "--methods",
             "saliency",
             "--method-args",
             "occlusion:stride=2",
-        ])),
+        ]),
         "not in --methods",
     );
     assert_error(
-        &inseq(&with(&["--methods", "saliency", "--curve-points", "1"])),
+        &run(&["--methods", "saliency", "--curve-points", "1"]),
         "curve-points",
     );
     std::fs::remove_dir_all(dir).unwrap();

@@ -77,6 +77,7 @@ pub(crate) fn run(a: BenchArgs, registries: &Registries) -> Result<()> {
         ..a.run.options()?
     };
     let scratch = std::env::temp_dir().join(format!("inseq-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let job = DatasetJob {
         store: OutputStore::from_path(&scratch.join("targets.jsonl")),
         shard: None,
