@@ -141,9 +141,10 @@ fn soft_metrics_match_hand_computed_values() {
         .evaluate_steps(std::slice::from_ref(&s))
         .unwrap()
         .remove(0);
-    let embeds = m
-        .model()
-        .embed(ids_tensor(&[s.prefix.clone()], m.model().device()));
+    let embeds = m.model().embed(ids_tensor(
+        std::slice::from_ref(&s.prefix),
+        m.model().device(),
+    ));
     let hidden = m.model().info().hidden_size;
     let zeroed = |pos: usize| {
         let mut mask = vec![1.0f32; 2 * hidden];
