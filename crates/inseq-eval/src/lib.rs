@@ -52,7 +52,7 @@ pub use metrics::{Metric, MetricRegistry, MetricValue, Perturbation, StepScores}
 pub use random_method::{RandomAttribution, register_random_method};
 pub use report::{
     EvalReport, ExampleScores, MethodReport, MetricInfo, MetricSummary, RANDOMISATION, RankEntry,
-    example_scores, mean_curve,
+    example_scores, format_value, mean_curve, summary_cell,
 };
 pub use scorer::Scorer;
 pub use step::{EvalStep, steps_of_sequence};

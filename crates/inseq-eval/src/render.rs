@@ -128,10 +128,7 @@ pub fn report_html(report: &EvalReport) -> String {
         html.push_str(&format!("<tr><td>{}</td>", escape(&m.method)));
         for id in report.metric_info.keys() {
             let cell = m.metrics.get(id).map_or("n/a".into(), |s| {
-                format!(
-                    "{:.3} [{:.3}, {:.3}] ({})",
-                    s.mean, s.ci_low, s.ci_high, entry.ranks[id]
-                )
+                crate::report::summary_cell(s, entry.ranks[id])
             });
             html.push_str(&format!("<td>{cell}</td>"));
         }

@@ -235,12 +235,10 @@ impl EvalReport {
             };
             out.push_str(&format!("| {} |", m.method));
             for id in &ids {
-                let cell = m.metrics.get(*id).map_or("n/a".to_string(), |s| {
-                    format!(
-                        "{:.3} [{:.3}, {:.3}] ({})",
-                        s.mean, s.ci_low, s.ci_high, entry.ranks[*id]
-                    )
-                });
+                let cell = m
+                    .metrics
+                    .get(*id)
+                    .map_or("n/a".to_string(), |s| summary_cell(s, entry.ranks[*id]));
                 out.push_str(&format!(" {cell} |"));
             }
             out.push_str(&format!(" {:.2} |\n", entry.mean_rank));
@@ -253,4 +251,23 @@ impl EvalReport {
         serde_json::to_string_pretty(self)
             .map_err(|e| inseq::Error::InvalidInput(format!("serialising the report: {e}")))
     }
+}
+
+/// A number with 3 decimals, or 3 significant digits in scientific notation when it is small.
+pub fn format_value(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// `mean [low, high] (rank)`.
+pub fn summary_cell(s: &MetricSummary, rank: usize) -> String {
+    format!(
+        "{} [{}, {}] ({rank})",
+        format_value(s.mean),
+        format_value(s.ci_low),
+        format_value(s.ci_high)
+    )
 }

@@ -45,6 +45,10 @@ pub(crate) struct BenchArgs {
     /// Write the rows as JSON.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Do not run each job once on the first input before timing it (the warm-up compiles the
+    /// GPU kernels of wgpu and cuda, which the timed run then reuses).
+    #[arg(long)]
+    no_warmup: bool,
 }
 
 pub(crate) fn run(a: BenchArgs, registries: &Registries) -> Result<()> {
@@ -107,6 +111,9 @@ pub(crate) fn run(a: BenchArgs, registries: &Registries) -> Result<()> {
         for (m, spec) in specs.iter().enumerate() {
             eprintln!("bench: {name} {}", spec.id);
             model.set_method(&spec.id, spec.args.clone())?;
+            if !a.no_warmup {
+                let _ = run_job(&model, &jobs[..jobs.len().min(1)], &opts);
+            }
             table.push(match run_job(&model, &jobs, &opts) {
                 Ok((outputs, seconds, peak)) => {
                     let tokens = attributed_tokens(&outputs);

@@ -94,39 +94,9 @@ pub(crate) fn run(a: EvaluateArgs, registries: &Registries) -> Result<()> {
     let specs = method_specs(&a.methods, &a.method_args, &registries)?;
     let (metrics, randomisation) = a.metrics()?;
     let config = a.config()?;
-    check_output_file("--save", &a.save)?;
-    if let Some(v) = &a.viz {
-        check_output_file("--viz", v)?;
-        a.viz_kind(v)?;
-    }
-    let work = a
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| append(&a.save, ".work"));
-    check_output_folder("--work-dir", &work)?;
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let split: SplitSpec = a.split.parse()?;
-    let rows = read_rows(&a.data, &split, &a.input_field, a.target_field.as_deref())?;
+    let work = a.check_outputs(randomisation)?;
     let device = inseq::parse_device(&a.device)?;
-    let mut model = inseq::load_model_with(
-        &a.model,
-        "dummy",
-        MethodArgs::default(),
-        &device,
-        registries.clone(),
-    )
-    .with_context(|| format!("loading `{}`", a.model))?;
-    let opts = AttributeOptions {
-        progress: None,
-        generation: a.run.generation_for(&model, a.target_field.is_some())?,
-        ..a.run.options()?
-    };
-    let rows = forced_rows(
-        &mut model,
-        &rows,
-        &opts,
-        &a.job(work.join("targets.jsonl"))?,
-    )?;
+    let (mut model, opts, rows) = a.prepare(&device, &registries, &work)?;
     let mut methods = Vec::new();
     let mut trained_steps = Vec::new();
     for spec in &specs {
@@ -139,14 +109,12 @@ pub(crate) fn run(a: EvaluateArgs, registries: &Registries) -> Result<()> {
         methods.push(report);
         trained_steps.push(steps);
     }
+    let mut metric_info: BTreeMap<String, MetricInfo> = metrics
+        .iter()
+        .map(|m| (m.id().to_string(), info(m.as_ref())))
+        .collect();
     let mut levels = vec![];
     if randomisation {
-        if !inseq_eval::randomisation::supports(&a.model) {
-            bail!(
-                "model_randomisation needs a local model (directory, .gguf or alias): leave it out of --metrics for `{}`",
-                a.model
-            );
-        }
         levels = cascade_levels(model.model().info().num_layers, a.randomisation_levels);
         let rand = Randomisation {
             specs: &specs,
@@ -159,16 +127,7 @@ pub(crate) fn run(a: EvaluateArgs, registries: &Registries) -> Result<()> {
         for (m, per_example) in methods.iter_mut().zip(correlations) {
             add_randomisation(m, per_example, &levels, &config);
         }
-    }
-    let mut metric_info: BTreeMap<String, MetricInfo> = metrics
-        .iter()
-        .map(|m| (m.id().to_string(), info(m.as_ref())))
-        .collect();
-    if randomisation {
-        metric_info.insert(RANDOMISATION.into(), MetricInfo {
-            description: "Spearman correlation of the scores with those of the model with its top layers randomised (Adebayo et al. 2018); lower is better.".into(),
-            higher_is_better: false,
-        });
+        metric_info.insert(RANDOMISATION.into(), randomisation_info());
     }
     let mut report = EvalReport {
         model: a.model.clone(),
@@ -181,19 +140,16 @@ pub(crate) fn run(a: EvaluateArgs, registries: &Registries) -> Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     report.rank();
-    println!("{}", report.table());
-    std::fs::write(&a.save, report.to_json()?)
-        .with_context(|| format!("writing {}", a.save.display()))?;
-    eprintln!("wrote {} ({:.1} s)", a.save.display(), report.seconds);
-    if let Some(v) = &a.viz {
-        let text = match a.viz_kind(v)? {
-            "html" => inseq_eval::render::report_html(&report),
-            _ => inseq_eval::render::report_svg(&report),
-        };
-        std::fs::write(v, text).with_context(|| format!("writing {}", v.display()))?;
-        eprintln!("wrote {}", v.display());
+    a.write(&report)
+}
+
+fn randomisation_info() -> MetricInfo {
+    MetricInfo {
+        description: "Spearman correlation of the scores with those of the model with its top \
+                      layers randomised (Adebayo et al. 2018); lower is better."
+            .into(),
+        higher_is_better: false,
     }
-    Ok(())
 }
 
 fn info(m: &dyn Metric) -> MetricInfo {
@@ -210,6 +166,81 @@ fn append(path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl EvaluateArgs {
+    /// Checks every output path (and that the randomisation check can read the model) before
+    /// any model work; returns the work folder, created.
+    fn check_outputs(&self, randomisation: bool) -> Result<PathBuf> {
+        check_output_file("--save", &self.save)?;
+        if let Some(v) = &self.viz {
+            check_output_file("--viz", v)?;
+            self.viz_kind(v)?;
+        }
+        if randomisation && !inseq_eval::randomisation::supports(&self.model) {
+            bail!(
+                "model_randomisation needs a local model (directory, .gguf or alias), not `{}`: \
+                 leave it out of --metrics",
+                self.model
+            );
+        }
+        let work = self
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| append(&self.save, ".work"));
+        check_output_folder("--work-dir", &work)?;
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(work)
+    }
+
+    /// The model, the attribute options and the rows with their (given or generated) targets.
+    fn prepare(
+        &self,
+        device: &burn::tensor::Device,
+        registries: &Registries,
+        work: &Path,
+    ) -> Result<(AttributionModel, AttributeOptions, Vec<DatasetRow>)> {
+        let split: SplitSpec = self.split.parse()?;
+        let rows = read_rows(
+            &self.data,
+            &split,
+            &self.input_field,
+            self.target_field.as_deref(),
+        )?;
+        let mut model = inseq::load_model_with(
+            &self.model,
+            "dummy",
+            MethodArgs::default(),
+            device,
+            registries.clone(),
+        )
+        .with_context(|| format!("loading `{}`", self.model))?;
+        let opts = AttributeOptions {
+            progress: None,
+            generation: self
+                .run
+                .generation_for(&model, self.target_field.is_some())?,
+            ..self.run.options()?
+        };
+        let job = self.job(work.join("targets.jsonl"))?;
+        let rows = forced_rows(&mut model, &rows, &opts, &job)?;
+        Ok((model, opts, rows))
+    }
+
+    /// Prints the table and writes the JSON report and the drawing.
+    fn write(&self, report: &EvalReport) -> Result<()> {
+        println!("{}", report.table());
+        std::fs::write(&self.save, report.to_json()?)
+            .with_context(|| format!("writing {}", self.save.display()))?;
+        eprintln!("wrote {} ({:.1} s)", self.save.display(), report.seconds);
+        if let Some(v) = &self.viz {
+            let text = match self.viz_kind(v)? {
+                "html" => inseq_eval::render::report_html(report),
+                _ => inseq_eval::render::report_svg(report),
+            };
+            std::fs::write(v, text).with_context(|| format!("writing {}", v.display()))?;
+            eprintln!("wrote {}", v.display());
+        }
+        Ok(())
+    }
+
     /// The per-step metrics asked for, and whether the randomisation check is.
     fn metrics(&self) -> Result<(Vec<std::sync::Arc<dyn Metric>>, bool)> {
         let registry = MetricRegistry::with_defaults();
