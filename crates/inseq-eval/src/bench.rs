@@ -21,8 +21,8 @@ pub struct BenchRow {
     pub seconds: f64,
     /// Milliseconds per attributed token.
     pub ms_per_token: f64,
-    /// Peak resident memory above the level before the job, in MiB (host memory; `None`
-    /// where `/proc/self/statm` is not available).
+    /// Peak resident memory of the process during the job, in MiB (host memory, the loaded
+    /// model included; `None` where `/proc/self/statm` is not available).
     pub peak_rss_mib: Option<f64>,
     /// Largest `|this - cpu|` over every attribution score (`None` on the reference device).
     pub max_abs_diff: Option<f64>,
@@ -72,15 +72,15 @@ impl PeakMemory {
         }
     }
 
-    /// Stops sampling; the peak above the starting level in MiB.
+    /// Stops sampling; the peak resident memory in MiB.
     pub fn finish(mut self) -> Option<f64> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let end = resident_bytes()?;
-        let peak = self.peak.load(Ordering::Relaxed).max(end);
-        Some(peak.saturating_sub(self.start?) as f64 / (1024.0 * 1024.0))
+        self.start?;
+        let peak = self.peak.load(Ordering::Relaxed).max(resident_bytes()?);
+        Some(peak as f64 / (1024.0 * 1024.0))
     }
 }
 

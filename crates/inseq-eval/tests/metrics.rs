@@ -449,3 +449,57 @@ fn bad_settings_are_named() {
     let err = MetricRegistry::with_defaults().get("nope").err().unwrap();
     assert!(err.to_string().contains("deletion"), "{err}");
 }
+
+#[test]
+fn encoder_decoder_steps_perturb_the_source() {
+    let device = inseq::default_device().unwrap();
+    let m = inseq::load_model(
+        &inseq_fixtures::model_path("tiny-bart"),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
+    let opts = inseq::AttributeOptions {
+        generation: inseq::GenerationOptions {
+            max_new_tokens: 2,
+            min_new_tokens: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let out = inseq::aggregate(&m.attribute(&["Hello world"], &opts).unwrap()).unwrap();
+    let steps = inseq_eval::steps_of_sequence(&out.sequence_attributions[0], 0).unwrap();
+    let src_len = steps[0].source_len();
+    assert!(src_len > 0);
+    assert_eq!(
+        steps[0].attributed,
+        (0..src_len).collect::<Vec<_>>(),
+        "the source only, without --attribute-target"
+    );
+    let e = evaluator(
+        &m,
+        EvalConfig {
+            fractions: vec![0.0, 1.0],
+            aopc_bins: vec![0.5],
+            ..Default::default()
+        },
+    );
+    let results = e.evaluate_steps(&steps).unwrap();
+    let b = m.baseline_token_id();
+    for (s, r) in steps.iter().zip(&results) {
+        // Deletion with two points: the mean of p(y|x) and p(y| source all baseline).
+        let source = s.source.clone().unwrap();
+        let empty = e
+            .scorer
+            .score_ids(s, &[[vec![b; source.len()], s.prefix.clone()].concat()])
+            .unwrap()[0];
+        let full = e.scorer.score_ids(s, &[s.flat_ids()]).unwrap()[0];
+        close(
+            r.metrics["deletion"].value,
+            (f64::from(full) + f64::from(empty)) / 2.0,
+            "deletion",
+        );
+        close(f64::from(r.empty), f64::from(empty), "p(y|0)");
+    }
+}
