@@ -452,6 +452,13 @@ impl AttributionModel {
         self.pretrained.special_tokens.baseline().unwrap_or(0)
     }
 
+    /// The token whose embedding perturbation methods put in place of a removed token (Inseq's
+    /// baseline: `unk`, else `pad`, else the config's pad id, else its first eos id; 0 when the
+    /// model declares none), for code that perturbs inputs as `occlusion` does (`inseq-eval`).
+    pub fn baseline_token_id(&self) -> usize {
+        self.unk_id()
+    }
+
     /// The model's decoding defaults: its `generation_config.json` (else the decoding keys of
     /// its `config.json`) over [`GenerationOptions::default`], as Hugging Face `generate` (and so
     /// Inseq) starts from them; an error names a key this crate does not implement. The CLI uses
