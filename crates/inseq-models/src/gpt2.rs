@@ -5,16 +5,17 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use crate::nn::Act;
 use serde::Deserialize;
 
+use crate::attention::{AttentionMask, AttentionTape, decoder_self_attention};
 use crate::backprop::{
-    SharedForward, Span, attention_backward, backward_through_blocks, layer_norm_backward,
-    layer_norm_taped, linear_backward, row_at,
+    SharedForward, Span, layer_norm_backward, layer_norm_taped, linear_backward, row_at,
 };
+use crate::checkpoint::{KEEP_TAPES_BYTES, Stored, backward_blockwise, run_blocks, tape_of};
 use crate::model::{
     AttentionKind, ForwardOptions, LanguageModel, LayerOverride, LayerRef, ModelInfo, ModelInput,
     ModelKind, ModelOutput, OverrideMode, ValueZeroing,
 };
 use crate::nn::{
-    Embedding, LayerNorm, Linear, LmHead, attention, attention_bias, gelu_tanh_taped, merge_heads,
+    Embedding, LayerNorm, Linear, LmHead, attention_bias, gelu_tanh_taped, merge_heads,
     new_positions, split_heads,
 };
 use crate::weights::Weights;
@@ -189,8 +190,9 @@ impl LanguageModel for Gpt2 {
     }
 
     fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
-        self.has_taped_backward()
-            .then(|| Box::new(self.forward_taped(input)) as Box<dyn SharedForward + '_>)
+        self.has_taped_backward().then(|| {
+            Box::new(self.forward_taped(input, KEEP_TAPES_BYTES)) as Box<dyn SharedForward + '_>
+        })
     }
 
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
@@ -198,7 +200,7 @@ impl LanguageModel for Gpt2 {
         let heads = self.config.n_head;
         let pos = crate::nn::ids_tensor(&new_positions(&input.target_mask, s), &self.device);
         let mut x = input.target_embeds + self.wpe.forward(pos);
-        let bias = attention_bias(&input.target_mask, s, true, &self.device);
+        let mask = AttentionMask::new(&input.target_mask, s, true);
         let scale = self.attention_scale();
         let mut out = empty_output(&self.device);
         if options.hidden_states {
@@ -214,14 +216,15 @@ impl LanguageModel for Gpt2 {
             let k = split_heads(h.clone().slice([0..b, 0..s, d..2 * d]), heads);
             let v = split_heads(h.slice([0..b, 0..s, 2 * d..3 * d]), heads);
             let (k, v) = decoder_self_kv(k, v, &options, i, &self.device);
-            let (ctx, weights) = if lrp {
-                lrp_attention(q, k, v, Some(bias.clone()), scale)
-            } else {
-                attention(q, k, v, Some(bias.clone()), scale)
-            };
-            if options.attentions {
-                out.attentions.push(weights);
-            }
+            let ctx = decoder_self_attention(
+                (q, k, v),
+                &mask,
+                || attention_bias(&input.target_mask, s, true, &self.device),
+                scale,
+                lrp,
+                &options,
+                &mut out,
+            );
             let drop = options.dropout.as_ref();
             x = x + crate::nn::mc_dropout(
                 block.attn_proj.forward(merge_heads(ctx)),
@@ -361,6 +364,7 @@ pub(crate) fn empty_output(device: &Device) -> ModelOutput {
     ModelOutput {
         logits: Tensor::from_data(TensorData::new(vec![0f32], [1, 1, 1]), device),
         attentions: vec![],
+        attention_rows: None,
         cross_attentions: vec![],
         encoder_attentions: vec![],
         hidden_states: vec![],
@@ -387,15 +391,13 @@ pub(crate) fn lm_head(x: Tensor<3>, head: &LmHead, options: &ForwardOptions) -> 
 }
 
 /// The activations of one GPT-2 block that its backward pass reads.
+#[derive(Clone)]
 struct BlockTape {
     /// Normalised block input and reciprocal standard deviation (`ln_1`).
     xhat_in: Tensor<3>,
     r_in: Tensor<3>,
-    /// Queries, keys, values `[rows, heads, len, head_dim]`, attention weights.
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    weights: Tensor<4>,
+    /// Queries, keys, values (the weights are recomputed in the backward pass).
+    attn: AttentionTape,
     /// Normalised MLP input and reciprocal standard deviation (`ln_2`).
     xhat_mid: Tensor<3>,
     r_mid: Tensor<3>,
@@ -403,10 +405,32 @@ struct BlockTape {
     dact: Tensor<3>,
 }
 
+impl BlockTape {
+    /// Floats the tape holds.
+    fn floats(&self) -> usize {
+        let n3 = |t: &Tensor<3>| t.shape().num_elements();
+        let n4 = |t: &Tensor<4>| t.shape().num_elements();
+        [
+            &self.xhat_in,
+            &self.r_in,
+            &self.xhat_mid,
+            &self.r_mid,
+            &self.dact,
+        ]
+        .into_iter()
+        .map(n3)
+        .sum::<usize>()
+            + n4(&self.attn.q)
+            + n4(&self.attn.k)
+            + n4(&self.attn.v)
+    }
+}
+
 /// A GPT-2 forward pass whose activations are kept for [`SharedForward::backward`].
 struct Gpt2Tape<'a> {
     model: &'a Gpt2,
-    blocks: Vec<BlockTape>,
+    blocks: Vec<Stored<BlockTape>>,
+    mask: AttentionMask,
     /// `ln_f`'s normalised input, reciprocal standard deviation and output.
     xhat_last: Tensor<3>,
     r_last: Tensor<3>,
@@ -431,46 +455,54 @@ impl Gpt2 {
         }
     }
 
-    fn forward_taped(&self, input: &ModelInput) -> Gpt2Tape<'_> {
-        let [_, s, d] = input.target_embeds.dims();
+    /// Block `index` on `x`, keeping its tape.
+    fn block_taped(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        mask: &AttentionMask,
+    ) -> (BlockTape, Tensor<3>) {
+        let block = &self.blocks[index];
+        let [_, _, d] = x.dims();
         let heads = self.config.n_head;
+        let (n, xhat_in, r_in) = layer_norm_taped(&block.ln_1, x.clone());
+        let h = block.c_attn.forward(n);
+        let q = split_heads(h.clone().narrow(2, 0, d), heads);
+        let k = split_heads(h.clone().narrow(2, d, d), heads);
+        let v = split_heads(h.narrow(2, 2 * d, d), heads);
+        let (ctx, attn) = AttentionTape::forward(q, k, v, mask.clone(), self.attention_scale());
+        let x = x + block.attn_proj.forward(merge_heads(ctx));
+        let (n, xhat_mid, r_mid) = layer_norm_taped(&block.ln_2, x.clone());
+        let (act, dact) = gelu_tanh_taped(block.c_fc.forward(n));
+        let out = x + block.mlp_proj.forward(act);
+        let tape = BlockTape {
+            xhat_in,
+            r_in,
+            attn,
+            xhat_mid,
+            r_mid,
+            dact,
+        };
+        (tape, out)
+    }
+
+    /// The forward pass with its tapes, kept whole where they fit `keep_bytes`.
+    fn forward_taped(&self, input: &ModelInput, keep_bytes: u64) -> Gpt2Tape<'_> {
+        let [_, s, _] = input.target_embeds.dims();
         let pos = crate::nn::ids_tensor(&new_positions(&input.target_mask, s), &self.device);
-        let mut x = input.target_embeds.clone() + self.wpe.forward(pos);
-        let bias = attention_bias(&input.target_mask, s, true, &self.device);
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let (n, xhat_in, r_in) = layer_norm_taped(&block.ln_1, x.clone());
-            let h = block.c_attn.forward(n);
-            let q = split_heads(h.clone().narrow(2, 0, d), heads);
-            let k = split_heads(h.clone().narrow(2, d, d), heads);
-            let v = split_heads(h.narrow(2, 2 * d, d), heads);
-            let (ctx, weights) = attention(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                Some(bias.clone()),
-                self.attention_scale(),
-            );
-            x = x + block.attn_proj.forward(merge_heads(ctx));
-            let (n, xhat_mid, r_mid) = layer_norm_taped(&block.ln_2, x.clone());
-            let (act, dact) = gelu_tanh_taped(block.c_fc.forward(n));
-            x = x + block.mlp_proj.forward(act);
-            blocks.push(BlockTape {
-                xhat_in,
-                r_in,
-                q,
-                k,
-                v,
-                weights,
-                xhat_mid,
-                r_mid,
-                dact,
-            });
-        }
+        let x = input.target_embeds.clone() + self.wpe.forward(pos);
+        let mask = AttentionMask::new(&input.target_mask, s, true);
+        let (blocks, x) = run_blocks(
+            (self.blocks.len(), keep_bytes),
+            x,
+            |i, x| self.block_taped(i, x, &mask),
+            BlockTape::floats,
+        );
         let (out, xhat_last, r_last) = layer_norm_taped(&self.ln_f, x);
         Gpt2Tape {
             model: self,
             blocks,
+            mask,
             xhat_last,
             r_last,
             out,
@@ -481,8 +513,14 @@ impl Gpt2 {
 impl Gpt2Tape<'_> {
     /// Backward pass through one block, from the gradient of its output at positions
     /// `span.start..span.len` to the gradient of its input at positions `0..span.len`.
-    fn block_backward(&self, index: usize, span: Span, dout: Tensor<3>) -> Tensor<3> {
-        let (block, tape) = (&self.model.blocks[index], &self.blocks[index]);
+    fn block_backward(
+        &self,
+        tape: &BlockTape,
+        index: usize,
+        span: Span,
+        dout: Tensor<3>,
+    ) -> Tensor<3> {
+        let block = &self.model.blocks[index];
         let dpre = linear_backward(&block.mlp_proj, dout.clone()) * span.rows(&tape.dact);
         let dmid = dout
             + layer_norm_backward(
@@ -491,13 +529,9 @@ impl Gpt2Tape<'_> {
                 span.rows(&tape.r_mid),
                 linear_backward(&block.c_fc, dpre),
             );
-        let (dq, dk, dv) = attention_backward(
-            span.query_heads(&tape.q),
-            span.key_heads(&tape.k),
-            span.key_heads(&tape.v),
-            span.weights(&tape.weights),
+        let (dq, dk, dv) = tape.attn.backward(
+            span.start..span.len,
             linear_backward(&block.attn_proj, dmid.clone()),
-            self.model.attention_scale(),
         );
         let dqkv = Tensor::cat(
             vec![span.pad(merge_heads(dq)), merge_heads(dk), merge_heads(dv)],
@@ -523,19 +557,47 @@ impl SharedForward for Gpt2Tape<'_> {
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
-        let final_norm = |span: Span| {
+        self.backward_each(vec![(position, grad)])
+            .pop()
+            .expect("one request")
+    }
+
+    fn backward_each(&self, requests: Vec<(usize, Tensor<2>)>) -> Vec<Tensor<3>> {
+        let positions: Vec<usize> = requests.iter().map(|r| r.0).collect();
+        let grads: Vec<Tensor<2>> = requests.into_iter().map(|r| r.1).collect();
+        let final_norm = |span: Span, r: usize| {
             layer_norm_backward(
                 &self.model.ln_f,
                 span.rows(&self.xhat_last),
                 span.rows(&self.r_last),
-                grad.unsqueeze_dim(1),
+                grads[r].clone().unsqueeze_dim(1),
             )
         };
-        backward_through_blocks(
-            position,
+        let tape = |index| {
+            tape_of(&self.blocks, index, |i, x| {
+                self.model.block_taped(i, x, &self.mask)
+            })
+        };
+        backward_blockwise(
+            &positions,
             self.blocks.len(),
             final_norm,
-            |index, span, dout| self.block_backward(index, span, dout),
+            tape,
+            |tape, index, span, dout| self.block_backward(tape, index, span, dout),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recomputed_tapes_give_the_kept_gradients() {
+        let (config, mut w) = crate::checkpoint::tests::fixture("tiny-gpt2", "transformer.");
+        let m = Gpt2::load(config, &mut w).unwrap();
+        crate::checkpoint::tests::assert_recompute_matches(&m, |input, keep| {
+            Box::new(m.forward_taped(input, keep))
+        });
     }
 }

@@ -19,9 +19,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod backprop;
 pub mod bart;
 pub mod beam;
+pub mod checkpoint;
 pub mod generate;
 pub mod generation_config;
 pub mod gguf;

@@ -6,20 +6,21 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::nn::Act;
 use serde::Deserialize;
 
+use std::borrow::Cow;
+
+use crate::attention::{AttentionMask, AttentionTape, decoder_self_attention};
 use crate::backprop::{
-    SharedForward, Span, attention_backward, backward_through_blocks, linear_backward,
-    rms_norm_backward, rms_norm_taped, row_at, silu_taped,
+    SharedForward, Span, linear_backward, rms_norm_backward, rms_norm_taped, row_at, silu_taped,
 };
+use crate::checkpoint::{KEEP_TAPES_BYTES, Stored, backward_blockwise, run_blocks, tape_of};
 use crate::gpt2::{
-    decoder_self_kv, empty_output, identity_rule, lm_head, lrp_attention, override_layer,
-    uniform_rule,
+    decoder_self_kv, empty_output, identity_rule, lm_head, override_layer, uniform_rule,
 };
 use crate::model::{
     ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind, ModelOutput,
 };
 use crate::nn::{
-    Embedding, Linear, LmHead, RmsNorm, attention, attention_bias, merge_heads, new_positions,
-    repeat_kv, split_heads,
+    Embedding, Linear, LmHead, RmsNorm, attention_bias, merge_heads, new_positions, split_heads,
 };
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
@@ -368,15 +369,16 @@ impl LanguageModel for Llama {
     }
 
     fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
-        self.has_taped_backward()
-            .then(|| Box::new(self.forward_taped(input)) as Box<dyn SharedForward + '_>)
+        self.has_taped_backward().then(|| {
+            Box::new(self.forward_taped(input, KEEP_TAPES_BYTES)) as Box<dyn SharedForward + '_>
+        })
     }
 
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let [_, s, _] = input.target_embeds.dims();
         let (h, kvh) = (self.config.num_attention_heads, self.config.kv_heads());
         let (cos, sin) = self.rope_tables(&new_positions(&input.target_mask, s));
-        let bias = attention_bias(&input.target_mask, s, true, &self.device);
+        let mask = AttentionMask::new(&input.target_mask, s, true);
         let scale = self.attention_scale();
         let mut x = input.target_embeds;
         let mut out = empty_output(&self.device);
@@ -390,17 +392,15 @@ impl LanguageModel for Llama {
             let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
             let v = split_heads(layer.v.forward(n), kvh);
             let (k, v) = decoder_self_kv(k, v, &options, i, &self.device);
-            let attend = if lrp { lrp_attention } else { attention };
-            let (ctx, weights) = attend(
-                q,
-                repeat_kv(k, h / kvh),
-                repeat_kv(v, h / kvh),
-                Some(bias.clone()),
+            let ctx = decoder_self_attention(
+                (q, k, v),
+                &mask,
+                || attention_bias(&input.target_mask, s, true, &self.device),
                 scale,
+                lrp,
+                &options,
+                &mut out,
             );
-            if options.attentions {
-                out.attentions.push(weights);
-            }
             let drop = options.dropout.as_ref();
             x = x + crate::nn::mc_dropout(layer.o.forward(merge_heads(ctx)), drop, 2 * i as u64);
             let n = rms_norm(&layer.post_norm, x.clone(), lrp);
@@ -430,16 +430,13 @@ impl LanguageModel for Llama {
 }
 
 /// The activations of one Llama block that its backward pass reads.
+#[derive(Clone)]
 struct LayerTape {
     /// Block input and its reciprocal RMS.
     x: Tensor<3>,
     r_in: Tensor<3>,
-    /// Rotated queries `[rows, heads, len, head_dim]`, rotated keys and values
-    /// `[rows, kv_heads, len, head_dim]`, attention weights `[rows, heads, len, len]`.
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    weights: Tensor<4>,
+    /// Rotated queries, keys and values (the weights are recomputed in the backward pass).
+    attn: AttentionTape,
     /// Input of the MLP half and its reciprocal RMS.
     mid: Tensor<3>,
     r_mid: Tensor<3>,
@@ -448,12 +445,35 @@ struct LayerTape {
     up_dsilu: Tensor<3>,
 }
 
+impl LayerTape {
+    /// Floats the tape holds.
+    fn floats(&self) -> usize {
+        let n3 = |t: &Tensor<3>| t.shape().num_elements();
+        let n4 = |t: &Tensor<4>| t.shape().num_elements();
+        [
+            &self.x,
+            &self.r_in,
+            &self.mid,
+            &self.r_mid,
+            &self.act,
+            &self.up_dsilu,
+        ]
+        .into_iter()
+        .map(n3)
+        .sum::<usize>()
+            + n4(&self.attn.q)
+            + n4(&self.attn.k)
+            + n4(&self.attn.v)
+    }
+}
+
 /// A Llama forward pass whose activations are kept for [`SharedForward::backward`].
 struct LlamaTape<'a> {
     model: &'a Llama,
-    layers: Vec<LayerTape>,
+    layers: Vec<Stored<LayerTape>>,
     cos: Tensor<4>,
     sin: Tensor<4>,
+    mask: AttentionMask,
     /// Input of the final norm, its reciprocal RMS and output.
     last: Tensor<3>,
     r_last: Tensor<3>,
@@ -481,53 +501,58 @@ impl Llama {
         matches!(self.config.hidden_act.as_str(), "silu" | "swish")
     }
 
-    fn forward_taped(&self, input: &ModelInput) -> LlamaTape<'_> {
-        let [_, s, _] = input.target_embeds.dims();
+    /// Block `index` on `x`, keeping its tape.
+    fn layer_taped(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        (cos, sin): (&Tensor<4>, &Tensor<4>),
+        mask: &AttentionMask,
+    ) -> (LayerTape, Tensor<3>) {
+        let layer = &self.layers[index];
         let (h, kvh) = (self.config.num_attention_heads, self.config.kv_heads());
+        let (n, r_in) = rms_norm_taped(&layer.input_norm, x.clone());
+        let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), cos, sin);
+        let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), cos, sin);
+        let v = split_heads(layer.v.forward(n), kvh);
+        let (ctx, attn) = AttentionTape::forward(q, k, v, mask.clone(), self.attention_scale());
+        let mid = x.clone() + layer.o.forward(merge_heads(ctx));
+        let (n, r_mid) = rms_norm_taped(&layer.post_norm, mid.clone());
+        let gate = layer.gate.forward(n.clone());
+        let up = layer.up.forward(n);
+        let (act, dsilu) = silu_taped(gate);
+        let out = mid.clone() + layer.down.forward(act.clone() * up.clone());
+        let up_dsilu = up * dsilu;
+        let tape = LayerTape {
+            x,
+            r_in,
+            attn,
+            mid,
+            r_mid,
+            act,
+            up_dsilu,
+        };
+        (tape, out)
+    }
+
+    /// The forward pass with its tapes, kept whole where they fit `keep_bytes`.
+    fn forward_taped(&self, input: &ModelInput, keep_bytes: u64) -> LlamaTape<'_> {
+        let [_, s, _] = input.target_embeds.dims();
         let (cos, sin) = self.rope_tables(&new_positions(&input.target_mask, s));
-        let bias = attention_bias(&input.target_mask, s, true, &self.device);
-        let scale = self.attention_scale();
-        let mut x = input.target_embeds.clone();
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (n, r_in) = rms_norm_taped(&layer.input_norm, x.clone());
-            let q = apply_rope(split_heads(layer.q.forward(n.clone()), h), &cos, &sin);
-            let k = apply_rope(split_heads(layer.k.forward(n.clone()), kvh), &cos, &sin);
-            let v = split_heads(layer.v.forward(n), kvh);
-            let (ctx, weights) = attention(
-                q.clone(),
-                repeat_kv(k.clone(), h / kvh),
-                repeat_kv(v.clone(), h / kvh),
-                Some(bias.clone()),
-                scale,
-            );
-            let mid = x.clone() + layer.o.forward(merge_heads(ctx));
-            let (n, r_mid) = rms_norm_taped(&layer.post_norm, mid.clone());
-            let gate = layer.gate.forward(n.clone());
-            let up = layer.up.forward(n);
-            let (act, dsilu) = silu_taped(gate);
-            let out = mid.clone() + layer.down.forward(act.clone() * up.clone());
-            let up_dsilu = up * dsilu;
-            layers.push(LayerTape {
-                x,
-                r_in,
-                q,
-                k,
-                v,
-                weights,
-                mid,
-                r_mid,
-                act,
-                up_dsilu,
-            });
-            x = out;
-        }
+        let mask = AttentionMask::new(&input.target_mask, s, true);
+        let (layers, x) = run_blocks(
+            (self.layers.len(), keep_bytes),
+            input.target_embeds.clone(),
+            |i, x| self.layer_taped(i, x, (&cos, &sin), &mask),
+            LayerTape::floats,
+        );
         let (out, r_last) = rms_norm_taped(&self.norm, x.clone());
         LlamaTape {
             model: self,
             layers,
             cos,
             sin,
+            mask,
             last: x,
             r_last,
             out,
@@ -536,10 +561,24 @@ impl Llama {
 }
 
 impl LlamaTape<'_> {
+    /// Block `index`'s tape, kept or recomputed.
+    fn tape(&self, index: usize) -> Cow<'_, LayerTape> {
+        tape_of(&self.layers, index, |i, x| {
+            self.model
+                .layer_taped(i, x, (&self.cos, &self.sin), &self.mask)
+        })
+    }
+
     /// Backward pass through one block, from the gradient of its output at positions
     /// `span.start..span.len` to the gradient of its input at positions `0..span.len`.
-    fn layer_backward(&self, index: usize, span: Span, dout: Tensor<3>) -> Tensor<3> {
-        let (layer, tape) = (&self.model.layers[index], &self.layers[index]);
+    fn layer_backward(
+        &self,
+        tape: &LayerTape,
+        index: usize,
+        span: Span,
+        dout: Tensor<3>,
+    ) -> Tensor<3> {
+        let layer = &self.model.layers[index];
         let dact = linear_backward(&layer.down, dout.clone());
         let dup = dact.clone() * span.rows(&tape.act);
         let dgate = dact * span.rows(&tape.up_dsilu);
@@ -551,13 +590,9 @@ impl LlamaTape<'_> {
                 span.rows(&tape.r_mid),
                 dn,
             );
-        let (dq, dk, dv) = attention_backward(
-            span.query_heads(&tape.q),
-            span.key_heads(&tape.k),
-            span.key_heads(&tape.v),
-            span.weights(&tape.weights),
+        let (dq, dk, dv) = tape.attn.backward(
+            span.start..span.len,
             linear_backward(&layer.o, dmid.clone()),
-            self.model.attention_scale(),
         );
         let dq = rope_backward(
             dq,
@@ -576,6 +611,16 @@ impl LlamaTape<'_> {
                 dn,
             )
     }
+
+    /// The final norm's backward pass for the gradient `grad` of the output at `span.start`.
+    fn final_norm_backward(&self, span: Span, grad: Tensor<2>) -> Tensor<3> {
+        rms_norm_backward(
+            &self.model.norm,
+            span.rows(&self.last),
+            span.rows(&self.r_last),
+            grad.unsqueeze_dim(1),
+        )
+    }
 }
 
 impl SharedForward for LlamaTape<'_> {
@@ -588,19 +633,34 @@ impl SharedForward for LlamaTape<'_> {
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
-        let final_norm = |span: Span| {
-            rms_norm_backward(
-                &self.model.norm,
-                span.rows(&self.last),
-                span.rows(&self.r_last),
-                grad.unsqueeze_dim(1),
-            )
-        };
-        backward_through_blocks(
-            position,
+        self.backward_each(vec![(position, grad)])
+            .pop()
+            .expect("one request")
+    }
+
+    fn backward_each(&self, requests: Vec<(usize, Tensor<2>)>) -> Vec<Tensor<3>> {
+        let positions: Vec<usize> = requests.iter().map(|r| r.0).collect();
+        let grads: Vec<Tensor<2>> = requests.into_iter().map(|r| r.1).collect();
+        backward_blockwise(
+            &positions,
             self.layers.len(),
-            final_norm,
-            |index, span, dout| self.layer_backward(index, span, dout),
+            |span, r| self.final_norm_backward(span, grads[r].clone()),
+            |index| self.tape(index),
+            |tape, index, span, dout| self.layer_backward(tape, index, span, dout),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recomputed_tapes_give_the_kept_gradients() {
+        let (config, mut w) = crate::checkpoint::tests::fixture("tiny-llama", "model.");
+        let m = Llama::load(config, &mut w).unwrap();
+        crate::checkpoint::tests::assert_recompute_matches(&m, |input, keep| {
+            Box::new(m.forward_taped(input, keep))
+        });
     }
 }
