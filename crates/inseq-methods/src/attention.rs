@@ -157,7 +157,7 @@ impl AttributionMethod for Attention {
         });
         let out;
         let weights = match recorded {
-            Some(r) => ((&r.weights[..], None), &[][..]),
+            Some(r) => ((&r.weights[..], Some(&r.rows[..])), &[][..]),
             None => {
                 let rows = (0..seq.steps).map(|s| seq.prefix_width(s) - 1).collect();
                 out = self.forward(ctx, &full, rows);

@@ -231,6 +231,7 @@ fn attention_from_recorded_generation_equals_step_by_step() {
         // They are what the method reads: zeroed ones give zero scores ...
         let zeroed = RecordedAttentions {
             ids: recorded.ids.clone(),
+            rows: recorded.rows.clone(),
             weights: recorded.weights.iter().map(|w| w.zeros_like()).collect(),
         };
         ctx.recorded_attentions = Some(&zeroed);
