@@ -174,6 +174,26 @@ pub struct BenchArgs {
     /// Prompt.
     #[arg(long, default_value = PROMPT)]
     input: String,
+    /// Long inputs instead of the default job set: SmolLM2 with prompts of `--lengths` words
+    /// (saliency, integrated_gradients n_steps=8, attention; filter with --jobs), release CLI
+    /// against Python Inseq (see `bench_long`).
+    #[arg(long)]
+    long: bool,
+    /// Prompt lengths (words) of `--long`.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,4000,8000")]
+    lengths: Vec<usize>,
+    /// `--long`: skip Python rows whose estimated peak memory is over this many GB.
+    #[arg(long, default_value_t = 6.0)]
+    python_max_gb: f64,
+    /// A randomly initialised Llama-shaped model (`--shape`, default Llama-2-7B's) written as
+    /// sharded bf16 safetensors and a Q4_0 GGUF (`benches/python/random_llama.py`), each
+    /// attributed with saliency on a 256-word input and two generated tokens; the files are
+    /// deleted afterwards.
+    #[arg(long = "7b")]
+    seven_b: bool,
+    /// Shape of `--7b`: 7b, 1b or tiny.
+    #[arg(long, default_value = "7b")]
+    shape: String,
 }
 
 /// One job: a model and a method.
@@ -211,6 +231,17 @@ struct Paths {
 
 /// Runs the benchmark; `Ok(false)` when a job failed.
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    if args.seven_b {
+        return crate::bench_long::run_random(&args.shape);
+    }
+    if args.long {
+        return crate::bench_long::run(&crate::bench_long::LongArgs {
+            lengths: &args.lengths,
+            methods: &args.jobs,
+            no_python: args.no_python,
+            python_max_gb: args.python_max_gb,
+        });
+    }
     if args.repeats == 0 || args.slow_repeats == Some(0) {
         bail!("--repeats and --slow-repeats must be at least 1");
     }
@@ -486,7 +517,7 @@ fn model_dir_complete(dir: &Path) -> bool {
 }
 
 /// Runs a setup command with inherited output, failing on a non-zero exit.
-fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -495,7 +526,7 @@ fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// The Python interpreter for the Python side, with the packages it needs installed.
-fn python_env() -> anyhow::Result<PathBuf> {
+pub(crate) fn python_env() -> anyhow::Result<PathBuf> {
     let py = if let Some(p) = std::env::var_os("INSEQ_PYTHON").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         println!("python: {} (from INSEQ_PYTHON)", p.display());

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask parity`, `cargo xtask fetch-models`, `cargo xtask bench`.
 
 mod bench;
+mod bench_long;
 mod fetch_models;
 mod parity;
 

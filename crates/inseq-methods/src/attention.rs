@@ -30,10 +30,14 @@ impl Attention {
     }
 }
 
-/// Stacks per-layer `[batch, heads, q, k]` weights of query `query` over the first `keys` keys
-/// into `[batch, keys, layers * heads]`; `None` picks the last query and every key.
+/// Per-layer attention weights as a forward pass returned them: `[batch, heads, q, k]`, or only
+/// the query positions `rows` (see [`ForwardOptions::attention_rows`]).
+type Weights<'a> = (&'a [Tensor<4>], Option<&'a [usize]>);
+
+/// Stacks per-layer weights of query `query` over the first `keys` keys into `[batch, keys,
+/// layers * heads]`; `None` picks the last query and every key.
 fn query_rows(
-    layers: &[Tensor<4>],
+    (layers, rows): Weights<'_>,
     query: Option<usize>,
     keys: Option<usize>,
 ) -> Result<(Tensor<3>, usize, usize)> {
@@ -41,7 +45,13 @@ fn query_rows(
         .first()
         .ok_or_else(|| Error::Unsupported("the model returned no attention weights".into()))?;
     let [b, h, q_len, k_len] = first.dims();
-    let q = query.unwrap_or(q_len - 1);
+    let q = match (query, rows) {
+        (None, _) => q_len - 1,
+        (Some(q), None) => q,
+        (Some(q), Some(rows)) => rows.iter().position(|&r| r == q).ok_or_else(|| {
+            Error::Unsupported(format!("the model did not record attention row {q}"))
+        })?,
+    };
     let k = keys.unwrap_or(k_len);
     let rows: Vec<Tensor<4>> = layers
         .iter()
@@ -57,8 +67,9 @@ fn query_rows(
 }
 
 impl Attention {
-    /// Runs the model on the step's inputs and returns its output with attention weights.
-    fn forward(&self, ctx: &MethodContext, step: &StepInput) -> ModelOutput {
+    /// Runs the model on the step's inputs and returns its output with the attention weights
+    /// of the query positions `rows` (the model may return every query's).
+    fn forward(&self, ctx: &MethodContext, step: &StepInput, rows: Vec<usize>) -> ModelOutput {
         let x = embed_step(ctx, step, false);
         let input = ModelInput {
             target_embeds: x.target,
@@ -70,6 +81,7 @@ impl Attention {
             input,
             ForwardOptions {
                 attentions: true,
+                attention_rows: Some(rows),
                 last_position_only: true,
                 ..Default::default()
             },
@@ -81,7 +93,7 @@ impl Attention {
     fn scores(
         &self,
         ctx: &MethodContext,
-        (attentions, cross_attentions): (&[Tensor<4>], &[Tensor<4>]),
+        (attentions, cross_attentions): (Weights<'_>, &[Tensor<4>]),
         query: Option<usize>,
         keys: Option<usize>,
     ) -> Result<StepAttribution> {
@@ -89,7 +101,7 @@ impl Attention {
         let (source, target) = match ctx.model.kind() {
             ModelKind::DecoderOnly => (None, Some(self_attn)),
             ModelKind::EncoderDecoder => {
-                let (cross, l, h) = query_rows(cross_attentions, query, None)?;
+                let (cross, l, h) = query_rows((cross_attentions, None), query, None)?;
                 if (l, h) != (layers, heads) {
                     return Err(Error::Unsupported(format!(
                         "cross-attention has {l} layers × {h} heads but self-attention {layers} × {heads}"
@@ -113,8 +125,14 @@ impl AttributionMethod for Attention {
     }
 
     fn attribute_step(&self, ctx: &MethodContext, step: &StepInput) -> Result<StepAttribution> {
-        let out = self.forward(ctx, step);
-        self.scores(ctx, (&out.attentions, &out.cross_attentions), None, None)
+        let last = step
+            .prefix_mask
+            .first()
+            .map_or(0, Vec::len)
+            .saturating_sub(1);
+        let out = self.forward(ctx, step, vec![last]);
+        let weights = (&out.attentions[..], out.attention_rows.as_deref());
+        self.scores(ctx, (weights, &out.cross_attentions), None, None)
     }
 
     fn uses_recorded_attentions(&self) -> bool {
@@ -139,10 +157,12 @@ impl AttributionMethod for Attention {
         });
         let out;
         let weights = match recorded {
-            Some(r) => (&r.weights[..], &[][..]),
+            Some(r) => ((&r.weights[..], Some(&r.rows[..])), &[][..]),
             None => {
-                out = self.forward(ctx, &full);
-                (&out.attentions[..], &out.cross_attentions[..])
+                let rows = (0..seq.steps).map(|s| seq.prefix_width(s) - 1).collect();
+                out = self.forward(ctx, &full, rows);
+                let rows = out.attention_rows.as_deref();
+                ((&out.attentions[..], rows), &out.cross_attentions[..])
             }
         };
         Some(

@@ -297,10 +297,13 @@ pub const SHARED_FORWARD_FLOATS: usize = 384 << 20;
 /// How many copies (e.g. interpolation points) of a `[batch, width]` decoder-only batch one
 /// shared forward pass may hold within [`SHARED_FORWARD_FLOATS`]; 0 when not even one fits
 /// (then gradient methods attribute step by step, with `internal_batch_size` bounding memory).
-/// Counts about eight hidden-sized activations and the attention weights per position and layer.
+/// Counts what the pass keeps at least, linear in the width: each block's input per position
+/// (the checkpoints of `inseq_models::checkpoint`; whole block tapes are kept only while they
+/// fit `inseq_models::checkpoint::KEEP_TAPES_BYTES`) and one recomputed block tape of about
+/// twelve hidden-size vectors per position; attention weights are never kept beyond one chunk.
 pub fn shared_forward_copies(model: &dyn LanguageModel, batch: usize, width: usize) -> usize {
     let info = model.info();
-    let per_position = info.num_layers * (8 * info.hidden_size + info.num_heads * width);
+    let per_position = (info.num_layers + 12) * info.hidden_size;
     SHARED_FORWARD_FLOATS / (batch * width * per_position).max(1)
 }
 

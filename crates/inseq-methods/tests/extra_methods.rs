@@ -153,6 +153,7 @@ impl LanguageModel for LinearModel {
         ModelOutput {
             logits: total.repeat_dim(2, self.info.vocab_size),
             attentions: vec![],
+            attention_rows: None,
             cross_attentions: vec![],
             encoder_attentions: vec![],
             hidden_states: vec![],

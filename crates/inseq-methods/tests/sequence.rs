@@ -170,12 +170,13 @@ fn gradient_methods_fall_back_to_steps_beyond_the_shared_forward_budget() {
     let model = pretrained.model.as_ref();
     let f = common::step_fn("probability");
     let ctx = common::ctx(model, &f, 3, true);
-    // Attention weights alone (heads × width² per layer) exceed the budget at this width.
-    let width = 16_000;
-    assert_eq!(inseq_methods::shared_forward_copies(model, 1, width), 0);
-    assert!(inseq_methods::shared_forward_copies(model, 1, 40) > 50);
-    let ids = vec![(0..width).map(|i| 5 + i % 50).collect::<Vec<_>>()];
-    let seq = SequenceInput::decoder_only(ids, vec![vec![true; width]], 1).unwrap();
+    // The pass keeps memory linear in the width (block inputs, one block's tape): 60 rows of
+    // this width exceed the budget, one row does not.
+    let (rows, width) = (60, 16_000);
+    assert_eq!(inseq_methods::shared_forward_copies(model, rows, width), 0);
+    assert!(inseq_methods::shared_forward_copies(model, 1, width) > 50);
+    let ids = vec![(0..width).map(|i| 5 + i % 50).collect::<Vec<_>>(); rows];
+    let seq = SequenceInput::decoder_only(ids, vec![vec![true; width]; rows], 1).unwrap();
     assert!(
         Saliency { abs: true }
             .attribute_sequence(&ctx, &seq)
@@ -230,6 +231,7 @@ fn attention_from_recorded_generation_equals_step_by_step() {
         // They are what the method reads: zeroed ones give zero scores ...
         let zeroed = RecordedAttentions {
             ids: recorded.ids.clone(),
+            rows: recorded.rows.clone(),
             weights: recorded.weights.iter().map(|w| w.zeros_like()).collect(),
         };
         ctx.recorded_attentions = Some(&zeroed);

@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, activation};
 
 use rayon::prelude::*;
 
-use crate::nn::{LayerNorm, Linear, RmsNorm, computed_on_host_cores, split_heads};
+use crate::nn::{LayerNorm, Linear, RmsNorm, computed_on_host_cores};
 
 /// The activations of one forward pass over input embeddings (see
 /// [`crate::LanguageModel::forward_shared`]), from which the gradient of any function
@@ -80,11 +80,6 @@ fn span_heads(t: &Tensor<4>, start: usize, len: usize) -> Tensor<4> {
     t.clone().narrow(2, start, len - start)
 }
 
-/// Queries `start..len` and keys `0..len` of `[rows, heads, q, k]` attention weights.
-fn span_weights(p: &Tensor<4>, start: usize, len: usize) -> Tensor<4> {
-    span_heads(p, start, len).narrow(3, 0, len)
-}
-
 /// Row `position` of `[rows, positions, dim]`, as `[rows, dim]`.
 pub(crate) fn row_at(t: &Tensor<3>, position: usize) -> Tensor<2> {
     let [n, _, d] = t.dims();
@@ -124,36 +119,10 @@ impl Span {
     pub(crate) fn key_heads(self, t: &Tensor<4>) -> Tensor<4> {
         span_heads(t, 0, self.len)
     }
-    pub(crate) fn weights(self, p: &Tensor<4>) -> Tensor<4> {
-        span_weights(p, self.start, self.len)
-    }
     /// Pads a gradient of positions `start..len` to all positions `0..len`.
     pub(crate) fn pad(self, t: Tensor<3>) -> Tensor<3> {
         zero_padded(t, self.start)
     }
-}
-
-/// A backward pass from the final hidden state at `position` through `blocks` blocks, last
-/// first: `final_norm` maps the span of the last block's output (position `position` only) to
-/// its gradient `[rows, 1, dim]`; `block(index, span, dout)` runs block `index`'s backward pass.
-/// The last block's output gradient is non-zero at `position` only, the other blocks' at every
-/// position up to it. Returns `[rows, position + 1, dim]`.
-pub(crate) fn backward_through_blocks(
-    position: usize,
-    blocks: usize,
-    final_norm: impl FnOnce(Span) -> Tensor<3>,
-    block: impl Fn(usize, Span, Tensor<3>) -> Tensor<3>,
-) -> Tensor<3> {
-    let mut span = Span {
-        start: position,
-        len: position + 1,
-    };
-    let mut dx = final_norm(span);
-    for index in (0..blocks).rev() {
-        dx = block(index, span, dx);
-        span.start = 0;
-    }
-    dx
 }
 
 /// Input gradient of [`Linear::forward`]: `dy Wᵀ`.
@@ -232,7 +201,9 @@ pub(crate) fn silu_taped(x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
 /// Query heads that share a key/value head (grouped-query attention, `heads / kv_heads` per
 /// group, consecutive as [`crate::nn::repeat_kv`] lays them out) are stacked along the query
 /// rows, so the keys and values are never repeated and their gradients come out summed over
-/// the group.
+/// the group. The reference for [`crate::blocks::core::CoreTape::backward`], which computes the
+/// same in query chunks without the full weights.
+#[cfg(test)]
 pub(crate) fn attention_backward(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -245,7 +216,7 @@ pub(crate) fn attention_backward(
     let [_, kv_heads, len, _] = k.dims();
     let group_rows = heads / kv_heads * m;
     let grouped = |t: Tensor<4>, cols: usize| t.reshape([n, kv_heads, group_rows, cols]);
-    let dctx = grouped(split_heads(dctx, heads), hd);
+    let dctx = grouped(crate::nn::split_heads(dctx, heads), hd);
     let weights = grouped(weights, len);
     let dweights = dctx.clone().matmul(v.swap_dims(2, 3));
     let dv = weights.clone().swap_dims(2, 3).matmul(dctx);

@@ -88,7 +88,12 @@ impl Default for GenerationOptions {
 pub struct RecordedAttentions {
     /// The tokens fed to the model: the prompt and every generated token but the last.
     pub ids: Vec<usize>,
-    /// Per decoder layer `[1, heads, ids.len(), ids.len()]` causal self-attention weights.
+    /// The query positions whose weights were recorded, in row order: the prompt's last
+    /// position and each generated token's (every prompt position where the model does not
+    /// honour [`ForwardOptions::attention_rows`]).
+    pub rows: Vec<usize>,
+    /// Per decoder layer `[1, heads, rows.len(), ids.len()]` causal self-attention weights of
+    /// the queries `rows`.
     pub weights: Vec<Tensor<4>>,
 }
 
@@ -110,7 +115,8 @@ pub fn generate_greedy(
 
 /// [`generate_greedy`], also returning the self-attention weights of the passes it ran, for
 /// decoder-only models with a key/value cache (`None` for other models). The prompt pass gives
-/// the prompt's rows, each one-token pass one more row.
+/// the last prompt position's row (only the rows the `attention` method reads, so that a long
+/// prompt does not hold `[heads, len, len]` per layer), each one-token pass one more row.
 ///
 /// ```
 /// # use inseq_models::{generate_greedy_recording, GenerationOptions, load_pretrained};
@@ -121,7 +127,8 @@ pub fn generate_greedy(
 /// let (new, rec) = generate_greedy_recording(m.model.as_ref(), None, &[1, 2], options).unwrap();
 /// let rec = rec.unwrap();
 /// assert_eq!(rec.ids, [&[1, 2][..], &new[..2]].concat());
-/// assert_eq!(rec.weights[0].dims()[2..], [4, 4]);
+/// assert_eq!(rec.rows, [1, 2, 3]);
+/// assert_eq!(rec.weights[0].dims()[2..], [3, 4]);
 /// ```
 pub fn generate_greedy_recording(
     model: &dyn LanguageModel,
@@ -262,8 +269,8 @@ fn generate(
     // Incremental decoding where the model supports it: each step feeds only the new tokens.
     let cache = model.supports_kv_cache().then(KvCache::default);
     let record = record && cache.is_some() && model.kind() == ModelKind::DecoderOnly;
-    // Per pass, per layer `[1, heads, new positions, positions so far]`.
-    let mut passes: Vec<Vec<Tensor<4>>> = Vec::new();
+    // Per pass, the recorded query positions and per layer `[1, heads, rows, positions so far]`.
+    let mut passes: Vec<(Vec<usize>, Vec<Tensor<4>>)> = Vec::new();
     for step in 0..options.max_new_tokens {
         // The sequence never outgrows the model's context, so that it can be attributed.
         if ids.len() >= info.max_positions {
@@ -283,11 +290,16 @@ fn generate(
                 last_position_only: true,
                 kv_cache: cache.clone(),
                 attentions: record,
+                attention_rows: record.then(|| vec![ids.len() - fed - 1]),
                 ..Default::default()
             },
         );
         if record {
-            passes.push(std::mem::take(&mut out.attentions));
+            let rows = match out.attention_rows.take() {
+                Some(rows) => rows.into_iter().map(|r| fed + r).collect(),
+                None => (fed..ids.len()).collect(),
+            };
+            passes.push((rows, std::mem::take(&mut out.attentions)));
         }
         let mut logits: Vec<f32> = out
             .last_logits()
@@ -314,14 +326,15 @@ fn generate(
     let recorded = match (record, &cache) {
         (true, Some(cache)) if !passes.is_empty() => Some(RecordedAttentions {
             ids: ids[..cache.len()].to_vec(),
-            weights: assemble_rows(passes, cache.len()),
+            rows: passes.iter().flat_map(|(rows, _)| rows.clone()).collect(),
+            weights: assemble_rows(passes.into_iter().map(|(_, w)| w).collect(), cache.len()),
         }),
         _ => None,
     };
     Ok((new, recorded))
 }
 
-/// Stacks the attention rows of successive passes into per-layer `[1, heads, total, total]`
+/// Stacks the attention rows of successive passes into per-layer `[1, heads, rows, total]`
 /// matrices, with zeros for the keys a row's pass had not seen yet (causal masking gives them zero
 /// weight anyway).
 fn assemble_rows(passes: Vec<Vec<Tensor<4>>>, total: usize) -> Vec<Tensor<4>> {

@@ -25,6 +25,7 @@ pub mod backprop;
 pub mod bart;
 pub mod beam;
 pub(crate) mod blocks;
+pub mod checkpoint;
 pub mod falcon;
 pub mod gemma;
 pub mod generate;
@@ -54,6 +55,7 @@ pub mod weights;
 
 pub use backprop::SharedForward;
 pub use beam::{BeamHypothesis, EarlyStopping};
+pub use blocks::core::CHUNK_FLOATS;
 pub use generate::{
     GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,
 };

@@ -212,6 +212,11 @@ impl KvCache {
 pub struct ForwardOptions {
     /// Return per-layer attention weights.
     pub attentions: bool,
+    /// With `attentions`: the weights of these query positions only (`[batch, heads,
+    /// rows.len(), k]` per layer, in this order), computed in query chunks so that a long input
+    /// never holds `[heads, q, k]`. Models that honour it say so in
+    /// [`ModelOutput::attention_rows`]; the others return every query's weights.
+    pub attention_rows: Option<Vec<usize>>,
     /// Return per-layer hidden states.
     pub hidden_states: bool,
     /// Compute logits at the last position only (saves the LM head on long prefixes).
@@ -265,8 +270,12 @@ pub struct ModelOutput {
     /// `[batch, positions, vocab]` logits from [`ForwardOptions::first_logit_position`] on
     /// (`positions` is 1 with `last_position_only`).
     pub logits: Tensor<3>,
-    /// Per decoder layer `[batch, heads, q, k]` self-attention weights.
+    /// Per decoder layer `[batch, heads, q, k]` self-attention weights (`[batch, heads, rows,
+    /// k]` when [`ModelOutput::attention_rows`] is set).
     pub attentions: Vec<Tensor<4>>,
+    /// The query positions whose weights [`ModelOutput::attentions`] holds, where the model
+    /// honoured [`ForwardOptions::attention_rows`]; `None`: every query's.
+    pub attention_rows: Option<Vec<usize>>,
     /// Per decoder layer `[batch, heads, q, k_source]` cross-attention weights.
     pub cross_attentions: Vec<Tensor<4>>,
     /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights.

@@ -243,6 +243,17 @@ fn recorded_generation_attentions_match_full_forward() {
         };
         let full = model.forward(input, options).attentions;
         assert_eq!(full.len(), recorded.weights.len());
+        // The prompt's last row, then each generated token's.
+        let rows: Vec<usize> = (prompt.len() - 1..n).collect();
+        assert_eq!(recorded.rows, rows);
+        let rows = burn::tensor::Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+            &device,
+        );
+        let full: Vec<_> = full
+            .into_iter()
+            .map(|w| w.select(2, rows.clone()))
+            .collect();
         for (l, (a, b)) in recorded.weights.iter().zip(&full).enumerate() {
             assert_eq!(a.dims(), b.dims(), "{name} layer {l}");
             let (a, b) = (

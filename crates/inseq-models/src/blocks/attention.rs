@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 
 use super::Pass;
-use super::core::{Scoring, attend, attend_backward};
+use super::core::{CoreTape, Recorder, Scoring, attend};
 use super::norm::{Norm, NormTape, maybe_backward};
 use super::rope;
 use crate::backprop::{Span, linear_backward};
@@ -62,14 +62,20 @@ pub struct Attention {
     pub scoring: Scoring,
 }
 
-/// What [`Attention::backward`] reads.
+/// What [`Attention::backward`] reads (the attention weights are recomputed from it).
+#[derive(Debug, Clone)]
 pub struct AttentionTape {
     q_in: Option<NormTape>,
     k_in: Option<NormTape>,
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    weights: Tensor<4>,
+    core: CoreTape,
+}
+
+impl AttentionTape {
+    /// Floats the tape holds.
+    pub fn floats(&self) -> usize {
+        let norms = [&self.q_in, &self.k_in].into_iter().flatten();
+        self.core.floats() + norms.map(NormTape::floats).sum::<usize>()
+    }
 }
 
 /// `[b, s, heads·d]` <-> `[b, s·heads, d]` for per-head norms.
@@ -143,27 +149,33 @@ impl Attention {
         }
         let v = split_heads(v, self.kv_heads);
         let (k, v) = decoder_self_kv(k, v, pass.options, layer, &pass.device);
-        let bias = pass.bias(self.window);
-        let (ctx, weights) = attend(
+        let options = pass.options;
+        let mut recorder = options
+            .attentions
+            .then(|| Recorder::new(options.attention_rows.as_deref(), k.dims()[2]));
+        let mask = pass.mask(self.window);
+        let kv = (&k, &v);
+        let ctx = attend(
             q.clone(),
-            k.clone(),
-            v.clone(),
-            bias,
-            self.scoring,
-            pass.lrp,
+            kv,
+            mask,
+            (self.scoring, pass.lrp),
+            recorder.as_mut(),
         );
-        if pass.options.attentions {
-            pass.attentions.push(weights.clone());
-        }
         let out = self.o.forward(merge_heads(ctx));
         let tape = pass.taped.then(|| AttentionTape {
             q_in,
             k_in,
-            q,
-            k,
-            v,
-            weights,
+            core: CoreTape {
+                q,
+                k,
+                v,
+                mask: mask.clone(),
+            },
         });
+        if let Some(recorder) = recorder {
+            pass.attentions.push(recorder.finish());
+        }
         (out, tape)
     }
 
@@ -176,13 +188,10 @@ impl Attention {
         span: Span,
         dout: Tensor<3>,
     ) -> Tensor<3> {
-        let (dq, dk, dv) = attend_backward(
-            span.query_heads(&tape.q),
-            span.key_heads(&tape.k),
-            span.key_heads(&tape.v),
-            span.weights(&tape.weights),
-            linear_backward(&self.o, dout),
+        let (dq, dk, dv) = tape.core.backward(
             self.scoring,
+            span.start..span.len,
+            linear_backward(&self.o, dout),
         );
         let (dq, dk) = match self.rope.map(|r| &tables[r]) {
             Some((cos, sin)) => (

@@ -37,6 +37,7 @@ pub struct Block {
 }
 
 /// What [`Block::backward`] reads.
+#[derive(Debug, Clone)]
 pub struct BlockTape {
     attn_in: Option<NormTape>,
     attn: AttentionTape,
@@ -44,6 +45,15 @@ pub struct BlockTape {
     mlp_in: Option<NormTape>,
     mlp: MlpTape,
     mlp_out: Option<NormTape>,
+}
+
+impl BlockTape {
+    /// Floats the tape holds (what [`crate::checkpoint`] weighs against its budget).
+    pub fn floats(&self) -> usize {
+        let norms = [&self.attn_in, &self.attn_out, &self.mlp_in, &self.mlp_out];
+        let norms: usize = norms.into_iter().flatten().map(NormTape::floats).sum();
+        norms + self.attn.floats() + self.mlp.floats()
+    }
 }
 
 impl Block {

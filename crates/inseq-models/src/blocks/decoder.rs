@@ -5,13 +5,16 @@
 
 use burn::tensor::{Device, Int, Tensor};
 
+use std::borrow::Cow;
+
 use super::Pass;
 use super::block::{Block, BlockTape};
-use super::core::causal_bias;
 use super::hooks::{empty_output, override_layer};
+use super::mask::AttentionMask;
 use super::norm::{Norm, NormTape, maybe, maybe_backward};
 use super::rope::Rope;
-use crate::backprop::{SharedForward, Span, backward_through_blocks, row_at};
+use crate::backprop::{SharedForward, Span, row_at};
+use crate::checkpoint::{KEEP_TAPES_BYTES, Stored, backward_blockwise, run_blocks, tape_of};
 use crate::model::{
     ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind, ModelOutput,
 };
@@ -49,14 +52,17 @@ struct Run {
     attentions: Vec<Tensor<4>>,
     hidden_states: Vec<Tensor<3>>,
     rope_tables: Vec<(Tensor<4>, Tensor<4>)>,
-    blocks: Vec<BlockTape>,
+    masks: Vec<(Option<usize>, AttentionMask)>,
+    /// Per block its tape (`None` on an untaped pass), or its input to recompute the tape from.
+    blocks: Vec<Stored<Option<BlockTape>>>,
     last: Option<NormTape>,
 }
 
 impl Decoder {
-    /// Runs the stack on `input`; `taped` keeps the activations of the backward pass (the
-    /// options' hooks must then be off).
-    fn run(&self, input: &ModelInput, options: &ForwardOptions, taped: bool) -> Run {
+    /// Runs the stack on `input`; `taped`: keeps the activations of the backward pass (the
+    /// options' hooks must then be off), the blocks' tapes while they fit that many bytes, else
+    /// the blocks' inputs ([`crate::checkpoint`]).
+    fn run(&self, input: &ModelInput, options: &ForwardOptions, taped: Option<u64>) -> Run {
         let [_, s, _] = input.target_embeds.dims();
         let positions = new_positions(&input.target_mask, s);
         let mut x = input.target_embeds.clone();
@@ -67,45 +73,67 @@ impl Decoder {
                 .collect();
             x = x + p.table.forward(ids_tensor(&ids, &self.device));
         }
-        let mut pass = Pass {
-            options,
-            lrp: options.attn_lrp,
-            taped,
-            device: self.device.clone(),
-            rope_tables: self
-                .ropes
-                .iter()
-                .map(|r| r.tables(&positions, &self.device))
-                .collect(),
-            biases: self
-                .windows
-                .iter()
-                .map(|&w| (w, causal_bias(&input.target_mask, s, w, &self.device)))
-                .collect(),
-            attentions: vec![],
-        };
+        let rope_tables = self
+            .ropes
+            .iter()
+            .map(|r| r.tables(&positions, &self.device))
+            .collect();
+        let masks = self
+            .windows
+            .iter()
+            .map(|&w| (w, AttentionMask::new(&input.target_mask, s, w)))
+            .collect();
+        let mut pass = self.pass(options, taped.is_some(), rope_tables, masks);
         let mut hidden_states = vec![];
         if options.hidden_states {
             hidden_states.push(x.clone());
         }
-        let mut tapes = Vec::with_capacity(if taped { self.blocks.len() } else { 0 });
-        for (i, block) in self.blocks.iter().enumerate() {
-            let (y, tape) = block.forward(x, self.act, &mut pass, i);
-            tapes.extend(tape);
-            x = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
+        let step = |i: usize, x: Tensor<3>| {
+            let (y, tape) = self.blocks[i].forward(x, self.act, &mut pass, i);
+            let y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
             if options.hidden_states {
-                hidden_states.push(x.clone());
+                hidden_states.push(y.clone());
             }
-        }
-        let (out, last) = maybe(self.final_norm.as_ref(), x, pass.lrp, taped);
+            (tape, y)
+        };
+        let floats = |t: &Option<BlockTape>| t.as_ref().map_or(0, BlockTape::floats);
+        let budget = taped.unwrap_or(u64::MAX);
+        let (blocks, x) = run_blocks((self.blocks.len(), budget), x, step, floats);
+        let (out, last) = maybe(self.final_norm.as_ref(), x, pass.lrp, taped.is_some());
         Run {
             out,
             attentions: pass.attentions,
             hidden_states,
             rope_tables: pass.rope_tables,
-            blocks: tapes,
+            masks: pass.masks,
+            blocks,
             last,
         }
+    }
+
+    /// The state of a forward pass over an input with these rotary tables and masks.
+    fn pass<'o>(
+        &self,
+        options: &'o ForwardOptions,
+        taped: bool,
+        rope_tables: Vec<(Tensor<4>, Tensor<4>)>,
+        masks: Vec<(Option<usize>, AttentionMask)>,
+    ) -> Pass<'o> {
+        Pass {
+            options,
+            lrp: options.attn_lrp,
+            taped,
+            device: self.device.clone(),
+            rope_tables,
+            masks,
+            attentions: vec![],
+        }
+    }
+
+    /// The taped forward pass, block tapes kept while they fit `keep_bytes`.
+    fn forward_taped(&self, input: &ModelInput, keep_bytes: u64) -> Tape<'_> {
+        let run = self.run(input, &ForwardOptions::default(), Some(keep_bytes));
+        Tape { model: self, run }
     }
 
     /// `[rows, hidden]` -> `[rows, vocab]` logits, soft-capped where configured.
@@ -145,11 +173,10 @@ impl LanguageModel for Decoder {
         self.dropout
     }
     fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
-        let run = self.run(input, &ForwardOptions::default(), true);
-        Some(Box::new(Tape { model: self, run }))
+        Some(Box::new(self.forward_taped(input, KEEP_TAPES_BYTES)))
     }
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
-        let run = self.run(&input, &options, false);
+        let run = self.run(&input, &options, None);
         let mut out = empty_output(&self.device);
         let [b, s, d] = run.out.dims();
         let first = options.first_logit_position(s);
@@ -162,6 +189,7 @@ impl LanguageModel for Decoder {
         let vocab = logits.dims()[1];
         out.logits = logits.reshape([b, s - first, vocab]);
         out.attentions = run.attentions;
+        out.attention_rows = options.attention_rows.filter(|_| options.attentions);
         out.hidden_states = run.hidden_states;
         if options.hidden_states {
             out.final_hidden_state = Some(run.out);
@@ -186,21 +214,67 @@ impl SharedForward for Tape<'_> {
     }
 
     fn backward(&self, position: usize, grad: Tensor<2>) -> Tensor<3> {
-        let final_norm = |span: Span| {
+        self.backward_each(vec![(position, grad)])
+            .pop()
+            .expect("one request")
+    }
+
+    fn backward_each(&self, requests: Vec<(usize, Tensor<2>)>) -> Vec<Tensor<3>> {
+        let (positions, grads): (Vec<usize>, Vec<Tensor<2>>) = requests.into_iter().unzip();
+        let final_norm = |span: Span, r: usize| {
             let pick = |t: &Tensor<3>| span.rows(t);
             maybe_backward(
                 self.model.final_norm.as_ref(),
                 self.run.last.as_ref(),
                 pick,
-                grad.unsqueeze_dim(1),
+                grads[r].clone().unsqueeze_dim(1),
             )
         };
         let tables = &self.run.rope_tables;
-        backward_through_blocks(
-            position,
+        backward_blockwise(
+            &positions,
             self.run.blocks.len(),
             final_norm,
-            |i, span, dout| self.model.blocks[i].backward(&self.run.blocks[i], tables, span, dout),
+            |i| self.tape(i),
+            |tape, i, span, dout| {
+                let tape = tape.as_ref().expect("a taped pass");
+                self.model.blocks[i].backward(tape, tables, span, dout)
+            },
         )
+    }
+}
+
+impl Tape<'_> {
+    /// Block `index`'s tape, kept or recomputed from its input.
+    fn tape(&self, index: usize) -> Cow<'_, Option<BlockTape>> {
+        tape_of(&self.run.blocks, index, |i, x| {
+            let options = ForwardOptions::default();
+            let (tables, masks) = (self.run.rope_tables.clone(), self.run.masks.clone());
+            let mut pass = self.model.pass(&options, true, tables, masks);
+            let (y, tape) = self.model.blocks[i].forward(x, self.model.act, &mut pass, i);
+            (tape, y)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Decoder;
+    use crate::checkpoint::tests::{assert_recompute_matches, fixture};
+
+    fn check(m: &Decoder) {
+        assert_recompute_matches(m, |input, keep| Box::new(m.forward_taped(input, keep)));
+    }
+
+    /// Recomputed block tapes give the kept tapes' gradients: Llama, GPT-2 (learned positions,
+    /// fused projections), Gemma 2 (soft-capping, sliding windows, sandwich norms).
+    #[test]
+    fn recomputed_tapes_give_the_kept_gradients() {
+        let (c, mut w) = fixture("tiny-llama", "model.");
+        check(&crate::llama::load(c, &mut w).unwrap());
+        let (c, mut w) = fixture("tiny-gpt2", "transformer.");
+        check(&crate::gpt2::load(c, &mut w).unwrap());
+        let (c, mut w) = fixture("tiny-gemma2", "model.");
+        check(&crate::gemma::load(c, &mut w).unwrap());
     }
 }

@@ -121,6 +121,7 @@ pub(crate) fn empty_output(device: &Device) -> ModelOutput {
     ModelOutput {
         logits: Tensor::from_data(TensorData::new(vec![0f32], [1, 1, 1]), device),
         attentions: vec![],
+        attention_rows: None,
         cross_attentions: vec![],
         encoder_attentions: vec![],
         hidden_states: vec![],

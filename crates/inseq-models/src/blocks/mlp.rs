@@ -27,9 +27,18 @@ pub enum Mlp {
 
 /// What [`Mlp::backward`] reads: for a gated MLP `act(gate)` and `up ⊙ act'(gate)`, for a plain
 /// one `act'(pre)`.
+#[derive(Debug, Clone)]
 pub struct MlpTape {
     act: Option<Tensor<3>>,
     grad: Tensor<3>,
+}
+
+impl MlpTape {
+    /// Floats the tape holds.
+    pub fn floats(&self) -> usize {
+        let act = self.act.as_ref().map_or(0, |t| t.shape().num_elements());
+        act + self.grad.shape().num_elements()
+    }
 }
 
 impl Act {

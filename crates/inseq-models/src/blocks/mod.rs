@@ -1,5 +1,5 @@
 //! The block layer of the decoder-only architectures: norms ([`norm`]), rotary embeddings
-//! ([`rope`]), the attention core ([`core`]), the attention and feed-forward sublayers
+//! ([`rope`]), the attention core in query chunks ([`core`]) and its masks ([`mask`]), the attention and feed-forward sublayers
 //! ([`attention`], [`mlp`]), blocks in their residual layouts ([`block`]) and the generic
 //! decoder ([`decoder`]) an architecture maps its config and weight names onto ([`spec`]).
 //!
@@ -15,6 +15,7 @@ pub mod config;
 pub mod core;
 pub mod decoder;
 pub(crate) mod hooks;
+pub mod mask;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
@@ -23,6 +24,7 @@ pub mod spec;
 use burn::tensor::{Device, Tensor};
 
 use crate::model::ForwardOptions;
+use mask::AttentionMask;
 
 pub use decoder::Decoder;
 pub use spec::{DecoderSpec, Names};
@@ -40,19 +42,19 @@ pub struct Pass<'a> {
     pub device: Device,
     /// `(cos, sin)` of each of the decoder's rotary embeddings for the fed positions.
     pub rope_tables: Vec<(Tensor<4>, Tensor<4>)>,
-    /// The causal bias for each sliding window in use (`None`: full attention).
-    biases: Vec<(Option<usize>, Tensor<4>)>,
+    /// The causal mask for each sliding window in use (`None`: full attention).
+    pub masks: Vec<(Option<usize>, AttentionMask)>,
     /// Attention weights per layer, when asked for.
     pub attentions: Vec<Tensor<4>>,
 }
 
 impl Pass<'_> {
-    /// The causal bias of layers with sliding `window`.
-    pub fn bias(&self, window: Option<usize>) -> Tensor<4> {
-        self.biases
+    /// The causal mask of layers with sliding `window`.
+    pub fn mask(&self, window: Option<usize>) -> &AttentionMask {
+        self.masks
             .iter()
             .find(|(w, _)| *w == window)
-            .map(|(_, b)| b.clone())
-            .expect("a bias for every window of the model")
+            .map(|(_, m)| m)
+            .expect("a mask for every window of the model")
     }
 }

@@ -65,6 +65,13 @@ pub struct NormTape {
     r: Tensor<3>,
 }
 
+impl NormTape {
+    /// Floats the tape holds.
+    pub fn floats(&self) -> usize {
+        self.a.shape().num_elements() + self.r.shape().num_elements()
+    }
+}
+
 impl Norm {
     /// Normalises `[batch, seq, dim]`; with `lrp` the denominator is detached (AttnLRP); with
     /// `taped` the activations of the backward pass are returned too.

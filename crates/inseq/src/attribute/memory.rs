@@ -10,24 +10,33 @@ use inseq_models::ModelInfo;
 use super::rows::Row;
 
 /// Bytes of activations that `rows` model rows keep at the peak of a forward pass over `len`
-/// tokens: per layer the attention scores and weights (`2·heads·len²` floats) and a dozen
-/// hidden-size vectors per token; with `gradients` every layer's, kept for the backward pass,
-/// else one layer's at a time. A lower bound: weights, logits and framework copies come on top
-/// (SmolLM2 `saliency` on 2,006 tokens: 10.4 GB estimated, 16.2 GB measured peak RSS).
+/// tokens, a lower bound linear in `len`: one block's activations (a dozen hidden-size vectors
+/// per token, per row) and the chunked attention's temporaries (a few chunks of
+/// [`inseq_models::CHUNK_FLOATS`] scores, never the `[heads, len, len]` weights);
+/// with `gradients`, each block's input too, which the backward pass recomputes the block from
+/// (whole block tapes are kept only while they fit
+/// [`inseq_models::checkpoint::KEEP_TAPES_BYTES`]). Weights, logits and framework copies come
+/// on top; methods that back-propagate with autodiff instead of the models' hand-written
+/// backward pass keep more.
 ///
 /// ```
 /// let info = inseq::models::ModelInfo { num_layers: 30, num_heads: 9, hidden_size: 576, ..Default::default() };
-/// let bytes = inseq::activation_bytes(&info, 2300, 1, true);
-/// assert!((13.0e9..14.0e9).contains(&(bytes as f64)));
-/// assert!(inseq::activation_bytes(&info, 2300, 1, false) < bytes / 29);
+/// let bytes = inseq::activation_bytes(&info, 8000, 1, true);
+/// assert!((0.9e9..1.1e9).contains(&(bytes as f64)), "{bytes}");
+/// assert!(inseq::activation_bytes(&info, 8000, 1, false) < bytes / 2);
 /// ```
 pub fn activation_bytes(info: &ModelInfo, len: usize, rows: usize, gradients: bool) -> u64 {
-    let (len, heads, hidden) = (len as u64, info.num_heads as u64, info.hidden_size as u64);
-    let per_layer = (2 * heads * len).saturating_mul(len) + 12 * hidden * len;
-    let layers = if gradients { info.num_layers as u64 } else { 1 };
-    per_layer
-        .saturating_mul(layers)
+    let (len, hidden) = (len as u64, info.hidden_size as u64);
+    let block = 12 * hidden * len;
+    let checkpoints = if gradients {
+        info.num_layers as u64 * hidden * len
+    } else {
+        0
+    };
+    let chunks = 4 * inseq_models::CHUNK_FLOATS as u64;
+    (block + checkpoints)
         .saturating_mul(rows as u64)
+        .saturating_add(chunks)
         .saturating_mul(4)
 }
 

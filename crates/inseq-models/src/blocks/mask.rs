@@ -1,0 +1,103 @@
+//! Which keys each query of a decoder's causal self-attention sees: a per-row key mask
+//! (`false` = padding), causality and an optional sliding window, given to the attention core
+//! ([`super::core`]) as a chunk's additive bias and the keys a chunk needs.
+
+use std::ops::Range;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::nn::MASK_VALUE;
+
+/// The mask of `q_len` queries over the keys of a `[rows, k]` key mask, the queries being the
+/// last `q_len` positions (as with a key/value cache): query `i` (key position `at = i + k -
+/// q_len`) sees key `j` when `j` is not padding, `j <= at` and, with a sliding `window`,
+/// `j > at - window` (transformers' `sliding_window_overlay`: the window counts the query's own
+/// position).
+#[derive(Debug, Clone)]
+pub struct AttentionMask {
+    key_mask: Vec<Vec<bool>>,
+    offset: usize,
+    window: Option<usize>,
+    /// Per query: some row's query sees no key (it then attends uniformly to every key).
+    blind: Vec<bool>,
+}
+
+impl AttentionMask {
+    /// The mask of `q_len` queries over the keys of `key_mask`.
+    pub fn new(key_mask: &[Vec<bool>], q_len: usize, window: Option<usize>) -> Self {
+        let k_len = key_mask.first().map_or(0, Vec::len);
+        let offset = k_len.saturating_sub(q_len);
+        let mut blind = vec![false; q_len];
+        for row in key_mask {
+            // The latest real key at or before each query's position.
+            let (mut last, mut next) = (None, 0);
+            for (i, b) in blind.iter_mut().enumerate() {
+                let at = i + offset;
+                while next <= at && next < k_len {
+                    if row[next] {
+                        last = Some(next);
+                    }
+                    next += 1;
+                }
+                *b |= last.is_none_or(|j| window.is_some_and(|w| j + w <= at));
+            }
+        }
+        Self {
+            key_mask: key_mask.to_vec(),
+            offset,
+            window,
+            blind,
+        }
+    }
+
+    fn visible(&self, row: usize, query: usize, key: usize) -> bool {
+        let at = query + self.offset;
+        self.key_mask[row][key] && key <= at && self.window.is_none_or(|w| key + w > at)
+    }
+
+    /// Keys `0..n` the queries `queries` need, of the first `keys` keys: up to the last query's
+    /// causal horizon, or all of them when some query sees none (it then attends uniformly to
+    /// every key, as the unchunked computation does).
+    pub(crate) fn keys_for(&self, queries: &Range<usize>, keys: usize) -> usize {
+        if self.blind[queries.clone()].iter().any(|&b| b) {
+            keys
+        } else {
+            (queries.end + self.offset).min(keys)
+        }
+    }
+
+    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]).
+    pub(crate) fn bias(&self, queries: &Range<usize>, keys: usize, device: &Device) -> Tensor<4> {
+        let rows = self.key_mask.len();
+        let mut data = Vec::with_capacity(rows * queries.len() * keys);
+        for row in 0..rows {
+            for q in queries.clone() {
+                data.extend((0..keys).map(|k| {
+                    if self.visible(row, q, k) {
+                        0.0
+                    } else {
+                        MASK_VALUE
+                    }
+                }));
+            }
+        }
+        let shape = [rows, 1, queries.len(), keys];
+        Tensor::from_data(TensorData::new(data, shape), device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blind_queries_see_every_key() {
+        let mask = AttentionMask::new(&[vec![false, false, true, true]], 4, None);
+        assert_eq!(mask.keys_for(&(0..1), 4), 4, "a blind query sees every key");
+        assert_eq!(mask.keys_for(&(2..3), 4), 3);
+        assert_eq!(mask.bias(&(2..4), 4, &Device::flex()).dims(), [1, 1, 2, 4]);
+        // A window of 1 after two padded keys: query 3 sees only itself.
+        let mask = AttentionMask::new(&[vec![true, false, false, true]], 4, Some(1));
+        assert_eq!(mask.blind, [false, true, true, false]);
+    }
+}
