@@ -18,7 +18,9 @@ use crate::nn::computed_on_host_cores;
 /// Bytes of block tapes kept whole; above it, tapes are recomputed from the block inputs.
 pub const KEEP_TAPES_BYTES: u64 = 1 << 30;
 
-/// One block's tape, or its input to recompute it from.
+/// One block's tape, or its input to recompute it from. One per block, built once: the
+/// variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Stored<T> {
     /// The tape.
     Kept(T),
@@ -137,6 +139,7 @@ pub(crate) mod tests {
 
     /// `pass(input, keep_bytes)` with every tape kept and with every tape recomputed give the
     /// same gradients, on a batch with a left-padded row.
+    #[allow(clippy::needless_lifetimes)]
     pub(crate) fn assert_recompute_matches<'m>(
         model: &'m dyn LanguageModel,
         pass: impl Fn(&ModelInput, u64) -> Box<dyn SharedForward + 'm>,
