@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use inseq::{AttributeOptions, AttributionModel, GenerationOptions, StepArgs};
 
-use crate::commands::{AttributeArgs, ContextCliArgs, DatasetArgs, MergeArgs};
+use crate::commands::{
+    AttributeArgs, BenchArgs, ContextCliArgs, DatasetArgs, EvaluateArgs, MergeArgs,
+};
 
 /// The `inseq` command line.
 #[derive(Parser)]
@@ -32,6 +34,11 @@ pub(crate) enum Command {
     AttributeContext(Box<ContextCliArgs>),
     /// Merge the outputs of several `attribute-dataset` runs (e.g. shards) into one.
     Merge(MergeArgs),
+    /// Compare methods' faithfulness on a dataset (deletion/insertion, AOPC, Soft-NC/NS, model
+    /// randomisation), with a random reference.
+    Evaluate(Box<EvaluateArgs>),
+    /// Time the same attribution jobs on several devices and compare their attributions.
+    Bench(Box<BenchArgs>),
     /// List the attribution method ids.
     ListMethods,
     /// List the step function ids.

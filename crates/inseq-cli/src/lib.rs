@@ -1,7 +1,7 @@
 //! The `inseq` command-line tool, as a library: [`run`] takes the command line (program name
 //! first) and runs one subcommand (`attribute`, `attribute-dataset`, `attribute-context`, `merge`,
-//! `list-methods`, `list-step-functions`); [`dataset`] reads datasets and stores per-row results
-//! for `attribute-dataset`.
+//! `evaluate`, `bench`, `list-methods`, `list-step-functions`); [`dataset`] reads datasets and
+//! stores per-row results for `attribute-dataset` and `evaluate`.
 //!
 //! ```
 //! use std::process::ExitCode;

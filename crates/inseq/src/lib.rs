@@ -62,6 +62,8 @@ mod docs {
     struct Architecture;
     #[doc = include_str!("../../../docs/attribute-context.md")]
     struct AttributeContext;
+    #[doc = include_str!("../../../docs/evaluation.md")]
+    struct Evaluation;
     #[doc = include_str!("../../../docs/inseq-compatibility.md")]
     struct InseqCompatibility;
     #[doc = include_str!("../../../docs/performance.md")]

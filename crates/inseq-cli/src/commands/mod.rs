@@ -1,17 +1,22 @@
 //! The subcommands, one module each.
 
 mod attribute;
+mod bench;
 mod context;
 mod context_prompt;
 mod dataset;
+mod eval_common;
+mod evaluate;
 mod merge;
 
 use anyhow::Result;
 use inseq::Registries;
 
 pub(crate) use attribute::AttributeArgs;
+pub(crate) use bench::BenchArgs;
 pub(crate) use context::ContextCliArgs;
 pub(crate) use dataset::DatasetArgs;
+pub(crate) use evaluate::EvaluateArgs;
 pub(crate) use merge::MergeArgs;
 
 use crate::args::Command;
@@ -23,6 +28,8 @@ pub(crate) fn run(command: Command, registries: &Registries) -> Result<()> {
         Command::AttributeDataset(a) => dataset::run(*a, registries),
         Command::AttributeContext(a) => context::run(*a, registries),
         Command::Merge(m) => merge::run(m),
+        Command::Evaluate(a) => evaluate::run(*a, registries),
+        Command::Bench(a) => bench::run(*a, registries),
         Command::ListMethods => {
             for (id, desc) in registries.methods.describe() {
                 println!("{id:<34} {desc}");

@@ -397,8 +397,15 @@ impl AttributionModel {
             return Err(Error::InvalidInput(format!("{what} text is empty")));
         }
         let tokenizer = &self.pretrained.tokenizer;
+        // Target texts of encoder-decoder models go through the target tokenizer (Marian's
+        // `target.spm`), as transformers' `tokenizer(text_target=...)`.
+        let target = what.ends_with("target") && self.model().kind() == ModelKind::EncoderDecoder;
+        let encode = |text: &str, special: bool| match target {
+            true => tokenizer.encode_target(text, special),
+            false => tokenizer.encode(text, special),
+        };
         let mut ids = match skip_special_tokens {
-            false => tokenizer.encode(text, true)?,
+            false => encode(text, true)?,
             true => {
                 let text = tokenizer
                     .special_token_strings()
@@ -406,7 +413,7 @@ impl AttributionModel {
                     .fold(text.to_string(), |t, special| {
                         t.replace(special.as_str(), "")
                     });
-                tokenizer.encode(&text, false)?
+                encode(&text, false)?
             }
         };
         // As Inseq: a text that starts with the BOS token its tokenizer also adds (a chat
@@ -443,6 +450,13 @@ impl AttributionModel {
     /// first config eos); id 0 for a model that declares none of them.
     fn unk_id(&self) -> usize {
         self.pretrained.special_tokens.baseline().unwrap_or(0)
+    }
+
+    /// The token whose embedding perturbation methods put in place of a removed token (Inseq's
+    /// baseline: `unk`, else `pad`, else the config's pad id, else its first eos id; 0 when the
+    /// model declares none), for code that perturbs inputs as `occlusion` does (`inseq-eval`).
+    pub fn baseline_token_id(&self) -> usize {
+        self.unk_id()
     }
 
     /// The model's decoding defaults: its `generation_config.json` (else the decoding keys of
