@@ -15,7 +15,16 @@ use inseq_models::{
     OverrideMode, SafetensorsSource, ValueZeroing as ZeroHook, WeightSource, ids_tensor,
 };
 
-const ENC_DEC: [&str; 4] = ["tiny-bart", "tiny-marian", "tiny-t5-gated", "tiny-t5-relu"];
+const ENC_DEC: [&str; 8] = [
+    "tiny-bart",
+    "tiny-marian",
+    "tiny-t5-gated",
+    "tiny-t5-relu",
+    "tiny-mbart",
+    "tiny-m2m100",
+    "tiny-mt5",
+    "tiny-umt5",
+];
 
 /// A fixture model: the shared tiny models, or inseq-models' tiny T5s.
 fn load(name: &str) -> inseq_models::Pretrained {
@@ -109,15 +118,19 @@ fn hooks_leave_the_encoder_decoder_forward_unchanged() {
                 }),
                 ..Default::default()
             };
-            // Zeroing nothing is a no-op; zeroing a token changes the logits.
+            // Zeroing nothing is a no-op; zeroing a token in the last layer changes the logits.
+            let last = match kind {
+                AttentionKind::EncoderSelf => m.num_encoder_layers() - 1,
+                _ => m.info().num_layers - 1,
+            };
             assert_eq!(
                 clean,
-                logits(m, &st, zero(vec![None, None], 1)),
+                logits(m, &st, zero(vec![None, None], last)),
                 "{name} {kind:?}"
             );
             assert_ne!(
                 clean,
-                logits(m, &st, zero(vec![Some(1), Some(1)], 1)),
+                logits(m, &st, zero(vec![Some(1), Some(1)], last)),
                 "{name} {kind:?}"
             );
             // Zeroing a padding position of the source (row 1, position 4) changes nothing
@@ -156,7 +169,7 @@ fn hooks_leave_the_encoder_decoder_forward_unchanged() {
                 ..Default::default()
             },
         );
-        assert_eq!(out.hidden_states.len(), 3);
+        assert_eq!(out.hidden_states.len(), m.info().num_layers + 1);
         assert_eq!(out.encoder_hidden_states.len(), 3);
         assert!(out.final_hidden_state.is_some() && out.encoder_final_hidden_state.is_some());
         for (layer, state) in [
@@ -218,12 +231,14 @@ fn stored_rows(model: &str, name: &str, first: usize, n: usize) -> Vec<f32> {
 fn positions(model: &str, len: usize, decoder: bool) -> Option<Vec<f32>> {
     match model {
         "tiny-gpt2" => Some(stored_rows(model, "transformer.wpe.weight", 0, len)),
-        "tiny-bart" => {
+        "tiny-bart" | "tiny-mbart" => {
             let stack = if decoder { "decoder" } else { "encoder" };
             let name = format!("model.{stack}.embed_positions.weight");
             Some(stored_rows(model, &name, 2, len))
         }
         "tiny-marian" => Some(inseq_models::bart::sinusoidal_positions(len, 32)),
+        // fairseq positions from row pad_token_id + 1 = 2.
+        "tiny-m2m100" => Some(inseq_models::bart::fairseq_sinusoidal_positions(2, len, 32)),
         _ => None,
     }
 }
@@ -294,7 +309,8 @@ fn attnlrp_relevance_is_approximately_conserved() {
     // 1.8 %, BART 1.5 %, Marian 1.1 %, Llama 26 %, T5 gated 74 %, T5 ReLU 69 %. All of it is
     // left in the softmax: with the attention weights detached in `lrp_attention` instead
     // (all relevance through the values), the sums match the logits to within 1e-3 on all
-    // six models.
+    // six models. (tiny-mbart and tiny-m2m100 are left out: their biases are random, and
+    // biases take relevance; tiny-umt5's logit here is ~0.008, too small for a relative error.)
     let one_row = StepInput {
         source_ids: Some(vec![vec![0, 100, 200, 300, 2]]),
         source_mask: Some(vec![vec![true; 5]]),
@@ -310,6 +326,7 @@ fn attnlrp_relevance_is_approximately_conserved() {
         "tiny-marian",
         "tiny-t5-gated",
         "tiny-t5-relu",
+        "tiny-mt5",
     ] {
         let st = if !name.contains("gpt2") && !name.contains("llama") {
             one_row.clone()
@@ -323,7 +340,7 @@ fn attnlrp_relevance_is_approximately_conserved() {
         );
         let bound = match name {
             "tiny-llama" => 0.35,
-            "tiny-t5-gated" | "tiny-t5-relu" => 0.8,
+            "tiny-t5-gated" | "tiny-t5-relu" | "tiny-mt5" | "tiny-umt5" => 0.8,
             _ => 0.05,
         };
         assert!(err < bound, "{name}: relative conservation error {err}");

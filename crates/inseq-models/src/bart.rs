@@ -1,9 +1,11 @@
-//! BART (`BartForConditionalGeneration`) and the post-norm encoder-decoder
-//! Transformer it shares with Marian ([`crate::marian`]).
+//! BART (`BartForConditionalGeneration`) and the encoder-decoder Transformer it shares with
+//! Marian ([`crate::marian`]), mBART and M2M100 ([`crate::mbart`]): one `Seq2Seq` core whose
+//! `Layout` says the weight names, where the layer norms sit and which position table is used.
 //!
-//! Both follow Hugging Face transformers 5.x:
-//! - post-norm layers (`x = norm(x + sublayer(x))`), biased q/k/v/out projections,
-//!   attention scaled by `head_dim^-0.5`, `final_logits_bias` added to the logits;
+//! All follow Hugging Face transformers 5.x:
+//! - post-norm layers (`x = norm(x + sublayer(x))`; BART, Marian) or pre-norm layers with a
+//!   norm after each stack (`x = x + sublayer(norm(x))`; mBART, M2M100), biased q/k/v/out
+//!   projections, attention scaled by `head_dim^-0.5`, `final_logits_bias` added to the logits;
 //! - positions are `0..len` for every row (as Hugging Face computes them, whatever
 //!   the padding), added after the token embeddings;
 //! - BART: learned positions with an offset of 2 and a `layernorm_embedding`
@@ -20,10 +22,9 @@ use serde::Deserialize;
 use crate::gpt2::{
     empty_output, identity_rule, layer_norm, lm_head, lrp_attention, override_layer, zero_values,
 };
-use crate::model::{
-    AttentionKind, ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind,
-    ModelOutput,
-};
+#[allow(unused_imports)] // named by the doc links
+use crate::model::LanguageModel;
+use crate::model::{AttentionKind, ForwardOptions, LayerRef, ModelInfo, ModelInput, ModelOutput};
 use crate::nn::{
     Embedding, LayerNorm, Linear, LmHead, attention, attention_bias, ids_tensor, mc_dropout,
     merge_heads, split_heads,
@@ -127,6 +128,10 @@ pub(crate) struct NameTable {
     pub encoder_layernorm_embedding: Option<&'static str>,
     /// Decoder layer norm after the embeddings.
     pub decoder_layernorm_embedding: Option<&'static str>,
+    /// Encoder layer norm after the last layer (pre-norm models: mBART, M2M100).
+    pub encoder_final_norm: Option<&'static str>,
+    /// Decoder layer norm after the last layer.
+    pub decoder_final_norm: Option<&'static str>,
     /// Encoder layer `{i}`.
     pub encoder_layer: &'static str,
     /// Decoder layer `{i}`.
@@ -149,8 +154,8 @@ pub(crate) struct NameTable {
     pub final_norm: &'static str,
     /// Output projection (falls back to the decoder embeddings when absent).
     pub lm_head: &'static str,
-    /// Logit bias (zeros when absent).
-    pub final_logits_bias: &'static str,
+    /// Logit bias (zeros when absent or `None`).
+    pub final_logits_bias: Option<&'static str>,
 }
 
 /// BART's weight names.
@@ -162,6 +167,8 @@ pub(crate) const BART_NAMES: NameTable = NameTable {
     decoder_positions: Some("decoder.embed_positions.weight"),
     encoder_layernorm_embedding: Some("encoder.layernorm_embedding"),
     decoder_layernorm_embedding: Some("decoder.layernorm_embedding"),
+    encoder_final_norm: None,
+    decoder_final_norm: None,
     encoder_layer: "encoder.layers.{i}",
     decoder_layer: "decoder.layers.{i}",
     self_attn: "self_attn",
@@ -173,7 +180,7 @@ pub(crate) const BART_NAMES: NameTable = NameTable {
     fc2: "fc2",
     final_norm: "final_layer_norm",
     lm_head: "lm_head.weight",
-    final_logits_bias: "final_logits_bias",
+    final_logits_bias: Some("final_logits_bias"),
 };
 
 /// Offset of BART's learned position ids.
@@ -316,6 +323,55 @@ pub(crate) enum Positions {
     },
     /// Marian's fixed sinusoidal table: sines in the first half, cosines in the second.
     Sinusoidal,
+    /// fairseq's sinusoidal table (M2M100, NLLB), looked up at `position + first`
+    /// (`padding_idx + 1`), computed for any length.
+    Fairseq {
+        /// Row of position 0.
+        first: usize,
+    },
+}
+
+/// Which fixed position table a BART-family model without learned positions uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sinusoid {
+    /// [`sinusoidal_positions`] (Marian).
+    Marian,
+    /// [`fairseq_sinusoidal_positions`] from row `pad_token_id + 1` (M2M100).
+    Fairseq,
+}
+
+/// How a BART-family architecture is put together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    /// Its weight names.
+    pub names: NameTable,
+    /// Where the embedding scale is applied.
+    pub convention: ScaleConvention,
+    /// Layer norm before each sublayer, inside the residual branch (mBART, M2M100), instead of
+    /// after the residual sum (BART, Marian).
+    pub pre_norm: bool,
+    /// The position table when `names` has no learned positions.
+    pub sinusoid: Sinusoid,
+}
+
+/// fairseq's sinusoidal positions (`M2M100SinusoidalPositionalEmbedding.get_embedding`) for rows
+/// `first..first + len`: with `half = dim / 2` and `f_j = exp(-j * ln(10000) / (half - 1))`, row
+/// `r` is `[sin(r f_0) .. sin(r f_{half-1}), cos(r f_0) .. cos(r f_{half-1})]` (a zero column
+/// appended when `dim` is odd), computed in `f32` as torch does; `[len, dim]`. Needs `dim >= 4`.
+pub fn fairseq_sinusoidal_positions(first: usize, len: usize, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = -(10000f64.ln() / (half as f64 - 1.0)) as f32;
+    let freqs: Vec<f32> = (0..half).map(|j| (j as f32 * step).exp()).collect();
+    let mut out = vec![0f32; len * dim];
+    for (p, row) in out.chunks_exact_mut(dim).enumerate() {
+        let pos = (first + p) as f32;
+        for (j, f) in freqs.iter().enumerate() {
+            let angle = pos * f;
+            row[j] = angle.sin();
+            row[half + j] = angle.cos();
+        }
+    }
+    out
 }
 
 /// Marian's sinusoidal position table (`MarianSinusoidalPositionalEmbedding`):
@@ -361,7 +417,7 @@ pub(crate) fn mask_or_all(
     }
 }
 
-/// The encoder-decoder Transformer shared by BART and Marian.
+/// The encoder-decoder Transformer shared by BART, Marian, mBART and M2M100.
 pub(crate) struct Seq2Seq {
     pub(crate) info: ModelInfo,
     act: Act,
@@ -369,6 +425,9 @@ pub(crate) struct Seq2Seq {
     decoder_embed: Embedding,
     positions: Positions,
     layernorm_embedding: Option<(LayerNorm, LayerNorm)>,
+    /// Encoder and decoder norms after the last layer (pre-norm models).
+    final_norms: Option<(LayerNorm, LayerNorm)>,
+    pre_norm: bool,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
     lm_head: LmHead,
@@ -380,8 +439,9 @@ pub(crate) struct Seq2Seq {
     device: Device,
 }
 
-/// Fails on head counts that do not divide `d_model` and on pre-norm (mBART-style) layers.
-fn check_config(config: &BartConfig) -> Result<()> {
+/// Fails on head counts that do not divide `d_model` and, for the post-norm layouts, on
+/// pre-norm (mBART-style) layers.
+fn check_config(config: &BartConfig, layout: &Layout) -> Result<()> {
     let d = config.d_model;
     for (what, heads) in [
         ("encoder_attention_heads", config.encoder_attention_heads),
@@ -394,7 +454,7 @@ fn check_config(config: &BartConfig) -> Result<()> {
             ));
         }
     }
-    if config.normalize_before || config.add_final_layer_norm {
+    if !layout.pre_norm && (config.normalize_before || config.add_final_layer_norm) {
         return Err(Error::Unsupported(format!(
             "{} with pre-norm layers (normalize_before/add_final_layer_norm, mBART style)",
             config.model_type
@@ -441,8 +501,9 @@ fn load_token_embeddings(
     }
 }
 
-/// Learned position tables when `names` has them, sinusoidal positions otherwise.
-fn load_positions(config: &BartConfig, w: &mut Weights, names: &NameTable) -> Result<Positions> {
+/// Learned position tables when `names` has them, the layout's sinusoidal positions otherwise.
+fn load_positions(config: &BartConfig, w: &mut Weights, layout: &Layout) -> Result<Positions> {
+    let names = &layout.names;
     Ok(match (names.encoder_positions, names.decoder_positions) {
         (Some(e), Some(dp)) => {
             let rows = config.max_position_embeddings + BART_POSITION_OFFSET;
@@ -457,20 +518,38 @@ fn load_positions(config: &BartConfig, w: &mut Weights, names: &NameTable) -> Re
                 offset: BART_POSITION_OFFSET,
             }
         }
-        _ => Positions::Sinusoidal,
+        _ if layout.sinusoid == Sinusoid::Marian => Positions::Sinusoidal,
+        _ => {
+            let pad = config.pad_token_id.ok_or_else(|| {
+                Error::invalid_arg(
+                    "pad_token_id",
+                    format!(
+                        "{} needs it: its positions start at pad_token_id + 1",
+                        config.model_type
+                    ),
+                )
+            })?;
+            if config.d_model < 4 {
+                return Err(Error::invalid_arg(
+                    "d_model",
+                    format!(
+                        "{} sinusoidal positions need d_model >= 4",
+                        config.model_type
+                    ),
+                ));
+            }
+            Positions::Fairseq { first: pad + 1 }
+        }
     })
 }
 
-/// The encoder and decoder embedding layer norms, when `names` has them.
-fn load_layernorm_embedding(
+/// A pair of encoder/decoder layer norms named by `names`, when it has both.
+fn load_norm_pair(
     w: &mut Weights,
-    names: &NameTable,
+    names: (Option<&str>, Option<&str>),
     d: usize,
 ) -> Result<Option<(LayerNorm, LayerNorm)>> {
-    match (
-        names.encoder_layernorm_embedding,
-        names.decoder_layernorm_embedding,
-    ) {
+    match names {
         (Some(e), Some(dn)) => Ok(Some((
             LayerNorm::load(w, e, d, LN_EPS)?,
             LayerNorm::load(w, dn, d, LN_EPS)?,
@@ -493,8 +572,8 @@ fn load_head(
     } else {
         decoder_embed.table.clone()
     });
-    let final_logits_bias = if w.contains(names.final_logits_bias) {
-        w.tensor1(names.final_logits_bias, dec_vocab)?
+    let final_logits_bias = if let Some(name) = names.final_logits_bias.filter(|n| w.contains(n)) {
+        w.tensor1(name, dec_vocab)?
     } else {
         Tensor::zeros([dec_vocab], w.device())
     };
@@ -506,16 +585,25 @@ impl Seq2Seq {
     pub(crate) fn load(
         config: &BartConfig,
         w: &mut Weights,
-        names: &NameTable,
-        convention: ScaleConvention,
+        layout: &Layout,
         info: ModelInfo,
     ) -> Result<Self> {
-        check_config(config)?;
+        check_config(config, layout)?;
+        let names = &layout.names;
         let d = config.d_model;
         let act = Act::parse(&config.activation_function)?;
         let (encoder_embed, decoder_embed) = load_token_embeddings(config, w, names)?;
-        let positions = load_positions(config, w, names)?;
-        let layernorm_embedding = load_layernorm_embedding(w, names, d)?;
+        let positions = load_positions(config, w, layout)?;
+        let layernorm_embedding = load_norm_pair(
+            w,
+            (
+                names.encoder_layernorm_embedding,
+                names.decoder_layernorm_embedding,
+            ),
+            d,
+        )?;
+        let final_norms =
+            load_norm_pair(w, (names.encoder_final_norm, names.decoder_final_norm), d)?;
         let encoder = (0..config.encoder_layers)
             .map(|i| EncoderLayer::load(w, names, config, i))
             .collect::<Result<Vec<_>>>()?;
@@ -536,12 +624,14 @@ impl Seq2Seq {
             decoder_embed,
             positions,
             layernorm_embedding,
+            final_norms,
+            pre_norm: layout.pre_norm,
             encoder,
             decoder,
             lm_head,
             final_logits_bias,
             embed_scale,
-            convention,
+            convention: layout.convention,
             d_model: d,
             dropout: config.dropout.unwrap_or(0.1),
             device: w.device().clone(),
@@ -561,6 +651,10 @@ impl Seq2Seq {
             }
             Positions::Sinusoidal => Tensor::from_data(
                 TensorData::new(sinusoidal_positions(len, d), [1, len, d]),
+                &self.device,
+            ),
+            Positions::Fairseq { first } => Tensor::from_data(
+                TensorData::new(fairseq_sinusoidal_positions(*first, len, d), [1, len, d]),
                 &self.device,
             ),
         }
@@ -597,6 +691,33 @@ impl Seq2Seq {
         fc2.forward(h)
     }
 
+    /// One residual sublayer: `norm(x + drop(f(x)))` post-norm, `x + drop(f(norm(x)))` pre-norm.
+    fn residual(
+        &self,
+        norm: &LayerNorm,
+        x: Tensor<3>,
+        options: &ForwardOptions,
+        slot: u64,
+        f: impl FnOnce(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<3> {
+        let (lrp, drop) = (options.attn_lrp, options.dropout.as_ref());
+        if self.pre_norm {
+            let h = f(layer_norm(norm, x.clone(), lrp));
+            x + mc_dropout(h, drop, slot)
+        } else {
+            let h = f(x.clone());
+            layer_norm(norm, x + mc_dropout(h, drop, slot), lrp)
+        }
+    }
+
+    /// The final layer norm of the encoder (`decoder: false`) or decoder, where the model has one.
+    fn final_norm(&self, x: Tensor<3>, decoder: bool, lrp: bool) -> Tensor<3> {
+        match &self.final_norms {
+            Some((e, d)) => layer_norm(if decoder { d } else { e }, x, lrp),
+            None => x,
+        }
+    }
+
     /// Runs the encoder on `[batch, len, d]` embeddings.
     fn encode(
         &self,
@@ -625,26 +746,73 @@ impl Seq2Seq {
                     &self.device,
                 )
             };
-            let (a, weights) = layer
-                .self_attn
-                .forward(x.clone(), x.clone(), &bias, lrp, zero);
-            if options.attentions {
-                out.encoder_attentions.push(weights);
-            }
-            let drop = options.dropout.as_ref();
             let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
-            x = layer_norm(&layer.self_attn_norm, x + mc_dropout(a, drop, slot), lrp);
-            let ff = self.feed_forward(&layer.fc1, &layer.fc2, x.clone(), lrp);
-            x = layer_norm(&layer.final_norm, x + mc_dropout(ff, drop, slot + 1), lrp);
+            x = self.residual(&layer.self_attn_norm, x, options, slot, |n| {
+                let (a, weights) = layer.self_attn.forward(n.clone(), n, &bias, lrp, zero);
+                if options.attentions {
+                    out.encoder_attentions.push(weights);
+                }
+                a
+            });
+            x = self.residual(&layer.final_norm, x, options, slot + 1, |n| {
+                self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
+            });
             x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
             if options.hidden_states {
                 out.encoder_hidden_states.push(x.clone());
             }
         }
+        let x = self.final_norm(x, false, lrp);
         if options.hidden_states {
             out.encoder_final_hidden_state = Some(x.clone());
         }
         x
+    }
+
+    /// Decoder layer `i`: self-attention, cross-attention to `memory` (the encoder output and its
+    /// bias) when there is a source, feed-forward; records what `options` asks for in `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_layer(
+        &self,
+        i: usize,
+        layer: &DecoderLayer,
+        y: Tensor<3>,
+        self_bias: &Tensor<4>,
+        memory: Option<&(Tensor<3>, Tensor<4>)>,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero, slot) = (options.attn_lrp, options.zero_value.as_ref(), 3 * i as u64);
+        let mut y = self.residual(&layer.self_attn_norm, y, options, slot, |n| {
+            let (a, weights) = layer.self_attn.forward(n.clone(), n, self_bias, lrp, |v| {
+                zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
+            });
+            if options.attentions {
+                out.attentions.push(weights);
+            }
+            a
+        });
+        if let Some((enc, cross_bias)) = memory {
+            y = self.residual(&layer.cross_attn_norm, y, options, slot + 1, |n| {
+                let (a, weights) = layer
+                    .cross_attn
+                    .forward(n, enc.clone(), cross_bias, lrp, |v| {
+                        zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+                    });
+                if options.attentions {
+                    out.cross_attentions.push(weights);
+                }
+                a
+            });
+        }
+        y = self.residual(&layer.final_norm, y, options, slot + 2, |n| {
+            self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
+        });
+        y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
+        if options.hidden_states {
+            out.hidden_states.push(y.clone());
+        }
+        y
     }
 
     /// Forward pass on embeddings (see the module docs for the conventions).
@@ -671,43 +839,10 @@ impl Seq2Seq {
             out.hidden_states.push(y.clone());
         }
         let self_bias = attention_bias(&target_mask, t, true, &self.device);
-        let zero = options.zero_value.as_ref();
         for (i, layer) in self.decoder.iter().enumerate() {
-            let (a, weights) =
-                layer
-                    .self_attn
-                    .forward(y.clone(), y.clone(), &self_bias, lrp, |v| {
-                        zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
-                    });
-            if options.attentions {
-                out.attentions.push(weights);
-            }
-            let drop = options.dropout.as_ref();
-            let slot = 3 * i as u64;
-            y = layer_norm(&layer.self_attn_norm, y + mc_dropout(a, drop, slot), lrp);
-            if let Some((enc, cross_bias)) = &memory {
-                let (a, weights) =
-                    layer
-                        .cross_attn
-                        .forward(y.clone(), enc.clone(), cross_bias, lrp, |v| {
-                            zero_values(v, zero, AttentionKind::Cross, i, &self.device)
-                        });
-                if options.attentions {
-                    out.cross_attentions.push(weights);
-                }
-                y = layer_norm(
-                    &layer.cross_attn_norm,
-                    y + mc_dropout(a, drop, slot + 1),
-                    lrp,
-                );
-            }
-            let ff = self.feed_forward(&layer.fc1, &layer.fc2, y.clone(), lrp);
-            y = layer_norm(&layer.final_norm, y + mc_dropout(ff, drop, slot + 2), lrp);
-            y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
-            if options.hidden_states {
-                out.hidden_states.push(y.clone());
-            }
+            y = self.decoder_layer(i, layer, y, &self_bias, memory.as_ref(), &options, &mut out);
         }
+        let y = self.final_norm(y, true, lrp);
         if options.hidden_states {
             out.final_hidden_state = Some(y.clone());
         }
@@ -745,20 +880,14 @@ pub struct Bart {
 impl Bart {
     /// Builds the model from its config and weights (names without the `model.` prefix).
     pub fn load(config: BartConfig, w: &mut Weights) -> Result<Self> {
-        let info = ModelInfo {
-            architecture: "bart".into(),
-            hf_class: "BartForConditionalGeneration".into(),
-            vocab_size: config.vocab_size,
-            hidden_size: config.d_model,
-            num_layers: config.decoder_layers,
-            num_heads: config.decoder_attention_heads,
-            max_positions: config.max_position_embeddings,
-            bos_token_id: config.bos_token_id,
-            eos_token_id: config.eos_token_id,
-            pad_token_id: config.pad_token_id,
-            decoder_start_token_id: config.decoder_start_token_id.or(config.eos_token_id),
+        let info = seq2seq_info(&config, "bart", "BartForConditionalGeneration");
+        let layout = Layout {
+            names: BART_NAMES,
+            convention: ScaleConvention::InEmbedding,
+            pre_norm: false,
+            sinusoid: Sinusoid::Marian,
         };
-        let inner = Seq2Seq::load(&config, w, &BART_NAMES, ScaleConvention::InEmbedding, info)?;
+        let inner = Seq2Seq::load(&config, w, &layout, info)?;
         Ok(Self { inner })
     }
 
@@ -769,40 +898,68 @@ impl Bart {
     }
 }
 
-impl LanguageModel for Bart {
-    fn info(&self) -> &ModelInfo {
-        &self.inner.info
-    }
-
-    fn kind(&self) -> ModelKind {
-        ModelKind::EncoderDecoder
-    }
-
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-
-    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.inner.embed(ids)
-    }
-
-    fn embed_source(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.inner.embed_source(ids)
-    }
-
-    fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
-        self.inner.forward(input, options)
-    }
-
-    fn supports_internal_hooks(&self) -> bool {
-        true
-    }
-
-    fn num_encoder_layers(&self) -> usize {
-        self.inner.num_encoder_layers()
-    }
-
-    fn dropout_probability(&self) -> f64 {
-        self.inner.dropout_probability()
+/// The [`ModelInfo`] of a BART-family model: decoder sizes, and the decoder start token of the
+/// config, else its end-of-sequence token (Hugging Face's BART-family default).
+pub(crate) fn seq2seq_info(config: &BartConfig, architecture: &str, hf_class: &str) -> ModelInfo {
+    ModelInfo {
+        architecture: architecture.into(),
+        hf_class: hf_class.into(),
+        vocab_size: decoder_vocab_size(config),
+        hidden_size: config.d_model,
+        num_layers: config.decoder_layers,
+        num_heads: config.decoder_attention_heads,
+        max_positions: config.max_position_embeddings,
+        bos_token_id: config.bos_token_id,
+        eos_token_id: config.eos_token_id,
+        pad_token_id: config.pad_token_id,
+        decoder_start_token_id: config.decoder_start_token_id.or(config.eos_token_id),
     }
 }
+
+/// Implements [`LanguageModel`] for a wrapper `{ inner: Seq2Seq }` by delegation.
+macro_rules! seq2seq_language_model {
+    ($ty:ty) => {
+        impl $crate::model::LanguageModel for $ty {
+            fn info(&self) -> &$crate::model::ModelInfo {
+                &self.inner.info
+            }
+            fn kind(&self) -> $crate::model::ModelKind {
+                $crate::model::ModelKind::EncoderDecoder
+            }
+            fn device(&self) -> &burn::tensor::Device {
+                self.inner.device()
+            }
+            fn embed(
+                &self,
+                ids: burn::tensor::Tensor<2, burn::tensor::Int>,
+            ) -> burn::tensor::Tensor<3> {
+                self.inner.embed(ids)
+            }
+            fn embed_source(
+                &self,
+                ids: burn::tensor::Tensor<2, burn::tensor::Int>,
+            ) -> burn::tensor::Tensor<3> {
+                self.inner.embed_source(ids)
+            }
+            fn forward(
+                &self,
+                input: $crate::model::ModelInput,
+                options: $crate::model::ForwardOptions,
+            ) -> $crate::model::ModelOutput {
+                self.inner.forward(input, options)
+            }
+            fn supports_internal_hooks(&self) -> bool {
+                true
+            }
+            fn num_encoder_layers(&self) -> usize {
+                self.inner.num_encoder_layers()
+            }
+            fn dropout_probability(&self) -> f64 {
+                self.inner.dropout_probability()
+            }
+        }
+    };
+}
+pub(crate) use seq2seq_language_model;
+
+seq2seq_language_model!(Bart);

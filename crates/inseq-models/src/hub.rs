@@ -9,8 +9,21 @@ use std::path::PathBuf;
 use inseq_core::{Error, Result};
 
 /// Files a model directory needs; the weights are either single or sharded.
-const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
-const WEIGHTS: &[&str] = &["model.safetensors", "model.safetensors.index.json"];
+const REQUIRED: &[&str] = &["config.json"];
+/// Tokenizer files, in order of preference: `tokenizer.json`, or a SentencePiece-only Marian
+/// repository's files.
+const TOKENIZERS: &[&[&str]] = &[
+    &["tokenizer.json"],
+    &["source.spm", "target.spm", "vocab.json"],
+    &["spiece.model"],
+];
+/// Weight files in transformers' order of preference; the `.index.json` ones list shards.
+const WEIGHTS: &[&str] = &[
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+];
 
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -32,10 +45,13 @@ pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
     let repo = cache().model(model_id.to_string());
     let mut found: Vec<PathBuf> = REQUIRED.iter().filter_map(|f| repo.get(f)).collect();
     let weights = WEIGHTS.iter().find_map(|f| repo.get(f));
-    if found.len() == REQUIRED.len() && weights.is_some() {
+    let tokenizer = TOKENIZERS
+        .iter()
+        .any(|files| files.iter().all(|f| repo.get(f).is_some()));
+    if found.len() == REQUIRED.len() && tokenizer && weights.is_some() {
         if let Some(index) = weights
             .as_ref()
-            .filter(|p| p.ends_with("model.safetensors.index.json"))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
         {
             ensure_shards(index, |shard| repo.get(shard).is_some(), model_id)?;
         }
@@ -87,21 +103,46 @@ fn download(model_id: &str) -> Result<PathBuf> {
     for f in REQUIRED {
         dir = Some(repo.get(f).map_err(hub_err)?);
     }
-    match repo.get("model.safetensors") {
-        Ok(_) => {}
-        Err(_) => {
-            let index = repo.get("model.safetensors.index.json").map_err(hub_err)?;
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)?;
-            if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
-                let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-                shards.sort();
-                shards.dedup();
-                for shard in shards {
-                    repo.get(shard).map_err(hub_err)?;
-                }
+    let mut tokenizer_err = None;
+    for files in TOKENIZERS {
+        match files.iter().try_for_each(|f| repo.get(f).map(drop)) {
+            Ok(()) => {
+                tokenizer_err = None;
+                break;
             }
+            Err(e) => tokenizer_err = tokenizer_err.or(Some(e)),
         }
+    }
+    if let Some(e) = tokenizer_err {
+        return Err(hub_err(e));
+    }
+    // Optional: the special tokens and decoding defaults.
+    for f in ["tokenizer_config.json", "generation_config.json"] {
+        let _ = repo.get(f);
+    }
+    let mut last_err = None;
+    for &file in WEIGHTS {
+        match repo.get(file) {
+            Ok(path) if file.ends_with(".index.json") => {
+                for shard in crate::weights::shard_files(&path)? {
+                    let name = shard
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default();
+                    repo.get(name).map_err(hub_err)?;
+                }
+                last_err = None;
+                break;
+            }
+            Ok(_) => {
+                last_err = None;
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if let Some(e) = last_err {
+        return Err(hub_err(e));
     }
     Ok(dir
         .and_then(|p| p.parent().map(PathBuf::from))
@@ -111,7 +152,7 @@ fn download(model_id: &str) -> Result<PathBuf> {
 /// Without the `hub` feature only local paths can be loaded.
 #[cfg(not(feature = "hub"))]
 pub fn snapshot_dir(model_id: &str) -> Result<PathBuf> {
-    let _ = (REQUIRED, WEIGHTS, offline());
+    let _ = (REQUIRED, TOKENIZERS, WEIGHTS, offline());
     Err(Error::Hub(format!(
         "`{model_id}` is not a local path and inseq-models was built without the `hub` feature"
     )))

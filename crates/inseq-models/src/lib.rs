@@ -3,9 +3,11 @@
 //! - [`LanguageModel`]: the interface attribution methods use (embed, forward on
 //!   embeddings, attention weights and hidden states on request).
 //! - Architectures: [`gpt2::Gpt2`], [`llama::Llama`] (Llama, Mistral, Qwen2 layouts),
-//!   [`marian::Marian`], [`bart::Bart`], [`t5::T5`].
+//!   [`marian::Marian`], [`bart::Bart`], [`mbart::MBart`], [`mbart::M2M100`], [`t5::T5`]
+//!   (T5, mT5, UMT5).
 //! - Loading: [`load_pretrained`] from a `save_pretrained` directory
-//!   (config.json, model.safetensors or a sharded index, tokenizer.json),
+//!   (config.json; model.safetensors, pytorch_model.bin ([`torch_bin`]) or their sharded
+//!   indexes; tokenizer.json or a Marian repository's SentencePiece files ([`marian_spm`])),
 //!   a GGUF file, or a Hugging Face id through hf-hub (offline cache honoured).
 //! - [`generate_greedy`]: greedy decoding.
 //!
@@ -30,11 +32,16 @@ pub mod hub;
 pub mod llama;
 pub mod loader;
 pub mod marian;
+pub mod marian_spm;
+pub mod mbart;
 pub mod model;
 pub mod nn;
 pub mod special_tokens;
+pub mod spm;
 pub mod t5;
+pub mod t5_spm;
 pub mod tokenizer;
+pub mod torch_bin;
 pub mod weights;
 
 pub use backprop::SharedForward;
@@ -43,7 +50,9 @@ pub use generate::{
     GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,
 };
 pub use generation_config::GenerationConfig;
-pub use loader::{MODEL_ALIASES, Pretrained, load_dir, load_pretrained, models_dir};
+pub use loader::{
+    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_pretrained, models_dir,
+};
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,
     ModelInfo, ModelInput, ModelKind, ModelOutput, OverrideMode, ValueZeroing,
@@ -51,4 +60,5 @@ pub use model::{
 pub use nn::ids_tensor;
 pub use special_tokens::SpecialTokens;
 pub use tokenizer::TextTokenizer;
-pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights};
+pub use torch_bin::TorchBinSource;
+pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights, open_weights_dir};

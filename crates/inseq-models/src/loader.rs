@@ -11,11 +11,12 @@ use crate::generation_config::GenerationConfig;
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::llama::{Llama, LlamaConfig};
 use crate::marian::Marian;
+use crate::mbart::{M2M100, MBart};
 use crate::model::LanguageModel;
 use crate::special_tokens::SpecialTokens;
 use crate::t5::{T5, T5Config};
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{SafetensorsSource, WeightSource, Weights};
+use crate::weights::{WeightSource, Weights, open_weights_dir};
 
 /// A loaded model with its tokenizer.
 pub struct Pretrained {
@@ -121,11 +122,11 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
             path: config_path.clone(),
             reason: e.to_string(),
         })?;
-    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer = TextTokenizer::from_dir(dir)?;
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let generation_config = GenerationConfig::read(dir, &config)?;
-    let source = SafetensorsSource::open_dir(dir)?;
-    let model = build_model(&config, Box::new(source), &config_path, device)?;
+    let source = open_weights_dir(dir)?;
+    let model = build_model(&config, source, &config_path, device)?;
     Ok(Pretrained {
         model,
         tokenizer,
@@ -248,6 +249,25 @@ pub fn check_config_values(config: &serde_json::Value, path: &Path) -> Result<()
     Ok(())
 }
 
+/// The `model_type` values [`build_model`] loads.
+pub const SUPPORTED_ARCHITECTURES: [&str; 11] = [
+    "gpt2", "llama", "mistral", "qwen2", "marian", "bart", "mbart", "m2m_100", "t5", "mt5", "umt5",
+];
+
+/// `config` with `defaults` filled in where it lacks the key (a model class's own defaults).
+fn with_defaults(
+    config: &serde_json::Value,
+    defaults: &[(&str, serde_json::Value)],
+) -> serde_json::Value {
+    let mut config = config.clone();
+    if let Some(map) = config.as_object_mut() {
+        for (key, value) in defaults {
+            map.entry(key.to_string()).or_insert_with(|| value.clone());
+        }
+    }
+    config
+}
+
 /// Builds the architecture named by a Hugging Face `config.json` value from `source`.
 pub fn build_model(
     config: &serde_json::Value,
@@ -308,13 +328,38 @@ pub fn build_model(
             let mut w = Weights::new(source, &["model."], device);
             Ok(Box::new(Bart::load(c, &mut w)?))
         }
-        "t5" => {
-            let c: T5Config = serde_json::from_value(config.clone()).map_err(parse_err)?;
+        "mbart" => {
+            let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            Ok(Box::new(MBart::load(c, &mut w)?))
+        }
+        "m2m_100" => {
+            // `M2M100Config`'s defaults where they differ from BART's.
+            let defaults = [
+                ("scale_embedding", true.into()),
+                ("activation_function", "relu".into()),
+            ];
+            let c: BartConfig =
+                serde_json::from_value(with_defaults(config, &defaults)).map_err(parse_err)?;
+            let mut w = Weights::new(source, &["model."], device);
+            Ok(Box::new(M2M100::load(c, &mut w)?))
+        }
+        "t5" | "mt5" | "umt5" => {
+            // `MT5Config` and `UMT5Config` default to T5 v1.1's gated-gelu feed-forward.
+            let ff = if model_type == "t5" {
+                "relu"
+            } else {
+                "gated-gelu"
+            };
+            let defaults = [("feed_forward_proj", ff.into())];
+            let c: T5Config =
+                serde_json::from_value(with_defaults(config, &defaults)).map_err(parse_err)?;
             let mut w = Weights::new(source, &[], device);
             Ok(Box::new(T5::load(c, &mut w)?))
         }
         other => Err(Error::UnsupportedArchitecture(format!(
-            "{other} (supported: gpt2, llama, mistral, qwen2, marian, bart, t5)"
+            "{other} (supported: {})",
+            SUPPORTED_ARCHITECTURES.join(", ")
         ))),
     }
 }

@@ -19,7 +19,9 @@
 
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::bart::{BART_NAMES, BartConfig, NameTable, ScaleConvention, Seq2Seq};
+use crate::bart::{
+    BART_NAMES, BartConfig, Layout, NameTable, ScaleConvention, Seq2Seq, Sinusoid, seq2seq_info,
+};
 use crate::model::{ForwardOptions, LanguageModel, ModelInfo, ModelInput, ModelKind, ModelOutput};
 use crate::weights::Weights;
 use inseq_core::Result;
@@ -42,31 +44,15 @@ impl Marian {
     /// Builds the model from its config (a Marian `config.json`, read as a
     /// [`BartConfig`]) and weights (names without the `model.` prefix).
     pub fn load(config: BartConfig, w: &mut Weights) -> Result<Self> {
-        let vocab = if config.share_encoder_decoder_embeddings {
-            config.vocab_size
-        } else {
-            config.decoder_vocab_size.unwrap_or(config.vocab_size)
+        let mut info = seq2seq_info(&config, "marian", "MarianMTModel");
+        info.decoder_start_token_id = config.decoder_start_token_id.or(config.pad_token_id);
+        let layout = Layout {
+            names: MARIAN_NAMES,
+            convention: ScaleConvention::MarianDecoderScales,
+            pre_norm: false,
+            sinusoid: Sinusoid::Marian,
         };
-        let info = ModelInfo {
-            architecture: "marian".into(),
-            hf_class: "MarianMTModel".into(),
-            vocab_size: vocab,
-            hidden_size: config.d_model,
-            num_layers: config.decoder_layers,
-            num_heads: config.decoder_attention_heads,
-            max_positions: config.max_position_embeddings,
-            bos_token_id: config.bos_token_id,
-            eos_token_id: config.eos_token_id,
-            pad_token_id: config.pad_token_id,
-            decoder_start_token_id: config.decoder_start_token_id.or(config.pad_token_id),
-        };
-        let inner = Seq2Seq::load(
-            &config,
-            w,
-            &MARIAN_NAMES,
-            ScaleConvention::MarianDecoderScales,
-            info,
-        )?;
+        let inner = Seq2Seq::load(&config, w, &layout, info)?;
         Ok(Self { inner })
     }
 

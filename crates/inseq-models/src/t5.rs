@@ -11,6 +11,10 @@
 //! in configs saved before transformers 5 that lack that key, unless it says
 //! `tie_word_embeddings: false` (T5 v1.1 / Flan-T5). The LM head is
 //! `lm_head.weight` when stored, else the shared embeddings.
+//!
+//! The same code runs mT5 (`MT5ForConditionalGeneration`: T5 v1.1 whose decoder output is never
+//! rescaled, whatever its config says) and UMT5 (`UMT5ForConditionalGeneration`: every block's
+//! self-attention has its own relative position bias table; the rescale follows T5's rule).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -35,6 +39,9 @@ use inseq_core::{Error, Result};
 /// The fields of a T5 `config.json` this implementation uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct T5Config {
+    /// `t5`, `mt5` or `umt5`.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Hidden size.
@@ -92,6 +99,9 @@ pub struct T5Config {
     pub decoder_start_token_id: Option<usize>,
 }
 
+fn default_model_type() -> String {
+    "t5".into()
+}
 fn default_buckets() -> usize {
     32
 }
@@ -111,7 +121,47 @@ fn default_pad() -> Option<usize> {
     Some(0)
 }
 
+/// The members of the T5 family this module runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    T5,
+    MT5,
+    UMT5,
+}
+
 impl T5Config {
+    fn variant(&self) -> Result<Variant> {
+        match self.model_type.as_str() {
+            "t5" => Ok(Variant::T5),
+            "mt5" => Ok(Variant::MT5),
+            "umt5" => Ok(Variant::UMT5),
+            other => Err(Error::UnsupportedArchitecture(format!(
+                "{other} is not in the T5 family (t5, mt5, umt5)"
+            ))),
+        }
+    }
+
+    /// Whether the decoder output is multiplied by `d_model^-0.5` before the LM head: never for
+    /// mT5; for T5 and UMT5, `scale_decoder_outputs` when saved, else unless
+    /// `tie_word_embeddings: false`.
+    fn scales_decoder_outputs(&self) -> Result<bool> {
+        Ok(match self.variant()? {
+            Variant::MT5 => false,
+            Variant::T5 | Variant::UMT5 => self
+                .scale_decoder_outputs
+                .unwrap_or(self.tie_word_embeddings != Some(false)),
+        })
+    }
+
+    /// `(architecture, Hugging Face class)`.
+    fn names(&self) -> Result<(&'static str, &'static str)> {
+        Ok(match self.variant()? {
+            Variant::T5 => ("t5", "T5ForConditionalGeneration"),
+            Variant::MT5 => ("mt5", "MT5ForConditionalGeneration"),
+            Variant::UMT5 => ("umt5", "UMT5ForConditionalGeneration"),
+        })
+    }
+
     /// The feed-forward activation and whether the feed-forward is gated, as
     /// `T5Config` derives them from `feed_forward_proj`.
     fn activation(&self) -> Result<(Act, bool)> {
@@ -142,6 +192,8 @@ struct T5Names {
     shared: &'static str,
     stack_embed: &'static str,
     relative_bias: &'static str,
+    /// UMT5: the table of block `{i}`.
+    block_relative_bias: &'static str,
     self_attn: &'static str,
     self_attn_norm: &'static str,
     cross_attn: &'static str,
@@ -162,6 +214,7 @@ const T5_NAMES: T5Names = T5Names {
     shared: "shared.weight",
     stack_embed: "{s}.embed_tokens.weight",
     relative_bias: "{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+    block_relative_bias: "{s}.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight",
     self_attn: "{s}.block.{i}.layer.0.SelfAttention",
     self_attn_norm: "{s}.block.{i}.layer.0.layer_norm",
     cross_attn: "{s}.block.{i}.layer.1.EncDecAttention",
@@ -242,7 +295,8 @@ struct T5Block {
 
 struct Stack {
     blocks: Vec<T5Block>,
-    relative_bias: Tensor<2>,
+    /// `[buckets, heads]` tables: one shared by every block (T5, mT5), or one per block (UMT5).
+    relative_bias: Vec<Tensor<2>>,
     final_norm: RmsNorm,
 }
 
@@ -326,9 +380,10 @@ impl T5 {
         } else {
             shared.table.clone()
         });
+        let (architecture, hf_class) = config.names()?;
         let info = ModelInfo {
-            architecture: "t5".into(),
-            hf_class: "T5ForConditionalGeneration".into(),
+            architecture: architecture.into(),
+            hf_class: hf_class.into(),
             vocab_size: vocab,
             hidden_size: d,
             num_layers: decoder_layers,
@@ -341,9 +396,7 @@ impl T5 {
         };
         Ok(Self {
             info,
-            scale_decoder_outputs: config
-                .scale_decoder_outputs
-                .unwrap_or(config.tie_word_embeddings != Some(false)),
+            scale_decoder_outputs: config.scales_decoder_outputs()?,
             config,
             act,
             encoder_embed: shared.clone(),
@@ -355,13 +408,14 @@ impl T5 {
         })
     }
 
-    fn load_stack(
+    /// Block `i` of `stack` (`encoder`/`decoder`).
+    fn load_block(
         config: &T5Config,
         w: &mut Weights,
         stack: &str,
-        layers: usize,
+        i: usize,
         gated: bool,
-    ) -> Result<Stack> {
+    ) -> Result<T5Block> {
         let (d, h, dkv, ff, eps) = (
             config.d_model,
             config.num_heads,
@@ -371,47 +425,56 @@ impl T5 {
         );
         let decoder = stack == "decoder";
         let n = &T5_NAMES;
-        let mut blocks = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let ffp = name(n.ff[usize::from(decoder)], stack, i);
-            let cross = if decoder {
-                Some((
-                    T5Attn::load(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
-                    RmsNorm::load(w, &name(n.cross_attn_norm, stack, i), d, eps)?,
-                ))
+        let ffp = name(n.ff[usize::from(decoder)], stack, i);
+        let cross = if decoder {
+            Some((
+                T5Attn::load(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
+                RmsNorm::load(w, &name(n.cross_attn_norm, stack, i), d, eps)?,
+            ))
+        } else {
+            None
+        };
+        let linear = |w: &mut Weights, part: &str, dims| {
+            Linear::load_torch(w, &format!("{ffp}.{part}"), false, dims)
+        };
+        let feed = FeedForward {
+            wi_0: linear(w, if gated { n.wi_0 } else { n.wi }, [ff, d])?,
+            wi_1: if gated {
+                Some(linear(w, n.wi_1, [ff, d])?)
             } else {
                 None
-            };
-            let feed = if gated {
-                FeedForward {
-                    wi_0: Linear::load_torch(w, &format!("{ffp}.{}", n.wi_0), false, [ff, d])?,
-                    wi_1: Some(Linear::load_torch(
-                        w,
-                        &format!("{ffp}.{}", n.wi_1),
-                        false,
-                        [ff, d],
-                    )?),
-                    wo: Linear::load_torch(w, &format!("{ffp}.{}", n.wo), false, [d, ff])?,
-                }
-            } else {
-                FeedForward {
-                    wi_0: Linear::load_torch(w, &format!("{ffp}.{}", n.wi), false, [ff, d])?,
-                    wi_1: None,
-                    wo: Linear::load_torch(w, &format!("{ffp}.{}", n.wo), false, [d, ff])?,
-                }
-            };
-            blocks.push(T5Block {
-                self_attn: T5Attn::load(w, &name(n.self_attn, stack, i), d, h, dkv)?,
-                self_attn_norm: RmsNorm::load(w, &name(n.self_attn_norm, stack, i), d, eps)?,
-                cross,
-                ff: feed,
-                ff_norm: RmsNorm::load(w, &format!("{ffp}.{}", n.ff_norm), d, eps)?,
-            });
-        }
-        let relative_bias = w.tensor2(
-            &name(n.relative_bias, stack, 0),
-            [config.relative_attention_num_buckets, h],
-        )?;
+            },
+            wo: linear(w, n.wo, [d, ff])?,
+        };
+        Ok(T5Block {
+            self_attn: T5Attn::load(w, &name(n.self_attn, stack, i), d, h, dkv)?,
+            self_attn_norm: RmsNorm::load(w, &name(n.self_attn_norm, stack, i), d, eps)?,
+            cross,
+            ff: feed,
+            ff_norm: RmsNorm::load(w, &format!("{ffp}.{}", n.ff_norm), d, eps)?,
+        })
+    }
+
+    fn load_stack(
+        config: &T5Config,
+        w: &mut Weights,
+        stack: &str,
+        layers: usize,
+        gated: bool,
+    ) -> Result<Stack> {
+        let (d, h, eps) = (config.d_model, config.num_heads, config.layer_norm_epsilon);
+        let n = &T5_NAMES;
+        let blocks = (0..layers)
+            .map(|i| Self::load_block(config, w, stack, i, gated))
+            .collect::<Result<Vec<_>>>()?;
+        let table = [config.relative_attention_num_buckets, h];
+        let relative_bias = if config.variant()? == Variant::UMT5 {
+            (0..layers)
+                .map(|i| w.tensor2(&name(n.block_relative_bias, stack, i), table))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![w.tensor2(&name(n.relative_bias, stack, 0), table)?]
+        };
         let final_norm = RmsNorm {
             gamma: w.tensor1(&name(n.final_norm, stack, 0), d)?,
             eps,
@@ -423,7 +486,29 @@ impl T5 {
         })
     }
 
-    /// `[1, heads, q, k]` relative position bias of a stack.
+    /// `[batch, heads, q, k]` attention biases of a stack's blocks (one shared, or one per block):
+    /// relative positions plus `mask_bias`.
+    fn stack_biases(
+        &self,
+        stack: &Stack,
+        [b, q, k]: [usize; 3],
+        bidirectional: bool,
+        mask_bias: Tensor<4>,
+    ) -> Vec<Tensor<4>> {
+        let h = self.config.num_heads;
+        let mask_bias = mask_bias.expand([b, h, q, k]);
+        stack
+            .relative_bias
+            .iter()
+            .map(|table| {
+                self.position_bias(table, q, k, bidirectional)
+                    .expand([b, h, q, k])
+                    + mask_bias.clone()
+            })
+            .collect()
+    }
+
+    /// `[1, heads, q, k]` relative position bias of one table.
     fn position_bias(
         &self,
         table: &Tensor<2>,
@@ -477,12 +562,9 @@ impl T5 {
         options: &ForwardOptions,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
-        let h = self.config.num_heads;
         let lrp = options.attn_lrp;
-        let bias = self
-            .position_bias(&self.encoder.relative_bias, s, s, true)
-            .expand([b, h, s, s])
-            + attention_bias(mask, s, false, &self.device).expand([b, h, s, s]);
+        let mask_bias = attention_bias(mask, s, false, &self.device);
+        let biases = self.stack_biases(&self.encoder, [b, s, s], true, mask_bias);
         let mut x = x;
         if options.hidden_states {
             out.encoder_hidden_states.push(x.clone());
@@ -490,7 +572,8 @@ impl T5 {
         for (i, block) in self.encoder.blocks.iter().enumerate() {
             let (a, weights) = {
                 let n = rms_norm(&block.self_attn_norm, x.clone(), lrp);
-                block.self_attn.forward(n.clone(), n, &bias, lrp, |v| {
+                let bias = &biases[i.min(biases.len() - 1)];
+                block.self_attn.forward(n.clone(), n, bias, lrp, |v| {
                     zero_values(
                         v,
                         options.zero_value.as_ref(),
@@ -560,7 +643,6 @@ impl LanguageModel for T5 {
         let mut out = empty_output(&self.device);
         let lrp = options.attn_lrp;
         let [b, t, _] = input.target_embeds.dims();
-        let h = self.config.num_heads;
         let target_mask = mask_or_all(Some(&input.target_mask), b, t);
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
@@ -568,10 +650,8 @@ impl LanguageModel for T5 {
             let enc = self.encode(src, &mask, &mut out, &options);
             (enc, attention_bias(&mask, t, false, &self.device))
         });
-        let self_bias = self
-            .position_bias(&self.decoder.relative_bias, t, t, false)
-            .expand([b, h, t, t])
-            + attention_bias(&target_mask, t, true, &self.device).expand([b, h, t, t]);
+        let mask_bias = attention_bias(&target_mask, t, true, &self.device);
+        let biases = self.stack_biases(&self.decoder, [b, t, t], false, mask_bias);
         let mut y = input.target_embeds;
         if options.hidden_states {
             out.hidden_states.push(y.clone());
@@ -579,7 +659,8 @@ impl LanguageModel for T5 {
         let zero = options.zero_value.as_ref();
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let n = rms_norm(&block.self_attn_norm, y.clone(), lrp);
-            let (a, weights) = block.self_attn.forward(n.clone(), n, &self_bias, lrp, |v| {
+            let self_bias = &biases[i.min(biases.len() - 1)];
+            let (a, weights) = block.self_attn.forward(n.clone(), n, self_bias, lrp, |v| {
                 zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
             });
             if options.attentions {

@@ -8,6 +8,8 @@ use inseq_core::{Error, Result};
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The tokenizer of target texts where it differs (Marian's `target.spm`).
+    target: Option<tokenizers::Tokenizer>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -21,7 +23,31 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// Wraps an existing tokenizer.
     pub fn new(inner: tokenizers::Tokenizer) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            target: None,
+        }
+    }
+
+    /// A tokenizer that encodes target texts with `target` (same vocabulary, another
+    /// segmentation: Marian's `target.spm`) and everything else with `inner`.
+    pub fn with_target(inner: tokenizers::Tokenizer, target: tokenizers::Tokenizer) -> Self {
+        Self {
+            inner,
+            target: Some(target),
+        }
+    }
+
+    /// Encodes a target text: as [`Self::encode`], with the target tokenizer where there is one
+    /// (as transformers' `tokenizer(text_target=...)`).
+    pub fn encode_target(&self, text: &str, special: bool) -> Result<Vec<usize>> {
+        let enc = self
+            .target
+            .as_ref()
+            .unwrap_or(&self.inner)
+            .encode(text, special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().iter().map(|&i| i as usize).collect())
     }
 
     /// Loads a `tokenizer.json`.
@@ -38,6 +64,21 @@ impl TextTokenizer {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })
+    }
+
+    /// The tokenizer of a model directory: its `tokenizer.json`, else one built from
+    /// SentencePiece files: a Marian repository's `source.spm` and `vocab.json`
+    /// ([`crate::marian_spm`]), or a T5 / mT5 repository's `spiece.model` ([`crate::t5_spm`]).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if !json.exists() && crate::marian_spm::is_marian_spm_dir(dir) {
+            let (source, target) = crate::marian_spm::marian_tokenizers(dir)?;
+            return Ok(Self::with_target(source, target));
+        }
+        if !json.exists() && crate::t5_spm::is_t5_spm_dir(dir) {
+            return crate::t5_spm::t5_tokenizer(dir).map(Self::new);
+        }
+        Self::from_file(&json)
     }
 
     /// The wrapped tokenizer.

@@ -1,5 +1,6 @@
-//! Reading named weight tensors from safetensors files (single or sharded)
-//! or any other [`WeightSource`] (GGUF), converting them to `f32` burn tensors.
+//! Reading named weight tensors from safetensors files (single or sharded), PyTorch `.bin`
+//! checkpoints ([`crate::torch_bin`]) or any other [`WeightSource`] (GGUF), converting them to
+//! `f32` burn tensors.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,41 +37,13 @@ pub struct SafetensorsSource {
 }
 
 impl SafetensorsSource {
-    /// Opens `model.safetensors` or `model.safetensors.index.json` in `dir`.
+    /// Opens `model.safetensors` or the shards of `model.safetensors.index.json` in `dir`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
-        let sharded = dir.join("model.safetensors.index.json");
         if single.exists() {
-            Self::open_files(&[single])
-        } else if sharded.exists() {
-            let text = std::fs::read_to_string(&sharded).map_err(|e| Error::io(&sharded, e))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::CorruptFile {
-                    path: sharded.clone(),
-                    reason: e.to_string(),
-                })?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::CorruptFile {
-                    path: sharded.clone(),
-                    reason: "no `weight_map` object".into(),
-                })?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
-            Self::open_files(&paths)
-        } else {
-            Err(Error::MissingFile {
-                path: single,
-                hint: "the model weights (model.safetensors or model.safetensors.index.json)"
-                    .into(),
-            })
+            return Self::open_files(&[single]);
         }
+        Self::open_files(&shard_files(&dir.join("model.safetensors.index.json"))?)
     }
 
     /// Opens the given safetensors files.
@@ -150,6 +123,63 @@ impl WeightSource for SafetensorsSource {
 
     fn origin(&self) -> PathBuf {
         self.files.first().map(|f| f.0.clone()).unwrap_or_default()
+    }
+}
+
+/// The shard files listed by a sharded checkpoint's index (`weight_map` values), in the index's
+/// directory. A shard name must be a plain file name.
+pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let corrupt = |reason: String| Error::CorruptFile {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: index.to_path_buf(),
+            hint: "the model weights (model.safetensors, pytorch_model.bin, or their sharded \
+                   .index.json)"
+                .into(),
+        },
+        _ => Error::io(index, e),
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| corrupt("no `weight_map` object".into()))?;
+    let mut shards = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| corrupt(format!("the shard of `{tensor}` is not a string")))?;
+        let plain = Path::new(file).file_name().is_some_and(|n| n == file);
+        if !plain || file == ".." {
+            return Err(corrupt(format!("shard `{file}` is not a file name")));
+        }
+        shards.push(file.to_string());
+    }
+    shards.sort();
+    shards.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(shards.iter().map(|s| dir.join(s)).collect())
+}
+
+/// Opens the weights of a model directory as transformers looks for them: `model.safetensors`,
+/// `model.safetensors.index.json`, `pytorch_model.bin`, `pytorch_model.bin.index.json`.
+pub fn open_weights_dir(dir: &Path) -> Result<Box<dyn WeightSource>> {
+    let has = |name: &str| dir.join(name).exists();
+    if has("model.safetensors") || has("model.safetensors.index.json") {
+        Ok(Box::new(SafetensorsSource::open_dir(dir)?))
+    } else if has("pytorch_model.bin") || has("pytorch_model.bin.index.json") {
+        Ok(Box::new(crate::torch_bin::TorchBinSource::open_dir(dir)?))
+    } else {
+        Err(Error::MissingFile {
+            path: dir.join("model.safetensors"),
+            hint: "the model weights (model.safetensors, pytorch_model.bin, or their sharded \
+                   .index.json)"
+                .into(),
+        })
     }
 }
 

@@ -330,3 +330,117 @@ fn unsupported_architecture_is_reported() {
         Ok(_) => panic!("expected UnsupportedArchitecture, got a model"),
     }
 }
+
+/// `tests/fixtures/zoo/encdec_logits.json` (written by `make_encdec.py`): transformers' logits and
+/// last-layer attentions of the tiny mBART, M2M100, mT5 and UMT5 models.
+fn zoo_logits() -> Value {
+    let path = inseq_fixtures::golden_dir()
+        .parent()
+        .expect("fixtures dir")
+        .join("zoo/encdec_logits.json");
+    read_json(path.to_str().expect("utf-8 path"))
+}
+
+/// Max |ours − theirs| over a tensor (printed for the record; the assertion is `assert_close`).
+fn max_diff(got: &[f32], want: &Value) -> f32 {
+    let mut expected = Vec::new();
+    flatten(want, &mut expected);
+    got.iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn mbart_m2m100_mt5_umt5_match_transformers() {
+    let golden = zoo_logits();
+    for (name, g) in golden.as_object().expect("object") {
+        let m = load_fixture(name).expect("load");
+        let model = m.model.as_ref();
+        assert_eq!(model.info().hf_class, g["class"].as_str().expect("class"));
+        let (src, tgt) = (ids(&g["source_ids"]), ids(&g["decoder_input_ids"]));
+        let options = ForwardOptions {
+            attentions: true,
+            hidden_states: true,
+            ..Default::default()
+        };
+        let out = run(model, &src, &tgt, options);
+        let last = out.attentions.len() - 1;
+        assert_eq!(last + 1, model.info().num_layers, "{name} decoder layers");
+        assert_eq!(out.hidden_states.len(), model.info().num_layers + 1);
+        let (_, logits) = values(out.logits);
+        let (_, att) = values(out.attentions[last].clone());
+        let (_, cross) = values(out.cross_attentions[last].clone());
+        eprintln!(
+            "{name}: max abs diff logits {:.2e}, decoder attentions {:.2e}, cross attentions {:.2e}",
+            max_diff(&logits, &g["logits"]),
+            max_diff(&att, &g["decoder_attentions_last_layer"]),
+            max_diff(&cross, &g["cross_attentions_last_layer"]),
+        );
+        assert_close(&format!("{name} logits"), &logits, &g["logits"]);
+        assert!(
+            max_diff(&logits, &g["logits"]) <= 1e-4,
+            "{name} logits within 1e-4"
+        );
+        assert_close(
+            &format!("{name} decoder attentions"),
+            &att,
+            &g["decoder_attentions_last_layer"],
+        );
+        assert_close(
+            &format!("{name} cross attentions"),
+            &cross,
+            &g["cross_attentions_last_layer"],
+        );
+    }
+}
+
+#[test]
+fn zoo_models_take_their_special_tokens_from_config() {
+    let mbart = load_fixture("tiny-mbart").expect("mbart");
+    assert_eq!(mbart.model.info().decoder_start_token_id, Some(2));
+    let options = mbart
+        .generation_config
+        .options()
+        .expect("generation options");
+    assert_eq!(options.forced_bos_token_id, Some(250));
+    let src = [5, 17, 42, 2];
+    let new = generate_greedy(mbart.model.as_ref(), Some(&src), &[2], options).expect("generate");
+    assert_eq!(
+        new.first(),
+        Some(&250),
+        "the forced language code comes first"
+    );
+    let m2m = load_fixture("tiny-m2m100").expect("m2m100");
+    assert_eq!(m2m.model.info().pad_token_id, Some(1));
+    assert_eq!(m2m.model.info().decoder_start_token_id, Some(2));
+    // Without `decoder_start_token_id`, generate starts from `bos_token_id` (mBART-cc25 style).
+    let dir = std::env::temp_dir().join(format!("inseq-mbart-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = inseq_fixtures::model_dir("tiny-mbart");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config
+        .as_object_mut()
+        .unwrap()
+        .remove("decoder_start_token_id");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let cc25 = load_pretrained(dir.to_str().unwrap(), &device());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        cc25.expect("load").model.info().decoder_start_token_id,
+        Some(1)
+    );
+    let umt5 = load_fixture("tiny-umt5").expect("umt5");
+    assert_eq!(umt5.model.info().decoder_start_token_id, Some(0));
+    assert_eq!(umt5.special_tokens.config_eos, vec![1, 3]);
+    assert_eq!(umt5.special_tokens.unk, None);
+    assert_eq!(umt5.special_tokens.bos, None);
+}

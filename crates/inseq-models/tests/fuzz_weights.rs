@@ -381,3 +381,40 @@ fn truncated_gguf_model() {
         );
     }
 }
+
+fn bin_open_and_read_all(path: &Path) -> Result<usize, Error> {
+    let mut src = inseq_models::TorchBinSource::open_files(&[path.to_path_buf()])?;
+    let mut n = 0;
+    for name in src.names() {
+        if let Some(t) = src.read(&name)? {
+            assert_eq!(t.shape.iter().product::<usize>(), t.data.len());
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// `pytorch_model.bin` (zip or legacy format) mutated anywhere (zip structure, pickles,
+    /// storages): read or a `CorruptFile` naming it, never a panic.
+    #[test]
+    fn torch_bin_mutations_load_or_fail_cleanly(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
+        legacy in any::<bool>(),
+    ) {
+        let s = Scratch::new("bin-mut");
+        let file = if legacy { "dtypes-legacy.bin" } else { "dtypes.bin" };
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/checkpoints")
+            .join(file);
+        let mut bytes = std::fs::read(fixture).unwrap();
+        let region = bytes.len();
+        mutate(&mut bytes, &edits, region);
+        let p = s.write("pytorch_model.bin", &bytes);
+        if let Err(e) = bin_open_and_read_all(&p) {
+            expect_corrupt(Err(e), &p);
+        }
+    }
+}

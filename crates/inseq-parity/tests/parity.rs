@@ -53,6 +53,27 @@ fn tiny_marian_matches_python_inseq() {
     run_model("tiny-marian__");
 }
 
+/// mBART, M2M100, mT5 and UMT5 cases of tests/fixtures/zoo/make_encdec_golden.py.
+#[test]
+fn tiny_mbart_matches_python_inseq() {
+    run_model("tiny-mbart__");
+}
+
+#[test]
+fn tiny_m2m100_matches_python_inseq() {
+    run_model("tiny-m2m100__");
+}
+
+#[test]
+fn tiny_mt5_matches_python_inseq() {
+    run_model("tiny-mt5__");
+}
+
+#[test]
+fn tiny_umt5_matches_python_inseq() {
+    run_model("tiny-umt5__");
+}
+
 /// Python Inseq 0.7.1 on the real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised by transformers):
 /// 42 cases over eight prompts of different shapes, written by tests/fixtures/smollm2/make_golden.py.
 #[test]

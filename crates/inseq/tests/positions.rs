@@ -152,3 +152,53 @@ fn invalid_positions_are_errors_naming_them() {
         assert!(err.contains(needle), "{start:?} {end:?}: {err}");
     }
 }
+
+/// A Marian repository with only SentencePiece files: the source is tokenised with `source.spm`,
+/// the forced target with `target.spm` (as transformers' `MarianTokenizer(text_target=...)`),
+/// after the decoder start token.
+#[test]
+fn marian_spm_targets_use_the_target_sentencepiece_model() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            inseq_fixtures::golden_dir()
+                .parent()
+                .unwrap()
+                .join("zoo/marian_spm_tokens.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ids = |side: &str| -> Vec<i64> {
+        reference[side][1]["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_i64().unwrap())
+            .collect()
+    };
+    let text = reference["source"][1]["text"].as_str().unwrap();
+    let device = burn::tensor::Device::default();
+    let m = load_model(
+        &common::model_dir("tiny-marian-spm"),
+        "saliency",
+        MethodArgs::default(),
+        &device,
+    )
+    .unwrap();
+    let out = m
+        .attribute(
+            &[text],
+            &AttributeOptions {
+                targets: Some(vec![text.into()]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let seq = &out.sequence_attributions[0];
+    let got = |t: &[inseq_core::TokenWithId]| t.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(got(seq.source.as_ref().unwrap()), ids("source"));
+    // The decoder start (<pad>) then the target.spm segmentation, which differs from the source's.
+    let start = m.model().info().decoder_start_token_id.unwrap() as i64;
+    assert_eq!(got(&seq.target), [vec![start], ids("target")].concat());
+    assert_ne!(ids("source"), ids("target"));
+}

@@ -397,8 +397,15 @@ impl AttributionModel {
             return Err(Error::InvalidInput(format!("{what} text is empty")));
         }
         let tokenizer = &self.pretrained.tokenizer;
+        // Target texts of encoder-decoder models go through the target tokenizer (Marian's
+        // `target.spm`), as transformers' `tokenizer(text_target=...)`.
+        let target = what.ends_with("target") && self.model().kind() == ModelKind::EncoderDecoder;
+        let encode = |text: &str, special: bool| match target {
+            true => tokenizer.encode_target(text, special),
+            false => tokenizer.encode(text, special),
+        };
         let mut ids = match skip_special_tokens {
-            false => tokenizer.encode(text, true)?,
+            false => encode(text, true)?,
             true => {
                 let text = tokenizer
                     .special_token_strings()
@@ -406,7 +413,7 @@ impl AttributionModel {
                     .fold(text.to_string(), |t, special| {
                         t.replace(special.as_str(), "")
                     });
-                tokenizer.encode(&text, false)?
+                encode(&text, false)?
             }
         };
         // As Inseq: a text that starts with the BOS token its tokenizer also adds (a chat

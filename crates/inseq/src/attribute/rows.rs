@@ -330,7 +330,7 @@ impl AttributionModel {
                 }
                 ModelKind::EncoderDecoder => {
                     let mut ids = vec![target_ids[0]];
-                    ids.extend(self.pretrained.tokenizer.encode(&c[index], true)?);
+                    ids.extend(self.pretrained.tokenizer.encode_target(&c[index], true)?);
                     ids
                 }
             }),

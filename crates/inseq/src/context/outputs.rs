@@ -149,7 +149,7 @@ fn generate_output(
         ModelKind::EncoderDecoder => {
             let source = tok.encode(input_full, true)?;
             let dec = match &ctx_prefix {
-                Some(p) => [vec![decoder_start(model)?], tok.encode(p, false)?].concat(),
+                Some(p) => [vec![decoder_start(model)?], tok.encode_target(p, false)?].concat(),
                 None => vec![],
             };
             generate_text(model, Some(&source), &dec, generation, specials)
