@@ -62,6 +62,44 @@ pub(crate) struct ModelArgs {
     pub(crate) device: String,
 }
 
+/// The dataset a command reads: `--data`, its fields and its split.
+#[derive(clap::Args)]
+pub(crate) struct DataArgs {
+    /// A .jsonl, .csv or .parquet file, a directory of them, or a Hugging Face dataset id.
+    #[arg(long)]
+    pub(crate) data: String,
+    /// Field holding the input text.
+    #[arg(long, default_value = "text")]
+    pub(crate) input_field: String,
+    /// Field holding a forced target (otherwise the model generates).
+    #[arg(long)]
+    pub(crate) target_field: Option<String>,
+    /// Split and slice, e.g. `train`, `train[:20]`, `test[100:200]`.
+    #[arg(long, default_value = "train")]
+    pub(crate) split: String,
+}
+
+impl DataArgs {
+    /// The parsed `--split`, to check before any model work.
+    pub(crate) fn split_spec(&self) -> Result<crate::dataset::SplitSpec> {
+        Ok(self.split.parse()?)
+    }
+
+    /// The rows of `split`.
+    pub(crate) fn read_rows(
+        &self,
+        split: &crate::dataset::SplitSpec,
+    ) -> Result<Vec<crate::dataset::DatasetRow>> {
+        let target = self.target_field.as_deref();
+        Ok(crate::dataset::read_rows(
+            &self.data,
+            split,
+            &self.input_field,
+            target,
+        )?)
+    }
+}
+
 /// How each sequence is attributed.
 #[derive(clap::Args)]
 pub(crate) struct RunArgs {

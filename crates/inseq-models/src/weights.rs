@@ -51,15 +51,7 @@ impl SafetensorsSource {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingFile {
-                    path: path.clone(),
-                    hint: "a safetensors weight file".into(),
-                },
-                _ => Error::io(path, e),
-            })?;
-            // SAFETY: the file is opened read-only and not modified while mapped.
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let mmap = map_weight_file(path, "a safetensors weight file")?;
             let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::CorruptFile {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -124,6 +116,20 @@ impl WeightSource for SafetensorsSource {
     fn origin(&self) -> PathBuf {
         self.files.first().map(|f| f.0.clone()).unwrap_or_default()
     }
+}
+
+/// Maps a weight file read-only; a missing file is [`Error::MissingFile`] with `hint` saying
+/// what it should have been.
+pub(crate) fn map_weight_file(path: &Path, hint: &str) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: hint.into(),
+        },
+        _ => Error::io(path, e),
+    })?;
+    // SAFETY: the file is opened read-only and not modified while mapped.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
 /// The shard files listed by a sharded checkpoint's index (`weight_map` values), in the index's

@@ -6,10 +6,8 @@ use anyhow::Result;
 use inseq::Registries;
 use inseq::{AttributeOptions, AttributionModel};
 
-use crate::args::{ModelArgs, RunArgs};
-use crate::dataset::{
-    DatasetJob, DatasetReport, DatasetRow, OnError, OutputStore, Shard, SplitSpec, read_rows,
-};
+use crate::args::{DataArgs, ModelArgs, RunArgs};
+use crate::dataset::{DatasetJob, DatasetReport, DatasetRow, OnError, OutputStore, Shard};
 use crate::output::{check_output_file, check_output_folder};
 
 #[derive(clap::Args)]
@@ -18,18 +16,8 @@ pub(crate) struct DatasetArgs {
     model: ModelArgs,
     #[command(flatten)]
     run: RunArgs,
-    /// A .jsonl, .csv or .parquet file, a directory of them, or a Hugging Face dataset id.
-    #[arg(long)]
-    data: String,
-    /// Field holding the input text.
-    #[arg(long, default_value = "text")]
-    input_field: String,
-    /// Field holding a forced target (otherwise the model generates).
-    #[arg(long)]
-    target_field: Option<String>,
-    /// Split and slice, e.g. `train`, `train[:20]`, `test[100:200]`.
-    #[arg(long, default_value = "train")]
-    split: String,
+    #[command(flatten)]
+    data: DataArgs,
     /// Rows attributed together.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     batch_size: usize,
@@ -48,7 +36,7 @@ pub(crate) struct DatasetArgs {
 }
 
 pub(crate) fn run(a: DatasetArgs, registries: &Registries) -> Result<()> {
-    let split: SplitSpec = a.split.parse()?;
+    let split = a.data.split_spec()?;
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size 0: attribute at least 1 row at a time");
     }
@@ -58,7 +46,7 @@ pub(crate) fn run(a: DatasetArgs, registries: &Registries) -> Result<()> {
     }
     let run_opts = a.run.options()?;
     let job = a.job()?;
-    let rows = read_rows(&a.data, &split, &a.input_field, a.target_field.as_deref())?;
+    let rows = a.data.read_rows(&split)?;
     let model = crate::load_model(&a.model, registries)?;
     let forced = rows
         .iter()

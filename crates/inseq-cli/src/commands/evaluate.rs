@@ -16,8 +16,8 @@ use inseq_eval::{
 };
 
 use super::eval_common::{MethodSpec, forced_rows, method_specs, slug, with_random};
-use crate::args::RunArgs;
-use crate::dataset::{DatasetJob, DatasetRow, OnError, OutputStore, Shard, SplitSpec, read_rows};
+use crate::args::{DataArgs, RunArgs};
+use crate::dataset::{DatasetJob, DatasetRow, OnError, OutputStore, Shard};
 use crate::output::{check_output_file, check_output_folder};
 
 #[derive(clap::Args)]
@@ -39,18 +39,8 @@ pub(crate) struct EvaluateArgs {
     metrics: Vec<String>,
     #[command(flatten)]
     run: RunArgs,
-    /// A .jsonl, .csv or .parquet file, a directory of them, or a Hugging Face dataset id.
-    #[arg(long)]
-    data: String,
-    /// Field holding the input text.
-    #[arg(long, default_value = "text")]
-    input_field: String,
-    /// Field holding a forced target (otherwise the model generates).
-    #[arg(long)]
-    target_field: Option<String>,
-    /// Split and slice, e.g. `train`, `train[:50]`.
-    #[arg(long, default_value = "train")]
-    split: String,
+    #[command(flatten)]
+    data: DataArgs,
     /// Only shard I of N.
     #[arg(long, allow_hyphen_values = true)]
     shard: Option<String>,
@@ -197,13 +187,7 @@ impl EvaluateArgs {
         registries: &Registries,
         work: &Path,
     ) -> Result<(AttributionModel, AttributeOptions, Vec<DatasetRow>)> {
-        let split: SplitSpec = self.split.parse()?;
-        let rows = read_rows(
-            &self.data,
-            &split,
-            &self.input_field,
-            self.target_field.as_deref(),
-        )?;
+        let rows = self.data.read_rows(&self.data.split_spec()?)?;
         let mut model = inseq::load_model_with(
             &self.model,
             "dummy",
@@ -216,7 +200,7 @@ impl EvaluateArgs {
             progress: None,
             generation: self
                 .run
-                .generation_for(&model, self.target_field.is_some())?,
+                .generation_for(&model, self.data.target_field.is_some())?,
             ..self.run.options()?
         };
         let job = self.job(work.join("targets.jsonl"))?;

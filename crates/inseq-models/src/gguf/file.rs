@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use inseq_core::{Error, Result};
 
 use super::quants::{GgmlType, dequantize};
-use crate::weights::RawTensor;
+use crate::weights::{RawTensor, map_weight_file};
 
 /// `"GGUF"` read as a little-endian `u32`.
 const MAGIC: u32 = u32::from_le_bytes(*b"GGUF");
@@ -285,16 +285,7 @@ fn min_value_size(ty: u32) -> Option<usize> {
 impl GgufFile {
     /// Opens, memory-maps and parses a GGUF (v2 or v3) file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingFile {
-                path: path.to_path_buf(),
-                hint: "a GGUF model file".into(),
-            },
-            _ => Error::io(path, e),
-        })?;
-        // SAFETY: the file is opened read-only and not modified while mapped.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::from_mmap(path, mmap)
+        Self::from_mmap(path, map_weight_file(path, "a GGUF model file")?)
     }
 
     fn from_mmap(path: &Path, mmap: memmap2::Mmap) -> Result<Self> {

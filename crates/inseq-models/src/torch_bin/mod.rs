@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use inseq_core::{Error, Result};
 
-use crate::weights::{RawTensor, WeightSource, shard_files};
+use crate::weights::{RawTensor, WeightSource, map_weight_file, shard_files};
 use pickle::{DType, TensorRef, Value};
 
 /// One opened `.bin` file: its bytes, the byte range of each storage, and its tensors.
@@ -175,15 +175,7 @@ impl TorchBinSource {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingFile {
-                    path: path.clone(),
-                    hint: "a PyTorch weight file".into(),
-                },
-                _ => Error::io(path, e),
-            })?;
-            // SAFETY: the file is opened read-only and not modified while mapped.
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let mmap = map_weight_file(path, "a PyTorch weight file")?;
             let (value, storages) = read_archive(path, &mmap)?;
             for (name, t) in state_dict(path, value)? {
                 index.insert(name, (i, t));
