@@ -6,15 +6,13 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use inseq_core::{Error, Result};
 
-use crate::bart::{Bart, BartConfig};
+use crate::bart::Bart;
 use crate::generation_config::GenerationConfig;
-use crate::gpt2::Gpt2Config;
-use crate::llama::LlamaConfig;
 use crate::marian::Marian;
 use crate::mbart::{M2M100, MBart};
 use crate::model::LanguageModel;
 use crate::special_tokens::SpecialTokens;
-use crate::t5::{T5, T5Config};
+use crate::t5::T5;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{WeightSource, Weights, open_weights_dir};
 
@@ -301,8 +299,58 @@ pub fn build_model(
             path: config_path.to_path_buf(),
             reason: "no `model_type` field".into(),
         })?;
-    // Layer vectors are sized from the config before any weight is read: a
-    // hostile or mistyped layer count must not become a huge allocation.
+    check_layer_counts(config, source.as_ref(), config_path)?;
+    check_config_values(config, config_path)?;
+    let build = Build {
+        config,
+        source,
+        config_path,
+        device,
+    };
+    match model_type {
+        "gpt2" => build.with(&["transformer."], crate::gpt2::load),
+        "llama" | "mistral" | "qwen2" => build.with(&["model."], crate::llama::load),
+        "gemma" | "gemma2" | "gemma3_text" => build.with(&["model."], crate::gemma::load),
+        "qwen3" => build.with(&["model."], crate::qwen3::load),
+        "phi3" => build.with(&["model."], crate::phi3::load),
+        "olmo2" => build.with(&["model."], crate::olmo2::load),
+        "gpt_neox" => build.with(&["gpt_neox."], crate::gpt_neox::load),
+        "opt" => build.with(&["model."], crate::opt::load),
+        "falcon" => {
+            let c = crate::falcon::parse(config.clone()).map_err(|e| build.parse_error(e))?;
+            build.load(&["transformer."], c, crate::falcon::load)
+        }
+        "marian" => build.with(&["model."], Marian::load),
+        "bart" => build.with(&["model."], Bart::load),
+        "mbart" => build.with(&["model."], MBart::load),
+        // `M2M100Config`'s defaults where they differ from BART's.
+        "m2m_100" => build.with_defaults(
+            &[
+                ("scale_embedding", true.into()),
+                ("activation_function", "relu".into()),
+            ],
+            &["model."],
+            M2M100::load,
+        ),
+        "t5" => build.with_defaults(&[("feed_forward_proj", "relu".into())], &[], T5::load),
+        // `MT5Config` and `UMT5Config` default to T5 v1.1's gated-gelu feed-forward.
+        "mt5" | "umt5" => {
+            build.with_defaults(&[("feed_forward_proj", "gated-gelu".into())], &[], T5::load)
+        }
+        other => Err(Error::UnsupportedArchitecture(format!(
+            "{other} (supported: {})",
+            SUPPORTED_ARCHITECTURES.join(", ")
+        ))),
+    }
+}
+
+/// Layer vectors are sized from the config before any weight is read: a hostile or mistyped
+/// layer count must not become a huge allocation.
+fn check_layer_counts(
+    config: &serde_json::Value,
+    source: &dyn WeightSource,
+    config_path: &Path,
+) -> Result<()> {
     let n_tensors = source.names().len() as u64;
     for key in [
         "n_layer",
@@ -321,90 +369,66 @@ pub fn build_model(
             });
         }
     }
-    check_config_values(config, config_path)?;
-    let parse_err = |e: serde_json::Error| Error::CorruptFile {
-        path: config_path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    match model_type {
-        "gpt2" => {
-            let c: Gpt2Config = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["transformer."], device);
-            Ok(Box::new(crate::gpt2::load(c, &mut w)?))
+    Ok(())
+}
+
+/// What [`build_model`] builds an architecture from: its config, weights and device.
+struct Build<'a> {
+    config: &'a serde_json::Value,
+    source: Box<dyn WeightSource>,
+    config_path: &'a Path,
+    device: &'a Device,
+}
+
+impl Build<'_> {
+    fn parse_error(&self, e: serde_json::Error) -> Error {
+        Error::CorruptFile {
+            path: self.config_path.to_path_buf(),
+            reason: e.to_string(),
         }
-        "llama" | "mistral" | "qwen2" => {
-            let c: LlamaConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(crate::llama::load(c, &mut w)?))
-        }
-        "gemma" | "gemma2" | "gemma3_text" | "qwen3" | "phi3" | "olmo2" => {
-            let c: LlamaConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            let model = match model_type {
-                "qwen3" => crate::qwen3::load(c, &mut w)?,
-                "phi3" => crate::phi3::load(c, &mut w)?,
-                "olmo2" => crate::olmo2::load(c, &mut w)?,
-                _ => crate::gemma::load(c, &mut w)?,
-            };
-            Ok(Box::new(model))
-        }
-        "gpt_neox" => {
-            let c = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["gpt_neox."], device);
-            Ok(Box::new(crate::gpt_neox::load(c, &mut w)?))
-        }
-        "opt" => {
-            let c = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(crate::opt::load(c, &mut w)?))
-        }
-        "falcon" => {
-            let c = crate::falcon::parse(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["transformer."], device);
-            Ok(Box::new(crate::falcon::load(c, &mut w)?))
-        }
-        "marian" => {
-            let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(Marian::load(c, &mut w)?))
-        }
-        "bart" => {
-            let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(Bart::load(c, &mut w)?))
-        }
-        "mbart" => {
-            let c: BartConfig = serde_json::from_value(config.clone()).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(MBart::load(c, &mut w)?))
-        }
-        "m2m_100" => {
-            // `M2M100Config`'s defaults where they differ from BART's.
-            let defaults = [
-                ("scale_embedding", true.into()),
-                ("activation_function", "relu".into()),
-            ];
-            let c: BartConfig =
-                serde_json::from_value(with_defaults(config, &defaults)).map_err(parse_err)?;
-            let mut w = Weights::new(source, &["model."], device);
-            Ok(Box::new(M2M100::load(c, &mut w)?))
-        }
-        "t5" | "mt5" | "umt5" => {
-            // `MT5Config` and `UMT5Config` default to T5 v1.1's gated-gelu feed-forward.
-            let ff = if model_type == "t5" {
-                "relu"
-            } else {
-                "gated-gelu"
-            };
-            let defaults = [("feed_forward_proj", ff.into())];
-            let c: T5Config =
-                serde_json::from_value(with_defaults(config, &defaults)).map_err(parse_err)?;
-            let mut w = Weights::new(source, &[], device);
-            Ok(Box::new(T5::load(c, &mut w)?))
-        }
-        other => Err(Error::UnsupportedArchitecture(format!(
-            "{other} (supported: {})",
-            SUPPORTED_ARCHITECTURES.join(", ")
-        ))),
+    }
+
+    /// Parses the config as `C` and loads the model with `load`, weight names tried with each
+    /// of `prefixes`.
+    fn with<C, M>(
+        self,
+        prefixes: &[&str],
+        load: impl FnOnce(C, &mut Weights) -> Result<M>,
+    ) -> Result<Box<dyn LanguageModel>>
+    where
+        C: serde::de::DeserializeOwned,
+        M: LanguageModel + 'static,
+    {
+        self.with_defaults(&[], prefixes, load)
+    }
+
+    /// [`Build::with`] with `defaults` for the config keys it lacks (the architecture's own
+    /// config class defaults where they differ from the shared config struct's).
+    fn with_defaults<C, M>(
+        self,
+        defaults: &[(&str, serde_json::Value)],
+        prefixes: &[&str],
+        load: impl FnOnce(C, &mut Weights) -> Result<M>,
+    ) -> Result<Box<dyn LanguageModel>>
+    where
+        C: serde::de::DeserializeOwned,
+        M: LanguageModel + 'static,
+    {
+        let c = serde_json::from_value(with_defaults(self.config, defaults))
+            .map_err(|e| self.parse_error(e))?;
+        self.load(prefixes, c, load)
+    }
+
+    fn load<C, M>(
+        self,
+        prefixes: &[&str],
+        config: C,
+        load: impl FnOnce(C, &mut Weights) -> Result<M>,
+    ) -> Result<Box<dyn LanguageModel>>
+    where
+        M: LanguageModel + 'static,
+    {
+        let mut w = Weights::new(self.source, prefixes, self.device);
+        Ok(Box::new(load(config, &mut w)?))
     }
 }
