@@ -378,3 +378,50 @@ fn tiny_falcon_loads_end_to_end() {
     assert_eq!(c["bias"], false);
     assert_zoo_fixture("falcon");
 }
+
+#[test]
+fn unread_metadata_key_is_an_error() {
+    let model = GgufModelFile::open(&fixture("olmo2-unknown-key.gguf")).unwrap();
+    let err = model.hf_config().unwrap_err().to_string();
+    assert!(err.contains("olmo2.expert_count"), "{err}");
+    assert!(err.contains("olmo2-unknown-key.gguf"), "{err}");
+}
+
+/// The logits of each zoo GGUF fixture, loaded end to end (config from the metadata), equal
+/// transformers' logits of the same weights under the Hugging Face config (`zoo_logits.json`).
+#[test]
+fn zoo_gguf_logits_match_transformers() {
+    let text = std::fs::read_to_string(fixture("zoo_logits.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<usize> = serde_json::from_value(reference["ids"].clone()).unwrap();
+    let device = Device::default();
+    for arch in ["gemma2", "gemma3", "phi3", "olmo2", "gptneox", "falcon"] {
+        let path = fixture(&format!("tiny-{arch}.gguf"));
+        let loaded = load_pretrained(path.to_str().unwrap(), &device).unwrap();
+        let m = loaded.model.as_ref();
+        let out = m.forward(
+            ModelInput {
+                target_embeds: m.embed(ids_tensor(std::slice::from_ref(&ids), &device)),
+                target_mask: vec![vec![true; ids.len()]],
+                source_embeds: None,
+                source_mask: None,
+            },
+            ForwardOptions::default(),
+        );
+        let got = out.logits.into_data().try_to_vec::<f32>().unwrap();
+        let rows: Vec<Vec<f32>> =
+            serde_json::from_value(reference["logits"][arch].clone()).unwrap();
+        let want: Vec<f32> = rows.concat();
+        assert_eq!(got.len(), want.len(), "{arch}");
+        let tol = 1e-4_f32.min(model_pass(max_abs(&want)) as f32);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= tol,
+            "{arch}: max |ours - transformers| = {worst} > {tol}"
+        );
+    }
+}
