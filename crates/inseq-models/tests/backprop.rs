@@ -116,7 +116,7 @@ fn llama_backward_equals_autodiff() {
 
 /// The architectures of `tests/fixtures/zoo/make_zoo.py`: 6 positions, past their sliding windows
 /// (4 or 5 positions).
-const ZOO: [&str; 11] = [
+const ZOO: [&str; 13] = [
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-gemma3",
@@ -125,8 +125,10 @@ const ZOO: [&str; 11] = [
     "tiny-olmo2",
     "tiny-gpt_neox",
     "tiny-opt",
+    "tiny-opt_350m",
     "tiny-falcon",
     "tiny-falcon_mq",
+    "tiny-falcon_rw",
     "tiny-mistral",
 ];
 
