@@ -188,7 +188,15 @@ impl LanguageModel for Decoder {
     fn dropout_probability(&self) -> f64 {
         self.dropout
     }
+    /// `None` where dynamic NTK RoPE would give the whole sequence other frequencies than the
+    /// prefixes a step-by-step attribution feeds (see docs/inseq-compatibility.md).
     fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
+        let [_, s, _] = input.target_embeds.dims();
+        let positions = new_positions(&input.target_mask, s);
+        let len = positions.iter().flatten().max().map_or(0, |&p| p + 1);
+        if self.ropes.iter().any(|r| r.depends_on_length(len)) {
+            return None;
+        }
         Some(Box::new(self.forward_taped(input, KEEP_TAPES_BYTES)))
     }
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
