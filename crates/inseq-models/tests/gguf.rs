@@ -425,3 +425,10 @@ fn zoo_gguf_logits_match_transformers() {
         );
     }
 }
+
+#[test]
+fn unread_tensor_is_an_error() {
+    let err = GgufModelFile::open(&fixture("llama-rope-freqs.gguf")).unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("rope_freqs.weight"), "{err}");
+}

@@ -68,6 +68,13 @@ impl GgufModelFile {
         for info in file.tensors() {
             if let Some((hf, fix)) = hf_name(table, &info.name) {
                 names.insert(hf, (info.name.clone(), fix));
+            } else if !tables::read_by_config(table, &info.name) {
+                return Err(Error::Unsupported(format!(
+                    "tensor `{}` in {} (not read by the {} GGUF loader)",
+                    info.name,
+                    path.display(),
+                    table.arch
+                )));
             }
         }
         let mut model = Self {

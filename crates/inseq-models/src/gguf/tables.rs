@@ -355,6 +355,16 @@ pub(super) fn supported() -> String {
     ARCHS.iter().map(|t| t.arch).collect::<Vec<_>>().join(", ")
 }
 
+/// Whether a tensor without a Hugging Face name is read into the config instead (Phi-3's
+/// LongRoPE factors); any other such tensor is an error.
+pub(super) fn read_by_config(table: &ArchTable, gguf: &str) -> bool {
+    table.arch == "phi3"
+        && matches!(
+            gguf,
+            "rope_factors_long.weight" | "rope_factors_short.weight"
+        )
+}
+
 /// The table of a `general.architecture`; `has_tensor` tells which variant a file is (Falcon's
 /// second block norm).
 pub(super) fn table_for(
