@@ -379,6 +379,25 @@ fn tiny_falcon_loads_end_to_end() {
     assert_zoo_fixture("falcon");
 }
 
+/// Llama 3.x: the `llama3` RoPE scaling stored as `rope_freqs.weight` factors (converter's
+/// `LlamaModel.generate_extra_tensors`) becomes per-frequency factors; the logits equal
+/// transformers' with `rope_type: llama3` (`zoo_gguf_logits_match_transformers`).
+#[test]
+fn tiny_llama3_rope_freqs_load_end_to_end() {
+    let c = zoo_config("llama3");
+    assert_eq!(c["model_type"], "llama");
+    let s = &c["rope_scaling"];
+    assert_eq!(s["rope_type"], "longrope");
+    assert_eq!(s["attention_factor"], 1.0);
+    let factors: Vec<f64> = serde_json::from_value(s["short_factor"].clone()).unwrap();
+    assert_eq!(s["long_factor"], s["short_factor"]);
+    // Kept, smoothed and scaled bands of Llama 3's rule (factor 8).
+    assert_eq!(factors.len(), 4);
+    assert_eq!((factors[0], factors[2], factors[3]), (1.0, 8.0, 8.0));
+    assert!(factors[1] > 1.0 && factors[1] < 8.0, "{factors:?}");
+    assert_zoo_fixture("llama3");
+}
+
 #[test]
 fn unread_metadata_key_is_an_error() {
     let model = GgufModelFile::open(&fixture("olmo2-unknown-key.gguf")).unwrap();
@@ -395,7 +414,9 @@ fn zoo_gguf_logits_match_transformers() {
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ids: Vec<usize> = serde_json::from_value(reference["ids"].clone()).unwrap();
     let device = Device::default();
-    for arch in ["gemma2", "gemma3", "phi3", "olmo2", "gptneox", "falcon"] {
+    for arch in [
+        "gemma2", "gemma3", "phi3", "olmo2", "gptneox", "falcon", "llama3",
+    ] {
         let path = fixture(&format!("tiny-{arch}.gguf"));
         let loaded = load_pretrained(path.to_str().unwrap(), &device).unwrap();
         let m = loaded.model.as_ref();
@@ -428,7 +449,8 @@ fn zoo_gguf_logits_match_transformers() {
 
 #[test]
 fn unread_tensor_is_an_error() {
-    let err = GgufModelFile::open(&fixture("llama-rope-freqs.gguf")).unwrap_err();
+    let err = GgufModelFile::open(&fixture("llama-unread-tensor.gguf")).unwrap_err();
     let err = err.to_string();
-    assert!(err.contains("rope_freqs.weight"), "{err}");
+    assert!(err.contains("blk.0.ffn_gate_inp.weight"), "{err}");
+    assert!(err.contains("llama-unread-tensor.gguf"), "{err}");
 }

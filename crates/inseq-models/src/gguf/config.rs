@@ -210,7 +210,7 @@ impl GgufModelFile {
                 self.file.path().display()
             )));
         }
-        if let Some(scaling) = self.rope_scaling()? {
+        if let Some(scaling) = self.with_rope_freqs(self.rope_scaling()?)? {
             c["rope_scaling"] = scaling;
         }
         Ok(c)

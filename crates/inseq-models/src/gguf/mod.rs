@@ -11,6 +11,7 @@ mod arch_config;
 mod config;
 mod file;
 pub mod quants;
+mod rope_freqs;
 mod tables;
 mod tokenizer;
 

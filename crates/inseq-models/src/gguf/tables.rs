@@ -356,13 +356,16 @@ pub(super) fn supported() -> String {
 }
 
 /// Whether a tensor without a Hugging Face name is read into the config instead (Phi-3's
-/// LongRoPE factors); any other such tensor is an error.
+/// LongRoPE factors, Llama 3's `rope_freqs.weight`); any other such tensor is an error.
 pub(super) fn read_by_config(table: &ArchTable, gguf: &str) -> bool {
-    table.arch == "phi3"
-        && matches!(
+    match table.arch {
+        "phi3" => matches!(
             gguf,
             "rope_factors_long.weight" | "rope_factors_short.weight"
-        )
+        ),
+        "llama" => gguf == super::rope_freqs::ROPE_FREQS,
+        _ => false,
+    }
 }
 
 /// The table of a `general.architecture`; `has_tensor` tells which variant a file is (Falcon's
