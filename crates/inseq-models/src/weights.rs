@@ -215,6 +215,11 @@ impl Weights {
         &self.device
     }
 
+    /// The file the weights come from (the first shard of a sharded checkpoint).
+    pub fn origin(&self) -> PathBuf {
+        self.source.origin()
+    }
+
     /// Whether a tensor called `name` exists (under any prefix).
     pub fn contains(&self, name: &str) -> bool {
         let names = self.source.names();

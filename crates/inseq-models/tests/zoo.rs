@@ -207,3 +207,67 @@ fn unimplemented_config_fields_are_errors() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A checkpoint with its LM-head tensor hidden.
+struct WithoutHead(inseq_models::weights::SafetensorsSource);
+
+fn is_head(name: &str) -> bool {
+    name.ends_with("lm_head.weight") || name.ends_with("embed_out.weight")
+}
+
+impl inseq_models::weights::WeightSource for WithoutHead {
+    fn read(&mut self, name: &str) -> inseq_core::Result<Option<inseq_models::weights::RawTensor>> {
+        if is_head(name) {
+            return Ok(None);
+        }
+        self.0.read(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.names().into_iter().filter(|n| !is_head(n)).collect()
+    }
+
+    fn origin(&self) -> std::path::PathBuf {
+        self.0.origin()
+    }
+}
+
+/// A config whose LM head is not tied to the embeddings (`tie_word_embeddings: false`, or
+/// absent where the architecture's default is false) and a checkpoint without the head tensor:
+/// an error naming the tensor and the file, never the embeddings in its place.
+#[test]
+fn missing_untied_head_is_an_error() {
+    use inseq_models::weights::{SafetensorsSource, WeightSource};
+    let untied = [
+        ("tiny-llama", "lm_head.weight", false),
+        ("tiny-llama", "lm_head.weight", true),
+        ("tiny-mistral", "lm_head.weight", false),
+        ("tiny-phi3", "lm_head.weight", true),
+        ("tiny-olmo2", "lm_head.weight", false),
+        ("tiny-gemma3", "lm_head.weight", false),
+        ("tiny-gpt_neox", "embed_out.weight", true),
+        ("tiny-falcon_mq", "lm_head.weight", false),
+    ];
+    for (name, head, drop_key) in untied {
+        let dir = inseq_fixtures::model_dir(name);
+        let path = dir.join("config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(config["tie_word_embeddings"], false, "{name}");
+        if drop_key {
+            config
+                .as_object_mut()
+                .unwrap()
+                .remove("tie_word_embeddings");
+        }
+        let source = SafetensorsSource::open_dir(&dir).unwrap();
+        let origin = source.origin();
+        let source = Box::new(WithoutHead(source));
+        let err = inseq_models::loader::build_model(&config, source, &path, &Device::default())
+            .err()
+            .unwrap_or_else(|| panic!("{name}: loaded without its LM head"))
+            .to_string();
+        assert!(err.contains(head), "{name}: {err}");
+        assert!(err.contains(&origin.display().to_string()), "{name}: {err}");
+    }
+}

@@ -9,6 +9,8 @@ use super::decoder::{Decoder, LearnedPositions};
 use super::mlp::Mlp;
 use super::norm::NormKind;
 use super::rope::RopeSpec;
+use burn::tensor::Tensor;
+
 use crate::model::ModelInfo;
 use crate::nn::{Act, Embedding, Linear, LmHead};
 use crate::weights::Weights;
@@ -312,10 +314,10 @@ impl DecoderSpec {
             .final_norm
             .map(|n| self.norm.load(w, n, d))
             .transpose()?;
-        let head = if !self.tied && w.contains(self.names.lm_head) {
-            w.tensor2(self.names.lm_head, [vocab, e])?
-        } else {
+        let head = if self.tied {
             embed.table.clone()
+        } else {
+            self.untied_head(w, [vocab, e])?
         };
         let mut windows: Vec<Option<usize>> = self.layer_window.clone();
         windows.sort();
@@ -342,5 +344,26 @@ impl DecoderSpec {
             device: w.device().clone(),
             info: self.info,
         })
+    }
+}
+
+impl DecoderSpec {
+    /// The LM head of a config that does not tie it to the embeddings: a checkpoint without it
+    /// is an error (transformers would leave it randomly initialised; the embeddings in its
+    /// place would be just as wrong).
+    fn untied_head(&self, w: &mut Weights, shape: [usize; 2]) -> Result<Tensor<2>> {
+        let name = self.names.lm_head;
+        if !w.contains(name) {
+            return Err(Error::CorruptFile {
+                path: w.origin(),
+                reason: format!(
+                    "missing weight `{name}`: the config does not tie the LM head to the \
+                     token embeddings (`tie_word_embeddings` is false or defaults to false \
+                     for `{}`)",
+                    self.info.architecture
+                ),
+            });
+        }
+        w.tensor2(name, shape)
     }
 }
