@@ -62,6 +62,30 @@ pub(crate) struct ModelArgs {
     /// Device: cpu, ndarray, wgpu, cuda.
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
+    #[command(flatten)]
+    pub(crate) languages: LanguageArgs,
+}
+
+/// The tokenizer languages of every command that loads a model: `--src-lang`, `--tgt-lang`.
+#[derive(clap::Args)]
+pub(crate) struct LanguageArgs {
+    /// Source language code of a multilingual translation tokenizer (M2M100), overriding
+    /// tokenizer_config.json's `src_lang` (Inseq's `tokenizer_kwargs`).
+    #[arg(long)]
+    pub(crate) src_lang: Option<String>,
+    /// Target language code (M2M100), overriding tokenizer_config.json's `tgt_lang`.
+    #[arg(long)]
+    pub(crate) tgt_lang: Option<String>,
+}
+
+impl LanguageArgs {
+    /// The tokenizer languages to load the model with.
+    pub(crate) fn options(&self) -> inseq::LanguageOptions {
+        inseq::LanguageOptions {
+            src_lang: self.src_lang.clone(),
+            tgt_lang: self.tgt_lang.clone(),
+        }
+    }
 }
 
 /// The dataset a command reads: `--data`, its fields and its split.

@@ -494,3 +494,19 @@ fn memory_budget_too_small_fails_before_attributing_and_writes_nothing() {
     common::assert_ok(&run("1G"));
     assert!(save.exists());
 }
+
+/// `--src-lang` / `--tgt-lang` reach the tokenizer: a tokenizer without languages to set (here
+/// tiny-mbart's tokenizer.json) says so.
+#[test]
+fn language_flags_reach_the_tokenizer() {
+    let out = inseq(&[
+        "attribute",
+        "--model",
+        &common::model_dir("tiny-mbart"),
+        "--input",
+        "Hello",
+        "--src-lang",
+        "en_XX",
+    ]);
+    assert_error(&out, "src_lang/tgt_lang");
+}

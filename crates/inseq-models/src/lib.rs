@@ -62,7 +62,8 @@ pub use generate::{
 };
 pub use generation_config::GenerationConfig;
 pub use loader::{
-    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_pretrained, models_dir,
+    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_dir_with, load_pretrained,
+    load_pretrained_with, models_dir,
 };
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,
@@ -70,6 +71,6 @@ pub use model::{
 };
 pub use nn::ids_tensor;
 pub use special_tokens::SpecialTokens;
-pub use tokenizer::TextTokenizer;
+pub use tokenizer::{LanguageOptions, TextTokenizer};
 pub use torch_bin::TorchBinSource;
 pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights, open_weights_dir};

@@ -13,7 +13,7 @@ use crate::mbart::{M2M100, MBart};
 use crate::model::LanguageModel;
 use crate::special_tokens::SpecialTokens;
 use crate::t5::T5;
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{LanguageOptions, TextTokenizer};
 use crate::weights::{WeightSource, Weights, open_weights_dir};
 
 /// A loaded model with its tokenizer.
@@ -57,6 +57,15 @@ pub fn models_dir() -> PathBuf {
 /// assert_eq!(pretrained.model.info().architecture, "gpt2");
 /// ```
 pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained> {
+    load_pretrained_with(name_or_path, device, &LanguageOptions::default())
+}
+
+/// [`load_pretrained`] with the tokenizer's source and target languages (M2M100).
+pub fn load_pretrained_with(
+    name_or_path: &str,
+    device: &Device,
+    langs: &LanguageOptions,
+) -> Result<Pretrained> {
     if name_or_path.trim().is_empty() {
         return Err(Error::invalid_arg("model", "empty model name"));
     }
@@ -71,13 +80,15 @@ pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained
                 ),
             });
         }
+        langs.require_empty(&p)?;
         return load_gguf_file(&p, name_or_path, device);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
+        langs.require_empty(path)?;
         return load_gguf_file(path, name_or_path, device);
     }
     if path.is_dir() {
-        return load_dir(path, name_or_path, device);
+        return load_dir_with(path, name_or_path, device, langs);
     }
     if path.exists() || name_or_path.starts_with('.') || name_or_path.starts_with('/') {
         return Err(Error::MissingFile {
@@ -86,7 +97,7 @@ pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained
         });
     }
     let dir = crate::hub::snapshot_dir(name_or_path)?;
-    load_dir(&dir, name_or_path, device)
+    load_dir_with(&dir, name_or_path, device, langs)
 }
 
 fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained> {
@@ -107,6 +118,16 @@ fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained
 
 /// Loads a model directory laid out as `save_pretrained` writes it.
 pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
+    load_dir_with(dir, name, device, &LanguageOptions::default())
+}
+
+/// [`load_dir`] with the tokenizer's source and target languages.
+pub fn load_dir_with(
+    dir: &Path,
+    name: &str,
+    device: &Device,
+    langs: &LanguageOptions,
+) -> Result<Pretrained> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::MissingFile {
@@ -120,7 +141,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
             path: config_path.clone(),
             reason: e.to_string(),
         })?;
-    let tokenizer = TextTokenizer::from_dir(dir)?;
+    let tokenizer = TextTokenizer::from_dir_with(dir, langs)?;
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let generation_config = GenerationConfig::read(dir, &config)?;
     let source = open_weights_dir(dir)?;

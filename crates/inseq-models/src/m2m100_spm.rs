@@ -8,7 +8,8 @@
 //!   and pieces map to ids through `vocab.json`;
 //! - the language token of `src_lang` (default `en`) is prepended and `</s>` appended; target
 //!   texts get `tgt_lang`'s token instead (an error when `tgt_lang` is not set, as transformers
-//!   raises);
+//!   raises); [`LanguageOptions`] given at load time override the config's two (Inseq's
+//!   `tokenizer_kwargs`);
 //! - the language tokens `__xx__` of `language_codes` (`m2m100` or `wmt21`) take the ids after
 //!   `vocab.json`'s, in the order of that list; as in transformers 5 they decode but are neither
 //!   matched in text nor skipped as special tokens.
@@ -26,6 +27,7 @@ use serde_json::{Map, Value, json};
 
 use crate::marian_spm::{corrupt, pipeline, read_json, vocab_in_id_order};
 use crate::spm::{PieceType, SpmModel};
+use crate::tokenizer::LanguageOptions;
 
 /// transformers' `FAIRSEQ_LANGUAGE_CODES["m2m100"]`.
 const M2M100_CODES: &[&str] = &[
@@ -57,7 +59,7 @@ struct Settings {
     specials: [String; 4],
 }
 
-fn settings(dir: &Path) -> Result<Settings> {
+fn settings(dir: &Path, langs: &LanguageOptions) -> Result<Settings> {
     let path = dir.join("tokenizer_config.json");
     let config = if path.exists() {
         read_json(&path)?
@@ -80,8 +82,12 @@ fn settings(dir: &Path) -> Result<Settings> {
         }
     };
     let settings = Settings {
-        src_lang: string("src_lang").unwrap_or_else(|| "en".into()),
-        tgt_lang: string("tgt_lang"),
+        src_lang: langs
+            .src_lang
+            .clone()
+            .or_else(|| string("src_lang"))
+            .unwrap_or_else(|| "en".into()),
+        tgt_lang: langs.tgt_lang.clone().or_else(|| string("tgt_lang")),
         codes,
         specials: [
             string("bos_token").unwrap_or_else(|| "<s>".into()),
@@ -95,8 +101,10 @@ fn settings(dir: &Path) -> Result<Settings> {
             return Err(Error::invalid_arg(
                 "src_lang/tgt_lang",
                 format!(
-                    "{}: `{lang}` is not one of the language codes",
-                    path.display()
+                    "{}: `{lang}` is not one of the {} language codes ({}, ...)",
+                    path.display(),
+                    codes.len(),
+                    codes[..codes.len().min(8)].join(", ")
                 ),
             ));
         }
@@ -130,11 +138,13 @@ fn merges(spm: &SpmModel, known: &HashSet<&str>) -> Vec<Value> {
         .collect()
 }
 
-/// The source tokenizer and, with `tgt_lang`, the target one (see the module docs).
+/// The source tokenizer and, with `tgt_lang`, the target one (see the module docs); `langs`
+/// overrides `tokenizer_config.json`'s `src_lang`/`tgt_lang`.
 pub fn m2m100_tokenizers(
     dir: &Path,
+    langs: &LanguageOptions,
 ) -> Result<(tokenizers::Tokenizer, Option<tokenizers::Tokenizer>)> {
-    let s = settings(dir)?;
+    let s = settings(dir, langs)?;
     let source = m2m100_tokenizer(dir, &s, &s.src_lang)?;
     let target = match &s.tgt_lang {
         Some(lang) => Some(m2m100_tokenizer(dir, &s, lang)?),

@@ -4,6 +4,37 @@ use std::path::Path;
 
 use inseq_core::{Error, Result};
 
+/// The source and target languages of a multilingual translation tokenizer, given at load time
+/// (Python Inseq's `tokenizer_kwargs={"src_lang": ..., "tgt_lang": ...}`); each overrides
+/// `tokenizer_config.json`'s. Applied to M2M100 SentencePiece tokenizers; any other tokenizer
+/// given one is an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LanguageOptions {
+    /// Language code of the source texts (M2M100: `en`, `fr`, ...).
+    pub src_lang: Option<String>,
+    /// Language code of the target texts.
+    pub tgt_lang: Option<String>,
+}
+
+impl LanguageOptions {
+    /// Whether neither language is given.
+    pub fn is_empty(&self) -> bool {
+        self.src_lang.is_none() && self.tgt_lang.is_none()
+    }
+
+    /// An error unless empty: `what` (a tokenizer file) has no languages to set.
+    pub fn require_empty(&self, what: &Path) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "src_lang/tgt_lang for the tokenizer of {} (supported: M2M100 SentencePiece \
+             tokenizers, i.e. `sentencepiece.bpe.model` + `vocab.json` without tokenizer.json)",
+            what.display()
+        )))
+    }
+}
+
 /// A Hugging Face tokenizer plus the special-token ids the model uses.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -87,23 +118,31 @@ impl TextTokenizer {
     /// ([`crate::marian_spm`]), an M2M100 one's `sentencepiece.bpe.model` and `vocab.json`
     /// ([`crate::m2m100_spm`]), or a T5 / mT5 repository's `spiece.model` ([`crate::t5_spm`]).
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        Self::from_dir_with(dir, &LanguageOptions::default())
+    }
+
+    /// [`Self::from_dir`] with the source and target languages `langs`.
+    pub fn from_dir_with(dir: &Path, langs: &LanguageOptions) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         if !json.exists() && crate::marian_spm::is_marian_spm_dir(dir) {
+            langs.require_empty(&dir.join("source.spm"))?;
             let (source, target) = crate::marian_spm::marian_tokenizers(dir)?;
             return Ok(Self::with_target(source, target));
         }
         if !json.exists() && crate::m2m100_spm::is_m2m100_spm_dir(dir) {
-            return Ok(match crate::m2m100_spm::m2m100_tokenizers(dir)? {
+            return Ok(match crate::m2m100_spm::m2m100_tokenizers(dir, langs)? {
                 (source, Some(target)) => Self::with_target(source, target),
                 (source, None) => Self::without_target(
                     source,
                     format!(
-                        "{}: M2M100 target texts need `tgt_lang` in tokenizer_config.json",
+                        "{}: M2M100 target texts need `tgt_lang` (tokenizer_config.json, or \
+                         `--tgt-lang` / `LanguageOptions::tgt_lang` at load time)",
                         dir.display()
                     ),
                 ),
             });
         }
+        langs.require_empty(&json)?;
         if !json.exists() && crate::t5_spm::is_t5_spm_dir(dir) {
             return crate::t5_spm::t5_tokenizer(dir).map(Self::new);
         }

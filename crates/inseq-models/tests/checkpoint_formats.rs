@@ -351,3 +351,48 @@ fn m2m100_spm_tokenizer_matches_transformers() {
     let _ = std::fs::remove_dir_all(&copy);
     assert!(err.contains("tgt_lang"), "{err}");
 }
+
+/// `src_lang` / `tgt_lang` given at load time (Inseq's `tokenizer_kwargs`) override
+/// tokenizer_config.json's: a repository with `tgt_lang` unset (as facebook/m2m100_418M ships
+/// it) encodes targets after `--tgt-lang`; an unknown code is an error listing valid ones; a
+/// tokenizer.json tokenizer given languages is an error.
+#[test]
+fn m2m100_languages_at_load_time() {
+    use inseq_models::{LanguageOptions, TextTokenizer};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/m2m100-spm");
+    let copy = std::env::temp_dir().join(format!("inseq-m2m100-langs-{}", std::process::id()));
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["sentencepiece.bpe.model", "vocab.json"] {
+        std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+    }
+    std::fs::write(
+        copy.join("tokenizer_config.json"),
+        r#"{"src_lang": "fr", "tgt_lang": null}"#,
+    )
+    .unwrap();
+    let (fr, zu) = (175, 250);
+    let langs = |src: Option<&str>, tgt: Option<&str>| LanguageOptions {
+        src_lang: src.map(str::to_string),
+        tgt_lang: tgt.map(str::to_string),
+    };
+    let tok = TextTokenizer::from_dir_with(&copy, &langs(None, Some("zu"))).unwrap();
+    assert_eq!(tok.encode("a", true).unwrap()[0], fr);
+    assert_eq!(tok.encode_target("a", true).unwrap()[0], zu);
+    let tok = TextTokenizer::from_dir_with(&copy, &langs(Some("zu"), None)).unwrap();
+    assert_eq!(tok.encode("a", true).unwrap()[0], zu);
+    let err = tok.encode_target("a", true).unwrap_err().to_string();
+    assert!(err.contains("tgt_lang"), "{err}");
+    let err = TextTokenizer::from_dir_with(&copy, &langs(None, Some("xx")))
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_dir_all(&copy);
+    assert!(err.contains("`xx`") && err.contains("af, am, ar"), "{err}");
+    let mbart = inseq_fixtures::model_dir("tiny-mbart");
+    let err = TextTokenizer::from_dir_with(&mbart, &langs(Some("en_XX"), None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("src_lang") && err.contains("tokenizer.json"),
+        "{err}"
+    );
+}

@@ -9,7 +9,8 @@ use burn::tensor::Device;
 use inseq_core::{AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry};
 use inseq_models::{
-    GenerationOptions, LanguageModel, ModelKind, Pretrained, TextTokenizer, load_pretrained,
+    GenerationOptions, LanguageModel, LanguageOptions, ModelKind, Pretrained, TextTokenizer,
+    load_pretrained_with,
 };
 use inseq_steps::{StepArgs, StepRegistry};
 
@@ -176,8 +177,22 @@ pub fn load_model_with(
     device: &Device,
     registries: Registries,
 ) -> Result<AttributionModel> {
+    let langs = LanguageOptions::default();
+    load_model_with_languages(model, method, method_args, device, registries, &langs)
+}
+
+/// [`load_model_with`] with the tokenizer's source and target languages (M2M100's `src_lang` /
+/// `tgt_lang`, as Inseq's `tokenizer_kwargs`), overriding `tokenizer_config.json`'s.
+pub fn load_model_with_languages(
+    model: &str,
+    method: &str,
+    method_args: MethodArgs,
+    device: &Device,
+    registries: Registries,
+    langs: &LanguageOptions,
+) -> Result<AttributionModel> {
     let method_impl = registries.methods.create(method, method_args.clone())?;
-    let pretrained = load_pretrained(model, device)?;
+    let pretrained = load_pretrained_with(model, device, langs)?;
     let steps = registries.steps.clone();
     let model = AttributionModel::new(pretrained, method_impl, method, method_args, steps);
     Ok(model.with_registries(registries))
