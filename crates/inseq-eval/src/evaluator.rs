@@ -157,7 +157,8 @@ impl<'a> Evaluator<'a> {
                         metric_slots.push((false, slot));
                     }
                     Perturbation::Soft(probs) => {
-                        let rng = Rng::derived(step.seed, &[0x50f7, m as u64, r as u64]);
+                        let metric = Rng::key(self.metrics[m].id());
+                        let rng = Rng::derived(step.seed, &[0x50f7, metric, r as u64]);
                         masks.push(self.soft_mask(step, probs, rng));
                         metric_slots.push((true, masks.len() - 1));
                     }

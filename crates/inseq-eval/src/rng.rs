@@ -21,6 +21,20 @@ impl Rng {
         Self(mixed)
     }
 
+    /// A stable 64-bit key of `text` (FNV-1a), to derive a generator from a name (e.g. a metric
+    /// id) rather than from a position that changes with the other names asked for.
+    ///
+    /// ```
+    /// use inseq_eval::rng::Rng;
+    /// assert_eq!(Rng::key("soft_nc"), Rng::key("soft_nc"));
+    /// assert_ne!(Rng::key("soft_nc"), Rng::key("soft_ns"));
+    /// ```
+    pub fn key(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -367,6 +367,33 @@ fn same_seed_same_values_batched_or_not() {
 }
 
 #[test]
+fn a_metric_gives_the_same_values_whatever_else_is_asked() {
+    let m = model();
+    let steps = steps_with(&m, |s| {
+        (0..s.prefix.len()).map(|i| ((i * 3) % 4) as f32).collect()
+    });
+    let with = |metrics: Vec<Arc<dyn Metric>>| {
+        Evaluator::new(
+            &m,
+            "probability",
+            Default::default(),
+            metrics,
+            EvalConfig::default(),
+        )
+        .unwrap()
+        .evaluate_steps(&steps)
+        .unwrap()
+    };
+    let all = with(all_metrics());
+    let alone = with(vec![Arc::new(SoftSufficiency)]);
+    // Exact: the masks are drawn from the metric's id, not its position in the list.
+    for (a, b) in all.iter().zip(&alone) {
+        let (x, y) = (a.metrics["soft_ns"].value, b.metrics["soft_ns"].value);
+        assert!(x == y || (x.is_nan() && y.is_nan()), "{x} vs {y}");
+    }
+}
+
+#[test]
 fn teacher_forced_pass_equals_one_pass_per_step() {
     let m = model();
     let steps = steps_with(&m, |s| vec![1.0; s.prefix.len()]);
