@@ -428,7 +428,8 @@ impl Build<'_> {
     where
         M: LanguageModel + 'static,
     {
-        let mut w = Weights::new(self.source, prefixes, self.device);
+        let storage = crate::compact::WeightStorage::from_env()?;
+        let mut w = Weights::new(self.source, prefixes, self.device).with_storage(storage);
         Ok(Box::new(load(config, &mut w)?))
     }
 }

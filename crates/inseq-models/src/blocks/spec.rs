@@ -264,14 +264,14 @@ impl DecoderSpec {
         }
         let act = Act::parse(&self.act)?;
         let embed = Embedding {
-            table: w.tensor2(self.names.embed, [vocab, d])?,
+            table: w.matrix(self.names.embed, [vocab, d])?,
         };
         let positions = match (self.learned_positions, self.names.positions) {
             (Some(offset), Some(name)) => {
                 let rows = self.info.max_positions + offset;
                 Some(LearnedPositions {
                     table: Embedding {
-                        table: w.tensor2(name, [rows, d])?,
+                        table: w.tensor2(name, [rows, d])?.into(),
                     },
                     offset,
                 })
@@ -287,7 +287,7 @@ impl DecoderSpec {
             .map(|n| self.norm.load(w, n, d))
             .transpose()?;
         let head = if !self.tied && w.contains(self.names.lm_head) {
-            w.tensor2(self.names.lm_head, [vocab, d])?
+            w.matrix(self.names.lm_head, [vocab, d])?
         } else {
             embed.table.clone()
         };

@@ -21,6 +21,7 @@ pub use file::{GgufFile, GgufTensorInfo, GgufValue};
 pub use quants::{GgmlType, dequantize};
 
 use crate::special_tokens::SpecialTokens;
+use crate::compact::StoredMatrix;
 use crate::weights::{RawTensor, WeightSource};
 
 /// How a tensor is changed on its way from llama.cpp's layout to Hugging Face's.
@@ -493,27 +494,34 @@ fn hf_name_as_stored(table: &ArchTable, gguf: &str) -> Option<(String, Fix)> {
     ))
 }
 
-/// Inverts `convert_hf_to_gguf.py`'s `LlamaModel.permute`, which reorders the rows
-/// of each head from `[half0; half1]` to interleaved pairs for llama.cpp's RoPE.
-fn unpermute(t: RawTensor, heads: usize) -> std::result::Result<RawTensor, String> {
-    let rows = *t.shape.first().ok_or("scalar tensor")?;
+/// Row `dst` of the unpermuted tensor is row `order[dst]` of the stored one ([`unpermute`]).
+fn unpermuted_order(rows: usize, heads: usize) -> std::result::Result<Vec<usize>, String> {
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(format!(
             "{rows} rows cannot be split into {heads} heads of rotary pairs"
         ));
     }
-    let cols = t.data.len().checked_div(rows).unwrap_or(0);
     let half = rows / heads / 2;
-    let mut data = vec![0f32; t.data.len()];
+    let mut order = vec![0; rows];
     for h in 0..heads {
         for j in 0..half {
             for s in 0..2 {
-                let src = h * 2 * half + 2 * j + s;
-                let dst = h * 2 * half + s * half + j;
-                data[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+                order[h * 2 * half + s * half + j] = h * 2 * half + 2 * j + s;
             }
         }
+    }
+    Ok(order)
+}
+
+/// Inverts `convert_hf_to_gguf.py`'s `LlamaModel.permute`, which reorders the rows
+/// of each head from `[half0; half1]` to interleaved pairs for llama.cpp's RoPE.
+fn unpermute(t: RawTensor, heads: usize) -> std::result::Result<RawTensor, String> {
+    let rows = *t.shape.first().ok_or("scalar tensor")?;
+    let order = unpermuted_order(rows, heads)?;
+    let cols = t.data.len().checked_div(rows).unwrap_or(0);
+    let mut data = vec![0f32; t.data.len()];
+    for (dst, &src) in order.iter().enumerate() {
+        data[dst * cols..(dst + 1) * cols].copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
     }
     Ok(RawTensor {
         shape: t.shape,
@@ -524,6 +532,37 @@ fn unpermute(t: RawTensor, heads: usize) -> std::result::Result<RawTensor, Strin
 impl WeightSource for GgufModelFile {
     fn read(&mut self, name: &str) -> Result<Option<RawTensor>> {
         self.read_hf(name)
+    }
+
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let bare = name.strip_prefix(self.table.hf_prefix).unwrap_or(name);
+        let Some((gguf_name, fix)) = self.names.get(bare) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor_info(gguf_name) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = &info.shape()[..] else {
+            return Ok(None);
+        };
+        let bytes = self.file.tensor_mapped(info);
+        let Some(stored) = StoredMatrix::new(bytes, info.ty, [rows, cols]) else {
+            return Ok(None);
+        };
+        let heads = match fix {
+            Fix::None => return Ok(Some(stored)),
+            Fix::Transpose => return Ok(Some(stored.transposed())),
+            Fix::MinusOne => return Ok(None),
+            Fix::UnpermuteQ => self.n_head,
+            Fix::UnpermuteK => self.n_head_kv,
+        };
+        let order = unpermuted_order(rows, heads)
+            .map_err(|reason| self.corrupt(format!("tensor `{gguf_name}`: {reason}")))?;
+        Ok(Some(stored.reordered(order)))
+    }
+
+    fn f32_bytes(&self) -> u64 {
+        self.file.tensors().iter().map(|t| 4 * t.numel() as u64).sum()
     }
 
     fn names(&self) -> Vec<String> {
