@@ -305,3 +305,41 @@ impl Matrix {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+
+    /// Every block type of `tests/fixtures/gguf/quants.gguf` (`[2, 512]`) widens, plain,
+    /// row-reordered and transposed, to the values the loader's whole-tensor dequantization gives.
+    #[test]
+    fn widening_equals_load_time_dequantization() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gguf/quants.gguf");
+        let file = GgufFile::open(&path).unwrap();
+        for name in ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"] {
+            let info = file.tensor_info(&format!("q.{name}")).unwrap();
+            let want = file.read_f32(&info.name).unwrap().unwrap().data;
+            let stored = StoredMatrix::new(file.tensor_mapped(info), info.ty, [2, 512]).unwrap();
+            assert_eq!(stored.widen(), want, "{name}");
+            let swapped: Vec<f32> = [&want[512..], &want[..512]].concat();
+            assert_eq!(stored.clone().reordered(vec![1, 0]).widen(), swapped, "{name}");
+            let transposed = stored.transposed();
+            assert_eq!(transposed.shape(), [512, 2]);
+            let t = transposed.widen();
+            assert!((0..512).all(|c| t[2 * c] == want[c] && t[2 * c + 1] == want[512 + c]));
+        }
+        let f32_info = file.tensor_info("q.F32").unwrap();
+        assert!(StoredMatrix::new(file.tensor_mapped(f32_info), f32_info.ty, [2, 512]).is_none());
+        let q8 = file.tensor_info("q.Q8_0").unwrap();
+        assert!(StoredMatrix::new(file.tensor_mapped(q8), q8.ty, [4, 512]).is_none());
+    }
+
+    #[test]
+    fn transpose_of_odd_shapes() {
+        let src: Vec<f32> = (0..3 * 37).map(|v| v as f32).collect();
+        let t = transpose(&src, [3, 37]);
+        assert!((0..3).all(|r| (0..37).all(|c| t[c * 3 + r] == src[r * 37 + c])));
+    }
+}

@@ -62,7 +62,8 @@ pub use generate::{
 };
 pub use generation_config::GenerationConfig;
 pub use loader::{
-    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_pretrained, models_dir,
+    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_dir_with, load_pretrained,
+    load_pretrained_with, models_dir,
 };
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,

@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use inseq_core::{Error, Result};
 
 use crate::bart::Bart;
+use crate::compact::WeightStorage;
 use crate::generation_config::GenerationConfig;
 use crate::marian::Marian;
 use crate::mbart::{M2M100, MBart};
@@ -57,6 +58,16 @@ pub fn models_dir() -> PathBuf {
 /// assert_eq!(pretrained.model.info().architecture, "gpt2");
 /// ```
 pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained> {
+    load_pretrained_with(name_or_path, device, WeightStorage::from_env()?)
+}
+
+/// [`load_pretrained`] with weight matrices held as `storage` says ([`load_pretrained`] takes it
+/// from [`crate::compact::WEIGHTS_ENV`], `auto` by default).
+pub fn load_pretrained_with(
+    name_or_path: &str,
+    device: &Device,
+    storage: WeightStorage,
+) -> Result<Pretrained> {
     if name_or_path.trim().is_empty() {
         return Err(Error::invalid_arg("model", "empty model name"));
     }
@@ -71,13 +82,13 @@ pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained
                 ),
             });
         }
-        return load_gguf_file(&p, name_or_path, device);
+        return load_gguf_file(&p, name_or_path, device, storage);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
-        return load_gguf_file(path, name_or_path, device);
+        return load_gguf_file(path, name_or_path, device, storage);
     }
     if path.is_dir() {
-        return load_dir(path, name_or_path, device);
+        return load_dir_with(path, name_or_path, device, storage);
     }
     if path.exists() || name_or_path.starts_with('.') || name_or_path.starts_with('/') {
         return Err(Error::MissingFile {
@@ -86,15 +97,20 @@ pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained
         });
     }
     let dir = crate::hub::snapshot_dir(name_or_path)?;
-    load_dir(&dir, name_or_path, device)
+    load_dir_with(&dir, name_or_path, device, storage)
 }
 
-fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained> {
+fn load_gguf_file(
+    path: &Path,
+    name: &str,
+    device: &Device,
+    storage: WeightStorage,
+) -> Result<Pretrained> {
     let gguf = crate::gguf::GgufModelFile::open(path)?;
     let config = gguf.hf_config()?;
     let tokenizer = TextTokenizer::new(gguf.tokenizer()?);
     let special_tokens = gguf.special_tokens()?;
-    let model = build_model(&config, Box::new(gguf), path, device)?;
+    let model = build_model_with(&config, Box::new(gguf), path, device, storage)?;
     Ok(Pretrained {
         model,
         tokenizer,
@@ -107,6 +123,16 @@ fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained
 
 /// Loads a model directory laid out as `save_pretrained` writes it.
 pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
+    load_dir_with(dir, name, device, WeightStorage::from_env()?)
+}
+
+/// [`load_dir`] with weight matrices held as `storage` says.
+pub fn load_dir_with(
+    dir: &Path,
+    name: &str,
+    device: &Device,
+    storage: WeightStorage,
+) -> Result<Pretrained> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::MissingFile {
@@ -124,7 +150,7 @@ pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let generation_config = GenerationConfig::read(dir, &config)?;
     let source = open_weights_dir(dir)?;
-    let model = build_model(&config, source, &config_path, device)?;
+    let model = build_model_with(&config, source, &config_path, device, storage)?;
     Ok(Pretrained {
         model,
         tokenizer,
@@ -292,6 +318,18 @@ pub fn build_model(
     config_path: &Path,
     device: &Device,
 ) -> Result<Box<dyn LanguageModel>> {
+    let storage = WeightStorage::from_env()?;
+    build_model_with(config, source, config_path, device, storage)
+}
+
+/// [`build_model`] with weight matrices held as `storage` says.
+pub fn build_model_with(
+    config: &serde_json::Value,
+    source: Box<dyn WeightSource>,
+    config_path: &Path,
+    device: &Device,
+    storage: WeightStorage,
+) -> Result<Box<dyn LanguageModel>> {
     let model_type = config
         .get("model_type")
         .and_then(|v| v.as_str())
@@ -306,6 +344,7 @@ pub fn build_model(
         source,
         config_path,
         device,
+        storage,
     };
     match model_type {
         "gpt2" => build.with(&["transformer."], crate::gpt2::load),
@@ -378,6 +417,7 @@ struct Build<'a> {
     source: Box<dyn WeightSource>,
     config_path: &'a Path,
     device: &'a Device,
+    storage: WeightStorage,
 }
 
 impl Build<'_> {
@@ -428,8 +468,7 @@ impl Build<'_> {
     where
         M: LanguageModel + 'static,
     {
-        let storage = crate::compact::WeightStorage::from_env()?;
-        let mut w = Weights::new(self.source, prefixes, self.device).with_storage(storage);
+        let mut w = Weights::new(self.source, prefixes, self.device).with_storage(self.storage);
         Ok(Box::new(load(config, &mut w)?))
     }
 }
