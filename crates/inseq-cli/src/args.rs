@@ -60,6 +60,11 @@ pub(crate) struct ModelArgs {
     /// Device: cpu, ndarray, wgpu, cuda.
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
+    /// Weight matrices: `compact` (as the file stores them, bf16/f16 or GGUF blocks, widened per
+    /// use), `f32` (widened at load time) or `auto` (compact above 4 GiB of f32 weights on the
+    /// CPU). Default: `$INSEQ_WEIGHTS`, else auto.
+    #[arg(long)]
+    pub(crate) weights: Option<String>,
 }
 
 /// The dataset a command reads: `--data`, its fields and its split.

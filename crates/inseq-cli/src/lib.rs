@@ -76,12 +76,17 @@ where
 /// gets its model here.
 fn load_model(args: &ModelArgs, registries: &Registries) -> Result<AttributionModel> {
     let device = inseq::parse_device(&args.device)?;
-    inseq::load_model_with(
+    let storage = match &args.weights {
+        Some(text) => inseq::models::WeightStorage::parse(text)?,
+        None => inseq::models::WeightStorage::from_env()?,
+    };
+    inseq::load_model_stored(
         &args.model,
         &args.method,
         MethodArgs::parse(&args.method_args)?,
         &device,
         registries.clone(),
+        storage,
     )
     .with_context(|| format!("loading `{}` with method `{}`", args.model, args.method))
 }

@@ -46,8 +46,10 @@ impl WeightStorage {
             "compact" => Ok(Self::Compact),
             "f32" => Ok(Self::F32),
             other => Err(Error::invalid_arg(
-                WEIGHTS_ENV,
-                format!("`{other}` (expected auto, compact or f32)"),
+                "weights",
+                format!(
+                    "`{other}` (expected auto, compact or f32; from --weights or {WEIGHTS_ENV})"
+                ),
             )),
         }
     }
@@ -318,13 +320,19 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/gguf/quants.gguf");
         let file = GgufFile::open(&path).unwrap();
-        for name in ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"] {
+        for name in [
+            "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+        ] {
             let info = file.tensor_info(&format!("q.{name}")).unwrap();
             let want = file.read_f32(&info.name).unwrap().unwrap().data;
             let stored = StoredMatrix::new(file.tensor_mapped(info), info.ty, [2, 512]).unwrap();
             assert_eq!(stored.widen(), want, "{name}");
             let swapped: Vec<f32> = [&want[512..], &want[..512]].concat();
-            assert_eq!(stored.clone().reordered(vec![1, 0]).widen(), swapped, "{name}");
+            assert_eq!(
+                stored.clone().reordered(vec![1, 0]).widen(),
+                swapped,
+                "{name}"
+            );
             let transposed = stored.transposed();
             assert_eq!(transposed.shape(), [512, 2]);
             let t = transposed.widen();

@@ -57,6 +57,7 @@ pub mod weights;
 pub use backprop::SharedForward;
 pub use beam::{BeamHypothesis, EarlyStopping};
 pub use blocks::core::CHUNK_FLOATS;
+pub use compact::{Matrix, WeightStorage};
 pub use generate::{
     GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,
 };
@@ -73,5 +74,4 @@ pub use nn::ids_tensor;
 pub use special_tokens::SpecialTokens;
 pub use tokenizer::TextTokenizer;
 pub use torch_bin::TorchBinSource;
-pub use compact::{Matrix, WeightStorage};
 pub use weights::{RawTensor, SafetensorsSource, WeightSource, Weights, open_weights_dir};

@@ -97,7 +97,6 @@ impl Linear {
         };
         y.reshape([b, s, out])
     }
-
 }
 
 /// `[1, in] x [in, out]` as [`ONE_ROW_BLOCKS`] products over blocks of `in`, in parallel.
@@ -105,7 +104,7 @@ fn one_row_in_blocks(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     use rayon::prelude::*;
     let [_, i] = x.dims();
     let out = weight.dims()[1];
-        let bounds = |block: usize| block * i / ONE_ROW_BLOCKS;
+    let bounds = |block: usize| block * i / ONE_ROW_BLOCKS;
     let partial: Vec<Tensor<2>> = (0..ONE_ROW_BLOCKS)
         .into_par_iter()
         .map(|block| {
@@ -218,6 +217,8 @@ impl Embedding {
 /// let plain = x.matmul(table.transpose());
 /// assert_eq!(logits.try_to_vec_as::<f32>().unwrap(), plain.try_to_vec_as::<f32>().unwrap());
 /// ```
+// One per model: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum LmHead {
     /// Blocks of an `f32` table.

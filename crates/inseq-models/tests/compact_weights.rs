@@ -32,7 +32,10 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn assert_same<const D: usize>(a: Tensor<D>, b: Tensor<D>, what: &str) {
     let (a, b) = (to_vec(a), to_vec(b));
     assert_eq!(a.len(), b.len(), "{what}: length");
-    let diff = a.iter().zip(&b).position(|(x, y)| x.to_bits() != y.to_bits());
+    let diff = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x.to_bits() != y.to_bits());
     assert!(diff.is_none(), "{what}: differs at {diff:?}");
 }
 
@@ -73,7 +76,9 @@ fn check(path: &Path, len: usize) {
         let h = a.final_hidden(position);
         assert_same(b.final_hidden(position), h.clone(), "final hidden");
         assert_same(b.logits(h.clone()), a.logits(h), "head logits");
-        let weights: Vec<f32> = (0..2 * hidden).map(|i| (i % 7) as f32 / 7.0 - 0.4).collect();
+        let weights: Vec<f32> = (0..2 * hidden)
+            .map(|i| (i % 7) as f32 / 7.0 - 0.4)
+            .collect();
         let grad = Tensor::<2>::from_data(TensorData::new(weights, [2, hidden]), &device);
         assert_same(
             b.backward(position, grad.clone()),
@@ -127,8 +132,8 @@ fn storage_decides_where_matrices_live() {
     let name = "layers.0.mlp.gate_proj.weight";
     let matrix = |storage| {
         let source = SafetensorsSource::open_dir(&dir).unwrap();
-        let mut w = Weights::new(Box::new(source), &["model."], &Device::default())
-            .with_storage(storage);
+        let mut w =
+            Weights::new(Box::new(source), &["model."], &Device::default()).with_storage(storage);
         w.matrix_transposed(name, [64, 32]).unwrap()
     };
     assert!(matches!(matrix(WeightStorage::F32), Matrix::Dense(_)));

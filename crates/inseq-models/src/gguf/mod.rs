@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 pub use file::{GgufFile, GgufTensorInfo, GgufValue};
 pub use quants::{GgmlType, dequantize};
 
-use crate::special_tokens::SpecialTokens;
 use crate::compact::StoredMatrix;
+use crate::special_tokens::SpecialTokens;
 use crate::weights::{RawTensor, WeightSource};
 
 /// How a tensor is changed on its way from llama.cpp's layout to Hugging Face's.
@@ -562,7 +562,11 @@ impl WeightSource for GgufModelFile {
     }
 
     fn f32_bytes(&self) -> u64 {
-        self.file.tensors().iter().map(|t| 4 * t.numel() as u64).sum()
+        self.file
+            .tensors()
+            .iter()
+            .map(|t| 4 * t.numel() as u64)
+            .sum()
     }
 
     fn names(&self) -> Vec<String> {

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use inseq_core::{AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry};
 use inseq_models::{
-    GenerationOptions, LanguageModel, ModelKind, Pretrained, TextTokenizer, load_pretrained,
+    GenerationOptions, LanguageModel, ModelKind, Pretrained, TextTokenizer, load_pretrained_with,
 };
 use inseq_steps::{StepArgs, StepRegistry};
 
@@ -176,8 +176,23 @@ pub fn load_model_with(
     device: &Device,
     registries: Registries,
 ) -> Result<AttributionModel> {
+    let storage = inseq_models::WeightStorage::from_env()?;
+    load_model_stored(model, method, method_args, device, registries, storage)
+}
+
+/// [`load_model_with`] with the model's weight matrices held as `storage` says (kept as the file
+/// stores them and widened per use, or widened to `f32` at load time; [`load_model_with`] takes it
+/// from `INSEQ_WEIGHTS`, `auto` by default: compact above 4 GiB of `f32` weights).
+pub fn load_model_stored(
+    model: &str,
+    method: &str,
+    method_args: MethodArgs,
+    device: &Device,
+    registries: Registries,
+    storage: inseq_models::WeightStorage,
+) -> Result<AttributionModel> {
     let method_impl = registries.methods.create(method, method_args.clone())?;
-    let pretrained = load_pretrained(model, device)?;
+    let pretrained = load_pretrained_with(model, device, storage)?;
     let steps = registries.steps.clone();
     let model = AttributionModel::new(pretrained, method_impl, method, method_args, steps);
     Ok(model.with_registries(registries))
