@@ -1,11 +1,13 @@
 //! Which keys each query of a decoder's causal self-attention sees: a per-row key mask
 //! (`false` = padding), causality and an optional sliding window, given to the attention core
-//! ([`super::core`]) as a chunk's additive bias and the keys a chunk needs.
+//! ([`super::core`]) as a chunk's additive bias (with ALiBi's position bias where the model has
+//! it) and the keys a chunk needs.
 
 use std::ops::Range;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::alibi::Alibi;
 use crate::nn::MASK_VALUE;
 
 /// The mask of `q_len` queries over the keys of a `[rows, k]` key mask, the queries being the
@@ -20,6 +22,8 @@ pub struct AttentionMask {
     window: Option<usize>,
     /// Per query: some row's query sees no key (it then attends uniformly to every key).
     blind: Vec<bool>,
+    /// ALiBi position biases, added to every chunk's bias.
+    alibi: Option<Alibi>,
 }
 
 impl AttentionMask {
@@ -47,7 +51,14 @@ impl AttentionMask {
             offset,
             window,
             blind,
+            alibi: None,
         }
+    }
+
+    /// This mask with ALiBi's position biases (`None`: without).
+    pub fn with_alibi(mut self, alibi: Option<&Alibi>) -> Self {
+        self.alibi = alibi.cloned();
+        self
     }
 
     fn visible(&self, row: usize, query: usize, key: usize) -> bool {
@@ -66,7 +77,8 @@ impl AttentionMask {
         }
     }
 
-    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]).
+    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]); with ALiBi
+    /// `[rows, heads, queries, keys]`, its position bias added.
     pub(crate) fn bias(&self, queries: &Range<usize>, keys: usize, device: &Device) -> Tensor<4> {
         let rows = self.key_mask.len();
         let mut data = Vec::with_capacity(rows * queries.len() * keys);
@@ -82,7 +94,11 @@ impl AttentionMask {
             }
         }
         let shape = [rows, 1, queries.len(), keys];
-        Tensor::from_data(TensorData::new(data, shape), device)
+        let bias = Tensor::from_data(TensorData::new(data, shape), device);
+        match &self.alibi {
+            Some(alibi) => bias + alibi.bias(&self.key_mask, keys, device),
+            None => bias,
+        }
     }
 }
 
