@@ -63,12 +63,17 @@ pub(crate) struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
     #[command(flatten)]
-    pub(crate) languages: LanguageArgs,
+    pub(crate) load: LoadArgs,
 }
 
-/// The tokenizer languages of every command that loads a model: `--src-lang`, `--tgt-lang`.
+/// How every command that loads a model loads it: `--weights`, `--src-lang`, `--tgt-lang`.
 #[derive(clap::Args)]
-pub(crate) struct LanguageArgs {
+pub(crate) struct LoadArgs {
+    /// Weight matrices: `compact` (as the file stores them, bf16/f16 or GGUF blocks, widened per
+    /// use), `f32` (widened at load time) or `auto` (compact above 4 GiB of f32 weights on the
+    /// CPU). Default: `$INSEQ_WEIGHTS`, else auto.
+    #[arg(long)]
+    pub(crate) weights: Option<String>,
     /// Source language code of a multilingual translation tokenizer (M2M100), overriding
     /// tokenizer_config.json's `src_lang` (Inseq's `tokenizer_kwargs`).
     #[arg(long)]
@@ -78,13 +83,18 @@ pub(crate) struct LanguageArgs {
     pub(crate) tgt_lang: Option<String>,
 }
 
-impl LanguageArgs {
-    /// The tokenizer languages to load the model with.
-    pub(crate) fn options(&self) -> inseq::LanguageOptions {
-        inseq::LanguageOptions {
+impl LoadArgs {
+    /// The options to load the model with.
+    pub(crate) fn options(&self) -> inseq::Result<inseq::LoadOptions> {
+        let weights = match &self.weights {
+            Some(text) => inseq::WeightStorage::parse(text)?,
+            None => inseq::WeightStorage::from_env()?,
+        };
+        let languages = inseq::LanguageOptions {
             src_lang: self.src_lang.clone(),
             tgt_lang: self.tgt_lang.clone(),
-        }
+        };
+        Ok(inseq::LoadOptions { weights, languages })
     }
 }
 

@@ -139,13 +139,13 @@ where
 /// gets its model here.
 fn load_model(args: &ModelArgs, registries: &Registries) -> Result<AttributionModel> {
     let device = inseq::parse_device(&args.device)?;
-    inseq::load_model_with_languages(
+    inseq::load_model_with_options(
         &args.model,
         &args.method,
         MethodArgs::parse(&args.method_args)?,
         &device,
         registries.clone(),
-        &args.languages.options(),
+        &args.load.options()?,
     )
     .with_context(|| format!("loading `{}` with method `{}`", args.model, args.method))
 }

@@ -510,3 +510,28 @@ fn language_flags_reach_the_tokenizer() {
     ]);
     assert_error(&out, "src_lang/tgt_lang");
 }
+
+/// `--weights compact` (bf16 matrices kept as stored, widened per use) prints what `--weights f32`
+/// prints; a storage name outside auto/compact/f32 is a clear error.
+#[test]
+fn weights_compact_and_f32_print_the_same() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../inseq-models/tests/fixtures/compact/tiny-llama-bf16");
+    let model = model.to_str().unwrap();
+    let run = |weights: &str| {
+        inseq(&[
+            "attribute",
+            "--model",
+            model,
+            "--weights",
+            weights,
+            "--input",
+            "Hello ladies and",
+            "--max-new-tokens",
+            "3",
+        ])
+    };
+    let compact = common::assert_ok(&run("compact"));
+    assert_eq!(compact, common::assert_ok(&run("f32")));
+    assert_error(&run("bf16"), "`bf16` (expected auto, compact or f32");
+}

@@ -130,7 +130,7 @@ pub(crate) fn linear_backward(layer: &Linear, dy: Tensor<3>) -> Tensor<3> {
     let [b, s, out] = dy.dims();
     let input = layer.weight.dims()[0];
     dy.reshape([b * s, out])
-        .matmul(layer.weight.clone().transpose())
+        .matmul(layer.weight.dense().transpose())
         .reshape([b, s, input])
 }
 

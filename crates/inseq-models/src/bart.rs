@@ -486,16 +486,16 @@ fn load_token_embeddings(
             names.encoder_embed
         };
         let table = Embedding {
-            table: w.tensor2(name, [vocab, d])?,
+            table: w.matrix(name, [vocab, d])?,
         };
         Ok((table.clone(), table))
     } else {
         Ok((
             Embedding {
-                table: w.tensor2(names.encoder_embed, [vocab, d])?,
+                table: w.matrix(names.encoder_embed, [vocab, d])?,
             },
             Embedding {
-                table: w.tensor2(names.decoder_embed, [decoder_vocab_size(config), d])?,
+                table: w.matrix(names.decoder_embed, [decoder_vocab_size(config), d])?,
             },
         ))
     }
@@ -508,10 +508,10 @@ fn load_positions(config: &BartConfig, w: &mut Weights, layout: &Layout) -> Resu
         (Some(e), Some(dp)) => {
             let rows = config.max_position_embeddings + BART_POSITION_OFFSET;
             let encoder = Embedding {
-                table: w.tensor2(e, [rows, config.d_model])?,
+                table: w.tensor2(e, [rows, config.d_model])?.into(),
             };
             let decoder = Embedding {
-                table: w.tensor2(dp, [rows, config.d_model])?,
+                table: w.tensor2(dp, [rows, config.d_model])?.into(),
             };
             Positions::Learned {
                 tables: Box::new([encoder, decoder]),
@@ -568,7 +568,7 @@ fn load_head(
 ) -> Result<(LmHead, Tensor<1>)> {
     // Transformers 5.x keeps a stored `lm_head.weight` even when it is declared tied.
     let lm_head = LmHead::from_table(if w.contains(names.lm_head) {
-        w.tensor2(names.lm_head, [dec_vocab, d])?
+        w.matrix(names.lm_head, [dec_vocab, d])?
     } else {
         decoder_embed.table.clone()
     });

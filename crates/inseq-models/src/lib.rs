@@ -26,6 +26,7 @@ pub mod bart;
 pub mod beam;
 pub(crate) mod blocks;
 pub mod checkpoint;
+pub mod compact;
 pub mod falcon;
 pub mod gemma;
 pub mod generate;
@@ -57,13 +58,14 @@ pub mod weights;
 pub use backprop::SharedForward;
 pub use beam::{BeamHypothesis, EarlyStopping};
 pub use blocks::core::CHUNK_FLOATS;
+pub use compact::{Matrix, WeightStorage};
 pub use generate::{
     GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,
 };
 pub use generation_config::GenerationConfig;
 pub use loader::{
-    MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_dir_with, load_pretrained,
-    load_pretrained_with, models_dir,
+    LoadOptions, MODEL_ALIASES, Pretrained, SUPPORTED_ARCHITECTURES, load_dir, load_dir_with,
+    load_pretrained, load_pretrained_with, models_dir,
 };
 pub use model::{
     AttentionKind, ForwardOptions, KvCache, LanguageModel, LayerOverride, LayerRef, McDropout,

@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use inseq_core::{Error, Result};
 
 use crate::bart::Bart;
+use crate::compact::WeightStorage;
 use crate::generation_config::GenerationConfig;
 use crate::marian::Marian;
 use crate::mbart::{M2M100, MBart};
@@ -57,14 +58,42 @@ pub fn models_dir() -> PathBuf {
 /// assert_eq!(pretrained.model.info().architecture, "gpt2");
 /// ```
 pub fn load_pretrained(name_or_path: &str, device: &Device) -> Result<Pretrained> {
-    load_pretrained_with(name_or_path, device, &LanguageOptions::default())
+    load_pretrained_with(name_or_path, device, &LoadOptions::from_env()?)
 }
 
-/// [`load_pretrained`] with the tokenizer's source and target languages (M2M100).
+/// How a model is loaded beyond its files: how its weight matrices are held and its
+/// tokenizer's languages.
+///
+/// ```
+/// let opts = inseq_models::LoadOptions::default();
+/// assert_eq!(opts.weights, inseq_models::WeightStorage::Auto);
+/// assert!(opts.languages.src_lang.is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Weight matrices widened at load time or kept as the file stores them.
+    pub weights: WeightStorage,
+    /// Source and target languages of a multilingual tokenizer (M2M100), overriding
+    /// `tokenizer_config.json`'s (Inseq's `tokenizer_kwargs`).
+    pub languages: LanguageOptions,
+}
+
+impl LoadOptions {
+    /// The defaults, with the weight storage [`crate::compact::WEIGHTS_ENV`] asks for.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            weights: WeightStorage::from_env()?,
+            languages: LanguageOptions::default(),
+        })
+    }
+}
+
+/// [`load_pretrained`] with `options` ([`load_pretrained`] takes the weight storage from
+/// [`crate::compact::WEIGHTS_ENV`], `auto` by default).
 pub fn load_pretrained_with(
     name_or_path: &str,
     device: &Device,
-    langs: &LanguageOptions,
+    options: &LoadOptions,
 ) -> Result<Pretrained> {
     if name_or_path.trim().is_empty() {
         return Err(Error::invalid_arg("model", "empty model name"));
@@ -80,15 +109,13 @@ pub fn load_pretrained_with(
                 ),
             });
         }
-        langs.require_empty(&p)?;
-        return load_gguf_file(&p, name_or_path, device);
+        return load_gguf_file(&p, name_or_path, device, options);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
-        langs.require_empty(path)?;
-        return load_gguf_file(path, name_or_path, device);
+        return load_gguf_file(path, name_or_path, device, options);
     }
     if path.is_dir() {
-        return load_dir_with(path, name_or_path, device, langs);
+        return load_dir_with(path, name_or_path, device, options);
     }
     if path.exists() || name_or_path.starts_with('.') || name_or_path.starts_with('/') {
         return Err(Error::MissingFile {
@@ -97,15 +124,21 @@ pub fn load_pretrained_with(
         });
     }
     let dir = crate::hub::snapshot_dir(name_or_path)?;
-    load_dir_with(&dir, name_or_path, device, langs)
+    load_dir_with(&dir, name_or_path, device, options)
 }
 
-fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained> {
+fn load_gguf_file(
+    path: &Path,
+    name: &str,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Pretrained> {
+    options.languages.require_empty(path)?;
     let gguf = crate::gguf::GgufModelFile::open(path)?;
     let config = gguf.hf_config()?;
     let tokenizer = TextTokenizer::new(gguf.tokenizer()?);
     let special_tokens = gguf.special_tokens()?;
-    let model = build_model(&config, Box::new(gguf), path, device)?;
+    let model = build_model_with(&config, Box::new(gguf), path, device, options.weights)?;
     Ok(Pretrained {
         model,
         tokenizer,
@@ -118,15 +151,15 @@ fn load_gguf_file(path: &Path, name: &str, device: &Device) -> Result<Pretrained
 
 /// Loads a model directory laid out as `save_pretrained` writes it.
 pub fn load_dir(dir: &Path, name: &str, device: &Device) -> Result<Pretrained> {
-    load_dir_with(dir, name, device, &LanguageOptions::default())
+    load_dir_with(dir, name, device, &LoadOptions::from_env()?)
 }
 
-/// [`load_dir`] with the tokenizer's source and target languages.
+/// [`load_dir`] with `options`.
 pub fn load_dir_with(
     dir: &Path,
     name: &str,
     device: &Device,
-    langs: &LanguageOptions,
+    options: &LoadOptions,
 ) -> Result<Pretrained> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
@@ -141,11 +174,11 @@ pub fn load_dir_with(
             path: config_path.clone(),
             reason: e.to_string(),
         })?;
-    let tokenizer = TextTokenizer::from_dir_with(dir, langs)?;
+    let tokenizer = TextTokenizer::from_dir_with(dir, &options.languages)?;
     let special_tokens = SpecialTokens::from_dir(dir, &tokenizer, &config)?;
     let generation_config = GenerationConfig::read(dir, &config)?;
     let source = open_weights_dir(dir)?;
-    let model = build_model(&config, source, &config_path, device)?;
+    let model = build_model_with(&config, source, &config_path, device, options.weights)?;
     Ok(Pretrained {
         model,
         tokenizer,
@@ -313,6 +346,18 @@ pub fn build_model(
     config_path: &Path,
     device: &Device,
 ) -> Result<Box<dyn LanguageModel>> {
+    let storage = WeightStorage::from_env()?;
+    build_model_with(config, source, config_path, device, storage)
+}
+
+/// [`build_model`] with weight matrices held as `storage` says.
+pub fn build_model_with(
+    config: &serde_json::Value,
+    source: Box<dyn WeightSource>,
+    config_path: &Path,
+    device: &Device,
+    storage: WeightStorage,
+) -> Result<Box<dyn LanguageModel>> {
     let model_type = config
         .get("model_type")
         .and_then(|v| v.as_str())
@@ -327,6 +372,7 @@ pub fn build_model(
         source,
         config_path,
         device,
+        storage,
     };
     match model_type {
         "gpt2" => build.with(&["transformer."], crate::gpt2::load),
@@ -399,6 +445,7 @@ struct Build<'a> {
     source: Box<dyn WeightSource>,
     config_path: &'a Path,
     device: &'a Device,
+    storage: WeightStorage,
 }
 
 impl Build<'_> {
@@ -449,7 +496,7 @@ impl Build<'_> {
     where
         M: LanguageModel + 'static,
     {
-        let mut w = Weights::new(self.source, prefixes, self.device);
+        let mut w = Weights::new(self.source, prefixes, self.device).with_storage(self.storage);
         Ok(Box::new(load(config, &mut w)?))
     }
 }

@@ -4,6 +4,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 
+use crate::compact::Matrix;
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
@@ -29,8 +30,8 @@ pub(crate) fn computed_on_host_cores(device: &Device) -> bool {
 /// A dense layer `y = x W + b`, with `W` stored `[in, out]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[in, out]` weight.
-    pub weight: Tensor<2>,
+    /// `[in, out]` weight (compact ones are widened per use, [`Matrix::dense`]).
+    pub weight: Matrix,
     /// Optional `[out]` bias.
     pub bias: Option<Tensor<1>>,
 }
@@ -38,7 +39,7 @@ pub struct Linear {
 impl Linear {
     /// Loads a PyTorch `nn.Linear` (`weight` stored `[out, in]`).
     pub fn load_torch(w: &mut Weights, prefix: &str, bias: bool, dims: [usize; 2]) -> Result<Self> {
-        let weight = w.tensor2_transposed(&format!("{prefix}.weight"), dims)?;
+        let weight = w.matrix_transposed(&format!("{prefix}.weight"), dims)?;
         let bias = if bias {
             Some(w.tensor1(&format!("{prefix}.bias"), dims[0])?)
         } else {
@@ -49,7 +50,7 @@ impl Linear {
 
     /// Loads a GPT-2 style `Conv1D` (`weight` stored `[in, out]`).
     pub fn load_conv1d(w: &mut Weights, prefix: &str, dims: [usize; 2]) -> Result<Self> {
-        let weight = w.tensor2(&format!("{prefix}.weight"), [dims[1], dims[0]])?;
+        let weight = w.matrix(&format!("{prefix}.weight"), [dims[1], dims[0]])?;
         let bias = Some(w.tensor1(&format!("{prefix}.bias"), dims[0])?);
         Ok(Self { weight, bias })
     }
@@ -68,7 +69,7 @@ impl Linear {
     /// use inseq_models::nn::Linear;
     /// let device = Device::flex();
     /// let weight = Tensor::<2>::random([1024, 2048], Distribution::Default, &device);
-    /// let layer = Linear { weight: weight.clone(), bias: None };
+    /// let layer = Linear { weight: weight.clone().into(), bias: None };
     /// let x = Tensor::<3>::random([1, 1, 1024], Distribution::Default, &device);
     /// let blocked = layer.forward(x.clone()).reshape([1, 2048]);
     /// let plain = x.reshape([1, 1024]).matmul(weight);
@@ -84,10 +85,11 @@ impl Linear {
             let device = x.device();
             !device.is_autodiff() && computed_on_host_cores(&device)
         };
+        let weight = self.weight.dense();
         let y = if blocked {
-            self.one_row_in_blocks(x)
+            one_row_in_blocks(x, weight)
         } else {
-            x.matmul(self.weight.clone())
+            x.matmul(weight)
         };
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
@@ -95,27 +97,27 @@ impl Linear {
         };
         y.reshape([b, s, out])
     }
+}
 
-    /// `[1, in] x [in, out]` as [`ONE_ROW_BLOCKS`] products over blocks of `in`, in parallel.
-    fn one_row_in_blocks(&self, x: Tensor<2>) -> Tensor<2> {
-        use rayon::prelude::*;
-        let [_, i] = x.dims();
-        let out = self.weight.dims()[1];
-        let bounds = |block: usize| block * i / ONE_ROW_BLOCKS;
-        let partial: Vec<Tensor<2>> = (0..ONE_ROW_BLOCKS)
-            .into_par_iter()
-            .map(|block| {
-                let rows = bounds(block)..bounds(block + 1);
-                x.clone()
-                    .slice([0..1, rows.clone()])
-                    .matmul(self.weight.clone().slice([rows, 0..out]))
-            })
-            .collect();
-        partial
-            .into_iter()
-            .reduce(|sum, block| sum + block)
-            .expect("ONE_ROW_BLOCKS > 0")
-    }
+/// `[1, in] x [in, out]` as [`ONE_ROW_BLOCKS`] products over blocks of `in`, in parallel.
+fn one_row_in_blocks(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    use rayon::prelude::*;
+    let [_, i] = x.dims();
+    let out = weight.dims()[1];
+    let bounds = |block: usize| block * i / ONE_ROW_BLOCKS;
+    let partial: Vec<Tensor<2>> = (0..ONE_ROW_BLOCKS)
+        .into_par_iter()
+        .map(|block| {
+            let rows = bounds(block)..bounds(block + 1);
+            x.clone()
+                .slice([0..1, rows.clone()])
+                .matmul(weight.clone().slice([rows, 0..out]))
+        })
+        .collect();
+    partial
+        .into_iter()
+        .reduce(|sum, block| sum + block)
+        .expect("ONE_ROW_BLOCKS > 0")
 }
 
 /// Layer normalisation over the last dimension.
@@ -181,8 +183,8 @@ impl RmsNorm {
 /// A lookup table `[vocab, dim]`.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    /// `[vocab, dim]` table.
-    pub table: Tensor<2>,
+    /// `[vocab, dim]` table (a compact one widens only the rows looked up).
+    pub table: Matrix,
 }
 
 impl Embedding {
@@ -191,8 +193,7 @@ impl Embedding {
         let [b, s] = ids.dims();
         let d = self.table.dims()[1];
         self.table
-            .clone()
-            .select(0, ids.reshape([b * s]))
+            .select_rows(ids.reshape([b * s]))
             .reshape([b, s, d])
     }
 
@@ -216,15 +217,44 @@ impl Embedding {
 /// let plain = x.matmul(table.transpose());
 /// assert_eq!(logits.try_to_vec_as::<f32>().unwrap(), plain.try_to_vec_as::<f32>().unwrap());
 /// ```
+// One per model: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub struct LmHead {
+pub enum LmHead {
+    /// Blocks of an `f32` table.
+    Dense(DenseHead),
+    /// A compact table, widened into a [`DenseHead`] on each use.
+    Stored(Matrix),
+}
+
+impl LmHead {
+    /// The projection onto the rows of a `[vocab, hidden]` table.
+    pub fn from_table(table: impl Into<Matrix>) -> Self {
+        match table.into() {
+            Matrix::Dense(t) => Self::Dense(DenseHead::from_table(t)),
+            stored => Self::Stored(stored),
+        }
+    }
+
+    /// `[rows, hidden]` -> `[rows, vocab]` logits.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Dense(head) => head.forward(x),
+            Self::Stored(table) => DenseHead::from_table(table.dense()).forward(x),
+        }
+    }
+}
+
+/// [`LmHead`] of an `f32` table, kept as column blocks of it.
+#[derive(Debug, Clone)]
+pub struct DenseHead {
     /// `[blocks, hidden, vocab / blocks]`: block `b` holds vocabulary entries `b·n..(b+1)·n`.
     blocks: Option<Tensor<3>>,
     /// `[hidden, vocab mod blocks]`: the last entries.
     rest: Option<Tensor<2>>,
 }
 
-impl LmHead {
+impl DenseHead {
     /// The projection onto the rows of a `[vocab, hidden]` table.
     pub fn from_table(table: Tensor<2>) -> Self {
         let [vocab, hidden] = table.dims();

@@ -365,18 +365,18 @@ impl T5 {
         let vocab = config.vocab_size;
         let shared = if w.contains(T5_NAMES.shared) {
             Embedding {
-                table: w.tensor2(T5_NAMES.shared, [vocab, d])?,
+                table: w.matrix(T5_NAMES.shared, [vocab, d])?,
             }
         } else {
             Embedding {
-                table: w.tensor2(&name(T5_NAMES.stack_embed, "encoder", 0), [vocab, d])?,
+                table: w.matrix(&name(T5_NAMES.stack_embed, "encoder", 0), [vocab, d])?,
             }
         };
         let encoder = Self::load_stack(&config, w, "encoder", config.num_layers, gated)?;
         let decoder_layers = config.num_decoder_layers.unwrap_or(config.num_layers);
         let decoder = Self::load_stack(&config, w, "decoder", decoder_layers, gated)?;
         let lm_head = LmHead::from_table(if w.contains(T5_NAMES.lm_head) {
-            w.tensor2(T5_NAMES.lm_head, [vocab, d])?
+            w.matrix(T5_NAMES.lm_head, [vocab, d])?
         } else {
             shared.table.clone()
         });

@@ -4,10 +4,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use inseq_core::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
+
+use crate::compact::{MappedBytes, Matrix, StoredMatrix, WeightStorage};
+use crate::gguf::quants::GgmlType;
 
 /// A raw tensor read from a weight file, already converted to `f32`.
 #[derive(Debug, Clone)]
@@ -26,12 +30,21 @@ pub trait WeightSource: Send {
     fn names(&self) -> Vec<String>;
     /// Where the weights come from (for error messages).
     fn origin(&self) -> PathBuf;
+    /// The 2-D tensor `name` as the file stores it, when that is a type
+    /// [`StoredMatrix`] keeps compact (else `Ok(None)`, and [`Self::read`] widens it).
+    fn stored(&self, _name: &str) -> Result<Option<StoredMatrix>> {
+        Ok(None)
+    }
+    /// Bytes of all the tensors once widened to `f32` (0 when unknown).
+    fn f32_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Memory-mapped safetensors files: one file, or the shards listed by a
 /// `model.safetensors.index.json`.
 pub struct SafetensorsSource {
-    files: Vec<(PathBuf, memmap2::Mmap)>,
+    files: Vec<(PathBuf, Arc<memmap2::Mmap>)>,
     /// tensor name -> index into `files`
     index: HashMap<String, usize>,
 }
@@ -59,24 +72,38 @@ impl SafetensorsSource {
             for name in st.names() {
                 index.insert(name.to_string(), i);
             }
-            files.push((path.clone(), mmap));
+            files.push((path.clone(), Arc::new(mmap)));
         }
         Ok(Self { files, index })
+    }
+
+    /// The file holding `name` and the tensor's view in it.
+    fn view<'a>(
+        &'a self,
+        name: &str,
+    ) -> Result<Option<(&'a PathBuf, safetensors::tensor::TensorView<'a>)>> {
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let (path, mmap) = &self.files[i];
+        let corrupt = |e: safetensors::SafeTensorError| Error::CorruptFile {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let st = SafeTensors::deserialize(mmap).map_err(corrupt)?;
+        Ok(Some((path, st.tensor(name).map_err(corrupt)?)))
     }
 }
 
 impl WeightSource for SafetensorsSource {
     fn read(&mut self, name: &str) -> Result<Option<RawTensor>> {
-        let Some(&i) = self.index.get(name) else {
+        let Some((path, view)) = self.view(name)? else {
             return Ok(None);
         };
-        let (path, mmap) = &self.files[i];
         let corrupt = |reason: String| Error::CorruptFile {
             path: path.clone(),
             reason,
         };
-        let st = SafeTensors::deserialize(mmap).map_err(|e| corrupt(e.to_string()))?;
-        let view = st.tensor(name).map_err(|e| corrupt(e.to_string()))?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes
@@ -115,6 +142,37 @@ impl WeightSource for SafetensorsSource {
 
     fn origin(&self) -> PathBuf {
         self.files.first().map(|f| f.0.clone()).unwrap_or_default()
+    }
+
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let Some((_, view)) = self.view(name)? else {
+            return Ok(None);
+        };
+        let ty = match view.dtype() {
+            Dtype::BF16 => GgmlType::BF16,
+            Dtype::F16 => GgmlType::F16,
+            _ => return Ok(None),
+        };
+        let &[rows, cols] = view.shape() else {
+            return Ok(None);
+        };
+        let map = &self.files[self.index[name]].1;
+        // The view's bytes lie inside the mapping: their offset from its start.
+        let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+        let bytes = MappedBytes::new(map.clone(), start..start + view.data().len());
+        Ok(StoredMatrix::new(bytes, ty, [rows, cols]))
+    }
+
+    fn f32_bytes(&self) -> u64 {
+        let mut total = 0u64;
+        for (_, mmap) in &self.files {
+            if let Ok(st) = SafeTensors::deserialize(mmap) {
+                for (_, view) in st.tensors() {
+                    total += 4 * view.shape().iter().product::<usize>() as u64;
+                }
+            }
+        }
+        total
     }
 }
 
@@ -198,16 +256,32 @@ pub struct Weights {
     source: Box<dyn WeightSource>,
     prefixes: Vec<String>,
     device: Device,
+    /// [`Self::matrix`] keeps matrices as stored where it can.
+    compact: bool,
 }
 
 impl Weights {
     /// Wraps `source`, trying each prefix (and no prefix) when resolving names.
+    /// Matrices are widened to `f32` at load time ([`WeightStorage::F32`]); see
+    /// [`Self::with_storage`].
     pub fn new(source: Box<dyn WeightSource>, prefixes: &[&str], device: &Device) -> Self {
         Self {
             source,
             prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
             device: device.clone(),
+            compact: false,
         }
+    }
+
+    /// Holds the matrices of [`Self::matrix`] and [`Self::matrix_transposed`] as `storage` says.
+    pub fn with_storage(self, storage: WeightStorage) -> Self {
+        let compact = storage.compact(self.source.f32_bytes(), &self.device);
+        Self { compact, ..self }
+    }
+
+    /// Whether matrices are kept as stored where the file allows it.
+    pub fn is_compact(&self) -> bool {
+        self.compact
     }
 
     /// The device tensors are created on.
@@ -288,6 +362,42 @@ impl Weights {
             TensorData::new(data, [inp, out]),
             &self.device,
         ))
+    }
+}
+
+impl Weights {
+    /// A 2-D tensor stored `[rows, cols]`: kept as stored when compact (see [`Self::with_storage`]),
+    /// else [`Self::tensor2`].
+    pub fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Matrix> {
+        match self.stored(name, shape)? {
+            Some(s) => Ok(Matrix::Stored(Arc::new(s), self.device.clone())),
+            None => Ok(self.tensor2(name, shape)?.into()),
+        }
+    }
+
+    /// A 2-D tensor stored `[out, in]`, transposed to `[in, out]` (`dims` is `[out, in]`): kept as
+    /// stored when compact, else [`Self::tensor2_transposed`].
+    pub fn matrix_transposed(&mut self, name: &str, dims: [usize; 2]) -> Result<Matrix> {
+        match self.stored(name, dims)? {
+            Some(s) => Ok(Matrix::Stored(
+                Arc::new(s.transposed()),
+                self.device.clone(),
+            )),
+            None => Ok(self.tensor2_transposed(name, dims)?.into()),
+        }
+    }
+
+    /// The stored form of `name` when compact and the source has it with exactly `shape`.
+    fn stored(&self, name: &str, shape: [usize; 2]) -> Result<Option<StoredMatrix>> {
+        if !self.compact {
+            return Ok(None);
+        }
+        for cand in self.candidates(name) {
+            if let Some(s) = self.source.stored(&cand)? {
+                return Ok((s.shape() == shape).then_some(s));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -14,7 +14,7 @@ fn relative_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
 
 fn layer(inputs: usize, outputs: usize, device: &Device) -> Linear {
     Linear {
-        weight: Tensor::random([inputs, outputs], Distribution::Default, device),
+        weight: Tensor::random([inputs, outputs], Distribution::Default, device).into(),
         bias: Some(Tensor::random([outputs], Distribution::Default, device)),
     }
 }
@@ -22,7 +22,7 @@ fn layer(inputs: usize, outputs: usize, device: &Device) -> Linear {
 fn plain(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, s, i] = x.dims();
     let out = layer.weight.dims()[1];
-    let y = x.reshape([b * s, i]).matmul(layer.weight.clone())
+    let y = x.reshape([b * s, i]).matmul(layer.weight.dense())
         + layer.bias.clone().unwrap().unsqueeze::<2>();
     y.reshape([b, s, out])
 }

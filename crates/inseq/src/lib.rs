@@ -26,7 +26,7 @@ mod registries;
 
 pub use attribute::{
     AttributeOptions, AttributionModel, ContrastAlignment, Progress, SharedMethod,
-    activation_bytes, load_model, load_model_with, load_model_with_languages, parse_memory_size,
+    activation_bytes, load_model, load_model_with, load_model_with_options, parse_memory_size,
 };
 pub use device::{DEVICE_NAMES, default_device, parse_device};
 pub use inseq_aggregate as aggregation;
@@ -35,7 +35,7 @@ pub use inseq_core::{Array, AttributionOutput, Error, Result, SequenceAttributio
 pub use inseq_methods as methods;
 pub use inseq_methods::{MethodArgs, MethodRegistry};
 pub use inseq_models as models;
-pub use inseq_models::{GenerationOptions, LanguageOptions};
+pub use inseq_models::{GenerationOptions, LanguageOptions, LoadOptions, WeightStorage};
 pub use inseq_steps as steps;
 pub use inseq_steps::{StepArgs, StepRegistry};
 pub use inseq_viz as viz;

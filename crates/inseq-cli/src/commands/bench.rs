@@ -9,7 +9,7 @@ use inseq::{AttributeOptions, MethodArgs, Registries};
 use inseq_eval::bench::{BenchRow, attributed_tokens, bench_table, max_abs_diff, run_job};
 
 use super::eval_common::{forced_rows, method_specs, with_random};
-use crate::args::{LanguageArgs, RunArgs};
+use crate::args::{LoadArgs, RunArgs};
 use crate::dataset::{DatasetJob, DatasetRow, OnError, OutputStore, SplitSpec, read_rows};
 use crate::output::check_output_file;
 
@@ -23,7 +23,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     devices: Vec<String>,
     #[command(flatten)]
-    languages: LanguageArgs,
+    load: LoadArgs,
     /// Methods, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "saliency")]
     methods: Vec<String>,
@@ -69,13 +69,13 @@ pub(crate) fn run(a: BenchArgs, registries: &Registries) -> Result<()> {
         .chain((0..devices.len()).filter(|&i| i != reference))
         .collect();
     let (ref_name, ref_device) = &devices[reference];
-    let mut model = inseq::load_model_with_languages(
+    let mut model = inseq::load_model_with_options(
         &a.model,
         "dummy",
         MethodArgs::default(),
         ref_device,
         registries.clone(),
-        &a.languages.options(),
+        &a.load.options()?,
     )
     .with_context(|| format!("loading `{}` on {ref_name}", a.model))?;
     let opts = AttributeOptions {
@@ -102,13 +102,13 @@ pub(crate) fn run(a: BenchArgs, registries: &Registries) -> Result<()> {
     for &d in &order {
         let (name, device) = &devices[d];
         if d != reference {
-            model = inseq::load_model_with_languages(
+            model = inseq::load_model_with_options(
                 &a.model,
                 "dummy",
                 MethodArgs::default(),
                 device,
                 registries.clone(),
-                &a.languages.options(),
+                &a.load.options()?,
             )
             .with_context(|| format!("loading `{}` on {name}", a.model))?;
         }

@@ -16,7 +16,7 @@ use inseq_eval::{
 };
 
 use super::eval_common::{MethodSpec, forced_rows, method_specs, slug, with_random};
-use crate::args::{DataArgs, LanguageArgs, RunArgs};
+use crate::args::{DataArgs, LoadArgs, RunArgs};
 use crate::dataset::{DatasetJob, DatasetRow, OnError, OutputStore, Shard};
 use crate::output::{check_output_file, check_output_folder};
 
@@ -29,7 +29,7 @@ pub(crate) struct EvaluateArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
-    languages: LanguageArgs,
+    load: LoadArgs,
     /// Methods to compare, comma separated (`random` is the reference; `ig` = integrated_gradients).
     #[arg(long, value_delimiter = ',', required = true)]
     methods: Vec<String>,
@@ -203,13 +203,13 @@ impl EvaluateArgs {
         work: &Path,
     ) -> Result<(AttributionModel, AttributeOptions, Vec<DatasetRow>)> {
         let rows = self.data.read_rows(&self.data.split_spec()?)?;
-        let mut model = inseq::load_model_with_languages(
+        let mut model = inseq::load_model_with_options(
             &self.model,
             "dummy",
             MethodArgs::default(),
             device,
             registries.clone(),
-            &self.languages.options(),
+            &self.load.options()?,
         )
         .with_context(|| format!("loading `{}`", self.model))?;
         let opts = AttributeOptions {

@@ -9,8 +9,7 @@ use super::decoder::{Decoder, LearnedPositions};
 use super::mlp::Mlp;
 use super::norm::NormKind;
 use super::rope::RopeSpec;
-use burn::tensor::Tensor;
-
+use crate::compact::Matrix;
 use crate::model::ModelInfo;
 use crate::nn::{Act, Embedding, Linear, LmHead};
 use crate::weights::Weights;
@@ -285,7 +284,7 @@ impl DecoderSpec {
         let act = Act::parse(&self.act)?;
         let e = self.projections.as_ref().map_or(d, |p| p.dim);
         let embed = Embedding {
-            table: w.tensor2(self.names.embed, [vocab, e])?,
+            table: w.matrix(self.names.embed, [vocab, e])?,
         };
         let (project_in, project_out) = match &self.projections {
             Some(p) => (
@@ -299,7 +298,7 @@ impl DecoderSpec {
                 let rows = self.info.max_positions + offset;
                 Some(LearnedPositions {
                     table: Embedding {
-                        table: w.tensor2(name, [rows, d])?,
+                        table: w.tensor2(name, [rows, d])?.into(),
                     },
                     offset,
                 })
@@ -351,7 +350,7 @@ impl DecoderSpec {
     /// The LM head of a config that does not tie it to the embeddings: a checkpoint without it
     /// is an error (transformers would leave it randomly initialised; the embeddings in its
     /// place would be just as wrong).
-    fn untied_head(&self, w: &mut Weights, shape: [usize; 2]) -> Result<Tensor<2>> {
+    fn untied_head(&self, w: &mut Weights, shape: [usize; 2]) -> Result<Matrix> {
         let name = self.names.lm_head;
         if !w.contains(name) {
             return Err(Error::CorruptFile {
@@ -364,6 +363,6 @@ impl DecoderSpec {
                 ),
             });
         }
-        w.tensor2(name, shape)
+        w.matrix(name, shape)
     }
 }

@@ -136,7 +136,7 @@ impl GgufTensorInfo {
 /// A parsed, memory-mapped GGUF file with tensors under their llama.cpp names.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: std::sync::Arc<memmap2::Mmap>,
     version: u32,
     metadata: HashMap<String, GgufValue>,
     tensors: Vec<GgufTensorInfo>,
@@ -301,7 +301,7 @@ impl GgufFile {
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            mmap: std::sync::Arc::new(mmap),
             version,
             metadata,
             tensors,
@@ -343,6 +343,12 @@ impl GgufFile {
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> &[u8] {
         // Bounds checked during parsing.
         &self.mmap[info.offset..info.offset + info.nbytes]
+    }
+
+    /// The raw bytes of a tensor, sharing the file's mapping.
+    pub(crate) fn tensor_mapped(&self, info: &GgufTensorInfo) -> crate::compact::MappedBytes {
+        // Bounds checked during parsing.
+        crate::compact::MappedBytes::new(self.mmap.clone(), info.offset..info.offset + info.nbytes)
     }
 
     /// Reads and dequantizes the tensor `name` (llama.cpp name) to `f32`, in

@@ -23,9 +23,10 @@ use inseq_core::{Error, Result};
 pub use file::{GgufFile, GgufTensorInfo, GgufValue};
 pub use quants::{GgmlType, dequantize};
 
+use crate::compact::StoredMatrix;
 use crate::special_tokens::SpecialTokens;
 use crate::weights::{RawTensor, WeightSource};
-use tables::{ArchTable, Fix, hf_name, regroup, unpermute};
+use tables::{ArchTable, Fix, hf_name, regroup, unpermute, unpermuted_order};
 
 /// An opened GGUF file exposing its tensors under Hugging Face names.
 pub struct GgufModelFile {
@@ -264,6 +265,43 @@ impl GgufModelFile {
 impl WeightSource for GgufModelFile {
     fn read(&mut self, name: &str) -> Result<Option<RawTensor>> {
         self.read_hf(name)
+    }
+
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let bare = name.strip_prefix(self.table.hf_prefix).unwrap_or(name);
+        let Some((gguf_name, fix)) = self.names.get(bare) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor_info(gguf_name) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = &info.shape()[..] else {
+            return Ok(None);
+        };
+        let bytes = self.file.tensor_mapped(info);
+        let Some(stored) = StoredMatrix::new(bytes, info.ty, [rows, cols]) else {
+            return Ok(None);
+        };
+        let heads = match fix {
+            Fix::None => return Ok(Some(stored)),
+            Fix::Transpose => return Ok(Some(stored.transposed())),
+            // Norm scales are not matrices; the fused QKV of GPT-NeoX and Falcon is regrouped at
+            // load time.
+            Fix::MinusOne | Fix::Regroup => return Ok(None),
+            Fix::UnpermuteQ => self.n_head,
+            Fix::UnpermuteK => self.n_head_kv,
+        };
+        let order = unpermuted_order(rows, heads)
+            .map_err(|reason| self.corrupt(format!("tensor `{gguf_name}`: {reason}")))?;
+        Ok(Some(stored.reordered(order)))
+    }
+
+    fn f32_bytes(&self) -> u64 {
+        self.file
+            .tensors()
+            .iter()
+            .map(|t| 4 * t.numel() as u64)
+            .sum()
     }
 
     fn names(&self) -> Vec<String> {

@@ -403,27 +403,37 @@ fn hf_name_as_stored(table: &ArchTable, gguf: &str) -> Option<(String, Fix)> {
     ))
 }
 
-/// Inverts `convert_hf_to_gguf.py`'s `LlamaModel.permute`, which reorders the rows
-/// of each head from `[half0; half1]` to interleaved pairs for llama.cpp's RoPE.
-pub(super) fn unpermute(t: RawTensor, heads: usize) -> std::result::Result<RawTensor, String> {
-    let rows = *t.shape.first().ok_or("scalar tensor")?;
+/// Row `dst` of the unpermuted tensor is row `order[dst]` of the stored one ([`unpermute`]).
+pub(super) fn unpermuted_order(
+    rows: usize,
+    heads: usize,
+) -> std::result::Result<Vec<usize>, String> {
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(format!(
             "{rows} rows cannot be split into {heads} heads of rotary pairs"
         ));
     }
-    let cols = t.data.len().checked_div(rows).unwrap_or(0);
     let half = rows / heads / 2;
-    let mut data = vec![0f32; t.data.len()];
+    let mut order = vec![0; rows];
     for h in 0..heads {
         for j in 0..half {
             for s in 0..2 {
-                let src = h * 2 * half + 2 * j + s;
-                let dst = h * 2 * half + s * half + j;
-                data[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+                order[h * 2 * half + s * half + j] = h * 2 * half + 2 * j + s;
             }
         }
+    }
+    Ok(order)
+}
+
+/// Inverts `convert_hf_to_gguf.py`'s `LlamaModel.permute`, which reorders the rows
+/// of each head from `[half0; half1]` to interleaved pairs for llama.cpp's RoPE.
+pub(super) fn unpermute(t: RawTensor, heads: usize) -> std::result::Result<RawTensor, String> {
+    let rows = *t.shape.first().ok_or("scalar tensor")?;
+    let order = unpermuted_order(rows, heads)?;
+    let cols = t.data.len().checked_div(rows).unwrap_or(0);
+    let mut data = vec![0f32; t.data.len()];
+    for (dst, &src) in order.iter().enumerate() {
+        data[dst * cols..(dst + 1) * cols].copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
     }
     Ok(RawTensor {
         shape: t.shape,

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use inseq_core::{AttributionOutput, Error, Result, SequenceAttribution, TokenWithId};
 use inseq_methods::{AttributionMethod, MethodArgs, MethodRegistry};
 use inseq_models::{
-    GenerationOptions, LanguageModel, LanguageOptions, ModelKind, Pretrained, TextTokenizer,
+    GenerationOptions, LanguageModel, LoadOptions, ModelKind, Pretrained, TextTokenizer,
     load_pretrained_with,
 };
 use inseq_steps::{StepArgs, StepRegistry};
@@ -177,22 +177,25 @@ pub fn load_model_with(
     device: &Device,
     registries: Registries,
 ) -> Result<AttributionModel> {
-    let langs = LanguageOptions::default();
-    load_model_with_languages(model, method, method_args, device, registries, &langs)
+    let options = LoadOptions::from_env()?;
+    load_model_with_options(model, method, method_args, device, registries, &options)
 }
 
-/// [`load_model_with`] with the tokenizer's source and target languages (M2M100's `src_lang` /
-/// `tgt_lang`, as Inseq's `tokenizer_kwargs`), overriding `tokenizer_config.json`'s.
-pub fn load_model_with_languages(
+/// [`load_model_with`] with load `options`: how the weight matrices are held (kept as the file
+/// stores them and widened per use, or widened to `f32` at load time; [`load_model_with`] takes
+/// it from `INSEQ_WEIGHTS`, `auto` by default: compact above 4 GiB of `f32` weights) and the
+/// tokenizer's source and target languages (M2M100's `src_lang` / `tgt_lang`, as Inseq's
+/// `tokenizer_kwargs`), overriding `tokenizer_config.json`'s.
+pub fn load_model_with_options(
     model: &str,
     method: &str,
     method_args: MethodArgs,
     device: &Device,
     registries: Registries,
-    langs: &LanguageOptions,
+    options: &LoadOptions,
 ) -> Result<AttributionModel> {
     let method_impl = registries.methods.create(method, method_args.clone())?;
-    let pretrained = load_pretrained_with(model, device, langs)?;
+    let pretrained = load_pretrained_with(model, device, options)?;
     let steps = registries.steps.clone();
     let model = AttributionModel::new(pretrained, method_impl, method, method_args, steps);
     Ok(model.with_registries(registries))
