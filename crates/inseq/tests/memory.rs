@@ -117,3 +117,35 @@ fn err_mentions_gradients(m: &inseq::AttributionModel) -> bool {
         .unwrap_err();
     err.to_string().contains("without gradients")
 }
+
+/// Encoder-decoder models are estimated with their quadratic attention terms, from the source
+/// and target lengths and both stacks' layers (a linear estimate over `source + target` would
+/// let a long T5 input, which has no length limit of its own, pass and then exhaust memory).
+#[test]
+fn encoder_decoder_estimates_count_source_and_target() {
+    let device = burn::tensor::Device::default();
+    let dir = common::model_dir("tiny-mt5");
+    let saliency = inseq::load_model(&dir, "saliency", MethodArgs::default(), &device).unwrap();
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies and gentlemen".into()]),
+        memory_budget: Some(1),
+        ..Default::default()
+    };
+    let source = "Hello ladies and gentlemen of the jury";
+    let err = saliency.attribute(&[source], &opts).unwrap_err();
+    let Error::OutOfMemory { needed, .. } = err else {
+        panic!("expected OutOfMemory, got {err}");
+    };
+    let model = saliency.model();
+    let tokens = |text| saliency.tokenizer().encode(text, true).unwrap().len();
+    let (s, t) = (tokens(source), tokens("Hello ladies and gentlemen"));
+    let shape = |s, t| {
+        let layers = model.num_encoder_layers();
+        inseq::encoder_decoder_activation_bytes(model.info(), layers, (s, t), 1, true)
+    };
+    // The decoder input starts with the decoder start token.
+    assert!([shape(s, t), shape(s, t + 1)].contains(&needed), "{needed}");
+    // Quadratic in the source: doubling it more than doubles the attention terms.
+    let chunks = 4 * 4 * inseq::models::CHUNK_FLOATS as u64;
+    assert!(shape(4096, t) - chunks > 3 * (shape(2048, t) - chunks));
+}
