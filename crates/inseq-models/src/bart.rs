@@ -19,16 +19,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::nn::Act;
 use serde::Deserialize;
 
-use crate::gpt2::{
-    empty_output, identity_rule, layer_norm, lm_head, lrp_attention, override_layer, zero_values,
-};
+use crate::blocks::mask::AttentionMask;
+use crate::blocks::seq2seq::{Attn, Record, Site};
+use crate::gpt2::{empty_output, identity_rule, layer_norm, lm_head, override_layer, zero_values};
 #[allow(unused_imports)] // named by the doc links
 use crate::model::LanguageModel;
 use crate::model::{AttentionKind, ForwardOptions, LayerRef, ModelInfo, ModelInput, ModelOutput};
-use crate::nn::{
-    Embedding, LayerNorm, Linear, LmHead, attention, attention_bias, ids_tensor, mc_dropout,
-    merge_heads, split_heads,
-};
+use crate::nn::{Embedding, LayerNorm, Linear, LmHead, ids_tensor, mc_dropout};
 
 /// First Monte Carlo dropout slot of the encoder sublayers (the decoder's start at 0), so that
 /// every dropout site of a forward pass draws its own mask.
@@ -189,53 +186,23 @@ const BART_POSITION_OFFSET: usize = 2;
 /// `nn.LayerNorm` default epsilon.
 const LN_EPS: f64 = 1e-5;
 
-/// Multi-head attention with biased projections (BART family).
-pub(crate) struct Attn {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+/// Loads a biased multi-head attention (BART family) from `{prefix}.{q,k,v,o}` (`names.qkvo`).
+fn load_attn(
+    w: &mut Weights,
+    prefix: &str,
+    names: &NameTable,
+    d: usize,
     heads: usize,
-    scale: f64,
-}
-
-impl Attn {
-    fn load(
-        w: &mut Weights,
-        prefix: &str,
-        names: &NameTable,
-        d: usize,
-        heads: usize,
-    ) -> Result<Self> {
-        let [q, k, v, o] = names.qkvo;
-        Ok(Self {
-            q: Linear::load_torch(w, &format!("{prefix}.{q}"), true, [d, d])?,
-            k: Linear::load_torch(w, &format!("{prefix}.{k}"), true, [d, d])?,
-            v: Linear::load_torch(w, &format!("{prefix}.{v}"), true, [d, d])?,
-            o: Linear::load_torch(w, &format!("{prefix}.{o}"), true, [d, d])?,
-            heads,
-            scale: 1.0 / ((d / heads) as f64).sqrt(),
-        })
-    }
-
-    /// Attends from `x` to `kv`; returns the projected output and the weights.
-    /// `values` edits the `[batch, heads, kv_len, head_dim]` value vectors (value
-    /// zeroing); `lrp` builds AttnLRP's graph (see [`ForwardOptions::attn_lrp`]).
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        kv: Tensor<3>,
-        bias: &Tensor<4>,
-        lrp: bool,
-        values: impl FnOnce(Tensor<4>) -> Tensor<4>,
-    ) -> (Tensor<3>, Tensor<4>) {
-        let q = split_heads(self.q.forward(x), self.heads);
-        let k = split_heads(self.k.forward(kv.clone()), self.heads);
-        let v = values(split_heads(self.v.forward(kv), self.heads));
-        let attend = if lrp { lrp_attention } else { attention };
-        let (ctx, weights) = attend(q, k, v, Some(bias.clone()), self.scale);
-        (self.o.forward(merge_heads(ctx)), weights)
-    }
+) -> Result<Attn> {
+    let [q, k, v, o] = names.qkvo;
+    Ok(Attn {
+        q: Linear::load_torch(w, &format!("{prefix}.{q}"), true, [d, d])?,
+        k: Linear::load_torch(w, &format!("{prefix}.{k}"), true, [d, d])?,
+        v: Linear::load_torch(w, &format!("{prefix}.{v}"), true, [d, d])?,
+        o: Linear::load_torch(w, &format!("{prefix}.{o}"), true, [d, d])?,
+        heads,
+        scale: 1.0 / ((d / heads) as f64).sqrt(),
+    })
 }
 
 struct EncoderLayer {
@@ -263,7 +230,7 @@ impl EncoderLayer {
         let p = names.encoder_layer.replace("{i}", &i.to_string());
         let ff = config.encoder_ffn_dim;
         Ok(Self {
-            self_attn: Attn::load(
+            self_attn: load_attn(
                 w,
                 &format!("{p}.{}", names.self_attn),
                 names,
@@ -291,14 +258,14 @@ impl DecoderLayer {
         let ff = config.decoder_ffn_dim;
         let h = config.decoder_attention_heads;
         Ok(Self {
-            self_attn: Attn::load(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
+            self_attn: load_attn(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
             self_attn_norm: LayerNorm::load(
                 w,
                 &format!("{p}.{}", names.self_attn_norm),
                 d,
                 LN_EPS,
             )?,
-            cross_attn: Attn::load(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
+            cross_attn: load_attn(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
             cross_attn_norm: LayerNorm::load(
                 w,
                 &format!("{p}.{}", names.cross_attn_norm),
@@ -735,7 +702,7 @@ impl Seq2Seq {
         if options.hidden_states {
             out.encoder_hidden_states.push(x.clone());
         }
-        let bias = attention_bias(mask, s, false, &self.device);
+        let mask = AttentionMask::full(mask);
         for (i, layer) in self.encoder.iter().enumerate() {
             let zero = |v| {
                 zero_values(
@@ -748,10 +715,14 @@ impl Seq2Seq {
             };
             let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
             x = self.residual(&layer.self_attn_norm, x, options, slot, |n| {
-                let (a, weights) = layer.self_attn.forward(n.clone(), n, &bias, lrp, zero);
-                if options.attentions {
-                    out.encoder_attentions.push(weights);
-                }
+                let site = Site {
+                    mask: &mask,
+                    bias: None,
+                    lrp,
+                    record: Record::encoder(options),
+                };
+                let (a, weights) = layer.self_attn.forward(n.clone(), n, site, zero);
+                out.encoder_attentions.extend(weights);
                 a
             });
             x = self.residual(&layer.final_norm, x, options, slot + 1, |n| {
@@ -777,31 +748,34 @@ impl Seq2Seq {
         i: usize,
         layer: &DecoderLayer,
         y: Tensor<3>,
-        self_bias: &Tensor<4>,
-        memory: Option<&(Tensor<3>, Tensor<4>)>,
+        self_mask: &AttentionMask,
+        memory: Option<&(Tensor<3>, AttentionMask)>,
         options: &ForwardOptions,
         out: &mut ModelOutput,
     ) -> Tensor<3> {
         let (lrp, zero, slot) = (options.attn_lrp, options.zero_value.as_ref(), 3 * i as u64);
+        let site = |mask| Site {
+            mask,
+            bias: None,
+            lrp,
+            record: Record::decoder(options),
+        };
         let mut y = self.residual(&layer.self_attn_norm, y, options, slot, |n| {
-            let (a, weights) = layer.self_attn.forward(n.clone(), n, self_bias, lrp, |v| {
+            let (a, weights) = layer.self_attn.forward(n.clone(), n, site(self_mask), |v| {
                 zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
             });
-            if options.attentions {
-                out.attentions.push(weights);
-            }
+            out.attentions.extend(weights);
             a
         });
-        if let Some((enc, cross_bias)) = memory {
+        if let Some((enc, cross_mask)) = memory {
             y = self.residual(&layer.cross_attn_norm, y, options, slot + 1, |n| {
-                let (a, weights) = layer
-                    .cross_attn
-                    .forward(n, enc.clone(), cross_bias, lrp, |v| {
-                        zero_values(v, zero, AttentionKind::Cross, i, &self.device)
-                    });
-                if options.attentions {
-                    out.cross_attentions.push(weights);
-                }
+                let (a, weights) =
+                    layer
+                        .cross_attn
+                        .forward(n, enc.clone(), site(cross_mask), |v| {
+                            zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+                        });
+                out.cross_attentions.extend(weights);
                 a
             });
         }
@@ -825,7 +799,7 @@ impl Seq2Seq {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
             let enc = self.encode(src, &mask, &mut out, &options);
-            (enc, attention_bias(&mask, t, false, &self.device))
+            (enc, AttentionMask::full(&mask))
         });
         let mut y = input.target_embeds;
         if self.convention == ScaleConvention::MarianDecoderScales && self.embed_scale != 1.0 {
@@ -838,10 +812,14 @@ impl Seq2Seq {
         if options.hidden_states {
             out.hidden_states.push(y.clone());
         }
-        let self_bias = attention_bias(&target_mask, t, true, &self.device);
+        let self_mask = AttentionMask::new(&target_mask, t, None);
         for (i, layer) in self.decoder.iter().enumerate() {
-            y = self.decoder_layer(i, layer, y, &self_bias, memory.as_ref(), &options, &mut out);
+            y = self.decoder_layer(i, layer, y, &self_mask, memory.as_ref(), &options, &mut out);
         }
+        out.attention_rows = options
+            .attention_rows
+            .clone()
+            .filter(|_| options.attentions);
         let y = self.final_norm(y, true, lrp);
         if options.hidden_states {
             out.final_hidden_state = Some(y.clone());

@@ -215,7 +215,9 @@ pub struct ForwardOptions {
     /// With `attentions`: the weights of these query positions only (`[batch, heads,
     /// rows.len(), k]` per layer, in this order), computed in query chunks so that a long input
     /// never holds `[heads, q, k]`. Models that honour it say so in
-    /// [`ModelOutput::attention_rows`]; the others return every query's weights.
+    /// [`ModelOutput::attention_rows`]; the others return every query's weights. Encoder-decoder
+    /// models apply the rows to decoder self- and cross-attention and record no encoder
+    /// self-attention.
     pub attention_rows: Option<Vec<usize>>,
     /// Return per-layer hidden states.
     pub hidden_states: bool,
@@ -273,12 +275,15 @@ pub struct ModelOutput {
     /// Per decoder layer `[batch, heads, q, k]` self-attention weights (`[batch, heads, rows,
     /// k]` when [`ModelOutput::attention_rows`] is set).
     pub attentions: Vec<Tensor<4>>,
-    /// The query positions whose weights [`ModelOutput::attentions`] holds, where the model
+    /// The query positions whose weights [`ModelOutput::attentions`] (and
+    /// [`ModelOutput::cross_attentions`]) hold, where the model
     /// honoured [`ForwardOptions::attention_rows`]; `None`: every query's.
     pub attention_rows: Option<Vec<usize>>,
-    /// Per decoder layer `[batch, heads, q, k_source]` cross-attention weights.
+    /// Per decoder layer `[batch, heads, q, k_source]` cross-attention weights (`[batch, heads,
+    /// rows, k_source]` when [`ModelOutput::attention_rows`] is set).
     pub cross_attentions: Vec<Tensor<4>>,
-    /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights.
+    /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights; none when
+    /// [`ModelOutput::attention_rows`] is set (its rows name decoder positions).
     pub encoder_attentions: Vec<Tensor<4>>,
     /// With [`ForwardOptions::hidden_states`]: the (decoder) embedding output then each
     /// (decoder) block's output, `[batch, positions, hidden]`; entry `k + 1` is block `k`'s

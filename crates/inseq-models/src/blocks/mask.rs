@@ -1,6 +1,7 @@
-//! Which keys each query of a decoder's causal self-attention sees: a per-row key mask
-//! (`false` = padding), causality and an optional sliding window, given to the attention core
-//! ([`super::core`]) as a chunk's additive bias and the keys a chunk needs.
+//! Which keys each query of an attention layer sees: a per-row key mask (`false` = padding),
+//! causality (decoder self-attention) and an optional sliding window, given to the attention core
+//! ([`super::core`]) as a chunk's additive bias and the keys a chunk needs. Encoder
+//! self-attention and cross-attention see every real key ([`AttentionMask::full`]).
 
 use std::ops::Range;
 
@@ -18,7 +19,9 @@ pub struct AttentionMask {
     key_mask: Vec<Vec<bool>>,
     offset: usize,
     window: Option<usize>,
-    /// Per query: some row's query sees no key (it then attends uniformly to every key).
+    causal: bool,
+    /// Per query of a causal mask: some row's query sees no key (it then attends uniformly to
+    /// every key).
     blind: Vec<bool>,
 }
 
@@ -46,11 +49,28 @@ impl AttentionMask {
             key_mask: key_mask.to_vec(),
             offset,
             window,
+            causal: true,
             blind,
         }
     }
 
+    /// The mask of queries that see every real key of `key_mask` (encoder self-attention,
+    /// cross-attention); every chunk reads every key, so that a row without real keys attends
+    /// uniformly to all of them.
+    pub fn full(key_mask: &[Vec<bool>]) -> Self {
+        Self {
+            key_mask: key_mask.to_vec(),
+            offset: 0,
+            window: None,
+            causal: false,
+            blind: Vec::new(),
+        }
+    }
+
     fn visible(&self, row: usize, query: usize, key: usize) -> bool {
+        if !self.causal {
+            return self.key_mask[row][key];
+        }
         let at = query + self.offset;
         self.key_mask[row][key] && key <= at && self.window.is_none_or(|w| key + w > at)
     }
@@ -59,7 +79,7 @@ impl AttentionMask {
     /// causal horizon, or all of them when some query sees none (it then attends uniformly to
     /// every key, as the unchunked computation does).
     pub(crate) fn keys_for(&self, queries: &Range<usize>, keys: usize) -> usize {
-        if self.blind[queries.clone()].iter().any(|&b| b) {
+        if !self.causal || self.blind[queries.clone()].iter().any(|&b| b) {
             keys
         } else {
             (queries.end + self.offset).min(keys)
