@@ -41,19 +41,19 @@ pub fn activation_bytes(info: &ModelInfo, len: usize, rows: usize, gradients: bo
 }
 
 /// [`activation_bytes`] for an encoder-decoder model with `encoder_layers` encoder layers over
-/// `source` and `target` tokens: the linear terms of both stacks, and the attention weights the
-/// encoder-decoder layers hold, quadratic in the lengths. Their forward pass materialises one
-/// layer's `[heads, q, k]` scores and weights at a time (the encoder's `source²` or the decoder's
-/// `target²`, whichever is larger); with `gradients`, burn's autodiff keeps every layer's weights
-/// (`source²` per encoder layer, `target² + target·source` per decoder layer). `info.num_heads`
-/// (the decoder's) stands for the encoder's too. A lower bound, like [`activation_bytes`].
+/// `source` and `target` tokens: the linear terms of both stacks and, with `gradients`, the
+/// attention weights burn's autodiff keeps, quadratic in the lengths (`heads × source²` per
+/// encoder layer, `heads × (target² + target·source)` per decoder layer: the forward pass computes
+/// attention in query chunks, but autodiff keeps every chunk's weights). A forward pass alone
+/// holds a few chunks of scores. `info.num_heads` (the decoder's) stands for the encoder's too. A
+/// lower bound, like [`activation_bytes`].
 ///
 /// ```
 /// let info = inseq::models::ModelInfo { num_layers: 6, num_heads: 8, hidden_size: 512, ..Default::default() };
 /// let long = inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, true);
 /// // Six encoder layers of 8 × 2048² weights: 805 MB at least.
 /// assert!(long > 6 * 8 * 2048 * 2048 * 4, "{long}");
-/// assert!(inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, false) < long / 2);
+/// assert!(inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, false) < long / 4);
 /// ```
 pub fn encoder_decoder_activation_bytes(
     info: &ModelInfo,
@@ -72,8 +72,6 @@ pub fn encoder_decoder_activation_bytes(
     if gradients {
         floats += hidden * (enc * s + dec * t);
         floats += heads * (enc * s * s + dec * (t * t + t * s));
-    } else {
-        floats += 2 * heads * s.max(t).pow(2);
     }
     let chunks = 4 * inseq_models::CHUNK_FLOATS as u64;
     floats
