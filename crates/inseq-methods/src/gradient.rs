@@ -8,7 +8,7 @@ use inseq_core::{Error, Result};
 use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ModelOutput, ids_tensor};
 use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepFunction};
 
-use crate::{MethodContext, SequenceInput, StepAttribution, StepInput};
+use crate::{MethodContext, SequenceInput, StepAttribution, StepInput, encoder_stages};
 
 /// The function being explained: a step function with its arguments.
 #[derive(Clone)]
@@ -233,11 +233,24 @@ pub fn forward_scores(
     embedded: &Embedded,
     times: usize,
 ) -> Result<Tensor<1>> {
+    forward_scores_with(ctx, step, embedded, times, None)
+}
+
+/// [`forward_scores`], with the encoder's output computed beforehand (see
+/// [`ForwardOptions::encoder_output`]).
+pub(crate) fn forward_scores_with(
+    ctx: &MethodContext,
+    step: &StepInput,
+    embedded: &Embedded,
+    times: usize,
+    encoder_output: Option<Tensor<3>>,
+) -> Result<Tensor<1>> {
     let input = repeated_input(step, embedded, times);
     let out = ctx.model.forward(
         input,
         ForwardOptions {
             last_position_only: true,
+            encoder_output,
             ..Default::default()
         },
     );
@@ -256,6 +269,7 @@ pub fn forward_scores(
 /// Gradients of the summed attributed function with respect to the embeddings
 /// that are attributed (the source, and the target prefix for decoder-only
 /// models or with `attribute_target`). Returns `(source_grad, target_grad, scores)`.
+/// A long source goes back through the encoder stage by stage ([`crate::encoder_stages`]).
 pub fn gradients(
     ctx: &MethodContext,
     step: &StepInput,
@@ -263,6 +277,11 @@ pub fn gradients(
     times: usize,
 ) -> Result<(Option<Tensor<3>>, Option<Tensor<3>>, Tensor<1>)> {
     let attribute_target = ctx.attribute_target || ctx.model.kind() == ModelKind::DecoderOnly;
+    let staged = (embedded.source.as_ref())
+        .is_some_and(|s| encoder_stages::applies(ctx.model, s.dims()[0], s.dims()[1]));
+    if staged {
+        return encoder_stages::staged_gradients(ctx, step, embedded, (times, attribute_target));
+    }
     let track = |t: Tensor<3>| t.detach().autodiff().require_grad();
     let source = embedded.source.map(track);
     let target = if attribute_target {

@@ -685,59 +685,81 @@ impl Seq2Seq {
         }
     }
 
-    /// Runs the encoder on `[batch, len, d]` embeddings.
+    /// Runs the encoder on `[batch, len, d]` embeddings: its stages ([`Seq2Seq::encoder_stage`])
+    /// in turn, recording hidden states when asked.
     fn encode(
         &self,
-        x: Tensor<3>,
+        mut x: Tensor<3>,
         mask: &[Vec<bool>],
         out: &mut ModelOutput,
         options: &ForwardOptions,
     ) -> Tensor<3> {
-        let [_, s, _] = x.dims();
-        let lrp = options.attn_lrp;
-        let mut x = x + self.positions(s, false);
-        if let Some((ln, _)) = &self.layernorm_embedding {
-            x = layer_norm(ln, x, lrp);
-        }
-        if options.hidden_states {
-            out.encoder_hidden_states.push(x.clone());
-        }
         let mask = AttentionMask::full(mask);
-        for (i, layer) in self.encoder.iter().enumerate() {
-            let zero = |v| {
-                zero_values(
-                    v,
-                    options.zero_value.as_ref(),
-                    AttentionKind::EncoderSelf,
-                    i,
-                    &self.device,
-                )
-            };
-            let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
-            x = self.residual(&layer.self_attn_norm, x, options, slot, |n| {
-                let site = Site {
-                    mask: &mask,
-                    bias: None,
-                    lrp,
-                    record: Record::encoder(options),
-                };
-                let (a, weights) = layer.self_attn.forward(n.clone(), n, site, zero);
-                out.encoder_attentions.extend(weights);
-                a
-            });
-            x = self.residual(&layer.final_norm, x, options, slot + 1, |n| {
-                self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
-            });
-            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
-            if options.hidden_states {
+        let last = self.encoder.len() + 1;
+        for k in 0..=last {
+            x = self.encoder_stage(k, x, &mask, options, out);
+            if options.hidden_states && k < last {
                 out.encoder_hidden_states.push(x.clone());
             }
         }
-        let x = self.final_norm(x, false, lrp);
         if options.hidden_states {
             out.encoder_final_hidden_state = Some(x.clone());
         }
         x
+    }
+
+    /// Encoder stage `k` (see [`LanguageModel::encoder_stages`]): the positions and embedding
+    /// norm (0), layer `k - 1`, or the final norm (`layers + 1`).
+    fn encoder_stage(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        mask: &AttentionMask,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let lrp = options.attn_lrp;
+        match k.checked_sub(1).map(|i| (i, self.encoder.get(i))) {
+            None => {
+                let x = x.clone() + self.positions(x.dims()[1], false);
+                match &self.layernorm_embedding {
+                    Some((ln, _)) => layer_norm(ln, x, lrp),
+                    None => x,
+                }
+            }
+            Some((i, Some(layer))) => self.encoder_layer((i, layer), x, mask, options, out),
+            Some((_, None)) => self.final_norm(x, false, lrp),
+        }
+    }
+
+    /// Encoder layer `i`: self-attention, feed-forward, layer override.
+    fn encoder_layer(
+        &self,
+        (i, layer): (usize, &EncoderLayer),
+        x: Tensor<3>,
+        mask: &AttentionMask,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero) = (options.attn_lrp, options.zero_value.as_ref());
+        let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
+        let x = self.residual(&layer.self_attn_norm, x, options, slot, |n| {
+            let site = Site {
+                mask,
+                bias: None,
+                lrp,
+                record: Record::encoder(options),
+            };
+            let (a, weights) = layer.self_attn.forward(n.clone(), n, site, |v| {
+                zero_values(v, zero, AttentionKind::EncoderSelf, i, &self.device)
+            });
+            out.encoder_attentions.extend(weights);
+            a
+        });
+        let x = self.residual(&layer.final_norm, x, options, slot + 1, |n| {
+            self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
+        });
+        override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i))
     }
 
     /// Decoder layer `i`: self-attention, cross-attention to `memory` (the encoder output and its
@@ -798,7 +820,10 @@ impl Seq2Seq {
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
-            let enc = self.encode(src, &mask, &mut out, &options);
+            let enc = match &options.encoder_output {
+                Some(enc) => enc.clone(),
+                None => self.encode(src, &mask, &mut out, &options),
+            };
             (enc, AttentionMask::full(&mask))
         });
         let mut y = input.target_embeds;
@@ -832,6 +857,18 @@ impl Seq2Seq {
     /// Number of encoder layers.
     pub(crate) fn num_encoder_layers(&self) -> usize {
         self.encoder.len()
+    }
+
+    /// See [`LanguageModel::encoder_stage`].
+    pub(crate) fn run_encoder_stage(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        mask: &[Vec<bool>],
+        options: &ForwardOptions,
+    ) -> Tensor<3> {
+        let mut out = empty_output(&self.device);
+        self.encoder_stage(k, x, &AttentionMask::full(mask), options, &mut out)
     }
 
     /// The residual dropout probability of the config.
@@ -931,6 +968,18 @@ macro_rules! seq2seq_language_model {
             }
             fn num_encoder_layers(&self) -> usize {
                 self.inner.num_encoder_layers()
+            }
+            fn encoder_stages(&self) -> usize {
+                self.inner.num_encoder_layers() + 2
+            }
+            fn encoder_stage(
+                &self,
+                k: usize,
+                x: burn::tensor::Tensor<3>,
+                mask: &[Vec<bool>],
+                options: &$crate::model::ForwardOptions,
+            ) -> burn::tensor::Tensor<3> {
+                self.inner.run_encoder_stage(k, x, mask, options)
             }
             fn dropout_probability(&self) -> f64 {
                 self.inner.dropout_probability()

@@ -244,6 +244,10 @@ pub struct ForwardOptions {
     pub kv_cache: Option<KvCache>,
     /// Replace or shift one block's output (see [`LayerOverride`]).
     pub layer_override: Option<LayerOverride>,
+    /// Encoder-decoder models: the encoder's output for [`ModelInput::source_embeds`], computed
+    /// beforehand ([`LanguageModel::encoder_stage`]); the encoder is then not run, and the
+    /// source embeddings only give the source length.
+    pub encoder_output: Option<Tensor<3>>,
 }
 
 impl ForwardOptions {
@@ -365,5 +369,25 @@ pub trait LanguageModel: Send + Sync {
     /// [`ModelInfo::num_layers`].
     fn num_encoder_layers(&self) -> usize {
         0
+    }
+    /// Encoder-decoder models: the number of stages of the encoder ([`LanguageModel::encoder_stage`]);
+    /// 0 (the default) where the encoder cannot be run stage by stage.
+    fn encoder_stages(&self) -> usize {
+        0
+    }
+    /// Encoder stage `k` on `x` (`[batch, source_len, hidden]`) under the source `mask`, with the
+    /// hooks of `options`: stage 0 maps the source embeddings to the first layer's input, stage
+    /// `i + 1` is encoder layer `i`, the last stage maps the last layer's output to the memory
+    /// the decoder attends to ([`ForwardOptions::encoder_output`]). Running the stages in turn
+    /// is the encoder of [`LanguageModel::forward`]; a caller back-propagates through one stage
+    /// at a time from the saved stage inputs, so that autodiff holds one layer's graph.
+    fn encoder_stage(
+        &self,
+        _k: usize,
+        x: Tensor<3>,
+        _mask: &[Vec<bool>],
+        _options: &ForwardOptions,
+    ) -> Tensor<3> {
+        x
     }
 }

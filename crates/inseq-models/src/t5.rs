@@ -535,51 +535,81 @@ impl T5 {
         ff.wo.forward(hidden)
     }
 
+    /// Runs the encoder on `[batch, len, d]` embeddings: its stages ([`T5::encoder_stage_with`]) in
+    /// turn, recording hidden states when asked.
     fn encode(
         &self,
-        x: Tensor<3>,
+        mut x: Tensor<3>,
         mask: &[Vec<bool>],
         out: &mut ModelOutput,
         options: &ForwardOptions,
     ) -> Tensor<3> {
-        let [_, s, _] = x.dims();
-        let lrp = options.attn_lrp;
         let mask = AttentionMask::full(mask);
+        let s = x.dims()[1];
         let biases = self.relative_biases(&self.encoder, (s, s), true);
-        let mut x = x;
-        if options.hidden_states {
-            out.encoder_hidden_states.push(x.clone());
-        }
-        for (i, block) in self.encoder.blocks.iter().enumerate() {
-            let n = rms_norm(&block.self_attn_norm, x.clone(), lrp);
-            let relative = &biases[i.min(biases.len() - 1)];
-            let bias = |r: &Range<usize>, keys| relative.chunk(r, keys);
-            let site = Site {
-                mask: &mask,
-                bias: Some(&bias),
-                lrp,
-                record: Record::encoder(options),
-            };
-            let zero = options.zero_value.as_ref();
-            let (a, weights) = block.self_attn.forward(n.clone(), n, site, |v| {
-                zero_values(v, zero, AttentionKind::EncoderSelf, i, &self.device)
-            });
-            out.encoder_attentions.extend(weights);
-            let drop = options.dropout.as_ref();
-            let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
-            x = x + mc_dropout(a, drop, slot);
-            let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, x.clone(), lrp), lrp);
-            x = x + mc_dropout(ff, drop, slot + 1);
-            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
-            if options.hidden_states {
+        let last = self.encoder.blocks.len() + 1;
+        for k in 0..=last {
+            x = self.encoder_stage_with(k, x, (&mask, &biases), options, out);
+            if options.hidden_states && k < last {
                 out.encoder_hidden_states.push(x.clone());
             }
         }
-        let x = rms_norm(&self.encoder.final_norm, x, lrp);
         if options.hidden_states {
             out.encoder_final_hidden_state = Some(x.clone());
         }
         x
+    }
+
+    /// Encoder stage `k` (see [`LanguageModel::encoder_stages`]): the embeddings unchanged (0),
+    /// block `k - 1`, or the final norm (`blocks + 1`), under the source mask and the stack's
+    /// relative position biases.
+    fn encoder_stage_with(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        (mask, biases): (&AttentionMask, &[RelativeBias]),
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        match k.checked_sub(1).map(|i| (i, self.encoder.blocks.get(i))) {
+            None => x,
+            Some((i, Some(block))) => {
+                let relative = &biases[i.min(biases.len() - 1)];
+                self.encoder_block((i, block), x, (mask, relative), options, out)
+            }
+            Some((_, None)) => rms_norm(&self.encoder.final_norm, x, options.attn_lrp),
+        }
+    }
+
+    /// Encoder block `i`: self-attention under `mask` and `relative` positions, feed-forward,
+    /// layer override.
+    fn encoder_block(
+        &self,
+        (i, block): (usize, &T5Block),
+        x: Tensor<3>,
+        (mask, relative): (&AttentionMask, &RelativeBias),
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero) = (options.attn_lrp, options.zero_value.as_ref());
+        let n = rms_norm(&block.self_attn_norm, x.clone(), lrp);
+        let bias = |r: &Range<usize>, keys| relative.chunk(r, keys);
+        let site = Site {
+            mask,
+            bias: Some(&bias),
+            lrp,
+            record: Record::encoder(options),
+        };
+        let (a, weights) = block.self_attn.forward(n.clone(), n, site, |v| {
+            zero_values(v, zero, AttentionKind::EncoderSelf, i, &self.device)
+        });
+        out.encoder_attentions.extend(weights);
+        let drop = options.dropout.as_ref();
+        let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
+        let x = x + mc_dropout(a, drop, slot);
+        let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, x.clone(), lrp), lrp);
+        let x = x + mc_dropout(ff, drop, slot + 1);
+        override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i))
     }
 
     /// Decoder block `i`: self-attention under `self_mask` and `relative` positions,
@@ -664,6 +694,24 @@ impl LanguageModel for T5 {
         self.config.dropout_rate.unwrap_or(0.1)
     }
 
+    fn encoder_stages(&self) -> usize {
+        self.encoder.blocks.len() + 2
+    }
+
+    fn encoder_stage(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        mask: &[Vec<bool>],
+        options: &ForwardOptions,
+    ) -> Tensor<3> {
+        let s = x.dims()[1];
+        let biases = self.relative_biases(&self.encoder, (s, s), true);
+        let mut out = empty_output(&self.device);
+        let mask = AttentionMask::full(mask);
+        self.encoder_stage_with(k, x, (&mask, &biases), options, &mut out)
+    }
+
     /// Decoder `hidden_states`: the input embeddings, then each block's output
     /// (before the final layer norm).
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
@@ -673,7 +721,10 @@ impl LanguageModel for T5 {
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
-            let enc = self.encode(src, &mask, &mut out, &options);
+            let enc = match &options.encoder_output {
+                Some(enc) => enc.clone(),
+                None => self.encode(src, &mask, &mut out, &options),
+            };
             (enc, AttentionMask::full(&mask))
         });
         let self_mask = AttentionMask::new(&target_mask, t, None);

@@ -149,3 +149,47 @@ fn encoder_decoder_estimates_count_source_and_target() {
     let chunks = 4 * 4 * inseq::models::CHUNK_FLOATS as u64;
     assert!(shape(4096, t) - chunks > 3 * (shape(2048, t) - chunks));
 }
+
+/// Gradient methods on encoder-decoder models go back through a long source's encoder stage by
+/// stage (autodiff holding one layer's attention weights); forced here on the tiny models, their
+/// attributions equal those of the whole-graph backward pass.
+#[test]
+fn encoder_gradients_stage_by_stage_equal_the_whole_graph() {
+    let device = burn::tensor::Device::default();
+    let opts = AttributeOptions {
+        targets: Some(vec!["Hello ladies".into(), "and gentlemen of".into()]),
+        attribute_target: true,
+        ..Default::default()
+    };
+    let sources = ["Hello ladies and gentlemen of the jury", "Hello there"];
+    for name in ["tiny-bart", "tiny-mbart", "tiny-mt5", "tiny-umt5"] {
+        for (method, args) in [("saliency", ""), ("integrated_gradients", "n_steps=4")] {
+            let args = MethodArgs::parse(args).unwrap();
+            let dir = common::model_dir(name);
+            let m = inseq::load_model(&dir, method, args, &device).unwrap();
+            let whole = m.attribute(&sources, &opts).unwrap();
+            let before = inseq::methods::set_staged_encoder_from_bytes(0);
+            let staged = m.attribute(&sources, &opts);
+            inseq::methods::set_staged_encoder_from_bytes(before);
+            let staged = staged.unwrap();
+            for (a, b) in staged
+                .sequence_attributions
+                .iter()
+                .zip(&whole.sequence_attributions)
+            {
+                let pairs = [
+                    (&a.source_attributions, &b.source_attributions),
+                    (&a.target_attributions, &b.target_attributions),
+                ];
+                for (x, y) in pairs {
+                    let (x, y) = (x.as_ref().unwrap().data(), y.as_ref().unwrap().data());
+                    let tol = model_pass(max_abs(y));
+                    let diff = (x.iter().zip(y))
+                        .map(|(p, q)| f64::from((p - q).abs()))
+                        .fold(0.0, f64::max);
+                    assert!(diff <= tol, "{name} {method}: {diff} > {tol}");
+                }
+            }
+        }
+    }
+}
