@@ -41,19 +41,20 @@ pub fn activation_bytes(info: &ModelInfo, len: usize, rows: usize, gradients: bo
 }
 
 /// [`activation_bytes`] for an encoder-decoder model with `encoder_layers` encoder layers over
-/// `source` and `target` tokens: the linear terms of both stacks and, with `gradients`, the
-/// attention weights burn's autodiff keeps, quadratic in the lengths (`heads × source²` per
-/// encoder layer, `heads × (target² + target·source)` per decoder layer: the forward pass computes
-/// attention in query chunks, but autodiff keeps every chunk's weights). A forward pass alone
-/// holds a few chunks of scores. `info.num_heads` (the decoder's) stands for the encoder's too. A
-/// lower bound, like [`activation_bytes`].
+/// `source` and `target` tokens: the linear terms of both stacks (with `gradients`, every encoder
+/// stage's input, which the backward pass reruns the stage from) and, with `gradients`, the
+/// attention weights burn's autodiff keeps, quadratic in the lengths: one encoder layer's
+/// (`heads × source²`; a long source goes back through the encoder one layer at a time, see
+/// `inseq_methods`' `encoder_stages`) and every decoder layer's (`heads × (target² + target ×
+/// source)`). A forward pass alone holds a few chunks of attention scores. `info.num_heads` (the
+/// decoder's) stands for the encoder's too. A lower bound, like [`activation_bytes`].
 ///
 /// ```
 /// let info = inseq::models::ModelInfo { num_layers: 6, num_heads: 8, hidden_size: 512, ..Default::default() };
 /// let long = inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, true);
-/// // Six encoder layers of 8 × 2048² weights: 805 MB at least.
-/// assert!(long > 6 * 8 * 2048 * 2048 * 4, "{long}");
-/// assert!(inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, false) < long / 4);
+/// // One encoder layer of 8 × 2048² weights: 134 MB at least.
+/// assert!(long > 8 * 2048 * 2048 * 4, "{long}");
+/// assert!(inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, false) < long / 2);
 /// ```
 pub fn encoder_decoder_activation_bytes(
     info: &ModelInfo,
@@ -70,8 +71,8 @@ pub fn encoder_decoder_activation_bytes(
     );
     let mut floats = 12 * hidden * (s + t);
     if gradients {
-        floats += hidden * (enc * s + dec * t);
-        floats += heads * (enc * s * s + dec * (t * t + t * s));
+        floats += hidden * ((enc + 2) * s + dec * t);
+        floats += heads * (s * s + dec * (t * t + t * s));
     }
     let chunks = 4 * inseq_models::CHUNK_FLOATS as u64;
     floats
