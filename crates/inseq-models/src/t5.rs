@@ -263,19 +263,18 @@ struct RelativeBias {
 impl RelativeBias {
     /// `[1, heads, queries.len(), keys]` bias of the queries `queries` over keys `0..keys`.
     fn chunk(&self, queries: &Range<usize>, keys: usize) -> Tensor<4> {
-        let last = self.q_len - 1;
-        let ids: Vec<i64> = (queries.clone())
-            .flat_map(|i| (0..keys).map(move |j| (j + last - i) as i64))
-            .collect();
+        let device = self.by_distance.device();
         let [h, _] = self.by_distance.dims();
         let m = queries.len();
-        let ids = Tensor::<1, Int>::from_data(
-            TensorData::new(ids, [m * keys]),
-            &self.by_distance.device(),
-        );
+        // Column of key j for query i: j - i + q_len - 1.
+        let last = (self.q_len - 1) as i64;
+        let rows = (last - queries.end as i64 + 1)..(last - queries.start as i64 + 1);
+        let firsts = Tensor::<1, Int>::arange(rows, &device).flip([0]);
+        let ids = Tensor::<1, Int>::arange(0..keys as i64, &device).unsqueeze_dim::<2>(0)
+            + firsts.unsqueeze_dim::<2>(1);
         self.by_distance
             .clone()
-            .select(1, ids)
+            .select(1, ids.reshape([m * keys]))
             .reshape([1, h, m, keys])
     }
 }

@@ -126,12 +126,16 @@ impl Chunk {
             .matmul(keys_t)
             .reshape([n, heads, m, self.keys]);
         let product = if lrp { uniform_rule(product) } else { product };
-        let bias = mask.bias(&self.range, self.keys, &product.device());
-        let bias = match extra {
-            Some(extra) => bias + extra(&self.range, self.keys),
-            None => bias,
+        let scores = scoring.scores(product);
+        let scores = match mask.bias(&self.range, self.keys, &scores.device()) {
+            Some(bias) => scores + bias,
+            None => scores,
         };
-        activation::softmax(scoring.scores(product) + bias, 3)
+        let scores = match extra {
+            Some(extra) => scores + extra(&self.range, self.keys),
+            None => scores,
+        };
+        activation::softmax(scores, 3)
     }
 }
 
@@ -397,7 +401,7 @@ mod tests {
                 scale: 0.3,
                 softcap,
             };
-            let full = mask.bias(&(0..len), len, &device);
+            let full = mask.bias(&(0..len), len, &device).expect("a causal bias");
             let (kr, vr) = (
                 repeat_kv(k.clone(), heads / kv),
                 repeat_kv(v.clone(), heads / kv),

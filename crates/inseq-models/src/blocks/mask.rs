@@ -86,8 +86,17 @@ impl AttentionMask {
         }
     }
 
-    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]).
-    pub(crate) fn bias(&self, queries: &Range<usize>, keys: usize, device: &Device) -> Tensor<4> {
+    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]); `None` where every query
+    /// sees every key (a [`AttentionMask::full`] mask without padding).
+    pub(crate) fn bias(
+        &self,
+        queries: &Range<usize>,
+        keys: usize,
+        device: &Device,
+    ) -> Option<Tensor<4>> {
+        if !self.causal && self.key_mask.iter().flatten().all(|&real| real) {
+            return None;
+        }
         let rows = self.key_mask.len();
         let mut data = Vec::with_capacity(rows * queries.len() * keys);
         for row in 0..rows {
@@ -102,7 +111,7 @@ impl AttentionMask {
             }
         }
         let shape = [rows, 1, queries.len(), keys];
-        Tensor::from_data(TensorData::new(data, shape), device)
+        Some(Tensor::from_data(TensorData::new(data, shape), device))
     }
 }
 
@@ -115,7 +124,15 @@ mod tests {
         let mask = AttentionMask::new(&[vec![false, false, true, true]], 4, None);
         assert_eq!(mask.keys_for(&(0..1), 4), 4, "a blind query sees every key");
         assert_eq!(mask.keys_for(&(2..3), 4), 3);
-        assert_eq!(mask.bias(&(2..4), 4, &Device::flex()).dims(), [1, 1, 2, 4]);
+        let bias = mask
+            .bias(&(2..4), 4, &Device::flex())
+            .expect("a causal bias");
+        assert_eq!(bias.dims(), [1, 1, 2, 4]);
+        assert!(
+            AttentionMask::full(&[vec![true; 3]])
+                .bias(&(0..2), 3, &Device::flex())
+                .is_none()
+        );
         // A window of 1 after two padded keys: query 3 sees only itself.
         let mask = AttentionMask::new(&[vec![true, false, false, true]], 4, Some(1));
         assert_eq!(mask.blind, [false, true, true, false]);
