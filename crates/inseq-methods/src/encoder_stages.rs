@@ -38,12 +38,13 @@ pub(crate) fn applies(model: &dyn LanguageModel, rows: usize, source_len: usize)
     weights >= STAGED_FROM_BYTES.load(Ordering::Relaxed)
 }
 
-/// [`crate::gradients`] with the encoder taken stage by stage; `embedded.source` is present.
+/// [`crate::gradients`] (on AttnLRP's graph with `lrp`) with the encoder taken stage by stage;
+/// `embedded.source` is present.
 pub(crate) fn staged_gradients(
     ctx: &MethodContext,
     step: &StepInput,
     embedded: Embedded,
-    (times, attribute_target): (usize, bool),
+    (times, attribute_target, lrp): (usize, bool, bool),
 ) -> Result<(Option<Tensor<3>>, Option<Tensor<3>>, Tensor<1>)> {
     let model = ctx.model;
     let source = embedded.source.clone().expect("a source").detach();
@@ -52,7 +53,10 @@ pub(crate) fn staged_gradients(
         Some(mask) => mask.iter().cycle().take(rows).cloned().collect(),
         None => vec![vec![true; len]; rows],
     };
-    let options = ForwardOptions::default();
+    let options = ForwardOptions {
+        attn_lrp: lrp,
+        ..Default::default()
+    };
     let inputs = stage_inputs(model, source.clone(), &mask, &options);
     let memory = track(inputs[inputs.len() - 1].clone());
     let target = if attribute_target {
@@ -64,7 +68,7 @@ pub(crate) fn staged_gradients(
         source: Some(source),
         target: target.clone(),
     };
-    let scores = forward_scores_with(ctx, step, &untracked, times, Some(memory.clone()))?;
+    let scores = forward_scores_with(ctx, step, &untracked, times, (Some(memory.clone()), lrp))?;
     let grads = scores.clone().sum().backward();
     let target_grad = if attribute_target {
         Some(target.grad(&grads).ok_or_else(|| no_gradient("target"))?)

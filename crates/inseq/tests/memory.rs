@@ -163,7 +163,12 @@ fn encoder_gradients_stage_by_stage_equal_the_whole_graph() {
     };
     let sources = ["Hello ladies and gentlemen of the jury", "Hello there"];
     for name in ["tiny-bart", "tiny-mbart", "tiny-mt5", "tiny-umt5"] {
-        for (method, args) in [("saliency", ""), ("integrated_gradients", "n_steps=4")] {
+        let methods = [
+            ("saliency", ""),
+            ("integrated_gradients", "n_steps=4"),
+            ("attnlrp", ""),
+        ];
+        for (method, args) in methods {
             let args = MethodArgs::parse(args).unwrap();
             let dir = common::model_dir(name);
             let m = inseq::load_model(&dir, method, args, &device).unwrap();
