@@ -4,7 +4,8 @@
 //!
 //! - [`attend`]: the context chunk by chunk (with AttnLRP's uniform rule on the two products
 //!   when asked); a [`Recorder`] keeps the weights, or only some query rows of them, as the
-//!   chunks are computed.
+//!   chunks are computed. [`attend_biased`] adds a further bias computed per chunk (T5's
+//!   relative positions, for the encoder-decoder models of [`super::seq2seq`]).
 //! - [`CoreTape::backward`]: the input gradients for a range of queries, recomputing each
 //!   chunk's weights from the queries and keys instead of reading them from a tape (what the
 //!   tape keeps is linear in the length: the rotated queries, keys and values).
