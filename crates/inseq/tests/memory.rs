@@ -188,7 +188,10 @@ fn encoder_gradients_stage_by_stage_equal_the_whole_graph() {
                 ];
                 for (x, y) in pairs {
                     let (x, y) = (x.as_ref().unwrap().data(), y.as_ref().unwrap().data());
-                    let tol = model_pass(max_abs(y));
+                    // The same operations chained by hand: equal up to f32 reordering (measured
+                    // ≤ 1.4e-6 of the largest value), far inside the model-pass rule, whose
+                    // absolute floor would not see a 1% error at these magnitudes.
+                    let tol = 1e-4 * max_abs(y);
                     let diff = (x.iter().zip(y))
                         .map(|(p, q)| f64::from((p - q).abs()))
                         .fold(0.0, f64::max);
