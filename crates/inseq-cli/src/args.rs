@@ -43,6 +43,8 @@ pub(crate) enum Command {
     ListMethods,
     /// List the step function ids.
     ListStepFunctions,
+    /// List the metric ids of `evaluate --metrics`.
+    ListMetrics,
 }
 
 /// Which model and method.

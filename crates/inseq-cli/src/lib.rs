@@ -1,7 +1,7 @@
 //! The `inseq` command-line tool, as a library: [`run`] takes the command line (program name
 //! first) and runs one subcommand (`attribute`, `attribute-dataset`, `attribute-context`, `merge`,
-//! `evaluate`, `bench`, `list-methods`, `list-step-functions`); [`dataset`] reads datasets and
-//! stores per-row results for `attribute-dataset` and `evaluate`.
+//! `evaluate`, `bench`, `list-methods`, `list-step-functions`, `list-metrics`); [`dataset`] reads
+//! datasets and stores per-row results for `attribute-dataset` and `evaluate`.
 //!
 //! ```
 //! use std::process::ExitCode;
@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use inseq::{AttributionModel, MethodArgs, Registries};
+use inseq_eval::MetricRegistry;
 
 use args::{Cli, ModelArgs};
 
@@ -35,7 +36,35 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    run_with(args, &Registries::default())
+    run_extended(args, &Extensions::default())
+}
+
+/// Everything a researcher's own binary can register for the command line: the library's
+/// [`Registries`] (methods, step functions, aggregators) and the faithfulness metrics of
+/// `inseq evaluate` (`--metrics`, `list-metrics`).
+#[derive(Clone)]
+pub struct Extensions {
+    /// Methods, step functions and aggregators.
+    pub registries: Registries,
+    /// Metrics of `inseq evaluate`.
+    pub metrics: MetricRegistry,
+}
+
+impl Default for Extensions {
+    /// The built-ins.
+    fn default() -> Self {
+        Self::from(Registries::default())
+    }
+}
+
+impl From<Registries> for Extensions {
+    /// `registries` with the built-in metrics.
+    fn from(registries: Registries) -> Self {
+        Self {
+            registries,
+            metrics: MetricRegistry::with_defaults(),
+        }
+    }
 }
 
 /// [`run`] with `registries` for every id on the command line: a researcher's own binary that
@@ -56,6 +85,40 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    run_extended(args, &Extensions::from(registries.clone()))
+}
+
+/// [`run_with`] with the evaluation metrics too: `inseq evaluate --metrics` and `list-metrics`
+/// see the metrics registered in `extensions.metrics`.
+///
+/// ```
+/// use std::process::ExitCode;
+/// use inseq_eval::metrics::top_k_keep;
+/// use inseq_eval::{Metric, MetricValue, Perturbation, StepScores};
+///
+/// /// The drop of the attributed function when only the most relevant token is removed.
+/// struct TopOneDrop;
+/// impl Metric for TopOneDrop {
+///     fn id(&self) -> &str { "top1_drop" }
+///     fn description(&self) -> &str { "Drop when the most relevant token is removed." }
+///     fn higher_is_better(&self) -> bool { true }
+///     fn perturbations(&self, s: &StepScores) -> Vec<Perturbation> {
+///         vec![Perturbation::Keep(top_k_keep(s.step, 1, false))]
+///     }
+///     fn finish(&self, s: &StepScores, values: &[f32]) -> MetricValue {
+///         MetricValue { value: f64::from(s.original - values[0]), curve: None }
+///     }
+/// }
+///
+/// let mut extensions = inseq_cli::Extensions::default();
+/// extensions.metrics.register(std::sync::Arc::new(TopOneDrop));
+/// assert_eq!(inseq_cli::run_extended(["inseq", "list-metrics"], &extensions), ExitCode::SUCCESS);
+/// ```
+pub fn run_extended<I, T>(args: I, extensions: &Extensions) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -63,7 +126,7 @@ where
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
         }
     };
-    match commands::run(cli.command, registries) {
+    match commands::run(cli.command, extensions) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

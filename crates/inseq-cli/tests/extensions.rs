@@ -173,3 +173,72 @@ fn attribute_context_uses_registered_ids() {
     assert!(!out.cci_scores.is_empty());
     assert!(out.cci_scores.iter().all(|c| c.contrast_token.is_some()));
 }
+
+/// The drop of the attributed function when only the most relevant token is removed.
+struct TopOneDrop;
+
+impl inseq_eval::Metric for TopOneDrop {
+    fn id(&self) -> &str {
+        "top1_drop"
+    }
+    fn description(&self) -> &str {
+        "Drop when the most relevant token is removed."
+    }
+    fn higher_is_better(&self) -> bool {
+        true
+    }
+    fn perturbations(&self, s: &inseq_eval::StepScores) -> Vec<inseq_eval::Perturbation> {
+        let keep = inseq_eval::metrics::top_k_keep(s.step, 1, false);
+        vec![inseq_eval::Perturbation::Keep(keep)]
+    }
+    fn finish(&self, s: &inseq_eval::StepScores, values: &[f32]) -> inseq_eval::MetricValue {
+        inseq_eval::MetricValue {
+            value: f64::from(s.original - values[0]),
+            curve: None,
+        }
+    }
+}
+
+#[test]
+fn evaluate_uses_registered_metrics() {
+    let dir = scratch("evaluate");
+    let data = dir.join("prompts.jsonl");
+    std::fs::write(&data, "{\"text\": \"Hello ladies and\"}\n").unwrap();
+    let save = dir.join("report.json");
+    let model = common::model_dir("tiny-gpt2");
+    let args = [
+        "inseq",
+        "evaluate",
+        "--model",
+        &model,
+        "--methods",
+        "my_saliency,random",
+        "--metrics",
+        "top1_drop,deletion",
+        "--data",
+        data.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+        "--save",
+        save.to_str().unwrap(),
+    ];
+    let mut extensions = inseq_cli::Extensions::from(registries());
+    extensions.metrics.register(std::sync::Arc::new(TopOneDrop));
+    assert_eq!(
+        inseq_cli::run_extended(args, &extensions),
+        ExitCode::SUCCESS
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    for m in report["methods"].as_array().unwrap() {
+        assert!(m["metrics"]["top1_drop"]["mean"].is_number(), "{m}");
+    }
+    // The methods alone do not bring the metric: a clean error naming it.
+    std::fs::remove_dir_all(dir.join("report.json.work")).unwrap();
+    assert_eq!(inseq_cli::run_with(args, &registries()), ExitCode::FAILURE);
+    assert_eq!(
+        inseq_cli::run_extended(["inseq", "list-metrics"], &extensions),
+        ExitCode::SUCCESS
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

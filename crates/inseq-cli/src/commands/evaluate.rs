@@ -78,11 +78,15 @@ pub(crate) struct EvaluateArgs {
     randomisation_levels: usize,
 }
 
-pub(crate) fn run(a: EvaluateArgs, registries: &Registries) -> Result<()> {
+pub(crate) fn run(
+    a: EvaluateArgs,
+    registries: &Registries,
+    metrics: &MetricRegistry,
+) -> Result<()> {
     let started = Instant::now();
     let registries = with_random(registries);
     let specs = method_specs(&a.methods, &a.method_args, &registries)?;
-    let (metrics, randomisation) = a.metrics()?;
+    let (metrics, randomisation) = a.metrics(metrics)?;
     let config = a.config()?;
     let work = a.check_outputs(randomisation)?;
     let device = inseq::parse_device(&a.device)?;
@@ -140,6 +144,15 @@ fn randomisation_info() -> MetricInfo {
             .into(),
         higher_is_better: false,
     }
+}
+
+/// `(id, description)` of every metric `--metrics` accepts: the registered ones and the
+/// randomisation check.
+pub(crate) fn describe_metrics(registry: &MetricRegistry) -> Vec<(String, String)> {
+    let mut all = registry.describe();
+    all.push((RANDOMISATION.into(), randomisation_info().description));
+    all.sort();
+    all
 }
 
 fn info(m: &dyn Metric) -> MetricInfo {
@@ -226,8 +239,10 @@ impl EvaluateArgs {
     }
 
     /// The per-step metrics asked for, and whether the randomisation check is.
-    fn metrics(&self) -> Result<(Vec<std::sync::Arc<dyn Metric>>, bool)> {
-        let registry = MetricRegistry::with_defaults();
+    fn metrics(
+        &self,
+        registry: &MetricRegistry,
+    ) -> Result<(Vec<std::sync::Arc<dyn Metric>>, bool)> {
         let asked: Vec<String> = self
             .metrics
             .iter()
