@@ -16,6 +16,7 @@
 //! rescaled, whatever its config says) and UMT5 (`UMT5ForConditionalGeneration`: every block's
 //! self-attention has its own relative position bias table; the rescale follows T5's rule).
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -258,11 +259,27 @@ struct RelativeBias {
     /// `[heads, q_len + k_len - 1]`: the bias of distance `d` in column `d + q_len - 1`.
     by_distance: Tensor<2>,
     q_len: usize,
+    /// The last chunk's bias, which the next block reuses when the input takes one chunk (the
+    /// blocks of T5 and mT5 share one table).
+    last: RefCell<Option<(Range<usize>, usize, Tensor<4>)>>,
 }
 
 impl RelativeBias {
     /// `[1, heads, queries.len(), keys]` bias of the queries `queries` over keys `0..keys`.
     fn chunk(&self, queries: &Range<usize>, keys: usize) -> Tensor<4> {
+        let mut last = self.last.borrow_mut();
+        match &*last {
+            Some((r, k, bias)) if r == queries && *k == keys => bias.clone(),
+            _ => {
+                let bias = self.compute(queries, keys);
+                *last = Some((queries.clone(), keys, bias.clone()));
+                bias
+            }
+        }
+    }
+
+    /// [`RelativeBias::chunk`], computed.
+    fn compute(&self, queries: &Range<usize>, keys: usize) -> Tensor<4> {
         let device = self.by_distance.device();
         let [h, _] = self.by_distance.dims();
         let m = queries.len();
@@ -513,6 +530,7 @@ impl T5 {
             .map(|table| RelativeBias {
                 by_distance: table.clone().select(0, ids.clone()).transpose(),
                 q_len: q_len.max(1),
+                last: RefCell::new(None),
             })
             .collect()
     }
