@@ -381,8 +381,8 @@ pub(crate) fn sequence_gradient_attributions(
 /// at the LM head (taken with autodiff, step by step). The passes through the blocks run side by
 /// side on CPU backends ([`inseq_models::SharedForward::backward_each`]). Equal to [`gradients`]
 /// on `seq.step(s)` up to rounding. `None` where this does not apply (encoder-decoder models,
-/// models without a hand-written backward pass, more than [`shared_forward_copies`] copies);
-/// callers then attribute step by step.
+/// models without a hand-written backward pass, dynamic NTK RoPE past its original context,
+/// more than [`shared_forward_copies`] copies); callers then attribute step by step.
 pub fn sequence_gradients(
     ctx: &MethodContext,
     seq: &SequenceInput,

@@ -1,7 +1,7 @@
 //! Falcon (`FalconForCausalLM`) on the block layer: LayerNorm, a fused `query_key_value`
 //! (grouped per key/value head in the new decoder architecture, `[q | k | v]` with one key/value
-//! head for multi-query, per head otherwise), rotary embeddings, a plain MLP and the parallel or
-//! sequential residual. ALiBi is not implemented (an error).
+//! head for multi-query, per head otherwise), rotary embeddings or ALiBi biases (`alibi`,
+//! falcon-rw), a plain MLP and the parallel or sequential residual.
 
 use serde::Deserialize;
 
@@ -11,7 +11,7 @@ use crate::blocks::norm::NormKind;
 use crate::blocks::{Decoder, Names, config::CommonConfig};
 use crate::llama::base_spec;
 use crate::weights::Weights;
-use inseq_core::{Error, Result};
+use inseq_core::Result;
 
 /// The Falcon fields beyond [`CommonConfig`] (whose `intermediate_size` is `ffn_hidden_size`).
 #[derive(Debug, Clone, Deserialize)]
@@ -86,12 +86,12 @@ pub fn parse(mut v: serde_json::Value) -> serde_json::Result<FalconConfig> {
 
 /// Builds a Falcon model from its config and weights.
 pub fn load(c: FalconConfig, w: &mut Weights) -> Result<Decoder> {
-    if c.alibi {
-        return Err(Error::Unsupported(
-            "falcon `alibi` (ALiBi position biases)".into(),
-        ));
-    }
     let mut spec = base_spec(&c.common, "FalconForCausalLM", "gelu")?;
+    if c.alibi {
+        // transformers' FalconAttention rotates only without ALiBi.
+        (spec.alibi, spec.ropes) = (true, vec![]);
+        spec.layer_rope = vec![None; c.common.num_hidden_layers];
+    }
     spec.names = NAMES;
     spec.norm = NormKind::Layer {
         eps: c.layer_norm_epsilon,

@@ -10,11 +10,12 @@ use inseq_core::{Error, Result};
 
 /// Files a model directory needs; the weights are either single or sharded.
 const REQUIRED: &[&str] = &["config.json"];
-/// Tokenizer files, in order of preference: `tokenizer.json`, or a SentencePiece-only Marian
-/// repository's files.
+/// Tokenizer files, in order of preference: `tokenizer.json`, or the SentencePiece files of a
+/// Marian, M2M100 or T5 repository.
 const TOKENIZERS: &[&[&str]] = &[
     &["tokenizer.json"],
     &["source.spm", "target.spm", "vocab.json"],
+    &["sentencepiece.bpe.model", "vocab.json"],
     &["spiece.model"],
 ];
 /// Weight files in transformers' order of preference; the `.index.json` ones list shards.

@@ -36,6 +36,7 @@ pub mod gpt_neox;
 pub mod hub;
 pub mod llama;
 pub mod loader;
+pub mod m2m100_spm;
 pub mod marian;
 pub mod marian_spm;
 pub mod mbart;

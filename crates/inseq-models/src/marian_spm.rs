@@ -42,7 +42,7 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// `vocab.json` as a list of tokens in id order (the ids must be `0..n`).
-fn vocab_in_id_order(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn vocab_in_id_order(path: &Path) -> Result<Vec<String>> {
     let Value::Object(map) = read_json(path)? else {
         return Err(corrupt(path, "not a JSON object of token ids"));
     };
@@ -100,7 +100,7 @@ fn special_tokens(dir: &Path) -> Result<[String; 3]> {
 
 /// The normaliser, pre-tokeniser and decoder `convert_slow_tokenizer` derives from a model's
 /// `NormalizerSpec` (legacy dummy-prefix handling, as `MarianTokenizer`'s per-chunk encoding).
-fn pipeline(spm: &SpmModel) -> (Value, Value, Value) {
+pub(crate) fn pipeline(spm: &SpmModel) -> (Value, Value, Value) {
     let mut normalizers = Vec::new();
     if !spm.precompiled_charsmap.is_empty() {
         normalizers.push(json!({"type": "Precompiled", "precompiled_charsmap": base64(&spm.precompiled_charsmap)}));

@@ -1,14 +1,17 @@
 //! OPT (`OPTForCausalLM`) on the block layer: learned positions read at `position + 2`,
-//! LayerNorm before (`do_layer_norm_before`) or after each sublayer, a plain MLP and a tied head.
+//! LayerNorm before (`do_layer_norm_before`) or after each sublayer, a plain MLP, a tied head, and
+//! token embeddings of `word_embed_proj_dim` projected in and out (`project_in`/`project_out`)
+//! when that differs from `hidden_size` (OPT-350m).
 
 use serde::Deserialize;
 
 use crate::blocks::block::Residual;
 use crate::blocks::norm::NormKind;
+use crate::blocks::spec::Projections;
 use crate::blocks::{Decoder, DecoderSpec, Names};
 use crate::model::ModelInfo;
 use crate::weights::Weights;
-use inseq_core::{Error, Result};
+use inseq_core::Result;
 
 /// The fields of an OPT `config.json` this implementation uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,11 +76,6 @@ const NAMES: Names = Names {
 
 /// Builds an OPT model from its config and weights.
 pub fn load(c: OptConfig, w: &mut Weights) -> Result<Decoder> {
-    if c.word_embed_proj_dim.is_some_and(|d| d != c.hidden_size) {
-        return Err(Error::Unsupported(
-            "opt `word_embed_proj_dim` different from `hidden_size` (project_in/out)".into(),
-        ));
-    }
     let (d, h, layers) = (c.hidden_size, c.num_attention_heads, c.num_hidden_layers);
     let mut names = NAMES;
     if !c.do_layer_norm_before || c._remove_final_layer_norm {
@@ -109,6 +107,14 @@ pub fn load(c: OptConfig, w: &mut Weights) -> Result<Decoder> {
     }
     (spec.qkv_bias, spec.o_bias, spec.mlp_bias) = (c.enable_bias, c.enable_bias, c.enable_bias);
     spec.tied = c.tie_word_embeddings;
+    spec.projections = c
+        .word_embed_proj_dim
+        .filter(|&e| e != d)
+        .map(|dim| Projections {
+            dim,
+            input: "decoder.project_in",
+            output: "decoder.project_out",
+        });
     spec.dropout = c.dropout.unwrap_or(0.1);
     spec.load(w)
 }

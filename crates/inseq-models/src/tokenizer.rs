@@ -10,6 +10,8 @@ pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     /// The tokenizer of target texts where it differs (Marian's `target.spm`).
     target: Option<tokenizers::Tokenizer>,
+    /// Why target texts cannot be encoded (an M2M100 tokenizer without `tgt_lang`).
+    no_target: Option<String>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -26,6 +28,7 @@ impl TextTokenizer {
         Self {
             inner,
             target: None,
+            no_target: None,
         }
     }
 
@@ -35,12 +38,25 @@ impl TextTokenizer {
         Self {
             inner,
             target: Some(target),
+            no_target: None,
+        }
+    }
+
+    /// A tokenizer whose [`Self::encode_target`] is an error saying `reason`.
+    pub fn without_target(inner: tokenizers::Tokenizer, reason: String) -> Self {
+        Self {
+            inner,
+            target: None,
+            no_target: Some(reason),
         }
     }
 
     /// Encodes a target text: as [`Self::encode`], with the target tokenizer where there is one
     /// (as transformers' `tokenizer(text_target=...)`).
     pub fn encode_target(&self, text: &str, special: bool) -> Result<Vec<usize>> {
+        if let Some(reason) = &self.no_target {
+            return Err(Error::Tokenizer(reason.clone()));
+        }
         let enc = self
             .target
             .as_ref()
@@ -68,12 +84,25 @@ impl TextTokenizer {
 
     /// The tokenizer of a model directory: its `tokenizer.json`, else one built from
     /// SentencePiece files: a Marian repository's `source.spm` and `vocab.json`
-    /// ([`crate::marian_spm`]), or a T5 / mT5 repository's `spiece.model` ([`crate::t5_spm`]).
+    /// ([`crate::marian_spm`]), an M2M100 one's `sentencepiece.bpe.model` and `vocab.json`
+    /// ([`crate::m2m100_spm`]), or a T5 / mT5 repository's `spiece.model` ([`crate::t5_spm`]).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         if !json.exists() && crate::marian_spm::is_marian_spm_dir(dir) {
             let (source, target) = crate::marian_spm::marian_tokenizers(dir)?;
             return Ok(Self::with_target(source, target));
+        }
+        if !json.exists() && crate::m2m100_spm::is_m2m100_spm_dir(dir) {
+            return Ok(match crate::m2m100_spm::m2m100_tokenizers(dir)? {
+                (source, Some(target)) => Self::with_target(source, target),
+                (source, None) => Self::without_target(
+                    source,
+                    format!(
+                        "{}: M2M100 target texts need `tgt_lang` in tokenizer_config.json",
+                        dir.display()
+                    ),
+                ),
+            });
         }
         if !json.exists() && crate::t5_spm::is_t5_spm_dir(dir) {
             return crate::t5_spm::t5_tokenizer(dir).map(Self::new);

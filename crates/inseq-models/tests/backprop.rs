@@ -116,7 +116,7 @@ fn llama_backward_equals_autodiff() {
 
 /// The architectures of `tests/fixtures/zoo/make_zoo.py`: 6 positions, past their sliding windows
 /// (4 or 5 positions).
-const ZOO: [&str; 11] = [
+const ZOO: [&str; 13] = [
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-gemma3",
@@ -125,8 +125,10 @@ const ZOO: [&str; 11] = [
     "tiny-olmo2",
     "tiny-gpt_neox",
     "tiny-opt",
+    "tiny-opt_350m",
     "tiny-falcon",
     "tiny-falcon_mq",
+    "tiny-falcon_rw",
     "tiny-mistral",
 ];
 
@@ -201,4 +203,34 @@ fn gpt2_backward_each_equals_backward_one_by_one() {
 #[test]
 fn llama_backward_each_equals_backward_one_by_one() {
     check_backward_each("tiny-llama");
+}
+
+/// Dynamic NTK RoPE: the frequencies depend on the sequence length past
+/// `max_position_embeddings`, so a sequence that long has no shared forward pass (attribution
+/// then runs each step's prefix, as Inseq does); shorter ones keep it.
+#[test]
+fn dynamic_rope_past_its_context_has_no_shared_forward() {
+    let dir = inseq_fixtures::copy_model("tiny-llama", "dynamic-rope");
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = serde_json::json!(8);
+    config["rope_parameters"] =
+        serde_json::json!({"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0});
+    std::fs::write(&path, config.to_string()).unwrap();
+    let m = load_pretrained(dir.to_str().unwrap(), &Device::default())
+        .unwrap()
+        .model;
+    let _ = std::fs::remove_dir_all(&dir);
+    let input = |len: usize| {
+        let ids: Vec<usize> = (5..5 + len).collect();
+        ModelInput {
+            target_embeds: m.embed(ids_tensor(&[ids], m.device())),
+            target_mask: vec![vec![true; len]],
+            source_embeds: None,
+            source_mask: None,
+        }
+    };
+    assert!(m.forward_shared(&input(8)).is_some());
+    assert!(m.forward_shared(&input(9)).is_none());
 }

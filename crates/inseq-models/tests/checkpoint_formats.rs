@@ -295,3 +295,59 @@ fn legacy_format_and_protocol_4_read_as_the_zip_format() {
     let reason = corrupt_reason(&bytes[..bytes.len() - 10]);
     assert!(reason.contains("storage"), "{reason}");
 }
+
+/// An M2M100 repository's `sentencepiece.bpe.model` + `vocab.json` encode like transformers'
+/// `M2M100Tokenizer` (`tests/fixtures/m2m100-spm/make_m2m100_spm.py`): source ids with the
+/// `src_lang` prefix, target ids with `tgt_lang`'s, decoding with and without special tokens.
+#[test]
+fn m2m100_spm_tokenizer_matches_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/m2m100-spm");
+    let tok = inseq_models::TextTokenizer::from_dir(&dir).expect("tokenizer");
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let mut mismatches = Vec::new();
+    for case in reference["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text, true).unwrap();
+        if got != ids(&case["ids"]) {
+            mismatches.push(format!("{text:?}: got {got:?}, want {:?}", case["ids"]));
+        }
+        let got = tok.encode_target(text, true).unwrap();
+        if got != ids(&case["target_ids"]) {
+            mismatches.push(format!("target {text:?}: got {got:?}"));
+        }
+        let skip = tok.decode(&ids(&case["ids"]), true).unwrap();
+        if skip != case["decoded_skip"].as_str().unwrap() {
+            mismatches.push(format!("decode {text:?}: got {skip:?}"));
+        }
+        // Special tokens (ids 0-3) inside the text keep the space after them (a documented limit).
+        let want = ids(&case["ids"]);
+        let inside = want[..want.len() - 1].iter().any(|&i| i <= 3);
+        let full = tok.decode(&want, false).unwrap();
+        if !inside && full != case["decoded"].as_str().unwrap() {
+            mismatches.push(format!("decode with specials {text:?}: got {full:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    for (token, id) in reference["lang_ids"].as_object().unwrap() {
+        assert_eq!(tok.token_to_id(token), id.as_u64().map(|i| i as usize));
+    }
+    // Without `tgt_lang`, target texts are an error (transformers raises too).
+    let copy = std::env::temp_dir().join(format!("inseq-m2m100-spm-{}", std::process::id()));
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["sentencepiece.bpe.model", "vocab.json"] {
+        std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+    }
+    std::fs::write(copy.join("tokenizer_config.json"), r#"{"src_lang": "fr"}"#).unwrap();
+    let tok = inseq_models::TextTokenizer::from_dir(&copy).expect("tokenizer");
+    let err = tok.encode_target("a", true).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&copy);
+    assert!(err.contains("tgt_lang"), "{err}");
+}

@@ -295,3 +295,140 @@ fn tiny_gemma_loads_end_to_end() {
     assert_eq!(c["tie_word_embeddings"], true);
     assert_same_logits("tiny-gemma.gguf", "tiny-gemma.safetensors");
 }
+
+/// The zoo fixtures of `make_zoo_fixtures.py`: every tensor back in Hugging Face layout, and the
+/// same logits as the model built from the Hugging Face-layout copy.
+fn assert_zoo_fixture(arch: &str) {
+    let gguf = format!("tiny-{arch}.gguf");
+    let safetensors = format!("tiny-{arch}.safetensors");
+    assert_same_as_hf(&gguf, &safetensors);
+    assert_same_logits(&gguf, &safetensors);
+}
+
+fn zoo_config(arch: &str) -> serde_json::Value {
+    GgufModelFile::open(&fixture(&format!("tiny-{arch}.gguf")))
+        .unwrap()
+        .hf_config()
+        .unwrap()
+}
+
+#[test]
+fn tiny_gemma2_loads_end_to_end() {
+    let c = zoo_config("gemma2");
+    assert_eq!(c["model_type"], "gemma2");
+    assert_eq!(c["head_dim"], 8);
+    assert_eq!(c["query_pre_attn_scalar"], 8);
+    assert_eq!(c["attn_logit_softcapping"], 5.0);
+    assert_eq!(c["final_logit_softcapping"], 3.0);
+    assert_eq!(c["sliding_window"], 4);
+    assert_eq!(c["tie_word_embeddings"], true);
+    assert_zoo_fixture("gemma2");
+}
+
+#[test]
+fn tiny_gemma3_loads_end_to_end() {
+    let c = zoo_config("gemma3");
+    assert_eq!(c["model_type"], "gemma3_text");
+    assert_eq!(c["rope_theta"], 1e6);
+    assert_eq!(c["rope_local_base_freq"], 10000.0);
+    assert_eq!(c["sliding_window"], 4);
+    assert_eq!(c["sliding_window_pattern"], 6);
+    assert_eq!(c["rope_scaling"]["rope_type"], "linear");
+    assert_eq!(c["rope_scaling"]["factor"], 2.0);
+    assert!(c["final_logit_softcapping"].is_null());
+    assert_zoo_fixture("gemma3");
+}
+
+#[test]
+fn tiny_phi3_loads_end_to_end() {
+    let c = zoo_config("phi3");
+    assert_eq!(c["model_type"], "phi3");
+    assert_eq!(c["partial_rotary_factor"], 0.5);
+    assert_eq!(c["sliding_window"], 5);
+    assert_eq!(c["original_max_position_embeddings"], 64);
+    assert!(c.get("rope_scaling").is_none());
+    assert_zoo_fixture("phi3");
+}
+
+#[test]
+fn tiny_olmo2_loads_end_to_end() {
+    let c = zoo_config("olmo2");
+    assert_eq!(c["model_type"], "olmo2");
+    assert_eq!(c["rope_theta"], 500000.0);
+    assert_zoo_fixture("olmo2");
+}
+
+#[test]
+fn tiny_gpt_neox_loads_end_to_end() {
+    let c = zoo_config("gptneox");
+    assert_eq!(c["model_type"], "gpt_neox");
+    assert_eq!(c["rotary_pct"], 0.5);
+    assert_eq!(c["use_parallel_residual"], false);
+    assert_eq!(c["attention_bias"], true);
+    assert_zoo_fixture("gptneox");
+}
+
+#[test]
+fn tiny_falcon_loads_end_to_end() {
+    let c = zoo_config("falcon");
+    assert_eq!(c["model_type"], "falcon");
+    assert_eq!(c["new_decoder_architecture"], true);
+    assert_eq!(c["num_kv_heads"], 2);
+    assert_eq!(c["num_ln_in_parallel_attn"], 2);
+    assert_eq!(c["bias"], false);
+    assert_zoo_fixture("falcon");
+}
+
+#[test]
+fn unread_metadata_key_is_an_error() {
+    let model = GgufModelFile::open(&fixture("olmo2-unknown-key.gguf")).unwrap();
+    let err = model.hf_config().unwrap_err().to_string();
+    assert!(err.contains("olmo2.expert_count"), "{err}");
+    assert!(err.contains("olmo2-unknown-key.gguf"), "{err}");
+}
+
+/// The logits of each zoo GGUF fixture, loaded end to end (config from the metadata), equal
+/// transformers' logits of the same weights under the Hugging Face config (`zoo_logits.json`).
+#[test]
+fn zoo_gguf_logits_match_transformers() {
+    let text = std::fs::read_to_string(fixture("zoo_logits.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<usize> = serde_json::from_value(reference["ids"].clone()).unwrap();
+    let device = Device::default();
+    for arch in ["gemma2", "gemma3", "phi3", "olmo2", "gptneox", "falcon"] {
+        let path = fixture(&format!("tiny-{arch}.gguf"));
+        let loaded = load_pretrained(path.to_str().unwrap(), &device).unwrap();
+        let m = loaded.model.as_ref();
+        let out = m.forward(
+            ModelInput {
+                target_embeds: m.embed(ids_tensor(std::slice::from_ref(&ids), &device)),
+                target_mask: vec![vec![true; ids.len()]],
+                source_embeds: None,
+                source_mask: None,
+            },
+            ForwardOptions::default(),
+        );
+        let got = out.logits.into_data().try_to_vec::<f32>().unwrap();
+        let rows: Vec<Vec<f32>> =
+            serde_json::from_value(reference["logits"][arch].clone()).unwrap();
+        let want: Vec<f32> = rows.concat();
+        assert_eq!(got.len(), want.len(), "{arch}");
+        let tol = 1e-4_f32.min(model_pass(max_abs(&want)) as f32);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= tol,
+            "{arch}: max |ours - transformers| = {worst} > {tol}"
+        );
+    }
+}
+
+#[test]
+fn unread_tensor_is_an_error() {
+    let err = GgufModelFile::open(&fixture("llama-rope-freqs.gguf")).unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("rope_freqs.weight"), "{err}");
+}

@@ -8,17 +8,18 @@ use burn::tensor::{Device, Int, Tensor};
 use std::borrow::Cow;
 
 use super::Pass;
+use super::alibi::Alibi;
 use super::block::{Block, BlockTape};
 use super::hooks::{empty_output, override_layer};
 use super::mask::AttentionMask;
 use super::norm::{Norm, NormTape, maybe, maybe_backward};
 use super::rope::Rope;
-use crate::backprop::{SharedForward, Span, row_at};
+use crate::backprop::{SharedForward, Span, linear_backward, row_at};
 use crate::checkpoint::{KEEP_TAPES_BYTES, Stored, backward_blockwise, run_blocks, tape_of};
 use crate::model::{
     ForwardOptions, LanguageModel, LayerRef, ModelInfo, ModelInput, ModelKind, ModelOutput,
 };
-use crate::nn::{Act, Embedding, LmHead, ids_tensor, new_positions};
+use crate::nn::{Act, Embedding, Linear, LmHead, ids_tensor, new_positions};
 
 /// A learned position table, read at `position + offset`.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct Decoder {
     pub(crate) embed: Embedding,
     pub(crate) embed_scale: Option<f64>,
     pub(crate) positions: Option<LearnedPositions>,
+    /// Projections of narrower token embeddings in and out (OPT-350m).
+    pub(crate) project_in: Option<Linear>,
+    pub(crate) project_out: Option<Linear>,
     pub(crate) blocks: Vec<Block>,
     pub(crate) final_norm: Option<Norm>,
     pub(crate) head: LmHead,
@@ -41,6 +45,8 @@ pub struct Decoder {
     pub(crate) ropes: Vec<Rope>,
     /// The distinct sliding windows of the layers (`None`: full attention).
     pub(crate) windows: Vec<Option<usize>>,
+    /// ALiBi position biases of every layer (Falcon with `alibi`).
+    pub(crate) alibi: Option<Alibi>,
     pub(crate) dropout: f64,
     pub(crate) device: Device,
 }
@@ -66,6 +72,9 @@ impl Decoder {
         let [_, s, _] = input.target_embeds.dims();
         let positions = new_positions(&input.target_mask, s);
         let mut x = input.target_embeds.clone();
+        if let Some(p) = &self.project_in {
+            x = p.forward(x);
+        }
         if let Some(p) = &self.positions {
             let ids: Vec<Vec<usize>> = positions
                 .iter()
@@ -81,7 +90,10 @@ impl Decoder {
         let masks = self
             .windows
             .iter()
-            .map(|&w| (w, AttentionMask::new(&input.target_mask, s, w)))
+            .map(|&w| {
+                let mask = AttentionMask::new(&input.target_mask, s, w);
+                (w, mask.with_alibi(self.alibi.as_ref()))
+            })
             .collect();
         let mut pass = self.pass(options, taped.is_some(), rope_tables, masks);
         let mut hidden_states = vec![];
@@ -100,6 +112,10 @@ impl Decoder {
         let budget = taped.unwrap_or(u64::MAX);
         let (blocks, x) = run_blocks((self.blocks.len(), budget), x, step, floats);
         let (out, last) = maybe(self.final_norm.as_ref(), x, pass.lrp, taped.is_some());
+        let out = match &self.project_out {
+            Some(p) => p.forward(out),
+            None => out,
+        };
         Run {
             out,
             attentions: pass.attentions,
@@ -172,7 +188,15 @@ impl LanguageModel for Decoder {
     fn dropout_probability(&self) -> f64 {
         self.dropout
     }
+    /// `None` where dynamic NTK RoPE would give the whole sequence other frequencies than the
+    /// prefixes a step-by-step attribution feeds (see docs/inseq-compatibility.md).
     fn forward_shared(&self, input: &ModelInput) -> Option<Box<dyn SharedForward + '_>> {
+        let [_, s, _] = input.target_embeds.dims();
+        let positions = new_positions(&input.target_mask, s);
+        let len = positions.iter().flatten().max().map_or(0, |&p| p + 1);
+        if self.ropes.iter().any(|r| r.depends_on_length(len)) {
+            return None;
+        }
         Some(Box::new(self.forward_taped(input, KEEP_TAPES_BYTES)))
     }
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
@@ -223,15 +247,20 @@ impl SharedForward for Tape<'_> {
         let (positions, grads): (Vec<usize>, Vec<Tensor<2>>) = requests.into_iter().unzip();
         let final_norm = |span: Span, r: usize| {
             let pick = |t: &Tensor<3>| span.rows(t);
+            let grad = grads[r].clone().unsqueeze_dim(1);
+            let grad = match &self.model.project_out {
+                Some(p) => linear_backward(p, grad),
+                None => grad,
+            };
             maybe_backward(
                 self.model.final_norm.as_ref(),
                 self.run.last.as_ref(),
                 pick,
-                grads[r].clone().unsqueeze_dim(1),
+                grad,
             )
         };
         let tables = &self.run.rope_tables;
-        backward_blockwise(
+        let grads = backward_blockwise(
             &positions,
             self.run.blocks.len(),
             final_norm,
@@ -240,7 +269,11 @@ impl SharedForward for Tape<'_> {
                 let tape = tape.as_ref().expect("a taped pass");
                 self.model.blocks[i].backward(tape, tables, span, dout)
             },
-        )
+        );
+        match &self.model.project_in {
+            Some(p) => grads.into_iter().map(|g| linear_backward(p, g)).collect(),
+            None => grads,
+        }
     }
 }
 

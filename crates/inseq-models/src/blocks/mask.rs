@@ -1,12 +1,14 @@
 //! Which keys each query of an attention layer sees: a per-row key mask (`false` = padding),
 //! causality (decoder self-attention) and an optional sliding window, given to the attention core
-//! ([`super::core`]) as a chunk's additive bias and the keys a chunk needs. Encoder
-//! self-attention and cross-attention see every real key ([`AttentionMask::full`]).
+//! ([`super::core`]) as a chunk's additive bias (with ALiBi's position bias where the model has
+//! it) and the keys a chunk needs. Encoder self-attention and cross-attention see every real key
+//! ([`AttentionMask::full`]).
 
 use std::ops::Range;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::alibi::Alibi;
 use crate::nn::MASK_VALUE;
 
 /// The mask of `q_len` queries over the keys of a `[rows, k]` key mask, the queries being the
@@ -23,6 +25,8 @@ pub struct AttentionMask {
     /// Per query of a causal mask: some row's query sees no key (it then attends uniformly to
     /// every key).
     blind: Vec<bool>,
+    /// ALiBi position biases, added to every chunk's bias.
+    alibi: Option<Alibi>,
 }
 
 impl AttentionMask {
@@ -51,6 +55,7 @@ impl AttentionMask {
             window,
             causal: true,
             blind,
+            alibi: None,
         }
     }
 
@@ -64,7 +69,14 @@ impl AttentionMask {
             window: None,
             causal: false,
             blind: Vec::new(),
+            alibi: None,
         }
+    }
+
+    /// This mask with ALiBi's position biases (`None`: without).
+    pub fn with_alibi(mut self, alibi: Option<&Alibi>) -> Self {
+        self.alibi = alibi.cloned();
+        self
     }
 
     fn visible(&self, row: usize, query: usize, key: usize) -> bool {
@@ -86,15 +98,16 @@ impl AttentionMask {
         }
     }
 
-    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]); `None` where every query
-    /// sees every key (a [`AttentionMask::full`] mask without padding).
+    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]); with ALiBi
+    /// `[rows, heads, queries, keys]`, its position bias added; `None` where every query sees
+    /// every key without a position bias (a [`AttentionMask::full`] mask without padding).
     pub(crate) fn bias(
         &self,
         queries: &Range<usize>,
         keys: usize,
         device: &Device,
     ) -> Option<Tensor<4>> {
-        if !self.causal && self.key_mask.iter().flatten().all(|&real| real) {
+        if !self.causal && self.alibi.is_none() && self.key_mask.iter().flatten().all(|&k| k) {
             return None;
         }
         let rows = self.key_mask.len();
@@ -111,7 +124,11 @@ impl AttentionMask {
             }
         }
         let shape = [rows, 1, queries.len(), keys];
-        Some(Tensor::from_data(TensorData::new(data, shape), device))
+        let bias = Tensor::from_data(TensorData::new(data, shape), device);
+        Some(match &self.alibi {
+            Some(alibi) => bias + alibi.bias(&self.key_mask, keys, device),
+            None => bias,
+        })
     }
 }
 
@@ -128,11 +145,8 @@ mod tests {
             .bias(&(2..4), 4, &Device::flex())
             .expect("a causal bias");
         assert_eq!(bias.dims(), [1, 1, 2, 4]);
-        assert!(
-            AttentionMask::full(&[vec![true; 3]])
-                .bias(&(0..2), 3, &Device::flex())
-                .is_none()
-        );
+        let full = AttentionMask::full(&[vec![true; 3]]);
+        assert!(full.bias(&(0..2), 3, &Device::flex()).is_none());
         // A window of 1 after two padded keys: query 3 sees only itself.
         let mask = AttentionMask::new(&[vec![true, false, false, true]], 4, Some(1));
         assert_eq!(mask.blind, [false, true, true, false]);

@@ -1,5 +1,6 @@
 //! The block layer of the decoder-only architectures: norms ([`norm`]), rotary embeddings
-//! ([`rope`]), the attention core in query chunks ([`core`]) and its masks ([`mask`]), the attention and feed-forward sublayers
+//! ([`rope`]) or ALiBi biases ([`alibi`]), the attention core in query chunks ([`core`]) and its
+//! masks ([`mask`]), the attention and feed-forward sublayers
 //! ([`attention`], [`mlp`]), blocks in their residual layouts ([`block`]) and the generic
 //! decoder ([`decoder`]) an architecture maps its config and weight names onto ([`spec`]).
 //!
@@ -9,6 +10,7 @@
 //! ([`crate::LanguageModel::forward_shared`]: the activations its hand-written backward pass
 //! reads), and one backward pass.
 
+pub mod alibi;
 pub mod attention;
 pub mod block;
 pub mod config;

@@ -166,6 +166,13 @@ impl Rope {
         })
     }
 
+    /// Whether the frequencies of a sequence of `len` positions depend on `len` (dynamic NTK
+    /// beyond `max_position_embeddings`): then one forward pass over a whole sequence does not
+    /// compute what a forward pass over each of its prefixes computes.
+    pub fn depends_on_length(&self, len: usize) -> bool {
+        matches!(&self.freqs, Frequencies::Dynamic { max_positions, .. } if len > *max_positions)
+    }
+
     /// The inverse frequencies for a sequence of `len` positions.
     fn inv_freq(&self, len: usize) -> Vec<f64> {
         match &self.freqs {

@@ -1,6 +1,7 @@
 //! What an architecture file gives the generic [`Decoder`]: its config mapped onto a
 //! [`DecoderSpec`] and its weight names ([`Names`]).
 
+use super::alibi::Alibi;
 use super::attention::{Attention, FusedLayout, QkNorm, Qkv};
 use super::block::{Block, Residual};
 use super::core::Scoring;
@@ -35,6 +36,17 @@ pub struct Names {
     pub lm_head: &'static str,
 }
 
+/// Token embeddings narrower than the hidden size, projected in before the first block and out
+/// after the final norm (OPT's `project_in`/`project_out`, `word_embed_proj_dim`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projections {
+    /// Width of the token embeddings (and of the tied head).
+    pub dim: usize,
+    /// Weight names of the bias-free projections in and out.
+    pub input: &'static str,
+    pub output: &'static str,
+}
+
 /// Everything that decides a decoder's computation, from its config.
 #[derive(Debug, Clone)]
 pub struct DecoderSpec {
@@ -66,7 +78,11 @@ pub struct DecoderSpec {
     pub embed_scale: Option<f64>,
     /// Learned positions: `(offset)` added to position ids (OPT: 2).
     pub learned_positions: Option<usize>,
+    /// Embeddings projected in and out (OPT-350m).
+    pub projections: Option<Projections>,
     pub ropes: Vec<RopeSpec>,
+    /// ALiBi position biases in every layer (Falcon's `alibi`; the layers then have no rope).
+    pub alibi: bool,
     /// Per layer: index into `ropes`, sliding window.
     pub layer_rope: Vec<Option<usize>>,
     pub layer_window: Vec<Option<usize>>,
@@ -109,7 +125,9 @@ impl DecoderSpec {
             final_softcap: None,
             embed_scale: None,
             learned_positions: Some(offset),
+            projections: None,
             ropes: vec![],
+            alibi: false,
             layer_rope: vec![None; layers],
             layer_window: vec![None; layers],
             tied: true,
@@ -263,8 +281,16 @@ impl DecoderSpec {
             ));
         }
         let act = Act::parse(&self.act)?;
+        let e = self.projections.as_ref().map_or(d, |p| p.dim);
         let embed = Embedding {
-            table: w.tensor2(self.names.embed, [vocab, d])?,
+            table: w.tensor2(self.names.embed, [vocab, e])?,
+        };
+        let (project_in, project_out) = match &self.projections {
+            Some(p) => (
+                Some(Linear::load_torch(w, p.input, false, [d, e])?),
+                Some(Linear::load_torch(w, p.output, false, [e, d])?),
+            ),
+            None => (None, None),
         };
         let positions = match (self.learned_positions, self.names.positions) {
             (Some(offset), Some(name)) => {
@@ -287,7 +313,7 @@ impl DecoderSpec {
             .map(|n| self.norm.load(w, n, d))
             .transpose()?;
         let head = if !self.tied && w.contains(self.names.lm_head) {
-            w.tensor2(self.names.lm_head, [vocab, d])?
+            w.tensor2(self.names.lm_head, [vocab, e])?
         } else {
             embed.table.clone()
         };
@@ -299,6 +325,8 @@ impl DecoderSpec {
             embed,
             embed_scale: self.embed_scale,
             positions,
+            project_in,
+            project_out,
             blocks,
             final_norm,
             head: LmHead::from_table(head),
@@ -309,6 +337,7 @@ impl DecoderSpec {
                 .map(RopeSpec::build)
                 .collect::<Result<_>>()?,
             windows,
+            alibi: self.alibi.then(|| Alibi::new(h, self.scale)),
             dropout: self.dropout,
             device: w.device().clone(),
             info: self.info,

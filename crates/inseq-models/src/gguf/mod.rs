@@ -7,158 +7,24 @@
 //! from the memory map. The lower-level [`GgufFile`] reads any GGUF file
 //! under llama.cpp's own tensor names.
 
+mod arch_config;
+mod config;
 mod file;
 pub mod quants;
+mod tables;
 mod tokenizer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use inseq_core::{Error, Result};
-use serde_json::{Value, json};
 
 pub use file::{GgufFile, GgufTensorInfo, GgufValue};
 pub use quants::{GgmlType, dequantize};
 
 use crate::special_tokens::SpecialTokens;
 use crate::weights::{RawTensor, WeightSource};
-
-/// How a tensor is changed on its way from llama.cpp's layout to Hugging Face's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fix {
-    /// Used as stored.
-    None,
-    /// Undo `convert_hf_to_gguf.py`'s RoPE row permutation with the query head count.
-    UnpermuteQ,
-    /// Undo the permutation with the key/value head count.
-    UnpermuteK,
-    /// Swap the two dimensions (GPT-2's `Conv1D` stores `[in, out]`).
-    Transpose,
-    /// Subtract 1 (Gemma's norm scales, stored by `convert_hf_to_gguf.py` as `1 + weight`).
-    MinusOne,
-}
-
-/// llama.cpp -> Hugging Face tensor names for one architecture.
-struct ArchTable {
-    /// `general.architecture` value.
-    arch: &'static str,
-    /// Prefix of the Hugging Face base-model tensors (`model.`, `transformer.`).
-    hf_prefix: &'static str,
-    /// Hugging Face prefix of a decoder block, `{i}` standing for its index.
-    hf_block: &'static str,
-    /// Whole-model tensors: (llama.cpp name, Hugging Face name without `hf_prefix`).
-    /// `lm_head.weight` is outside the base model and is never prefixed.
-    global: &'static [(&'static str, &'static str)],
-    /// Per-block tensors: (llama.cpp suffix after `blk.{i}.`, Hugging Face suffix, fix).
-    block: &'static [(&'static str, &'static str, Fix)],
-    /// Norm scales are stored as `1 + weight` (Gemma): every `*norm.weight` gets [`Fix::MinusOne`].
-    norms_plus_one: bool,
-}
-
-const LLAMA: ArchTable = ArchTable {
-    arch: "llama",
-    hf_prefix: "model.",
-    hf_block: "layers.{i}.",
-    global: &[
-        ("token_embd.weight", "embed_tokens.weight"),
-        ("output_norm.weight", "norm.weight"),
-        ("output.weight", "lm_head.weight"),
-    ],
-    block: &[
-        ("attn_norm.weight", "input_layernorm.weight", Fix::None),
-        ("attn_q.weight", "self_attn.q_proj.weight", Fix::UnpermuteQ),
-        ("attn_q.bias", "self_attn.q_proj.bias", Fix::UnpermuteQ),
-        ("attn_k.weight", "self_attn.k_proj.weight", Fix::UnpermuteK),
-        ("attn_k.bias", "self_attn.k_proj.bias", Fix::UnpermuteK),
-        ("attn_v.weight", "self_attn.v_proj.weight", Fix::None),
-        ("attn_v.bias", "self_attn.v_proj.bias", Fix::None),
-        ("attn_output.weight", "self_attn.o_proj.weight", Fix::None),
-        ("attn_output.bias", "self_attn.o_proj.bias", Fix::None),
-        (
-            "ffn_norm.weight",
-            "post_attention_layernorm.weight",
-            Fix::None,
-        ),
-        ("ffn_gate.weight", "mlp.gate_proj.weight", Fix::None),
-        ("ffn_up.weight", "mlp.up_proj.weight", Fix::None),
-        ("ffn_down.weight", "mlp.down_proj.weight", Fix::None),
-    ],
-    norms_plus_one: false,
-};
-
-const GPT2: ArchTable = ArchTable {
-    arch: "gpt2",
-    hf_prefix: "transformer.",
-    hf_block: "h.{i}.",
-    global: &[
-        ("token_embd.weight", "wte.weight"),
-        ("position_embd.weight", "wpe.weight"),
-        ("output_norm.weight", "ln_f.weight"),
-        ("output_norm.bias", "ln_f.bias"),
-        ("output.weight", "lm_head.weight"),
-    ],
-    block: &[
-        ("attn_norm.weight", "ln_1.weight", Fix::None),
-        ("attn_norm.bias", "ln_1.bias", Fix::None),
-        ("attn_qkv.weight", "attn.c_attn.weight", Fix::Transpose),
-        ("attn_qkv.bias", "attn.c_attn.bias", Fix::None),
-        ("attn_output.weight", "attn.c_proj.weight", Fix::Transpose),
-        ("attn_output.bias", "attn.c_proj.bias", Fix::None),
-        ("ffn_norm.weight", "ln_2.weight", Fix::None),
-        ("ffn_norm.bias", "ln_2.bias", Fix::None),
-        ("ffn_up.weight", "mlp.c_fc.weight", Fix::Transpose),
-        ("ffn_up.bias", "mlp.c_fc.bias", Fix::None),
-        ("ffn_down.weight", "mlp.c_proj.weight", Fix::Transpose),
-        ("ffn_down.bias", "mlp.c_proj.bias", Fix::None),
-    ],
-    norms_plus_one: false,
-};
-
-/// Qwen2's tensors: Llama's names with biases, stored unpermuted (llama.cpp's NEOX RoPE).
-const QWEN2_BLOCK: &[(&str, &str, Fix)] = &[
-    ("attn_norm.weight", "input_layernorm.weight", Fix::None),
-    ("attn_q.weight", "self_attn.q_proj.weight", Fix::None),
-    ("attn_q.bias", "self_attn.q_proj.bias", Fix::None),
-    ("attn_k.weight", "self_attn.k_proj.weight", Fix::None),
-    ("attn_k.bias", "self_attn.k_proj.bias", Fix::None),
-    ("attn_v.weight", "self_attn.v_proj.weight", Fix::None),
-    ("attn_v.bias", "self_attn.v_proj.bias", Fix::None),
-    ("attn_output.weight", "self_attn.o_proj.weight", Fix::None),
-    ("attn_output.bias", "self_attn.o_proj.bias", Fix::None),
-    ("attn_q_norm.weight", "self_attn.q_norm.weight", Fix::None),
-    ("attn_k_norm.weight", "self_attn.k_norm.weight", Fix::None),
-    (
-        "ffn_norm.weight",
-        "post_attention_layernorm.weight",
-        Fix::None,
-    ),
-    ("ffn_gate.weight", "mlp.gate_proj.weight", Fix::None),
-    ("ffn_up.weight", "mlp.up_proj.weight", Fix::None),
-    ("ffn_down.weight", "mlp.down_proj.weight", Fix::None),
-];
-
-const QWEN2: ArchTable = ArchTable {
-    arch: "qwen2",
-    block: QWEN2_BLOCK,
-    ..LLAMA
-};
-
-/// Qwen3: Qwen2's names plus the per-head query/key norms.
-const QWEN3: ArchTable = ArchTable {
-    arch: "qwen3",
-    block: QWEN2_BLOCK,
-    ..LLAMA
-};
-
-/// Gemma: Qwen2's unpermuted names (NEOX RoPE), norm scales stored as `1 + weight`, tied head.
-const GEMMA: ArchTable = ArchTable {
-    arch: "gemma",
-    block: QWEN2_BLOCK,
-    norms_plus_one: true,
-    ..LLAMA
-};
-
-const ARCHS: &[&ArchTable] = &[&LLAMA, &GPT2, &QWEN2, &QWEN3, &GEMMA];
+use tables::{ArchTable, Fix, hf_name, regroup, unpermute};
 
 /// An opened GGUF file exposing its tensors under Hugging Face names.
 pub struct GgufModelFile {
@@ -181,7 +47,7 @@ impl std::fmt::Debug for GgufModelFile {
 
 impl GgufModelFile {
     /// Opens and parses a GGUF file of a supported architecture (`llama`, `gpt2`, `qwen2`,
-    /// `qwen3`, `gemma`).
+    /// `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3`, `olmo2`, `gptneox`, `falcon`).
     pub fn open(path: &Path) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let arch = file
@@ -191,19 +57,24 @@ impl GgufModelFile {
                 path: path.to_path_buf(),
                 reason: "no `general.architecture` metadata".into(),
             })?;
-        let table = ARCHS
-            .iter()
-            .copied()
-            .find(|t| t.arch == arch)
-            .ok_or_else(|| {
+        let table =
+            tables::table_for(arch, |name| file.tensor_info(name).is_some()).ok_or_else(|| {
                 Error::UnsupportedArchitecture(format!(
-                    "GGUF architecture `{arch}` (supported: llama, gpt2, qwen2, qwen3, gemma)"
+                    "GGUF architecture `{arch}` (supported: {})",
+                    tables::supported()
                 ))
             })?;
         let mut names = HashMap::new();
         for info in file.tensors() {
             if let Some((hf, fix)) = hf_name(table, &info.name) {
                 names.insert(hf, (info.name.clone(), fix));
+            } else if !tables::read_by_config(table, &info.name) {
+                return Err(Error::Unsupported(format!(
+                    "tensor `{}` in {} (not read by the {} GGUF loader)",
+                    info.name,
+                    path.display(),
+                    table.arch
+                )));
             }
         }
         let mut model = Self {
@@ -283,6 +154,17 @@ impl GgufModelFile {
         Ok(Some(value))
     }
 
+    /// `{arch}.{key}` as a boolean, if present.
+    fn meta_bool(&self, key: &str) -> Result<Option<bool>> {
+        let full = format!("{}.{key}", self.table.arch);
+        match self.file.get(&full) {
+            None => Ok(None),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                self.corrupt(format!("metadata `{full}` is {v:?}, expected a boolean"))
+            }),
+        }
+    }
+
     fn token_id(&self, which: &str) -> Option<u64> {
         self.file
             .get(&format!("tokenizer.ggml.{which}_token_id"))
@@ -294,102 +176,6 @@ impl GgufModelFile {
         self.file
             .tensor_info(gguf_name)
             .and_then(|t| t.dims.last().copied())
-    }
-
-    /// The Hugging Face `config.json` equivalent of the GGUF metadata.
-    pub fn hf_config(&self) -> Result<Value> {
-        let declared = self.meta_usize_opt("vocab_size")?;
-        let vocab_size = match (self.rows_of("token_embd.weight"), declared) {
-            (Some(rows), Some(d)) if rows as usize != d => {
-                let arch = self.table.arch;
-                return Err(self.corrupt(format!(
-                    "metadata `{arch}.vocab_size` is {d} but `token_embd.weight` has {rows} rows"
-                )));
-            }
-            (Some(rows), _) => rows as usize,
-            (None, Some(d)) => d,
-            (None, None) => return Err(self.corrupt("no `token_embd.weight` tensor".into())),
-        };
-        let tied = self.file.tensor_info("output.weight").is_none();
-        let mut config = match self.table.arch {
-            "llama" => self.llama_like("llama", "LlamaForCausalLM", vocab_size, tied)?,
-            "qwen2" => self.llama_like("qwen2", "Qwen2ForCausalLM", vocab_size, tied)?,
-            "qwen3" => self.llama_like("qwen3", "Qwen3ForCausalLM", vocab_size, tied)?,
-            "gemma" => {
-                let mut c = self.llama_like("gemma", "GemmaForCausalLM", vocab_size, tied)?;
-                c["hidden_act"] = json!("gelu_pytorch_tanh");
-                c
-            }
-            _ => json!({
-                "model_type": "gpt2",
-                "n_positions": self.meta_usize("context_length")?,
-                "n_ctx": self.meta_usize("context_length")?,
-                "architectures": ["GPT2LMHeadModel"],
-                "vocab_size": vocab_size,
-                "n_embd": self.meta_usize("embedding_length")?,
-                "n_layer": self.meta_usize("block_count")?,
-                "n_head": self.n_head,
-                "n_inner": self.meta_usize_opt("feed_forward_length")?,
-                "layer_norm_epsilon": self.meta_f64("attention.layer_norm_epsilon")?.unwrap_or(1e-5),
-                "activation_function": "gelu_new",
-                "tie_word_embeddings": tied,
-            }),
-        };
-        for (hf, ggml) in [("bos", "bos"), ("eos", "eos"), ("pad", "padding")] {
-            if let Some(id) = self.token_id(ggml) {
-                config[format!("{hf}_token_id")] = json!(id);
-            }
-        }
-        Ok(config)
-    }
-
-    /// The `config.json` of a Llama-like file (`llama`, `qwen2`, `qwen3`): the same metadata keys
-    /// under the architecture's prefix; attention biases where the file has them.
-    fn llama_like(
-        &self,
-        model_type: &str,
-        class: &str,
-        vocab_size: usize,
-        tied: bool,
-    ) -> Result<Value> {
-        let mut c = json!({
-            "model_type": model_type,
-            "architectures": [class],
-            "vocab_size": vocab_size,
-            "hidden_size": self.meta_usize("embedding_length")?,
-            "intermediate_size": self.meta_usize("feed_forward_length")?,
-            "num_hidden_layers": self.meta_usize("block_count")?,
-            "num_attention_heads": self.n_head,
-            "num_key_value_heads": self.n_head_kv,
-            "rms_norm_eps": self.meta_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
-            "rope_theta": self.meta_f64("rope.freq_base")?.unwrap_or(10000.0),
-            "max_position_embeddings": self.meta_usize("context_length")?,
-            "tie_word_embeddings": tied,
-            "hidden_act": "silu",
-            "attention_bias": self.file.tensor_info("blk.0.attn_q.bias").is_some(),
-        });
-        if let Some(head_dim) = self.meta_usize_opt("attention.key_length")? {
-            c["head_dim"] = json!(head_dim);
-        }
-        let key = format!("{}.rope.scaling.type", self.table.arch);
-        let scaling = self
-            .file
-            .get(&key)
-            .and_then(GgufValue::as_str)
-            .filter(|s| *s != "none");
-        if let Some(kind) = scaling {
-            c["rope_scaling"] = json!({
-                "rope_type": kind,
-                "factor": self.meta_f64("rope.scaling.factor")?,
-                "original_max_position_embeddings": self.meta_usize_opt("rope.scaling.original_context_length")?,
-            });
-        }
-        if let Some(window) = self.meta_usize_opt("attention.sliding_window")? {
-            return Err(Error::Unsupported(format!(
-                "sliding window {window} in a {model_type} GGUF file"
-            )));
-        }
-        Ok(c)
     }
 
     /// The special tokens as transformers' GGUF loader resolves them: the tokenizer's
@@ -457,6 +243,9 @@ impl GgufModelFile {
                     t.shape
                 ))),
             },
+            Fix::Regroup => regroup(t, self.n_head, self.n_head_kv)
+                .map(Some)
+                .map_err(|reason| self.corrupt(format!("tensor `{gguf_name}`: {reason}"))),
             Fix::UnpermuteQ | Fix::UnpermuteK => {
                 let heads = if *fix == Fix::UnpermuteQ {
                     self.n_head
@@ -471,56 +260,6 @@ impl GgufModelFile {
     }
 }
 
-/// The Hugging Face name (without base-model prefix) of a llama.cpp tensor.
-fn hf_name(table: &ArchTable, gguf: &str) -> Option<(String, Fix)> {
-    let (hf, fix) = hf_name_as_stored(table, gguf)?;
-    let plus_one = table.norms_plus_one && hf.ends_with("norm.weight");
-    Some((hf, if plus_one { Fix::MinusOne } else { fix }))
-}
-
-/// [`hf_name`] before the table-wide fixes.
-fn hf_name_as_stored(table: &ArchTable, gguf: &str) -> Option<(String, Fix)> {
-    if let Some(&(_, hf)) = table.global.iter().find(|(g, _)| *g == gguf) {
-        return Some((hf.to_string(), Fix::None));
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (idx, suffix) = rest.split_once('.')?;
-    let i: usize = idx.parse().ok()?;
-    let &(_, hf, fix) = table.block.iter().find(|(g, _, _)| *g == suffix)?;
-    Some((
-        format!("{}{hf}", table.hf_block.replace("{i}", &i.to_string())),
-        fix,
-    ))
-}
-
-/// Inverts `convert_hf_to_gguf.py`'s `LlamaModel.permute`, which reorders the rows
-/// of each head from `[half0; half1]` to interleaved pairs for llama.cpp's RoPE.
-fn unpermute(t: RawTensor, heads: usize) -> std::result::Result<RawTensor, String> {
-    let rows = *t.shape.first().ok_or("scalar tensor")?;
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        return Err(format!(
-            "{rows} rows cannot be split into {heads} heads of rotary pairs"
-        ));
-    }
-    let cols = t.data.len().checked_div(rows).unwrap_or(0);
-    let half = rows / heads / 2;
-    let mut data = vec![0f32; t.data.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for s in 0..2 {
-                let src = h * 2 * half + 2 * j + s;
-                let dst = h * 2 * half + s * half + j;
-                data[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    Ok(RawTensor {
-        shape: t.shape,
-        data,
-    })
-}
-
 impl WeightSource for GgufModelFile {
     fn read(&mut self, name: &str) -> Result<Option<RawTensor>> {
         self.read_hf(name)
@@ -531,7 +270,7 @@ impl WeightSource for GgufModelFile {
             .names
             .keys()
             .map(|n| {
-                if n == "lm_head.weight" {
+                if n == self.table.head {
                     n.clone()
                 } else {
                     format!("{}{n}", self.table.hf_prefix)
