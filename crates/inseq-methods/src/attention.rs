@@ -101,7 +101,8 @@ impl Attention {
         let (source, target) = match ctx.model.kind() {
             ModelKind::DecoderOnly => (None, Some(self_attn)),
             ModelKind::EncoderDecoder => {
-                let (cross, l, h) = query_rows((cross_attentions, None), query, None)?;
+                // Cross-attention records the same query rows as self-attention.
+                let (cross, l, h) = query_rows((cross_attentions, attentions.1), query, None)?;
                 if (l, h) != (layers, heads) {
                     return Err(Error::Unsupported(format!(
                         "cross-attention has {l} layers × {h} heads but self-attention {layers} × {heads}"

@@ -2,15 +2,10 @@
 //! Relevance Propagation for Transformers", ICML 2024,
 //! <https://arxiv.org/abs/2402.05602>), in its Gradient × Input formulation.
 
-use burn::tensor::Tensor;
 use inseq_core::{Error, Result};
-use inseq_models::{ForwardOptions, ModelInput, ModelKind};
-use inseq_steps::StepContext;
 
-use crate::{
-    AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, contrast_logits,
-    embed_step,
-};
+use crate::gradient::gradients_on;
+use crate::{AttributionMethod, MethodArgs, MethodContext, StepAttribution, StepInput, embed_step};
 
 /// AttnLRP relevance of the input embeddings, a method beyond Python Inseq.
 ///
@@ -71,58 +66,10 @@ impl AttributionMethod for AttnLrp {
                 model.info().architecture
             )));
         }
-        let encoder_decoder = model.kind() == ModelKind::EncoderDecoder;
-        let attribute_target = ctx.attribute_target || !encoder_decoder;
         let x = embed_step(ctx, step, false);
-        let track = |t: Tensor<3>| t.detach().autodiff().require_grad();
-        let source = x.source.clone().filter(|_| encoder_decoder).map(track);
-        let target = if attribute_target {
-            track(x.target.clone())
-        } else {
-            x.target.clone().detach()
-        };
-        let out = model.forward(
-            ModelInput {
-                target_embeds: target.clone(),
-                target_mask: step.prefix_mask.clone(),
-                source_embeds: source.clone(),
-                source_mask: source.as_ref().and(step.source_mask.clone()),
-            },
-            ForwardOptions {
-                last_position_only: true,
-                attn_lrp: true,
-                ..Default::default()
-            },
-        );
-        let logits = out.last_logits();
-        let sctx = StepContext {
-            contrast: contrast_logits(model, step, &logits, 1, ctx.inseq_compat),
-            dropout_logits: vec![],
-            logits,
-            target_ids: step.target_ids.clone(),
-        };
-        let scores = ctx
-            .attributed_fn
-            .function
-            .compute(&sctx, &ctx.attributed_fn.args)?;
-        let grads = scores.sum().backward();
-        let source = match (source, x.source) {
-            (Some(tracked), Some(embeds)) => Some(
-                tracked.grad(&grads).ok_or_else(|| {
-                    Error::Numerical("no gradient reached the source embeddings".into())
-                })? * embeds,
-            ),
-            _ => None,
-        };
-        let target = if attribute_target {
-            Some(
-                target.grad(&grads).ok_or_else(|| {
-                    Error::Numerical("no gradient reached the target embeddings".into())
-                })? * x.target,
-            )
-        } else {
-            None
-        };
+        let (source, target, _) = gradients_on(ctx, step, x.clone(), 1, true)?;
+        let source = source.zip(x.source).map(|(g, embeds)| g * embeds);
+        let target = target.map(|g| g * x.target);
         Ok(StepAttribution::granular(source, target))
     }
 }

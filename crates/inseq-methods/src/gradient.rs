@@ -8,7 +8,7 @@ use inseq_core::{Error, Result};
 use inseq_models::{ForwardOptions, LanguageModel, ModelInput, ModelKind, ModelOutput, ids_tensor};
 use inseq_steps::{ContrastOutput, StepArgs, StepContext, StepFunction};
 
-use crate::{MethodContext, SequenceInput, StepAttribution, StepInput};
+use crate::{MethodContext, SequenceInput, StepAttribution, StepInput, encoder_stages};
 
 /// The function being explained: a step function with its arguments.
 #[derive(Clone)]
@@ -233,11 +233,25 @@ pub fn forward_scores(
     embedded: &Embedded,
     times: usize,
 ) -> Result<Tensor<1>> {
+    forward_scores_with(ctx, step, embedded, times, (None, false))
+}
+
+/// [`forward_scores`], with the encoder's output computed beforehand (see
+/// [`ForwardOptions::encoder_output`]) and on AttnLRP's graph with `lrp`.
+pub(crate) fn forward_scores_with(
+    ctx: &MethodContext,
+    step: &StepInput,
+    embedded: &Embedded,
+    times: usize,
+    (encoder_output, attn_lrp): (Option<Tensor<3>>, bool),
+) -> Result<Tensor<1>> {
     let input = repeated_input(step, embedded, times);
     let out = ctx.model.forward(
         input,
         ForwardOptions {
             last_position_only: true,
+            encoder_output,
+            attn_lrp,
             ..Default::default()
         },
     );
@@ -256,13 +270,31 @@ pub fn forward_scores(
 /// Gradients of the summed attributed function with respect to the embeddings
 /// that are attributed (the source, and the target prefix for decoder-only
 /// models or with `attribute_target`). Returns `(source_grad, target_grad, scores)`.
+/// A long source goes back through the encoder stage by stage ([`crate::encoder_stages`]).
 pub fn gradients(
     ctx: &MethodContext,
     step: &StepInput,
     embedded: Embedded,
     times: usize,
 ) -> Result<(Option<Tensor<3>>, Option<Tensor<3>>, Tensor<1>)> {
+    gradients_on(ctx, step, embedded, times, false)
+}
+
+/// [`gradients`] on AttnLRP's graph with `lrp` (see [`ForwardOptions::attn_lrp`]).
+pub(crate) fn gradients_on(
+    ctx: &MethodContext,
+    step: &StepInput,
+    embedded: Embedded,
+    times: usize,
+    lrp: bool,
+) -> Result<(Option<Tensor<3>>, Option<Tensor<3>>, Tensor<1>)> {
     let attribute_target = ctx.attribute_target || ctx.model.kind() == ModelKind::DecoderOnly;
+    let staged = (embedded.source.as_ref())
+        .is_some_and(|s| encoder_stages::applies(ctx.model, s.dims()[0], s.dims()[1]));
+    if staged {
+        let how = (times, attribute_target, lrp);
+        return encoder_stages::staged_gradients(ctx, step, embedded, how);
+    }
     let track = |t: Tensor<3>| t.detach().autodiff().require_grad();
     let source = embedded.source.map(track);
     let target = if attribute_target {
@@ -274,7 +306,7 @@ pub fn gradients(
         source: source.clone(),
         target: target.clone(),
     };
-    let scores = forward_scores(ctx, step, &tracked, times)?;
+    let scores = forward_scores_with(ctx, step, &tracked, times, (None, lrp))?;
     let grads = scores.clone().sum().backward();
     let source_grad = source.map(|s| s.grad(&grads)).map(|g| {
         g.ok_or_else(|| Error::Numerical("no gradient reached the source embeddings".into()))

@@ -20,6 +20,7 @@ mod attention;
 mod attn_lrp;
 mod deeplift;
 mod discretized_integrated_gradients;
+mod encoder_stages;
 mod gradient;
 mod gradient_shap;
 mod input_x_gradient;
@@ -41,6 +42,8 @@ pub use attention::Attention;
 pub use attn_lrp::AttnLrp;
 pub use deeplift::DeepLift;
 pub use discretized_integrated_gradients::{DiscretizedIntegratedGradients, PathStrategy};
+#[doc(hidden)]
+pub use encoder_stages::set_staged_encoder_from_bytes;
 pub use gradient::{
     AttributedFn, Embedded, PaddedIds, SHARED_FORWARD_FLOATS, contrast_logits, embed_step,
     embed_target, forward_scores, gradients, plain_forward, sequence_gradients,

@@ -19,16 +19,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::nn::Act;
 use serde::Deserialize;
 
-use crate::gpt2::{
-    empty_output, identity_rule, layer_norm, lm_head, lrp_attention, override_layer, zero_values,
-};
+use crate::blocks::mask::AttentionMask;
+use crate::blocks::seq2seq::{Attn, Record, Site};
+use crate::gpt2::{empty_output, identity_rule, layer_norm, lm_head, override_layer, zero_values};
 #[allow(unused_imports)] // named by the doc links
 use crate::model::LanguageModel;
 use crate::model::{AttentionKind, ForwardOptions, LayerRef, ModelInfo, ModelInput, ModelOutput};
-use crate::nn::{
-    Embedding, LayerNorm, Linear, LmHead, attention, attention_bias, ids_tensor, mc_dropout,
-    merge_heads, split_heads,
-};
+use crate::nn::{Embedding, LayerNorm, Linear, LmHead, ids_tensor, mc_dropout};
 
 /// First Monte Carlo dropout slot of the encoder sublayers (the decoder's start at 0), so that
 /// every dropout site of a forward pass draws its own mask.
@@ -189,53 +186,23 @@ const BART_POSITION_OFFSET: usize = 2;
 /// `nn.LayerNorm` default epsilon.
 const LN_EPS: f64 = 1e-5;
 
-/// Multi-head attention with biased projections (BART family).
-pub(crate) struct Attn {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+/// Loads a biased multi-head attention (BART family) from `{prefix}.{q,k,v,o}` (`names.qkvo`).
+fn load_attn(
+    w: &mut Weights,
+    prefix: &str,
+    names: &NameTable,
+    d: usize,
     heads: usize,
-    scale: f64,
-}
-
-impl Attn {
-    fn load(
-        w: &mut Weights,
-        prefix: &str,
-        names: &NameTable,
-        d: usize,
-        heads: usize,
-    ) -> Result<Self> {
-        let [q, k, v, o] = names.qkvo;
-        Ok(Self {
-            q: Linear::load_torch(w, &format!("{prefix}.{q}"), true, [d, d])?,
-            k: Linear::load_torch(w, &format!("{prefix}.{k}"), true, [d, d])?,
-            v: Linear::load_torch(w, &format!("{prefix}.{v}"), true, [d, d])?,
-            o: Linear::load_torch(w, &format!("{prefix}.{o}"), true, [d, d])?,
-            heads,
-            scale: 1.0 / ((d / heads) as f64).sqrt(),
-        })
-    }
-
-    /// Attends from `x` to `kv`; returns the projected output and the weights.
-    /// `values` edits the `[batch, heads, kv_len, head_dim]` value vectors (value
-    /// zeroing); `lrp` builds AttnLRP's graph (see [`ForwardOptions::attn_lrp`]).
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        kv: Tensor<3>,
-        bias: &Tensor<4>,
-        lrp: bool,
-        values: impl FnOnce(Tensor<4>) -> Tensor<4>,
-    ) -> (Tensor<3>, Tensor<4>) {
-        let q = split_heads(self.q.forward(x), self.heads);
-        let k = split_heads(self.k.forward(kv.clone()), self.heads);
-        let v = values(split_heads(self.v.forward(kv), self.heads));
-        let attend = if lrp { lrp_attention } else { attention };
-        let (ctx, weights) = attend(q, k, v, Some(bias.clone()), self.scale);
-        (self.o.forward(merge_heads(ctx)), weights)
-    }
+) -> Result<Attn> {
+    let [q, k, v, o] = names.qkvo;
+    Ok(Attn {
+        q: Linear::load_torch(w, &format!("{prefix}.{q}"), true, [d, d])?,
+        k: Linear::load_torch(w, &format!("{prefix}.{k}"), true, [d, d])?,
+        v: Linear::load_torch(w, &format!("{prefix}.{v}"), true, [d, d])?,
+        o: Linear::load_torch(w, &format!("{prefix}.{o}"), true, [d, d])?,
+        heads,
+        scale: 1.0 / ((d / heads) as f64).sqrt(),
+    })
 }
 
 struct EncoderLayer {
@@ -263,7 +230,7 @@ impl EncoderLayer {
         let p = names.encoder_layer.replace("{i}", &i.to_string());
         let ff = config.encoder_ffn_dim;
         Ok(Self {
-            self_attn: Attn::load(
+            self_attn: load_attn(
                 w,
                 &format!("{p}.{}", names.self_attn),
                 names,
@@ -291,14 +258,14 @@ impl DecoderLayer {
         let ff = config.decoder_ffn_dim;
         let h = config.decoder_attention_heads;
         Ok(Self {
-            self_attn: Attn::load(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
+            self_attn: load_attn(w, &format!("{p}.{}", names.self_attn), names, d, h)?,
             self_attn_norm: LayerNorm::load(
                 w,
                 &format!("{p}.{}", names.self_attn_norm),
                 d,
                 LN_EPS,
             )?,
-            cross_attn: Attn::load(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
+            cross_attn: load_attn(w, &format!("{p}.{}", names.cross_attn), names, d, h)?,
             cross_attn_norm: LayerNorm::load(
                 w,
                 &format!("{p}.{}", names.cross_attn_norm),
@@ -718,55 +685,81 @@ impl Seq2Seq {
         }
     }
 
-    /// Runs the encoder on `[batch, len, d]` embeddings.
+    /// Runs the encoder on `[batch, len, d]` embeddings: its stages ([`Seq2Seq::encoder_stage`])
+    /// in turn, recording hidden states when asked.
     fn encode(
         &self,
-        x: Tensor<3>,
+        mut x: Tensor<3>,
         mask: &[Vec<bool>],
         out: &mut ModelOutput,
         options: &ForwardOptions,
     ) -> Tensor<3> {
-        let [_, s, _] = x.dims();
-        let lrp = options.attn_lrp;
-        let mut x = x + self.positions(s, false);
-        if let Some((ln, _)) = &self.layernorm_embedding {
-            x = layer_norm(ln, x, lrp);
-        }
-        if options.hidden_states {
-            out.encoder_hidden_states.push(x.clone());
-        }
-        let bias = attention_bias(mask, s, false, &self.device);
-        for (i, layer) in self.encoder.iter().enumerate() {
-            let zero = |v| {
-                zero_values(
-                    v,
-                    options.zero_value.as_ref(),
-                    AttentionKind::EncoderSelf,
-                    i,
-                    &self.device,
-                )
-            };
-            let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
-            x = self.residual(&layer.self_attn_norm, x, options, slot, |n| {
-                let (a, weights) = layer.self_attn.forward(n.clone(), n, &bias, lrp, zero);
-                if options.attentions {
-                    out.encoder_attentions.push(weights);
-                }
-                a
-            });
-            x = self.residual(&layer.final_norm, x, options, slot + 1, |n| {
-                self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
-            });
-            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
-            if options.hidden_states {
+        let mask = AttentionMask::full(mask);
+        let last = self.encoder.len() + 1;
+        for k in 0..=last {
+            x = self.encoder_stage(k, x, &mask, options, out);
+            if options.hidden_states && k < last {
                 out.encoder_hidden_states.push(x.clone());
             }
         }
-        let x = self.final_norm(x, false, lrp);
         if options.hidden_states {
             out.encoder_final_hidden_state = Some(x.clone());
         }
         x
+    }
+
+    /// Encoder stage `k` (see [`LanguageModel::encoder_stages`]): the positions and embedding
+    /// norm (0), layer `k - 1`, or the final norm (`layers + 1`).
+    fn encoder_stage(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        mask: &AttentionMask,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let lrp = options.attn_lrp;
+        match k.checked_sub(1).map(|i| (i, self.encoder.get(i))) {
+            None => {
+                let x = x.clone() + self.positions(x.dims()[1], false);
+                match &self.layernorm_embedding {
+                    Some((ln, _)) => layer_norm(ln, x, lrp),
+                    None => x,
+                }
+            }
+            Some((i, Some(layer))) => self.encoder_layer((i, layer), x, mask, options, out),
+            Some((_, None)) => self.final_norm(x, false, lrp),
+        }
+    }
+
+    /// Encoder layer `i`: self-attention, feed-forward, layer override.
+    fn encoder_layer(
+        &self,
+        (i, layer): (usize, &EncoderLayer),
+        x: Tensor<3>,
+        mask: &AttentionMask,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero) = (options.attn_lrp, options.zero_value.as_ref());
+        let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
+        let x = self.residual(&layer.self_attn_norm, x, options, slot, |n| {
+            let site = Site {
+                mask,
+                bias: None,
+                lrp,
+                record: Record::encoder(options),
+            };
+            let (a, weights) = layer.self_attn.forward(n.clone(), n, site, |v| {
+                zero_values(v, zero, AttentionKind::EncoderSelf, i, &self.device)
+            });
+            out.encoder_attentions.extend(weights);
+            a
+        });
+        let x = self.residual(&layer.final_norm, x, options, slot + 1, |n| {
+            self.feed_forward(&layer.fc1, &layer.fc2, n, lrp)
+        });
+        override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i))
     }
 
     /// Decoder layer `i`: self-attention, cross-attention to `memory` (the encoder output and its
@@ -777,31 +770,34 @@ impl Seq2Seq {
         i: usize,
         layer: &DecoderLayer,
         y: Tensor<3>,
-        self_bias: &Tensor<4>,
-        memory: Option<&(Tensor<3>, Tensor<4>)>,
+        self_mask: &AttentionMask,
+        memory: Option<&(Tensor<3>, AttentionMask)>,
         options: &ForwardOptions,
         out: &mut ModelOutput,
     ) -> Tensor<3> {
         let (lrp, zero, slot) = (options.attn_lrp, options.zero_value.as_ref(), 3 * i as u64);
+        let site = |mask| Site {
+            mask,
+            bias: None,
+            lrp,
+            record: Record::decoder(options),
+        };
         let mut y = self.residual(&layer.self_attn_norm, y, options, slot, |n| {
-            let (a, weights) = layer.self_attn.forward(n.clone(), n, self_bias, lrp, |v| {
+            let (a, weights) = layer.self_attn.forward(n.clone(), n, site(self_mask), |v| {
                 zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
             });
-            if options.attentions {
-                out.attentions.push(weights);
-            }
+            out.attentions.extend(weights);
             a
         });
-        if let Some((enc, cross_bias)) = memory {
+        if let Some((enc, cross_mask)) = memory {
             y = self.residual(&layer.cross_attn_norm, y, options, slot + 1, |n| {
-                let (a, weights) = layer
-                    .cross_attn
-                    .forward(n, enc.clone(), cross_bias, lrp, |v| {
-                        zero_values(v, zero, AttentionKind::Cross, i, &self.device)
-                    });
-                if options.attentions {
-                    out.cross_attentions.push(weights);
-                }
+                let (a, weights) =
+                    layer
+                        .cross_attn
+                        .forward(n, enc.clone(), site(cross_mask), |v| {
+                            zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+                        });
+                out.cross_attentions.extend(weights);
                 a
             });
         }
@@ -824,8 +820,11 @@ impl Seq2Seq {
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
-            let enc = self.encode(src, &mask, &mut out, &options);
-            (enc, attention_bias(&mask, t, false, &self.device))
+            let enc = match &options.encoder_output {
+                Some(enc) => enc.clone(),
+                None => self.encode(src, &mask, &mut out, &options),
+            };
+            (enc, AttentionMask::full(&mask))
         });
         let mut y = input.target_embeds;
         if self.convention == ScaleConvention::MarianDecoderScales && self.embed_scale != 1.0 {
@@ -838,10 +837,14 @@ impl Seq2Seq {
         if options.hidden_states {
             out.hidden_states.push(y.clone());
         }
-        let self_bias = attention_bias(&target_mask, t, true, &self.device);
+        let self_mask = AttentionMask::new(&target_mask, t, None);
         for (i, layer) in self.decoder.iter().enumerate() {
-            y = self.decoder_layer(i, layer, y, &self_bias, memory.as_ref(), &options, &mut out);
+            y = self.decoder_layer(i, layer, y, &self_mask, memory.as_ref(), &options, &mut out);
         }
+        out.attention_rows = options
+            .attention_rows
+            .clone()
+            .filter(|_| options.attentions);
         let y = self.final_norm(y, true, lrp);
         if options.hidden_states {
             out.final_hidden_state = Some(y.clone());
@@ -854,6 +857,18 @@ impl Seq2Seq {
     /// Number of encoder layers.
     pub(crate) fn num_encoder_layers(&self) -> usize {
         self.encoder.len()
+    }
+
+    /// See [`LanguageModel::encoder_stage`].
+    pub(crate) fn run_encoder_stage(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        mask: &[Vec<bool>],
+        options: &ForwardOptions,
+    ) -> Tensor<3> {
+        let mut out = empty_output(&self.device);
+        self.encoder_stage(k, x, &AttentionMask::full(mask), options, &mut out)
     }
 
     /// The residual dropout probability of the config.
@@ -953,6 +968,18 @@ macro_rules! seq2seq_language_model {
             }
             fn num_encoder_layers(&self) -> usize {
                 self.inner.num_encoder_layers()
+            }
+            fn encoder_stages(&self) -> usize {
+                self.inner.num_encoder_layers() + 2
+            }
+            fn encoder_stage(
+                &self,
+                k: usize,
+                x: burn::tensor::Tensor<3>,
+                mask: &[Vec<bool>],
+                options: &$crate::model::ForwardOptions,
+            ) -> burn::tensor::Tensor<3> {
+                self.inner.run_encoder_stage(k, x, mask, options)
             }
             fn dropout_probability(&self) -> f64 {
                 self.inner.dropout_probability()

@@ -9,8 +9,7 @@ use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
 pub(crate) use crate::blocks::hooks::{
-    empty_output, identity_rule, layer_norm, lm_head, lrp_attention, override_layer, uniform_rule,
-    zero_values,
+    empty_output, identity_rule, layer_norm, lm_head, override_layer, uniform_rule, zero_values,
 };
 
 /// The fields of a GPT-2 `config.json` this implementation uses.

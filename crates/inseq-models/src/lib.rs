@@ -58,6 +58,8 @@ pub mod weights;
 pub use backprop::SharedForward;
 pub use beam::{BeamHypothesis, EarlyStopping};
 pub use blocks::core::CHUNK_FLOATS;
+#[doc(hidden)]
+pub use blocks::core::with_chunk_floats;
 pub use compact::{Matrix, WeightStorage};
 pub use generate::{
     GenerationOptions, RecordedAttentions, beam_search, generate_greedy, generate_greedy_recording,

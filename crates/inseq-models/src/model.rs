@@ -215,7 +215,9 @@ pub struct ForwardOptions {
     /// With `attentions`: the weights of these query positions only (`[batch, heads,
     /// rows.len(), k]` per layer, in this order), computed in query chunks so that a long input
     /// never holds `[heads, q, k]`. Models that honour it say so in
-    /// [`ModelOutput::attention_rows`]; the others return every query's weights.
+    /// [`ModelOutput::attention_rows`]; the others return every query's weights. Encoder-decoder
+    /// models apply the rows to decoder self- and cross-attention and record no encoder
+    /// self-attention.
     pub attention_rows: Option<Vec<usize>>,
     /// Return per-layer hidden states.
     pub hidden_states: bool,
@@ -242,6 +244,10 @@ pub struct ForwardOptions {
     pub kv_cache: Option<KvCache>,
     /// Replace or shift one block's output (see [`LayerOverride`]).
     pub layer_override: Option<LayerOverride>,
+    /// Encoder-decoder models: the encoder's output for [`ModelInput::source_embeds`], computed
+    /// beforehand ([`LanguageModel::encoder_stage`]); the encoder is then not run, and the
+    /// source embeddings only give the source length.
+    pub encoder_output: Option<Tensor<3>>,
 }
 
 impl ForwardOptions {
@@ -273,12 +279,15 @@ pub struct ModelOutput {
     /// Per decoder layer `[batch, heads, q, k]` self-attention weights (`[batch, heads, rows,
     /// k]` when [`ModelOutput::attention_rows`] is set).
     pub attentions: Vec<Tensor<4>>,
-    /// The query positions whose weights [`ModelOutput::attentions`] holds, where the model
+    /// The query positions whose weights [`ModelOutput::attentions`] (and
+    /// [`ModelOutput::cross_attentions`]) hold, where the model
     /// honoured [`ForwardOptions::attention_rows`]; `None`: every query's.
     pub attention_rows: Option<Vec<usize>>,
-    /// Per decoder layer `[batch, heads, q, k_source]` cross-attention weights.
+    /// Per decoder layer `[batch, heads, q, k_source]` cross-attention weights (`[batch, heads,
+    /// rows, k_source]` when [`ModelOutput::attention_rows`] is set).
     pub cross_attentions: Vec<Tensor<4>>,
-    /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights.
+    /// Per encoder layer `[batch, heads, k_source, k_source]` self-attention weights; none when
+    /// [`ModelOutput::attention_rows`] is set (its rows name decoder positions).
     pub encoder_attentions: Vec<Tensor<4>>,
     /// With [`ForwardOptions::hidden_states`]: the (decoder) embedding output then each
     /// (decoder) block's output, `[batch, positions, hidden]`; entry `k + 1` is block `k`'s
@@ -360,5 +369,25 @@ pub trait LanguageModel: Send + Sync {
     /// [`ModelInfo::num_layers`].
     fn num_encoder_layers(&self) -> usize {
         0
+    }
+    /// Encoder-decoder models: the number of stages of the encoder ([`LanguageModel::encoder_stage`]);
+    /// 0 (the default) where the encoder cannot be run stage by stage.
+    fn encoder_stages(&self) -> usize {
+        0
+    }
+    /// Encoder stage `k` on `x` (`[batch, source_len, hidden]`) under the source `mask`, with the
+    /// hooks of `options`: stage 0 maps the source embeddings to the first layer's input, stage
+    /// `i + 1` is encoder layer `i`, the last stage maps the last layer's output to the memory
+    /// the decoder attends to ([`ForwardOptions::encoder_output`]). Running the stages in turn
+    /// is the encoder of [`LanguageModel::forward`]; a caller back-propagates through one stage
+    /// at a time from the saved stage inputs, so that autodiff holds one layer's graph.
+    fn encoder_stage(
+        &self,
+        _k: usize,
+        x: Tensor<3>,
+        _mask: &[Vec<bool>],
+        _options: &ForwardOptions,
+    ) -> Tensor<3> {
+        x
     }
 }

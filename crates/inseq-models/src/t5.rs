@@ -16,12 +16,17 @@
 //! rescaled, whatever its config says) and UMT5 (`UMT5ForConditionalGeneration`: every block's
 //! self-attention has its own relative position bias table; the rescale follows T5's rule).
 
+use std::cell::RefCell;
+use std::ops::Range;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::bart::{ENCODER_DROPOUT_SLOTS, mask_or_all};
+use crate::blocks::mask::AttentionMask;
+use crate::blocks::seq2seq::{Attn, Record, Site};
 use crate::gpt2::{
-    empty_output, identity_rule, lm_head, lrp_attention, override_layer, uniform_rule, zero_values,
+    empty_output, identity_rule, lm_head, override_layer, uniform_rule, zero_values,
 };
 use crate::llama::rms_norm;
 use crate::model::{
@@ -29,10 +34,7 @@ use crate::model::{
     ModelOutput,
 };
 use crate::nn::Act;
-use crate::nn::{
-    Embedding, Linear, LmHead, RmsNorm, attention, attention_bias, mc_dropout, merge_heads,
-    split_heads,
-};
+use crate::nn::{Embedding, Linear, LmHead, RmsNorm, mc_dropout};
 use crate::weights::Weights;
 use inseq_core::{Error, Result};
 
@@ -236,44 +238,61 @@ fn name(template: &str, stack: &str, i: usize) -> String {
         .replace("{i}", &i.to_string())
 }
 
-/// T5 attention: bias-free projections, no score scaling.
-struct T5Attn {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
+/// Loads a T5 attention (bias-free projections, no score scaling) from `{prefix}.{q,k,v,o}`.
+fn load_attn(w: &mut Weights, prefix: &str, d: usize, heads: usize, d_kv: usize) -> Result<Attn> {
+    let inner = heads * d_kv;
+    let [q, k, v, o] = T5_NAMES.qkvo;
+    Ok(Attn {
+        q: Linear::load_torch(w, &format!("{prefix}.{q}"), false, [inner, d])?,
+        k: Linear::load_torch(w, &format!("{prefix}.{k}"), false, [inner, d])?,
+        v: Linear::load_torch(w, &format!("{prefix}.{v}"), false, [inner, d])?,
+        o: Linear::load_torch(w, &format!("{prefix}.{o}"), false, [d, inner])?,
+        heads,
+        scale: 1.0,
+    })
 }
 
-impl T5Attn {
-    fn load(w: &mut Weights, prefix: &str, d: usize, heads: usize, d_kv: usize) -> Result<Self> {
-        let inner = heads * d_kv;
-        let [q, k, v, o] = T5_NAMES.qkvo;
-        Ok(Self {
-            q: Linear::load_torch(w, &format!("{prefix}.{q}"), false, [inner, d])?,
-            k: Linear::load_torch(w, &format!("{prefix}.{k}"), false, [inner, d])?,
-            v: Linear::load_torch(w, &format!("{prefix}.{v}"), false, [inner, d])?,
-            o: Linear::load_torch(w, &format!("{prefix}.{o}"), false, [d, inner])?,
-            heads,
-        })
+/// One relative position table's bias for `q_len` queries, looked up chunk by chunk
+/// ([`RelativeBias::chunk`]) from the bias of each distance `key - query`, so that no
+/// `[heads, q, k]` table is held.
+struct RelativeBias {
+    /// `[heads, q_len + k_len - 1]`: the bias of distance `d` in column `d + q_len - 1`.
+    by_distance: Tensor<2>,
+    q_len: usize,
+    /// The last chunk's bias, which the next block reuses when the input takes one chunk (the
+    /// blocks of T5 and mT5 share one table).
+    last: RefCell<Option<(Range<usize>, usize, Tensor<4>)>>,
+}
+
+impl RelativeBias {
+    /// `[1, heads, queries.len(), keys]` bias of the queries `queries` over keys `0..keys`.
+    fn chunk(&self, queries: &Range<usize>, keys: usize) -> Tensor<4> {
+        let mut last = self.last.borrow_mut();
+        match &*last {
+            Some((r, k, bias)) if r == queries && *k == keys => bias.clone(),
+            _ => {
+                let bias = self.compute(queries, keys);
+                *last = Some((queries.clone(), keys, bias.clone()));
+                bias
+            }
+        }
     }
 
-    /// Attends from `x` to `kv`; `values` edits the `[batch, heads, kv_len, d_kv]` value
-    /// vectors (value zeroing), `lrp` builds AttnLRP's graph.
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        kv: Tensor<3>,
-        bias: &Tensor<4>,
-        lrp: bool,
-        values: impl FnOnce(Tensor<4>) -> Tensor<4>,
-    ) -> (Tensor<3>, Tensor<4>) {
-        let q = split_heads(self.q.forward(x), self.heads);
-        let k = split_heads(self.k.forward(kv.clone()), self.heads);
-        let v = values(split_heads(self.v.forward(kv), self.heads));
-        let attend = if lrp { lrp_attention } else { attention };
-        let (ctx, weights) = attend(q, k, v, Some(bias.clone()), 1.0);
-        (self.o.forward(merge_heads(ctx)), weights)
+    /// [`RelativeBias::chunk`], computed.
+    fn compute(&self, queries: &Range<usize>, keys: usize) -> Tensor<4> {
+        let device = self.by_distance.device();
+        let [h, _] = self.by_distance.dims();
+        let m = queries.len();
+        // Column of key j for query i: j - i + q_len - 1.
+        let last = (self.q_len - 1) as i64;
+        let rows = (last - queries.end as i64 + 1)..(last - queries.start as i64 + 1);
+        let firsts = Tensor::<1, Int>::arange(rows, &device).flip([0]);
+        let ids = Tensor::<1, Int>::arange(0..keys as i64, &device).unsqueeze_dim::<2>(0)
+            + firsts.unsqueeze_dim::<2>(1);
+        self.by_distance
+            .clone()
+            .select(1, ids.reshape([m * keys]))
+            .reshape([1, h, m, keys])
     }
 }
 
@@ -286,9 +305,9 @@ struct FeedForward {
 }
 
 struct T5Block {
-    self_attn: T5Attn,
+    self_attn: Attn,
     self_attn_norm: RmsNorm,
-    cross: Option<(T5Attn, RmsNorm)>,
+    cross: Option<(Attn, RmsNorm)>,
     ff: FeedForward,
     ff_norm: RmsNorm,
 }
@@ -428,7 +447,7 @@ impl T5 {
         let ffp = name(n.ff[usize::from(decoder)], stack, i);
         let cross = if decoder {
             Some((
-                T5Attn::load(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
+                load_attn(w, &name(n.cross_attn, stack, i), d, h, dkv)?,
                 RmsNorm::load(w, &name(n.cross_attn_norm, stack, i), d, eps)?,
             ))
         } else {
@@ -447,7 +466,7 @@ impl T5 {
             wo: linear(w, n.wo, [d, ff])?,
         };
         Ok(T5Block {
-            self_attn: T5Attn::load(w, &name(n.self_attn, stack, i), d, h, dkv)?,
+            self_attn: load_attn(w, &name(n.self_attn, stack, i), d, h, dkv)?,
             self_attn_norm: RmsNorm::load(w, &name(n.self_attn_norm, stack, i), d, eps)?,
             cross,
             ff: feed,
@@ -486,55 +505,34 @@ impl T5 {
         })
     }
 
-    /// `[batch, heads, q, k]` attention biases of a stack's blocks (one shared, or one per block):
-    /// relative positions plus `mask_bias`.
-    fn stack_biases(
+    /// The relative position biases of a stack's blocks (one shared, or one per block) for
+    /// `q_len` queries over `k_len` keys.
+    fn relative_biases(
         &self,
         stack: &Stack,
-        [b, q, k]: [usize; 3],
+        (q_len, k_len): (usize, usize),
         bidirectional: bool,
-        mask_bias: Tensor<4>,
-    ) -> Vec<Tensor<4>> {
-        let h = self.config.num_heads;
-        let mask_bias = mask_bias.expand([b, h, q, k]);
-        stack
-            .relative_bias
-            .iter()
-            .map(|table| {
-                self.position_bias(table, q, k, bidirectional)
-                    .expand([b, h, q, k])
-                    + mask_bias.clone()
-            })
-            .collect()
-    }
-
-    /// `[1, heads, q, k]` relative position bias of one table.
-    fn position_bias(
-        &self,
-        table: &Tensor<2>,
-        q: usize,
-        k: usize,
-        bidirectional: bool,
-    ) -> Tensor<4> {
-        let h = self.config.num_heads;
-        let mut buckets = Vec::with_capacity(q * k);
-        for i in 0..q {
-            for j in 0..k {
-                buckets.push(relative_position_bucket(
-                    j as i64 - i as i64,
+    ) -> Vec<RelativeBias> {
+        let first = 1 - q_len.max(1) as i64;
+        let buckets: Vec<i64> = (first..k_len as i64)
+            .map(|d| {
+                relative_position_bucket(
+                    d,
                     bidirectional,
                     self.config.relative_attention_num_buckets,
                     self.config.relative_attention_max_distance,
-                ) as i64);
-            }
-        }
-        let ids: Tensor<1, Int> =
-            Tensor::from_data(TensorData::new(buckets, [q * k]), &self.device);
-        table
-            .clone()
-            .select(0, ids)
-            .transpose()
-            .reshape([1, h, q, k])
+                ) as i64
+            })
+            .collect();
+        let n = buckets.len();
+        let ids: Tensor<1, Int> = Tensor::from_data(TensorData::new(buckets, [n]), &self.device);
+        (stack.relative_bias.iter())
+            .map(|table| RelativeBias {
+                by_distance: table.clone().select(0, ids.clone()).transpose(),
+                q_len: q_len.max(1),
+                last: RefCell::new(None),
+            })
+            .collect()
     }
 
     /// The feed-forward block; with `lrp`, the activation follows AttnLRP's identity rule
@@ -554,53 +552,129 @@ impl T5 {
         ff.wo.forward(hidden)
     }
 
+    /// Runs the encoder on `[batch, len, d]` embeddings: its stages ([`T5::encoder_stage_with`]) in
+    /// turn, recording hidden states when asked.
     fn encode(
         &self,
-        x: Tensor<3>,
+        mut x: Tensor<3>,
         mask: &[Vec<bool>],
         out: &mut ModelOutput,
         options: &ForwardOptions,
     ) -> Tensor<3> {
-        let [b, s, _] = x.dims();
-        let lrp = options.attn_lrp;
-        let mask_bias = attention_bias(mask, s, false, &self.device);
-        let biases = self.stack_biases(&self.encoder, [b, s, s], true, mask_bias);
-        let mut x = x;
-        if options.hidden_states {
-            out.encoder_hidden_states.push(x.clone());
-        }
-        for (i, block) in self.encoder.blocks.iter().enumerate() {
-            let (a, weights) = {
-                let n = rms_norm(&block.self_attn_norm, x.clone(), lrp);
-                let bias = &biases[i.min(biases.len() - 1)];
-                block.self_attn.forward(n.clone(), n, bias, lrp, |v| {
-                    zero_values(
-                        v,
-                        options.zero_value.as_ref(),
-                        AttentionKind::EncoderSelf,
-                        i,
-                        &self.device,
-                    )
-                })
-            };
-            if options.attentions {
-                out.encoder_attentions.push(weights);
-            }
-            let drop = options.dropout.as_ref();
-            let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
-            x = x + mc_dropout(a, drop, slot);
-            let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, x.clone(), lrp), lrp);
-            x = x + mc_dropout(ff, drop, slot + 1);
-            x = override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i));
-            if options.hidden_states {
+        let mask = AttentionMask::full(mask);
+        let s = x.dims()[1];
+        let biases = self.relative_biases(&self.encoder, (s, s), true);
+        let last = self.encoder.blocks.len() + 1;
+        for k in 0..=last {
+            x = self.encoder_stage_with(k, x, (&mask, &biases), options, out);
+            if options.hidden_states && k < last {
                 out.encoder_hidden_states.push(x.clone());
             }
         }
-        let x = rms_norm(&self.encoder.final_norm, x, lrp);
         if options.hidden_states {
             out.encoder_final_hidden_state = Some(x.clone());
         }
         x
+    }
+
+    /// Encoder stage `k` (see [`LanguageModel::encoder_stages`]): the embeddings unchanged (0),
+    /// block `k - 1`, or the final norm (`blocks + 1`), under the source mask and the stack's
+    /// relative position biases.
+    fn encoder_stage_with(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        (mask, biases): (&AttentionMask, &[RelativeBias]),
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        match k.checked_sub(1).map(|i| (i, self.encoder.blocks.get(i))) {
+            None => x,
+            Some((i, Some(block))) => {
+                let relative = &biases[i.min(biases.len() - 1)];
+                self.encoder_block((i, block), x, (mask, relative), options, out)
+            }
+            Some((_, None)) => rms_norm(&self.encoder.final_norm, x, options.attn_lrp),
+        }
+    }
+
+    /// Encoder block `i`: self-attention under `mask` and `relative` positions, feed-forward,
+    /// layer override.
+    fn encoder_block(
+        &self,
+        (i, block): (usize, &T5Block),
+        x: Tensor<3>,
+        (mask, relative): (&AttentionMask, &RelativeBias),
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero) = (options.attn_lrp, options.zero_value.as_ref());
+        let n = rms_norm(&block.self_attn_norm, x.clone(), lrp);
+        let bias = |r: &Range<usize>, keys| relative.chunk(r, keys);
+        let site = Site {
+            mask,
+            bias: Some(&bias),
+            lrp,
+            record: Record::encoder(options),
+        };
+        let (a, weights) = block.self_attn.forward(n.clone(), n, site, |v| {
+            zero_values(v, zero, AttentionKind::EncoderSelf, i, &self.device)
+        });
+        out.encoder_attentions.extend(weights);
+        let drop = options.dropout.as_ref();
+        let slot = ENCODER_DROPOUT_SLOTS + 2 * i as u64;
+        let x = x + mc_dropout(a, drop, slot);
+        let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, x.clone(), lrp), lrp);
+        let x = x + mc_dropout(ff, drop, slot + 1);
+        override_layer(x, options.layer_override.as_ref(), LayerRef::Encoder(i))
+    }
+
+    /// Decoder block `i`: self-attention under `self_mask` and `relative` positions,
+    /// cross-attention to `memory` (the encoder output and its mask) when there is a source,
+    /// feed-forward; records what `options` asks for in `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_block(
+        &self,
+        (i, block): (usize, &T5Block),
+        y: Tensor<3>,
+        (self_mask, relative): (&AttentionMask, &RelativeBias),
+        memory: Option<&(Tensor<3>, AttentionMask)>,
+        options: &ForwardOptions,
+        out: &mut ModelOutput,
+    ) -> Tensor<3> {
+        let (lrp, zero) = (options.attn_lrp, options.zero_value.as_ref());
+        let (drop, slot) = (options.dropout.as_ref(), 3 * i as u64);
+        let bias = |r: &Range<usize>, keys| relative.chunk(r, keys);
+        let site = |mask, bias| Site {
+            mask,
+            bias,
+            lrp,
+            record: Record::decoder(options),
+        };
+        let n = rms_norm(&block.self_attn_norm, y.clone(), lrp);
+        let (a, weights) =
+            block
+                .self_attn
+                .forward(n.clone(), n, site(self_mask, Some(&bias)), |v| {
+                    zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
+                });
+        out.attentions.extend(weights);
+        let mut y = y + mc_dropout(a, drop, slot);
+        if let (Some((attn, norm)), Some((enc, cross_mask))) = (&block.cross, memory) {
+            let n = rms_norm(norm, y.clone(), lrp);
+            let (a, weights) = attn.forward(n, enc.clone(), site(cross_mask, None), |v| {
+                zero_values(v, zero, AttentionKind::Cross, i, &self.device)
+            });
+            out.cross_attentions.extend(weights);
+            y = y + mc_dropout(a, drop, slot + 1);
+        }
+        let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, y.clone(), lrp), lrp);
+        y = y + mc_dropout(ff, drop, slot + 2);
+        y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
+        if options.hidden_states {
+            out.hidden_states.push(y.clone());
+        }
+        y
     }
 }
 
@@ -637,56 +711,55 @@ impl LanguageModel for T5 {
         self.config.dropout_rate.unwrap_or(0.1)
     }
 
+    fn encoder_stages(&self) -> usize {
+        self.encoder.blocks.len() + 2
+    }
+
+    fn encoder_stage(
+        &self,
+        k: usize,
+        x: Tensor<3>,
+        mask: &[Vec<bool>],
+        options: &ForwardOptions,
+    ) -> Tensor<3> {
+        let s = x.dims()[1];
+        let biases = self.relative_biases(&self.encoder, (s, s), true);
+        let mut out = empty_output(&self.device);
+        let mask = AttentionMask::full(mask);
+        self.encoder_stage_with(k, x, (&mask, &biases), options, &mut out)
+    }
+
     /// Decoder `hidden_states`: the input embeddings, then each block's output
     /// (before the final layer norm).
     fn forward(&self, input: ModelInput, options: ForwardOptions) -> ModelOutput {
         let mut out = empty_output(&self.device);
-        let lrp = options.attn_lrp;
         let [b, t, _] = input.target_embeds.dims();
         let target_mask = mask_or_all(Some(&input.target_mask), b, t);
         let memory = input.source_embeds.map(|src| {
             let [sb, s, _] = src.dims();
             let mask = mask_or_all(input.source_mask.as_ref(), sb, s);
-            let enc = self.encode(src, &mask, &mut out, &options);
-            (enc, attention_bias(&mask, t, false, &self.device))
+            let enc = match &options.encoder_output {
+                Some(enc) => enc.clone(),
+                None => self.encode(src, &mask, &mut out, &options),
+            };
+            (enc, AttentionMask::full(&mask))
         });
-        let mask_bias = attention_bias(&target_mask, t, true, &self.device);
-        let biases = self.stack_biases(&self.decoder, [b, t, t], false, mask_bias);
+        let self_mask = AttentionMask::new(&target_mask, t, None);
+        let biases = self.relative_biases(&self.decoder, (t, t), false);
         let mut y = input.target_embeds;
         if options.hidden_states {
             out.hidden_states.push(y.clone());
         }
-        let zero = options.zero_value.as_ref();
         for (i, block) in self.decoder.blocks.iter().enumerate() {
-            let n = rms_norm(&block.self_attn_norm, y.clone(), lrp);
-            let self_bias = &biases[i.min(biases.len() - 1)];
-            let (a, weights) = block.self_attn.forward(n.clone(), n, self_bias, lrp, |v| {
-                zero_values(v, zero, AttentionKind::DecoderSelf, i, &self.device)
-            });
-            if options.attentions {
-                out.attentions.push(weights);
-            }
-            let drop = options.dropout.as_ref();
-            let slot = 3 * i as u64;
-            y = y + mc_dropout(a, drop, slot);
-            if let (Some((attn, norm)), Some((enc, cross_bias))) = (&block.cross, &memory) {
-                let n = rms_norm(norm, y.clone(), lrp);
-                let (a, weights) = attn.forward(n, enc.clone(), cross_bias, lrp, |v| {
-                    zero_values(v, zero, AttentionKind::Cross, i, &self.device)
-                });
-                if options.attentions {
-                    out.cross_attentions.push(weights);
-                }
-                y = y + mc_dropout(a, drop, slot + 1);
-            }
-            let ff = self.feed_forward(&block.ff, rms_norm(&block.ff_norm, y.clone(), lrp), lrp);
-            y = y + mc_dropout(ff, drop, slot + 2);
-            y = override_layer(y, options.layer_override.as_ref(), LayerRef::Decoder(i));
-            if options.hidden_states {
-                out.hidden_states.push(y.clone());
-            }
+            let relative = &biases[i.min(biases.len() - 1)];
+            let masks = (&self_mask, relative);
+            y = self.decoder_block((i, block), y, masks, memory.as_ref(), &options, &mut out);
         }
-        let mut y = rms_norm(&self.decoder.final_norm, y, lrp);
+        out.attention_rows = options
+            .attention_rows
+            .clone()
+            .filter(|_| options.attentions);
+        let mut y = rms_norm(&self.decoder.final_norm, y, options.attn_lrp);
         if options.hidden_states {
             out.final_hidden_state = Some(y.clone());
         }

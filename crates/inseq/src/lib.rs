@@ -26,7 +26,8 @@ mod registries;
 
 pub use attribute::{
     AttributeOptions, AttributionModel, ContrastAlignment, Progress, SharedMethod,
-    activation_bytes, load_model, load_model_with, load_model_with_options, parse_memory_size,
+    activation_bytes, encoder_decoder_activation_bytes, load_model, load_model_with,
+    load_model_with_options, parse_memory_size,
 };
 pub use device::{DEVICE_NAMES, default_device, parse_device};
 pub use inseq_aggregate as aggregation;

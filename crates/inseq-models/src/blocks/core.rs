@@ -4,7 +4,8 @@
 //!
 //! - [`attend`]: the context chunk by chunk (with AttnLRP's uniform rule on the two products
 //!   when asked); a [`Recorder`] keeps the weights, or only some query rows of them, as the
-//!   chunks are computed.
+//!   chunks are computed. [`attend_biased`] adds a further bias computed per chunk (T5's
+//!   relative positions, for the encoder-decoder models of [`super::seq2seq`]).
 //! - [`CoreTape::backward`]: the input gradients for a range of queries, recomputing each
 //!   chunk's weights from the queries and keys instead of reading them from a tape (what the
 //!   tape keeps is linear in the length: the rotated queries, keys and values).
@@ -45,9 +46,30 @@ impl Scoring {
     }
 }
 
+/// An additive bias `[rows | 1, heads | 1, m, keys]` of the queries `range` (`m` of them) over
+/// their first `keys` keys, computed chunk by chunk (T5's relative position bias) so that no
+/// `[heads, q, k]` table is held.
+pub type ChunkBias<'a> = &'a dyn Fn(&Range<usize>, usize) -> Tensor<4>;
+
+thread_local! {
+    /// [`with_chunk_floats`]' override of [`CHUNK_FLOATS`] on this thread.
+    static CHUNK_FLOATS_OVERRIDE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with chunks of `floats` scores instead of [`CHUNK_FLOATS`] on this thread (tests
+/// that need several chunks on a small input).
+#[doc(hidden)]
+pub fn with_chunk_floats<T>(floats: usize, f: impl FnOnce() -> T) -> T {
+    let before = CHUNK_FLOATS_OVERRIDE.replace(Some(floats));
+    let out = f();
+    CHUNK_FLOATS_OVERRIDE.set(before);
+    out
+}
+
 /// Queries per chunk for `rows × heads` score rows over `keys` keys.
 fn chunk_len(rows: usize, heads: usize, keys: usize) -> usize {
-    (CHUNK_FLOATS / (rows * heads * keys).max(1)).max(1)
+    let floats = CHUNK_FLOATS_OVERRIDE.get().unwrap_or(CHUNK_FLOATS);
+    (floats / (rows * heads * keys).max(1)).max(1)
 }
 
 /// Splits `range` into chunks of at most `len`.
@@ -89,11 +111,12 @@ impl Chunk {
         Self { range, keys, q }
     }
 
-    /// The weights over keys `k` (`[rows, kv_heads, ≥keys, d]`); `lrp`: uniform rule on `q kᵀ`.
+    /// The weights over keys `k` (`[rows, kv_heads, ≥keys, d]`) under the mask and an optional
+    /// further bias; `lrp`: uniform rule on `q kᵀ`.
     fn weights(
         &self,
         k: &Tensor<4>,
-        mask: &AttentionMask,
+        (mask, extra): (&AttentionMask, Option<ChunkBias>),
         scoring: Scoring,
         lrp: bool,
     ) -> Tensor<4> {
@@ -104,8 +127,16 @@ impl Chunk {
             .matmul(keys_t)
             .reshape([n, heads, m, self.keys]);
         let product = if lrp { uniform_rule(product) } else { product };
-        let bias = mask.bias(&self.range, self.keys, &product.device());
-        activation::softmax(scoring.scores(product) + bias, 3)
+        let scores = scoring.scores(product);
+        let scores = match mask.bias(&self.range, self.keys, &scores.device()) {
+            Some(bias) => scores + bias,
+            None => scores,
+        };
+        let scores = match extra {
+            Some(extra) => scores + extra(&self.range, self.keys),
+            None => scores,
+        };
+        activation::softmax(scores, 3)
     }
 }
 
@@ -115,21 +146,33 @@ impl Chunk {
 /// `record` receives each chunk's weights.
 pub fn attend(
     q: Tensor<4>,
-    (k, v): (&Tensor<4>, &Tensor<4>),
+    kv: (&Tensor<4>, &Tensor<4>),
     mask: &AttentionMask,
+    how: (Scoring, bool),
+    record: Option<&mut Recorder>,
+) -> Tensor<4> {
+    attend_biased(q, kv, (mask, None), how, record)
+}
+
+/// [`attend`] with a further additive bias of each chunk's scores (after the scale, with the
+/// mask): T5's relative position bias.
+pub fn attend_biased(
+    q: Tensor<4>,
+    (k, v): (&Tensor<4>, &Tensor<4>),
+    bias: (&AttentionMask, Option<ChunkBias>),
     (scoring, lrp): (Scoring, bool),
     record: Option<&mut Recorder>,
 ) -> Tensor<4> {
     let [n, heads, _, _] = q.dims();
     let step = chunk_len(n, heads, k.dims()[2]);
-    attend_in_chunks(q, (k, v), mask, (scoring, lrp), record, step)
+    attend_in_chunks(q, (k, v), bias, (scoring, lrp), record, step)
 }
 
-/// [`attend`] in chunks of `step` queries.
+/// [`attend_biased`] in chunks of `step` queries.
 fn attend_in_chunks(
     q: Tensor<4>,
     (k, v): (&Tensor<4>, &Tensor<4>),
-    mask: &AttentionMask,
+    (mask, extra): (&AttentionMask, Option<ChunkBias>),
     (scoring, lrp): (Scoring, bool),
     mut record: Option<&mut Recorder>,
     step: usize,
@@ -138,7 +181,7 @@ fn attend_in_chunks(
     let [_, kv_heads, k_len, _] = k.dims();
     let parts = chunks(0..q_len, step).map(|range| {
         let chunk = Chunk::new(&q, mask, range, k_len);
-        let w = chunk.weights(k, mask, scoring, lrp);
+        let w = chunk.weights(k, (mask, extra), scoring, lrp);
         let ctx = grouped(w.clone(), kv_heads)
             .matmul(v.clone().narrow(2, 0, chunk.keys))
             .reshape([n, heads, chunk.range.len(), hd]);
@@ -289,7 +332,10 @@ impl CoreTape {
         let kv_heads = self.k.dims()[1];
         let k = self.k.clone().narrow(2, 0, chunk.keys);
         let v = self.v.clone().narrow(2, 0, chunk.keys);
-        let w = grouped(chunk.weights(&self.k, &self.mask, scoring, false), kv_heads);
+        let w = grouped(
+            chunk.weights(&self.k, (&self.mask, None), scoring, false),
+            kv_heads,
+        );
         let q = grouped(chunk.q.clone(), kv_heads);
         let dctx = grouped(dctx, kv_heads);
         let dw = dctx.clone().matmul(v.swap_dims(2, 3));
@@ -356,7 +402,7 @@ mod tests {
                 scale: 0.3,
                 softcap,
             };
-            let full = mask.bias(&(0..len), len, &device);
+            let full = mask.bias(&(0..len), len, &device).expect("a causal bias");
             let (kr, vr) = (
                 repeat_kv(k.clone(), heads / kv),
                 repeat_kv(v.clone(), heads / kv),
@@ -369,7 +415,7 @@ mod tests {
                 let got = attend_in_chunks(
                     q.clone(),
                     (&k, &v),
-                    &mask,
+                    (&mask, None),
                     (scoring, false),
                     Some(&mut rec),
                     step,

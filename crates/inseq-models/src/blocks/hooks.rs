@@ -2,7 +2,7 @@
 //! rules, the output projection from a position on), shared by the generic decoder
 //! ([`super::Decoder`]) and the encoder-decoder models.
 
-use burn::tensor::{Device, Tensor, TensorData, activation};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::{
     AttentionKind, ForwardOptions, LayerOverride, LayerRef, ModelOutput, OverrideMode, ValueZeroing,
@@ -96,24 +96,6 @@ pub(crate) fn identity_rule(x: Tensor<3>, act: impl Fn(Tensor<3>) -> Tensor<3>) 
     let safe = x.clone() + (x.clone().sign() * 2.0 + 1.0).clamp(-1.0, 1.0) * 1e-12;
     let ratio = (y.clone() / safe).detach();
     y.detach() + (x.clone() - x.detach()) * ratio
-}
-
-/// Scaled dot-product attention for AttnLRP: the two matrix products follow
-/// the uniform rule, the softmax keeps its gradient (Gradient × Input at its input).
-pub(crate) fn lrp_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    bias: Option<Tensor<4>>,
-    scale: f64,
-) -> (Tensor<4>, Tensor<4>) {
-    let scores = uniform_rule(q.matmul(k.swap_dims(2, 3))) * scale;
-    let scores = match bias {
-        Some(b) => scores + b,
-        None => scores,
-    };
-    let weights = activation::softmax(scores, 3);
-    (uniform_rule(weights.clone().matmul(v)), weights)
 }
 
 /// A [`ModelOutput`] with placeholder logits, filled in by the forward pass.

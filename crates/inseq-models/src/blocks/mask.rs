@@ -1,7 +1,8 @@
-//! Which keys each query of a decoder's causal self-attention sees: a per-row key mask
-//! (`false` = padding), causality and an optional sliding window, given to the attention core
+//! Which keys each query of an attention layer sees: a per-row key mask (`false` = padding),
+//! causality (decoder self-attention) and an optional sliding window, given to the attention core
 //! ([`super::core`]) as a chunk's additive bias (with ALiBi's position bias where the model has
-//! it) and the keys a chunk needs.
+//! it) and the keys a chunk needs. Encoder self-attention and cross-attention see every real key
+//! ([`AttentionMask::full`]).
 
 use std::ops::Range;
 
@@ -20,7 +21,9 @@ pub struct AttentionMask {
     key_mask: Vec<Vec<bool>>,
     offset: usize,
     window: Option<usize>,
-    /// Per query: some row's query sees no key (it then attends uniformly to every key).
+    causal: bool,
+    /// Per query of a causal mask: some row's query sees no key (it then attends uniformly to
+    /// every key).
     blind: Vec<bool>,
     /// ALiBi position biases, added to every chunk's bias.
     alibi: Option<Alibi>,
@@ -50,7 +53,22 @@ impl AttentionMask {
             key_mask: key_mask.to_vec(),
             offset,
             window,
+            causal: true,
             blind,
+            alibi: None,
+        }
+    }
+
+    /// The mask of queries that see every real key of `key_mask` (encoder self-attention,
+    /// cross-attention); every chunk reads every key, so that a row without real keys attends
+    /// uniformly to all of them.
+    pub fn full(key_mask: &[Vec<bool>]) -> Self {
+        Self {
+            key_mask: key_mask.to_vec(),
+            offset: 0,
+            window: None,
+            causal: false,
+            blind: Vec::new(),
             alibi: None,
         }
     }
@@ -62,6 +80,9 @@ impl AttentionMask {
     }
 
     fn visible(&self, row: usize, query: usize, key: usize) -> bool {
+        if !self.causal {
+            return self.key_mask[row][key];
+        }
         let at = query + self.offset;
         self.key_mask[row][key] && key <= at && self.window.is_none_or(|w| key + w > at)
     }
@@ -70,7 +91,7 @@ impl AttentionMask {
     /// causal horizon, or all of them when some query sees none (it then attends uniformly to
     /// every key, as the unchunked computation does).
     pub(crate) fn keys_for(&self, queries: &Range<usize>, keys: usize) -> usize {
-        if self.blind[queries.clone()].iter().any(|&b| b) {
+        if !self.causal || self.blind[queries.clone()].iter().any(|&b| b) {
             keys
         } else {
             (queries.end + self.offset).min(keys)
@@ -78,8 +99,17 @@ impl AttentionMask {
     }
 
     /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]); with ALiBi
-    /// `[rows, heads, queries, keys]`, its position bias added.
-    pub(crate) fn bias(&self, queries: &Range<usize>, keys: usize, device: &Device) -> Tensor<4> {
+    /// `[rows, heads, queries, keys]`, its position bias added; `None` where every query sees
+    /// every key without a position bias (a [`AttentionMask::full`] mask without padding).
+    pub(crate) fn bias(
+        &self,
+        queries: &Range<usize>,
+        keys: usize,
+        device: &Device,
+    ) -> Option<Tensor<4>> {
+        if !self.causal && self.alibi.is_none() && self.key_mask.iter().flatten().all(|&k| k) {
+            return None;
+        }
         let rows = self.key_mask.len();
         let mut data = Vec::with_capacity(rows * queries.len() * keys);
         for row in 0..rows {
@@ -95,10 +125,10 @@ impl AttentionMask {
         }
         let shape = [rows, 1, queries.len(), keys];
         let bias = Tensor::from_data(TensorData::new(data, shape), device);
-        match &self.alibi {
+        Some(match &self.alibi {
             Some(alibi) => bias + alibi.bias(&self.key_mask, keys, device),
             None => bias,
-        }
+        })
     }
 }
 
@@ -111,7 +141,12 @@ mod tests {
         let mask = AttentionMask::new(&[vec![false, false, true, true]], 4, None);
         assert_eq!(mask.keys_for(&(0..1), 4), 4, "a blind query sees every key");
         assert_eq!(mask.keys_for(&(2..3), 4), 3);
-        assert_eq!(mask.bias(&(2..4), 4, &Device::flex()).dims(), [1, 1, 2, 4]);
+        let bias = mask
+            .bias(&(2..4), 4, &Device::flex())
+            .expect("a causal bias");
+        assert_eq!(bias.dims(), [1, 1, 2, 4]);
+        let full = AttentionMask::full(&[vec![true; 3]]);
+        assert!(full.bias(&(0..2), 3, &Device::flex()).is_none());
         // A window of 1 after two padded keys: query 3 sees only itself.
         let mask = AttentionMask::new(&[vec![true, false, false, true]], 4, Some(1));
         assert_eq!(mask.blind, [false, true, true, false]);

@@ -21,6 +21,7 @@ pub mod mask;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+pub(crate) mod seq2seq;
 pub mod spec;
 
 use burn::tensor::{Device, Tensor};

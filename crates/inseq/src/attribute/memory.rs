@@ -40,6 +40,47 @@ pub fn activation_bytes(info: &ModelInfo, len: usize, rows: usize, gradients: bo
         .saturating_mul(4)
 }
 
+/// [`activation_bytes`] for an encoder-decoder model with `encoder_layers` encoder layers over
+/// `source` and `target` tokens: the linear terms of both stacks (with `gradients`, every encoder
+/// stage's input, which the backward pass reruns the stage from) and, with `gradients`, the
+/// attention weights burn's autodiff keeps, quadratic in the lengths: one encoder layer's
+/// (`heads × source²`; a long source goes back through the encoder one layer at a time, see
+/// `inseq_methods`' `encoder_stages`) and every decoder layer's (`heads × (target² + target ×
+/// source)`). A forward pass alone holds a few chunks of attention scores. `info.num_heads` (the
+/// decoder's) stands for the encoder's too. A lower bound, like [`activation_bytes`].
+///
+/// ```
+/// let info = inseq::models::ModelInfo { num_layers: 6, num_heads: 8, hidden_size: 512, ..Default::default() };
+/// let long = inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, true);
+/// let forward = inseq::encoder_decoder_activation_bytes(&info, 6, (2048, 8), 1, false);
+/// // Back-propagating keeps one encoder layer's 8 × 2048² weights more: 134 MB.
+/// assert!(long - forward > 8 * 2048 * 2048 * 4, "{long} {forward}");
+/// ```
+pub fn encoder_decoder_activation_bytes(
+    info: &ModelInfo,
+    encoder_layers: usize,
+    (source, target): (usize, usize),
+    rows: usize,
+    gradients: bool,
+) -> u64 {
+    let (s, t, hidden) = (source as u64, target as u64, info.hidden_size as u64);
+    let (enc, dec, heads) = (
+        encoder_layers as u64,
+        info.num_layers as u64,
+        info.num_heads as u64,
+    );
+    let mut floats = 12 * hidden * (s + t);
+    if gradients {
+        floats += hidden * ((enc + 2) * s + dec * t);
+        floats += heads * (s * s + dec * (t * t + t * s));
+    }
+    let chunks = 4 * inseq_models::CHUNK_FLOATS as u64;
+    floats
+        .saturating_mul(rows as u64)
+        .saturating_add(chunks)
+        .saturating_mul(4)
+}
+
 /// Free memory (Linux `MemAvailable`), if known.
 pub(super) fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -49,11 +90,11 @@ pub(super) fn available_memory() -> Option<u64> {
 }
 
 /// Groups of consecutive rows whose attribution fits `budget` (default: free memory) by
-/// [`activation_bytes`]: all rows at once when they fit, else as many per group as fit, so that
+/// [`activation_bytes`] ([`encoder_decoder_activation_bytes`] with `encoder_layers`): all rows at once when they fit, else as many per group as fit, so that
 /// many long inputs degrade to smaller batches instead of exhausting memory. A row that does not
 /// fit alone is [`Error::OutOfMemory`], saying how to proceed.
 pub(super) fn row_groups(
-    info: &ModelInfo,
+    (info, encoder_layers): (&ModelInfo, Option<usize>),
     method: &dyn AttributionMethod,
     rows: &[Row],
     budget: Option<u64>,
@@ -61,11 +102,7 @@ pub(super) fn row_groups(
     let Some(budget) = budget.or_else(available_memory) else {
         return Ok(std::iter::once(0..rows.len()).collect());
     };
-    let copies = method.step_batch_rows().unwrap_or(1).max(1);
-    let need = |group: &[Row]| {
-        let len = group.iter().map(row_len).max().unwrap_or(0);
-        activation_bytes(info, len, group.len() * copies, method.needs_gradients())
-    };
+    let need = |group: &[Row]| group_bytes((info, encoder_layers), method, group);
     let mut groups = Vec::new();
     let mut start = 0;
     for end in 1..=rows.len() {
@@ -95,6 +132,25 @@ pub(super) fn row_groups(
     }
     groups.push(start..rows.len());
     Ok(groups)
+}
+
+/// [`activation_bytes`] (or [`encoder_decoder_activation_bytes`]) of attributing `group` at once.
+fn group_bytes(
+    (info, encoder_layers): (&ModelInfo, Option<usize>),
+    method: &dyn AttributionMethod,
+    group: &[Row],
+) -> u64 {
+    let copies = method.step_batch_rows().unwrap_or(1).max(1);
+    let (rows, gradients) = (group.len() * copies, method.needs_gradients());
+    let longest = |len: fn(&Row) -> usize| group.iter().map(len).max().unwrap_or(0);
+    match encoder_layers {
+        Some(layers) => {
+            let source = longest(|r| r.source_ids.as_ref().map_or(0, Vec::len));
+            let target = longest(|r| r.target_ids.len());
+            encoder_decoder_activation_bytes(info, layers, (source, target), rows, gradients)
+        }
+        None => activation_bytes(info, longest(row_len), rows, gradients),
+    }
 }
 
 /// Tokens a row's passes see: its target, and its source for encoder-decoder models.

@@ -20,7 +20,7 @@ mod memory;
 mod rows;
 mod run;
 
-pub use memory::{activation_bytes, parse_memory_size};
+pub use memory::{activation_bytes, encoder_decoder_activation_bytes, parse_memory_size};
 use run::Job;
 
 use crate::Registries;

@@ -119,7 +119,11 @@ impl AttributionModel {
         // Recorded attention weights only serve a single unpadded sequence.
         let record_attentions = job.method.uses_recorded_attentions() && inputs.len() == 1;
         let rows = self.prepare_rows(inputs, opts, record_attentions)?;
-        let groups = row_groups(self.model().info(), job.method, &rows, opts.memory_budget)?;
+        let model = self.model();
+        let encoder_layers =
+            (model.kind() == ModelKind::EncoderDecoder).then(|| model.num_encoder_layers());
+        let shape = (model.info(), encoder_layers);
+        let groups = row_groups(shape, job.method, &rows, opts.memory_budget)?;
         let total_steps = rows.iter().map(|r| r.end - r.start).sum();
         let mut progress = StepProgress::new(total_steps, opts.progress.as_ref());
         let mut sequences = Vec::with_capacity(rows.len());
