@@ -143,3 +143,32 @@ fn a_null_input_field_is_a_missing_value() {
     ]);
     assert_error(&out, "missing field `text`");
 }
+
+/// A config value the model's loader rejects names the field and the config file.
+#[test]
+fn config_values_rejected_by_the_loader_name_the_field_and_file() {
+    let cases = [
+        (
+            "\"num_attention_heads\": 4",
+            "\"num_attention_heads\": 3",
+            "num_key_value_heads",
+        ),
+        (
+            "\"rope_theta\": 10000.0",
+            "\"rope_theta\": \"big\"",
+            "rope_parameters.rope_theta",
+        ),
+    ];
+    for (i, (from, to, field)) in cases.into_iter().enumerate() {
+        let dir = inseq_fixtures::copy_model("tiny-llama", &format!("config-field-{i}"));
+        let config = dir.join("config.json");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&config, text.replace(from, to)).unwrap();
+        let model = dir.to_string_lossy().into_owned();
+        let out = inseq(&["attribute", "--model", &model, "--input", "Hello world"]);
+        assert_error(&out, field);
+        assert_error(&out, &config.to_string_lossy());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -102,8 +102,7 @@ fn gemma3_rope(c: &CommonConfig, layer_type: &str) -> Result<RopeSpec> {
         .and_then(|v| v.get(layer_type))
         .cloned();
     let mut p: RopeParameters = match keyed {
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| Error::invalid_arg("rope_parameters", e.to_string()))?,
+        Some(v) => crate::blocks::config::parse_rope_parameters(v)?,
         None if full => c.rope_scaling.clone().unwrap_or_default(),
         None => RopeParameters::default(),
     };

@@ -497,6 +497,19 @@ impl Build<'_> {
         M: LanguageModel + 'static,
     {
         let mut w = Weights::new(self.source, prefixes, self.device).with_storage(self.storage);
-        Ok(Box::new(load(config, &mut w)?))
+        let model = load(config, &mut w).map_err(|e| config_error(e, self.config_path))?;
+        Ok(Box::new(model))
+    }
+}
+
+/// A model's loader rejects config values as invalid arguments named after the field; they come
+/// from the config file at `path`, so the error names that file.
+fn config_error(e: Error, path: &Path) -> Error {
+    match e {
+        Error::InvalidArgument { name, reason } => Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!("`{name}`: {reason}"),
+        },
+        other => other,
     }
 }

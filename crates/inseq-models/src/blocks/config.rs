@@ -136,8 +136,7 @@ impl CommonConfig {
             (v, _) => v.clone(),
         };
         let mut p = match value {
-            Some(v) => serde_json::from_value(v)
-                .map_err(|e| Error::invalid_arg("rope_parameters", e.to_string()))?,
+            Some(v) => parse_rope_parameters(v)?,
             None => self.rope_scaling.clone().unwrap_or_default(),
         };
         p.rope_theta = p.rope_theta.or(self.rope_theta).or(Some(theta));
@@ -194,4 +193,23 @@ impl CommonConfig {
         }
         Ok(())
     }
+}
+
+/// `rope_parameters` as [`RopeParameters`]; a value of the wrong type is an error naming its key
+/// (`rope_parameters.rope_theta`), found by parsing each key alone.
+pub(crate) fn parse_rope_parameters(value: serde_json::Value) -> Result<RopeParameters> {
+    serde_json::from_value(value.clone()).map_err(|e| {
+        let bad_key = value.as_object().and_then(|fields| {
+            fields.iter().find_map(|(key, v)| {
+                let alone = serde_json::json!({ key: v });
+                serde_json::from_value::<RopeParameters>(alone)
+                    .is_err()
+                    .then(|| key.clone())
+            })
+        });
+        match bad_key {
+            Some(key) => Error::invalid_arg(format!("rope_parameters.{key}"), e.to_string()),
+            None => Error::invalid_arg("rope_parameters", e.to_string()),
+        }
+    })
 }
