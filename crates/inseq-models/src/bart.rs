@@ -194,15 +194,8 @@ fn load_attn(
     d: usize,
     heads: usize,
 ) -> Result<Attn> {
-    let [q, k, v, o] = names.qkvo;
-    Ok(Attn {
-        q: Linear::load_torch(w, &format!("{prefix}.{q}"), true, [d, d])?,
-        k: Linear::load_torch(w, &format!("{prefix}.{k}"), true, [d, d])?,
-        v: Linear::load_torch(w, &format!("{prefix}.{v}"), true, [d, d])?,
-        o: Linear::load_torch(w, &format!("{prefix}.{o}"), true, [d, d])?,
-        heads,
-        scale: 1.0 / ((d / heads) as f64).sqrt(),
-    })
+    let scale = 1.0 / ((d / heads) as f64).sqrt();
+    Attn::load(w, (prefix, names.qkvo), [d, d], (heads, true, scale))
 }
 
 struct EncoderLayer {

@@ -240,16 +240,12 @@ fn name(template: &str, stack: &str, i: usize) -> String {
 
 /// Loads a T5 attention (bias-free projections, no score scaling) from `{prefix}.{q,k,v,o}`.
 fn load_attn(w: &mut Weights, prefix: &str, d: usize, heads: usize, d_kv: usize) -> Result<Attn> {
-    let inner = heads * d_kv;
-    let [q, k, v, o] = T5_NAMES.qkvo;
-    Ok(Attn {
-        q: Linear::load_torch(w, &format!("{prefix}.{q}"), false, [inner, d])?,
-        k: Linear::load_torch(w, &format!("{prefix}.{k}"), false, [inner, d])?,
-        v: Linear::load_torch(w, &format!("{prefix}.{v}"), false, [inner, d])?,
-        o: Linear::load_torch(w, &format!("{prefix}.{o}"), false, [d, inner])?,
-        heads,
-        scale: 1.0,
-    })
+    Attn::load(
+        w,
+        (prefix, T5_NAMES.qkvo),
+        [d, heads * d_kv],
+        (heads, false, 1.0),
+    )
 }
 
 /// One relative position table's bias for `q_len` queries, looked up chunk by chunk

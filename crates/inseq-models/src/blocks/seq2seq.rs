@@ -9,6 +9,8 @@ use super::core::{ChunkBias, Recorder, Scoring, attend_biased};
 use super::mask::AttentionMask;
 use crate::model::ForwardOptions;
 use crate::nn::{Linear, merge_heads, split_heads};
+use crate::weights::Weights;
+use inseq_core::Result;
 
 /// Multi-head attention with its four projections (biased for the BART family, bias-free for T5).
 pub(crate) struct Attn {
@@ -19,6 +21,29 @@ pub(crate) struct Attn {
     pub heads: usize,
     /// Factor of `q kᵀ` (`head_dim^-0.5`; 1 for T5).
     pub scale: f64,
+}
+
+impl Attn {
+    /// Loads the projections `{prefix}.{q,k,v,o}` (names in `qkvo`, torch `[out, in]` layout) of
+    /// `heads` heads of `inner / heads` features over a model width `d`, with biases or not.
+    pub(crate) fn load(
+        w: &mut Weights,
+        (prefix, qkvo): (&str, [&str; 4]),
+        [d, inner]: [usize; 2],
+        (heads, bias, scale): (usize, bool, f64),
+    ) -> Result<Self> {
+        let [q, k, v, o] = qkvo;
+        let mut linear =
+            |name: &str, dims| Linear::load_torch(w, &format!("{prefix}.{name}"), bias, dims);
+        Ok(Self {
+            q: linear(q, [inner, d])?,
+            k: linear(k, [inner, d])?,
+            v: linear(v, [inner, d])?,
+            o: linear(o, [d, inner])?,
+            heads,
+            scale,
+        })
+    }
 }
 
 /// Which attention weights a sublayer records.
