@@ -254,6 +254,9 @@ fn transpose(src: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
 
 /// A weight matrix: an `f32` tensor, or a [`StoredMatrix`] widened on each use.
 #[derive(Debug, Clone)]
+// A tensor handle is large with the cuda backend built in (clippy's large_enum_variant); both
+// variants are handles used by value on every product, so boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum Matrix {
     /// Widened at load time.
     Dense(Tensor<2>),
