@@ -337,6 +337,28 @@ pub fn attention(
 /// `2·sqrt(2/π)`: the tanh-approximated GELU's `tanh(u)` is `2σ(2u) - 1`.
 const GELU_TANH_SCALE: f64 = 2.0 * 0.797_884_560_802_865_4;
 
+/// The exact GELU `½x(1 + erf(x/√2))` (Hugging Face's `gelu`). On a tensor that autodiff tracks
+/// it is composed of `erf`, whose backward is exact on every backend: burn 0.22.1's fused `gelu`
+/// differentiates as the tanh approximation on every backend but flex (burn's default
+/// `gelu_backward`), which put gradients 1e-3 of their maximum off on ndarray.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor, TensorData};
+/// let x = Tensor::<1>::from_data(TensorData::new(vec![-3.0f32, 0.5], [2]), &Device::ndarray());
+/// let x = x.autodiff().require_grad();
+/// let grads = inseq_models::nn::gelu(x.clone()).sum().backward();
+/// let d = x.grad(&grads).unwrap().try_to_vec_as::<f32>().unwrap();
+/// // Φ(x) + x·φ(x) at -3 and 0.5.
+/// assert!((d[0] - -0.011_945_65).abs() < 1e-6 && (d[1] - 0.867_495_1).abs() < 1e-6);
+/// ```
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.is_tracked() {
+        ((x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * x * 0.5
+    } else {
+        activation::gelu(x)
+    }
+}
+
 /// The argument `2·sqrt(2/π)·(x + 0.044715·x³)` of the sigmoid in [`gelu_tanh`].
 fn gelu_tanh_inner<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     (x.clone() * x.clone() * x.clone() * 0.044715 + x) * GELU_TANH_SCALE
@@ -500,7 +522,7 @@ impl Act {
     /// Applies the activation.
     pub(crate) fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Act::Gelu => activation::gelu(x),
+            Act::Gelu => gelu(x),
             Act::GeluTanh => crate::nn::gelu_tanh(x),
             Act::Relu => activation::relu(x),
             Act::Silu => activation::silu(x),

@@ -132,19 +132,9 @@ const ZOO: [&str; 13] = [
     "tiny-mistral",
 ];
 
-/// Known gap: on burn's ndarray backend the hand-written backward of Falcon's ALiBi
-/// (`tiny-falcon_rw`) differs from autodiff by 1.1e-3 of the largest gradient (3.1e-3 of 2.75,
-/// just over the model-pass rule); on flex the difference is 2.9e-6. Logits and final hidden
-/// states agree on both backends. Not explained yet (docs/inseq-compatibility.md).
-fn backend_known_gap(name: &str) -> bool {
-    name == "tiny-falcon_rw" && std::env::var("BURN_DEVICE").is_ok_and(|d| d == "ndarray")
-}
-
 #[test]
 fn zoo_backward_equals_autodiff() {
-    ZOO.into_iter()
-        .filter(|name| !backend_known_gap(name))
-        .for_each(check);
+    ZOO.into_iter().for_each(check);
 }
 
 #[test]
