@@ -352,17 +352,37 @@ impl Weights {
     pub fn tensor2_transposed(&mut self, name: &str, dims: [usize; 2]) -> Result<Tensor<2>> {
         let [out, inp] = dims;
         let t = self.raw(name, &[out, inp])?;
-        let mut data = vec![0f32; out * inp];
-        for o in 0..out {
-            for i in 0..inp {
-                data[i * out + o] = t.data[o * inp + i];
-            }
-        }
         Ok(Tensor::from_data(
-            TensorData::new(data, [inp, out]),
+            TensorData::new(transpose(&t.data, [out, inp]), [inp, out]),
             &self.device,
         ))
     }
+}
+
+/// The `[cols, rows]` transpose of a row-major `[rows, cols]` matrix, in tiles that stay in
+/// cache, bands of output rows side by side on rayon's threads.
+fn transpose(data: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    if rows == 0 {
+        return out;
+    }
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(band, dst)| {
+            let c0 = band * TILE;
+            let width = dst.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let src = &data[r * cols + c0..r * cols + c0 + width];
+                    for (c, &v) in src.iter().enumerate() {
+                        dst[c * rows + r] = v;
+                    }
+                }
+            }
+        });
+    out
 }
 
 impl Weights {
@@ -404,4 +424,24 @@ impl Weights {
 fn squeeze_eq(a: &[usize], b: &[usize]) -> bool {
     let f = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
     f(a) == f(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_in_tiles_equals_the_plain_one() {
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], [2, 3]),
+            [1., 4., 2., 5., 3., 6.]
+        );
+        for (rows, cols) in [(0, 3), (3, 0), (33, 70), (64, 31), (1, 100)] {
+            let data: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let want: Vec<f32> = (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| (r * cols + c) as f32))
+                .collect();
+            assert_eq!(transpose(&data, [rows, cols]), want, "{rows}x{cols}");
+        }
+    }
 }

@@ -79,12 +79,20 @@ impl AttentionMask {
         self
     }
 
-    fn visible(&self, row: usize, query: usize, key: usize) -> bool {
+    /// Whether queries see only keys up to their own position (decoder self-attention).
+    pub(crate) fn is_causal(&self) -> bool {
+        self.causal
+    }
+
+    /// The keys `lo..hi` that causality and the window let query `query` see (padding aside),
+    /// of the first `keys` keys.
+    fn span(&self, query: usize, keys: usize) -> Range<usize> {
         if !self.causal {
-            return self.key_mask[row][key];
+            return 0..keys;
         }
         let at = query + self.offset;
-        self.key_mask[row][key] && key <= at && self.window.is_none_or(|w| key + w > at)
+        let lo = self.window.map_or(0, |w| (at + 1).saturating_sub(w));
+        lo.min(keys)..(at + 1).min(keys)
     }
 
     /// Keys `0..n` the queries `queries` need, of the first `keys` keys: up to the last query's
@@ -98,9 +106,13 @@ impl AttentionMask {
         }
     }
 
-    /// `[rows, 1, queries, keys]` additive bias (0 or [`MASK_VALUE`]); with ALiBi
-    /// `[rows, heads, queries, keys]`, its position bias added; `None` where every query sees
-    /// every key without a position bias (a [`AttentionMask::full`] mask without padding).
+    /// `[rows, 1, queries, keys]` additive bias; with ALiBi `[rows, heads, queries, keys]`, its
+    /// position bias added; `None` where every query sees every key without a position bias (a
+    /// [`AttentionMask::full`] mask without padding). A hidden key gets `-inf` (its weight is
+    /// exactly 0, and the exponential of `-inf` is cheap where that of a large finite negative
+    /// number takes the slow underflow path of `expf`), except in a query that sees no key at
+    /// all: there every key gets [`MASK_VALUE`], finite, so that the query attends uniformly to
+    /// every key instead of producing NaN.
     pub(crate) fn bias(
         &self,
         queries: &Range<usize>,
@@ -112,14 +124,16 @@ impl AttentionMask {
         }
         let rows = self.key_mask.len();
         let mut data = Vec::with_capacity(rows * queries.len() * keys);
-        for row in 0..rows {
+        for real in &self.key_mask {
             for q in queries.clone() {
-                data.extend((0..keys).map(|k| {
-                    if self.visible(row, q, k) {
-                        0.0
-                    } else {
-                        MASK_VALUE
-                    }
+                let span = self.span(q, keys);
+                let hidden = match real[span.clone()].iter().any(|&r| r) {
+                    true => f32::NEG_INFINITY,
+                    false => MASK_VALUE,
+                };
+                data.extend((0..keys).map(|k| match span.contains(&k) && real[k] {
+                    true => 0.0,
+                    false => hidden,
                 }));
             }
         }

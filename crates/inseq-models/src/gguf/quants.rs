@@ -111,6 +111,26 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Errors (never panics) when `bytes` does not hold exactly `numel` elements
 /// or the type cannot be dequantized.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
+    use rayon::prelude::*;
+    /// Blocks per piece converted on one of rayon's threads.
+    const PIECE_BLOCKS: usize = 1 << 12;
+    check_size(ty, bytes, numel)?;
+    let (block_elems, block_bytes) = ty.block();
+    if numel <= PIECE_BLOCKS * block_elems {
+        return dequantize_serial(ty, bytes, numel);
+    }
+    let mut out = vec![0f32; numel];
+    out.par_chunks_mut(PIECE_BLOCKS * block_elems)
+        .zip(bytes.par_chunks(PIECE_BLOCKS * block_bytes))
+        .try_for_each(|(dst, src)| {
+            dst.copy_from_slice(&dequantize_serial(ty, src, dst.len())?);
+            Ok::<_, String>(())
+        })?;
+    Ok(out)
+}
+
+/// [`dequantize`] on the calling thread.
+fn dequantize_serial(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
     check_size(ty, bytes, numel)?;
     let mut out = Vec::with_capacity(numel);
     let chunks = bytes.chunks_exact(ty.block().1);
@@ -299,5 +319,27 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
             (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large tensors are converted in pieces on rayon's threads: the same bits as in one piece,
+    /// for a tensor of several pieces and a partial last one.
+    #[test]
+    fn pieces_equal_one_serial_pass() {
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+            let (elems, bytes) = ty.block();
+            let blocks = (1 << 12) * 2 + 77;
+            let data: Vec<u8> = (0..blocks * bytes)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 & 0x3b)
+                .collect();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let parallel = dequantize(ty, &data, blocks * elems).unwrap();
+            let serial = dequantize_serial(ty, &data, blocks * elems).unwrap();
+            assert_eq!(bits(parallel), bits(serial), "{ty:?}");
+        }
     }
 }
